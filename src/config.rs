@@ -1,0 +1,519 @@
+//! One typed configuration for every subcommand.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file given with `--config`, and environment
+//! variables `HOOKRELAY_<SECTION>__<KEY>`. Everything is validated once at start-up and *every* problem is
+//! reported together, so an operator fixes a bad deployment in one round trip instead of one per typo.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// HTTP methods hookrelay knows how to send; which of them are accepted is configured.
+pub const KNOWN_METHODS: [&str; 5] = ["POST", "PUT", "DELETE", "GET", "PATCH"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub dispatch: DispatchConfig,
+    pub http: HttpConfig,
+    pub events: EventsConfig,
+    pub telemetry: TelemetryConfig,
+    pub broker: BrokerConfig,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Consumer group of `hookrelay dispatch`.
+    pub dispatch_group_id: String,
+    /// librdkafka properties passed through to every client (SASL, TLS, tuning).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            dispatch_group_id: "hookrelay-dispatch".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Hand-written so that credentials in pass-through properties never reach a log line.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("dispatch_group_id", &self.dispatch_group_id)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+/// Property names whose values are credentials.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "key.pem", "token", "jaas"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub sends: String,
+    pub failures: String,
+    pub dead_letters: String,
+    pub alerts: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            sends: "webhook-sends".into(),
+            failures: "webhook-failures".into(),
+            dead_letters: "webhook-dead-letters".into(),
+            alerts: "webhook-alerts".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Webhook requests in flight at once, across all partitions.
+    pub max_in_flight: usize,
+    /// Unfinished records one partition may hold before it is paused (backpressure).
+    pub max_pending_per_partition: usize,
+    /// How often finished offsets are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// How long revoked partitions may keep working before their offsets are committed and they are let go.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_grace: Duration,
+    /// How long SIGTERM/SIGINT waits for in-flight work before committing and exiting.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Methods a send request may use.
+    pub allowed_methods: Vec<String>,
+    /// Accept records that are neither JSON nor framed Avro as plain Avro binary send requests.
+    pub accept_plain_avro: bool,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            max_pending_per_partition: 2_000,
+            commit_interval: Duration::from_secs(1),
+            rebalance_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            allowed_methods: ["POST", "PUT", "DELETE", "GET"].map(String::from).to_vec(),
+            accept_plain_avro: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Whole-request timeout, connection included (Braze: 90 s).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Response bytes read and kept as `raw_response`; the rest is never read.
+    pub max_response_bytes: usize,
+    pub pool_max_idle_per_host: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    pub user_agent: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(10),
+            max_response_bytes: 1024,
+            pool_max_idle_per_host: 64,
+            pool_idle_timeout: Duration::from_secs(90),
+            user_agent: concat!("hookrelay/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventEncoding {
+    /// Avro single-object encoding (`C3 01`, schema fingerprint, body): self-describing without a registry.
+    SingleObject,
+    /// Confluent wire format (`00`, 4-byte schema id, body); needs `schema_id`.
+    Confluent,
+    /// Bare Avro binary; readers must know the schema out of band.
+    Binary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub encoding: EventEncoding,
+    /// Schema-registry id of `schemas/failure.avsc`, for the Confluent encoding.
+    pub schema_id: Option<u32>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            encoding: EventEncoding::SingleObject,
+            schema_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty disables the listener.
+    pub listen: String,
+    pub log_format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `hookrelay=debug,rdkafka=warn`.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9090".into(),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Brokers in the embedded cluster.
+    pub brokers: i32,
+    /// Partitions of each default topic the embedded broker creates.
+    pub partitions: i32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            brokers: 1,
+            partitions: 6,
+        }
+    }
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Defaults, then the TOML file, then `HOOKRELAY_<SECTION>__<KEY>` variables; then validation.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {} does not exist", path.display())],
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let env_toml = env_overrides(vars);
+        fig = fig.merge(Toml::string(&env_toml));
+        let mut config: Config = fig.extract().map_err(|e| ConfigError {
+            problems: e.into_iter().map(|e| e.to_string()).collect(),
+        })?;
+        config.dispatch.allowed_methods = config
+            .dispatch
+            .allowed_methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers is empty".to_string());
+        }
+        if self.kafka.dispatch_group_id.trim().is_empty() {
+            p.push("kafka.dispatch_group_id is empty".to_string());
+        }
+        for (name, topic) in [
+            ("topics.sends", &self.topics.sends),
+            ("topics.failures", &self.topics.failures),
+            ("topics.dead_letters", &self.topics.dead_letters),
+            ("topics.alerts", &self.topics.alerts),
+        ] {
+            if let Err(why) = check_topic_name(topic) {
+                p.push(format!("{name} {why}"));
+            }
+        }
+        if self.topics.sends == self.topics.failures
+            || self.topics.sends == self.topics.dead_letters
+        {
+            p.push("topics.sends must differ from topics.failures and topics.dead_letters".into());
+        }
+        let d = &self.dispatch;
+        if d.max_in_flight == 0 {
+            p.push("dispatch.max_in_flight must be at least 1".into());
+        }
+        if d.max_pending_per_partition == 0 {
+            p.push("dispatch.max_pending_per_partition must be at least 1".into());
+        }
+        if d.commit_interval.is_zero() {
+            p.push("dispatch.commit_interval must be positive".into());
+        }
+        if d.allowed_methods.is_empty() {
+            p.push("dispatch.allowed_methods is empty".into());
+        }
+        for m in &d.allowed_methods {
+            if !KNOWN_METHODS.contains(&m.as_str()) {
+                p.push(format!(
+                    "dispatch.allowed_methods: unknown method {m:?} (known: {})",
+                    KNOWN_METHODS.join(", ")
+                ));
+            }
+        }
+        let h = &self.http;
+        if h.request_timeout.is_zero() {
+            p.push("http.request_timeout must be positive".into());
+        }
+        if h.connect_timeout.is_zero() {
+            p.push("http.connect_timeout must be positive".into());
+        }
+        if h.user_agent.is_empty() || http::HeaderValue::from_str(&h.user_agent).is_err() {
+            p.push("http.user_agent must be a non-empty, valid header value".into());
+        }
+        if self.events.encoding == EventEncoding::Confluent && self.events.schema_id.is_none() {
+            p.push("events.encoding = \"confluent\" needs events.schema_id".into());
+        }
+        let t = &self.telemetry;
+        if !t.listen.is_empty() && t.listen_addr().is_none() {
+            p.push(format!(
+                "telemetry.listen {:?} is not an address like 0.0.0.0:9090 (empty disables it)",
+                t.listen
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
+            p.push(format!(
+                "telemetry.log_level {:?} is not a valid filter",
+                t.log_level
+            ));
+        }
+        if !(1..=16).contains(&self.broker.brokers) {
+            p.push("broker.brokers must be between 1 and 16".into());
+        }
+        if !(1..=1024).contains(&self.broker.partitions) {
+            p.push("broker.partitions must be between 1 and 1024".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+}
+
+/// Kafka's own rules for topic names.
+fn check_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("is empty or reserved");
+    }
+    if name.len() > 249 {
+        return Err("is longer than 249 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err("may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Turns `HOOKRELAY_SECTION__KEY=value` variables into a TOML document.
+///
+/// Values are parsed as TOML when they can be (`90s` stays a string, `[80, 443]` becomes a list, `true` a bool),
+/// otherwise taken as strings. Under `kafka.properties`, `_` in a key stands for `.` because shells do not allow
+/// dots in variable names (`HOOKRELAY_KAFKA__PROPERTIES__SASL_MECHANISM` → `sasl.mechanism`).
+fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> String {
+    let mut table = toml::Table::new();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("HOOKRELAY_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let mut path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
+            path[2] = path[2].replace('_', ".");
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        insert_path(&mut table, &path, parsed);
+    }
+    toml::to_string(&table).unwrap_or_default()
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = entry {
+                insert_path(t, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_parses_values() {
+        let c = Config::load_from(
+            None,
+            vars(&[
+                ("HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092"),
+                ("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "2m"),
+                ("HOOKRELAY_DISPATCH__MAX_IN_FLIGHT", "7"),
+                ("HOOKRELAY_KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN"),
+                ("HOOKRELAY_CONFIG", "/ignored/not/a/section"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "k1:9092,k2:9092");
+        assert_eq!(c.http.request_timeout, Duration::from_secs(120));
+        assert_eq!(c.dispatch.max_in_flight, 7);
+        assert_eq!(c.kafka.properties["sasl.mechanism"], "PLAIN");
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let err = Config::load_from(
+            None,
+            vars(&[
+                ("HOOKRELAY_DISPATCH__MAX_IN_FLIGHT", "0"),
+                ("HOOKRELAY_TOPICS__FAILURES", "bad topic!"),
+                (
+                    "HOOKRELAY_DISPATCH__ALLOWED_METHODS",
+                    "[\"POST\", \"BREW\"]",
+                ),
+                ("HOOKRELAY_EVENTS__ENCODING", "confluent"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("max_in_flight") && text.contains("BREW"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\nrequest_timeout = \"soon\"\n").unwrap();
+        assert!(Config::load_from(Some(&path), vec![]).is_err());
+        std::fs::write(&path, "[dispatch]\nmax_inflight = 3\n").unwrap();
+        let err = Config::load_from(Some(&path), vec![]).unwrap_err();
+        assert!(err.to_string().contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let mut c = Config::default();
+        c.kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn example_config_matches_the_defaults() {
+        let text = include_str!("../hookrelay.example.toml");
+        let from_file: Config = toml::from_str(text).expect("example parses");
+        assert_eq!(
+            toml::to_string(&from_file).unwrap(),
+            toml::to_string(&Config::default()).unwrap(),
+            "hookrelay.example.toml must document exactly the defaults"
+        );
+    }
+}

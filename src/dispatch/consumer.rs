@@ -1,0 +1,292 @@
+//! The consumer thread: polls, hands records to the async pipeline, applies backpressure, commits the
+//! positions the [`OffsetTracker`] proves safe, and settles revoked partitions before letting them go.
+//!
+//! It is a plain thread around a `BaseConsumer` so that the rebalance callback may block while revoked
+//! partitions finish their work: that callback runs inside `poll`, on this thread, and nothing async waits
+//! on it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::Pipeline;
+use crate::kafka::{OffsetTracker, Record, Ticket, TopicPartition};
+use crate::telemetry::{DispatchMetrics, Health};
+
+#[derive(Default)]
+pub struct State {
+    pub tracker: OffsetTracker,
+    /// Partitions this thread paused for backpressure (librdkafka forgets pauses on revocation; so do we).
+    pub paused: HashSet<TopicPartition>,
+}
+
+/// What the consumer thread, the pipeline tasks and the rebalance callback share.
+pub struct Shared {
+    state: Mutex<State>,
+    finished: Condvar,
+    stopping: AtomicBool,
+    rebalance_grace: Duration,
+    metrics: DispatchMetrics,
+    health: Health,
+}
+
+impl Shared {
+    pub fn new(rebalance_grace: Duration, metrics: DispatchMetrics, health: Health) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            finished: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            rebalance_grace,
+            metrics,
+            health,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not stop offsets being tracked; the state stays consistent per operation.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by a pipeline task once the record's outcome is durable.
+    pub fn finish(&self, ticket: &Ticket) {
+        self.lock().tracker.finish(ticket);
+        self.finished.notify_all();
+    }
+
+    fn update_gauges(&self, state: &State) {
+        let assigned = state.tracker.assigned().count();
+        self.metrics.assigned_partitions.set(assigned as i64);
+        self.metrics
+            .paused_partitions
+            .set(state.paused.len() as i64);
+        self.health.set_ready(assigned > 0);
+    }
+}
+
+pub struct DispatchContext {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for DispatchContext {}
+
+impl ConsumerContext for DispatchContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        // Give in-flight work on the revoked partitions a chance to finish, so the next owner redoes little.
+        if !shared.stopping.load(Ordering::Relaxed) {
+            let deadline = Instant::now() + shared.rebalance_grace;
+            while revoked.iter().any(|tp| state.tracker.pending(tp) > 0) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = shared
+                    .finished
+                    .wait_timeout(state, left)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+        let mut commit = TopicPartitionList::new();
+        let mut unfinished = 0;
+        for tp in &revoked {
+            unfinished += state.tracker.pending(tp);
+            if let Some(pos) = state.tracker.revoke(tp) {
+                let _ = commit.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(pos));
+            }
+            state.paused.remove(tp);
+        }
+        shared.update_gauges(&state);
+        drop(state);
+        tracing::info!(partitions = revoked.len(), unfinished, "partitions revoked");
+        if commit.count() > 0 && !consumer.assignment_lost() {
+            commit_positions(consumer, &commit, CommitMode::Sync, &shared.metrics);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut state = self.shared.lock();
+            for e in tpl.elements() {
+                state
+                    .tracker
+                    .assign(TopicPartition::new(e.topic(), e.partition()));
+            }
+            self.shared.update_gauges(&state);
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.shared
+            .metrics
+            .commits
+            .with_label_values(&[label])
+            .inc();
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; a later commit will carry the position");
+        }
+    }
+}
+
+fn commit_positions(
+    consumer: &BaseConsumer<DispatchContext>,
+    tpl: &TopicPartitionList,
+    mode: CommitMode,
+    metrics: &DispatchMetrics,
+) {
+    if let Err(e) = consumer.commit(tpl, mode) {
+        metrics.commits.with_label_values(&["error"]).inc();
+        tracing::warn!(error = %e, "offset commit failed");
+    } else if matches!(mode, CommitMode::Sync) {
+        metrics.commits.with_label_values(&["ok"]).inc();
+    }
+}
+
+fn to_tpl(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, pos) in positions {
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*pos));
+    }
+    tpl
+}
+
+fn single(tp: &TopicPartition) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.topic, tp.partition);
+    tpl
+}
+
+pub struct LoopSettings {
+    pub max_pending_per_partition: usize,
+    pub commit_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Runs until `shutdown`, then drains for up to `shutdown_grace`, commits, and closes the consumer.
+pub fn poll_loop(
+    consumer: BaseConsumer<DispatchContext>,
+    pipeline: Arc<Pipeline>,
+    runtime: tokio::runtime::Handle,
+    settings: LoopSettings,
+    shutdown: CancellationToken,
+) {
+    let shared = consumer.context().shared.clone();
+    let resume_below = (settings.max_pending_per_partition / 2).max(1);
+    let mut last_commit = Instant::now();
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() && drain_until.is_none() {
+            drain_until = Some(Instant::now() + settings.shutdown_grace);
+            shared.stopping.store(true, Ordering::Relaxed);
+            if let Ok(assignment) = consumer.assignment() {
+                let _ = consumer.pause(&assignment);
+            }
+            tracing::info!(
+                pending = shared.lock().tracker.total_pending(),
+                "stopping: draining in-flight sends"
+            );
+        }
+        if let Some(until) = drain_until {
+            let pending = shared.lock().tracker.total_pending();
+            if pending == 0 || Instant::now() >= until {
+                if pending > 0 {
+                    tracing::warn!(pending, "shutdown grace expired; unfinished sends stay uncommitted and will be redone");
+                }
+                break;
+            }
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            // While draining, new records are neither started nor committed: the next owner gets them.
+            Some(Ok(msg)) if drain_until.is_none() => {
+                let tp = TopicPartition::new(msg.topic(), msg.partition());
+                let ticket = {
+                    let mut state = shared.lock();
+                    let Some(ticket) = state.tracker.start(&tp, msg.offset()) else {
+                        continue;
+                    };
+                    if state.tracker.pending(&tp) >= settings.max_pending_per_partition
+                        && state.paused.insert(tp.clone())
+                    {
+                        let _ = consumer.pause(&single(&tp));
+                        shared.update_gauges(&state);
+                    }
+                    ticket
+                };
+                let record = Record::from_message(&msg, tp);
+                drop(msg);
+                let pipeline = pipeline.clone();
+                let shared = shared.clone();
+                shared.metrics.pending_records.inc();
+                runtime.spawn(async move {
+                    if pipeline.process(&record).await.is_ok() {
+                        shared.finish(&ticket);
+                    }
+                    shared.metrics.pending_records.dec();
+                });
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+        resume_drained(&consumer, &shared, resume_below);
+        if last_commit.elapsed() >= settings.commit_interval {
+            let positions = shared.lock().tracker.take_commits();
+            if !positions.is_empty() {
+                commit_positions(
+                    &consumer,
+                    &to_tpl(&positions),
+                    CommitMode::Async,
+                    &shared.metrics,
+                );
+            }
+            last_commit = Instant::now();
+        }
+    }
+    let positions = shared.lock().tracker.take_commits();
+    if !positions.is_empty() {
+        commit_positions(
+            &consumer,
+            &to_tpl(&positions),
+            CommitMode::Sync,
+            &shared.metrics,
+        );
+    }
+    // Dropping the consumer leaves the group; its revoke callback commits once more, without waiting.
+    drop(consumer);
+}
+
+fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, resume_below: usize) {
+    let mut state = shared.lock();
+    if state.paused.is_empty() {
+        return;
+    }
+    let ready: Vec<TopicPartition> = state
+        .paused
+        .iter()
+        .filter(|tp| state.tracker.pending(tp) < resume_below)
+        .cloned()
+        .collect();
+    for tp in ready {
+        let _ = consumer.resume(&single(&tp));
+        state.paused.remove(&tp);
+    }
+    shared.update_gauges(&state);
+}

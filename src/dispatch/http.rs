@@ -1,0 +1,115 @@
+//! Executes one webhook over HTTP and reports what happened on the wire, never an `Err`:
+//! a failed webhook is data for [`classify`](super::classify).
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use reqwest::redirect::Policy;
+
+use super::classify::{Attempt, FailureSource};
+use crate::config::HttpConfig;
+use crate::events::ValidSend;
+
+/// One shared client: connection pooling across every send to the same host.
+#[derive(Clone)]
+pub struct Executor {
+    client: reqwest::Client,
+    max_response_bytes: usize,
+}
+
+impl Executor {
+    pub fn new(cfg: &HttpConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.connect_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .user_agent(cfg.user_agent.clone())
+            .build()?;
+        Ok(Self {
+            client,
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    /// Sends the webhook; returns the attempt and how long it took.
+    pub async fn execute(&self, send: &ValidSend) -> (Attempt, Duration) {
+        let started = Instant::now();
+        let mut req = self
+            .client
+            .request(send.method.clone(), send.url.clone())
+            .headers(send.headers.clone())
+            .header("webhook-id", &send.request.id);
+        if send.method != http::Method::GET {
+            if let Some(body) = &send.request.webhook.body {
+                req = req.body(body.clone());
+            }
+        }
+        let attempt = match req.send().await {
+            Ok(resp) => self.read_response(resp).await,
+            Err(e) => no_response(&e),
+        };
+        (attempt, started.elapsed())
+    }
+
+    /// Reads at most `max_response_bytes` of the body: a huge or endless response costs nothing more.
+    async fn read_response(&self, mut resp: reqwest::Response) -> Attempt {
+        let status = resp.status().as_u16();
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+        let content_length = resp.content_length();
+        let mut body = Vec::new();
+        while body.len() < self.max_response_bytes {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.max_response_bytes - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                // The status already arrived; a body that breaks off or times out is kept as far as it got.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Attempt::Response {
+            status,
+            reason,
+            content_length: content_length.or(Some(body.len() as u64)),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+fn no_response(e: &reqwest::Error) -> Attempt {
+    let source = if e.is_timeout() {
+        FailureSource::Timeout
+    } else if e.is_connect() {
+        FailureSource::HostUnreachable
+    } else {
+        FailureSource::ConnectionError
+    };
+    Attempt::NoResponse {
+        source,
+        error: error_chain(e),
+    }
+}
+
+/// `error sending request: connection refused` is more useful than the outermost message alone.
+/// The URL is left out: it may carry credentials in its query string and the event has it already.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    let joined = parts.join(": ");
+    match e.url() {
+        Some(u) => joined.replace(&format!(" for url ({u})"), ""),
+        None => joined,
+    }
+}

@@ -1,0 +1,52 @@
+//! librdkafka client settings: safe defaults first, the operator's pass-through properties last.
+
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+fn base(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    c
+}
+
+fn with_overrides(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer whose acknowledgement means the record is durable: acks from all in-sync replicas, idempotent
+/// so librdkafka's own retries never duplicate or reorder.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = base(kafka);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    with_overrides(c, kafka)
+}
+
+/// A group consumer that never commits on its own: the dispatcher commits positions it has proven safe.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = base(kafka);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    with_overrides(c, kafka)
+}
+
+/// A standalone reader (no group) for tools, the demo's tallies and tests.
+pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = base(kafka);
+    c.set(
+        "group.id",
+        format!("hookrelay-reader-{}", uuid::Uuid::new_v4()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("auto.offset.reset", "earliest");
+    with_overrides(c, kafka)
+}

@@ -1,0 +1,10 @@
+//! Kafka plumbing shared by every subcommand: client settings, offset tracking, the embedded broker.
+
+pub mod broker;
+pub mod client;
+pub mod offsets;
+pub mod record;
+
+pub use broker::EmbeddedBroker;
+pub use offsets::{OffsetTracker, Ticket, TopicPartition};
+pub use record::Record;

@@ -1,0 +1,9 @@
+//! hookrelay: a Kafka-native webhook dispatcher. See `DESIGN.md` and the README.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dispatch;
+pub mod events;
+pub mod kafka;
+pub mod receiver;
+pub mod telemetry;

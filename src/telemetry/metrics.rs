@@ -1,0 +1,171 @@
+//! Typed metrics. Label values come from small fixed sets (status classes, reasons, booleans), never from
+//! URLs or workspace ids, so the series count stays bounded however much traffic flows.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::dispatch::classify::Outcome;
+use crate::events::send_request::InvalidKind;
+
+#[derive(Clone)]
+pub struct DispatchMetrics {
+    pub registry: Registry,
+    /// Records by final result of this pass: delivered, failed, dead_lettered.
+    pub sends: IntCounterVec,
+    /// HTTP attempts by status class: 2xx, 3xx, 4xx, 5xx, 598, 599.
+    pub attempts: IntCounterVec,
+    pub failure_events: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub request_duration: Histogram,
+    pub in_flight: IntGauge,
+    pub pending_records: IntGauge,
+    pub paused_partitions: IntGauge,
+    pub assigned_partitions: IntGauge,
+    pub produce_errors: IntCounter,
+    pub commits: IntCounterVec,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    for v in values {
+        c.with_label_values(&[v]);
+    }
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+pub const STATUS_CLASSES: [&str; 6] = ["2xx", "3xx", "4xx", "5xx", "598", "599"];
+
+/// The bounded label for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        598 => "598",
+        599 => "599",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl DispatchMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("hookrelay".into()), None).expect("valid registry");
+        let kinds: Vec<&str> = InvalidKind::ALL.iter().map(|k| k.as_str()).collect();
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_request_duration_seconds",
+                "Duration of webhook HTTP attempts",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 90.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(request_duration.clone()))
+            .expect("metric registered once");
+        let produce_errors = IntCounter::new(
+            "produce_errors_total",
+            "Kafka produce attempts that failed (retried)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(produce_errors.clone()))
+            .expect("metric registered once");
+        Self {
+            sends: counter_vec(
+                &r,
+                "sends_total",
+                "Send requests by result",
+                "result",
+                &["delivered", "failed", "dead_lettered"],
+            ),
+            attempts: counter_vec(
+                &r,
+                "webhook_attempts_total",
+                "Webhook attempts by status class",
+                "class",
+                &STATUS_CLASSES,
+            ),
+            failure_events: counter_vec(
+                &r,
+                "failure_events_total",
+                "Failure events published",
+                "terminal",
+                &["true", "false"],
+            ),
+            dead_letters: counter_vec(
+                &r,
+                "dead_letters_total",
+                "Records sent to the dead-letter topic",
+                "reason",
+                &kinds,
+            ),
+            in_flight: gauge(
+                &r,
+                "webhook_requests_in_flight",
+                "Webhook HTTP requests in flight",
+            ),
+            pending_records: gauge(
+                &r,
+                "pending_records",
+                "Consumed records whose outcome is not yet durable",
+            ),
+            paused_partitions: gauge(
+                &r,
+                "paused_partitions",
+                "Partitions paused for backpressure",
+            ),
+            assigned_partitions: gauge(
+                &r,
+                "assigned_partitions",
+                "Partitions assigned to this instance",
+            ),
+            commits: counter_vec(
+                &r,
+                "offset_commits_total",
+                "Offset commits by result",
+                "result",
+                &["ok", "error"],
+            ),
+            request_duration,
+            produce_errors,
+            registry: r,
+        }
+    }
+
+    pub fn record_outcome(&self, outcome: &Outcome) {
+        let status = match outcome {
+            Outcome::Delivered { status } => *status,
+            Outcome::Failed(f) => f.status,
+        };
+        self.attempts
+            .with_label_values(&[status_class(status)])
+            .inc();
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for DispatchMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
