@@ -7,3 +7,8 @@ pub mod events;
 pub mod kafka;
 pub mod receiver;
 pub mod telemetry;
+pub mod bench;
+pub mod cli;
+pub mod demo;
+pub mod local;
+pub mod shutdown;

@@ -84,6 +84,8 @@ pub struct Received {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
     pub total: u64,
+    /// Requests that carried a `webhook-id` header (hookrelay's, not a load tool's).
+    pub with_webhook_id: u64,
     pub by_status: BTreeMap<u16, u64>,
 }
 
@@ -187,6 +189,7 @@ async fn handle(
     {
         let mut st = inner.stats.lock().expect("stats lock");
         st.total += 1;
+        st.with_webhook_id += u64::from(webhook_id.is_some());
         *st.by_status.entry(status).or_default() += 1;
     }
     if inner.script.record_requests {

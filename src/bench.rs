@@ -1,0 +1,208 @@
+//! `hookrelay bench`: the end-to-end load harness.
+//!
+//! N sends go through the embedded broker and a real dispatcher to a receiver; latency is measured from the
+//! moment each record is produced (its `created_at`) to the moment the receiver gets the request. The
+//! receiver's own ceiling is measured with `wrk` against the same receiver in the same run, so the report is a
+//! ratio that survives noisy machines.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::send_request::Webhook;
+use crate::events::SendRequest;
+use crate::kafka::EmbeddedBroker;
+use crate::local::{local_config, SendProducer};
+use crate::receiver::{Receiver, Script};
+use crate::telemetry::{DispatchMetrics, Health};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Sends to push through.
+    #[arg(long, default_value_t = 20_000)]
+    pub sends: u32,
+    /// Partitions of the send topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Webhook body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub body_bytes: usize,
+    /// Dispatcher's global in-flight limit (overrides [dispatch].max_in_flight).
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
+    /// Skip the wrk ceiling measurement.
+    #[arg(long)]
+    pub no_wrk: bool,
+    /// wrk connections for the ceiling measurement.
+    #[arg(long, default_value_t = 64)]
+    pub wrk_connections: u32,
+    /// wrk duration for the ceiling measurement.
+    #[arg(long, default_value = "5s")]
+    pub wrk_duration: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
+}
+
+pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(1)?;
+    broker.create_topic(&config.topics.sends, args.partitions)?;
+    for t in [&config.topics.failures, &config.topics.dead_letters] {
+        broker.create_topic(t, 3)?;
+    }
+    let base = local_config(&broker.bootstrap_servers());
+    config.kafka = base.kafka;
+    config.telemetry.listen = String::new();
+    if let Some(n) = args.max_in_flight {
+        config.dispatch.max_in_flight = n;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(bench(config, args));
+    drop(rt);
+    drop(broker);
+    println!("{}", result?);
+    Ok(())
+}
+
+async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
+    let receiver = Receiver::start("127.0.0.1:0".parse()?, Script::default()).await?;
+    let url = receiver.url("/bench");
+    let ceiling = if args.no_wrk {
+        None
+    } else {
+        let (addr, conns, dur) = (receiver.addr, args.wrk_connections, args.wrk_duration.clone());
+        tokio::task::spawn_blocking(move || wrk_ceiling(addr, conns, &dur)).await?
+    };
+    let metrics = DispatchMetrics::new();
+    let health = Health::default();
+    let stop = CancellationToken::new();
+    let dispatcher = {
+        let (config, metrics, health, stop) = (config.clone(), metrics.clone(), health.clone(), stop.clone());
+        tokio::spawn(async move { crate::dispatch::run(&config, metrics, health, stop).await })
+    };
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !health.is_ready() {
+        anyhow::ensure!(Instant::now() < ready_by, "dispatcher got no partitions within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
+    let body = "x".repeat(args.body_bytes);
+    let started = Instant::now();
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let produced: HashMap<String, i64> = futures::stream::iter(0..args.sends)
+        .map(|i| {
+            let send = bench_send(i, &url, &body);
+            let producer = producer.clone();
+            async move {
+                producer.json(&send).await?;
+                anyhow::Ok((send.id, send.created_at.unwrap_or_default()))
+            }
+        })
+        .buffer_unordered(1024)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let produce_secs = started.elapsed().as_secs_f64();
+    let until = Instant::now() + args.deadline;
+    while received_ids(&receiver) < produced.len() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    dispatcher.await.context("dispatcher task")??;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let mut last_ms = started_ms;
+    let mut seen = 0u64;
+    for r in receiver.requests() {
+        let Some(created) = r.webhook_id.as_ref().and_then(|id| produced.get(id)) else { continue };
+        latency.saturating_record(u64::try_from(r.at_unix_ms - created).unwrap_or(0).max(1));
+        last_ms = last_ms.max(r.at_unix_ms);
+        seen += 1;
+    }
+    anyhow::ensure!(seen >= u64::from(args.sends), "only {seen} of {} sends arrived before the deadline", args.sends);
+    let secs = ((last_ms - started_ms) as f64 / 1000.0).max(1e-3);
+    let rate = f64::from(args.sends) / secs;
+    let mut out = format!(
+        "hookrelay bench: {} sends, {} partitions, {}-byte bodies, max_in_flight {}\n\
+         end to end:  {:.0} sends/s over {:.2} s (producing took {:.2} s)\n\
+         latency produced → received (ms): p50 {} · p90 {} · p99 {} · max {}\n\
+         duplicates delivered: {}\n",
+        args.sends,
+        args.partitions,
+        args.body_bytes,
+        config.dispatch.max_in_flight,
+        rate,
+        secs,
+        produce_secs,
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.9),
+        latency.value_at_quantile(0.99),
+        latency.max(),
+        seen - produced.len() as u64,
+    );
+    match ceiling {
+        Some(c) => out += &format!(
+            "receiver ceiling (wrk -t1 -c{} -d{}): {:.0} req/s\nratio end-to-end / ceiling: {:.3}\n",
+            args.wrk_connections,
+            args.wrk_duration,
+            c,
+            rate / c
+        ),
+        None => out += "receiver ceiling: not measured (wrk not installed, or --no-wrk)\n",
+    }
+    Ok(out)
+}
+
+fn received_ids(r: &Receiver) -> usize {
+    r.stats().with_webhook_id as usize
+}
+
+fn bench_send(i: u32, url: &str, body: &str) -> SendRequest {
+    SendRequest {
+        id: format!("bench-{i}"),
+        workspace_id: format!("ws_{}", i % 16),
+        workspace_name: None,
+        user_id: Some(format!("u{i}")),
+        external_user_id: None,
+        dispatch_id: None,
+        send_id: None,
+        campaign_id: Some("cmp_bench".into()),
+        campaign_name: Some("Bench".into()),
+        message_variation_id: None,
+        message_variation_name: None,
+        canvas_id: None,
+        canvas_name: None,
+        canvas_variation_id: None,
+        canvas_variation_name: None,
+        canvas_step_id: None,
+        canvas_step_name: None,
+        canvas_step_message_variation_id: None,
+        webhook: Webhook {
+            url: url.to_string(),
+            request_method: "POST".into(),
+            request_headers: None,
+            body: Some(body.to_string()),
+        },
+        created_at: Some(chrono::Utc::now().timestamp_millis()),
+    }
+}
+
+/// Requests per second `wrk` gets from the receiver on its own; `None` when wrk is not installed.
+fn wrk_ceiling(addr: SocketAddr, connections: u32, duration: &str) -> Option<f64> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{duration}"), &format!("http://{addr}/ceiling")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+}

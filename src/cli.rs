@@ -1,0 +1,182 @@
+//! Command-line interface. `main.rs` parses and calls [`run`]; each subcommand lives in its own module.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::receiver::{parse_mix, Receiver, Script};
+use crate::telemetry::{self, DispatchMetrics, Health};
+use crate::{bench, demo, dispatch, kafka, shutdown};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "Kafka-native webhook delivery: consume send requests, execute webhooks, publish failure events.",
+    long_about = "Kafka-native webhook delivery.\n\n\
+        Consumes webhook send requests (JSON or Avro) from Kafka, executes each over HTTP, classifies the outcome \
+        as Braze documents it (2xx delivered; 3xx not followed; 408/429/5xx retriable; 599 for connection errors \
+        and timeouts) and publishes a Currents-compatible Avro failure event for every failed attempt.\n\n\
+        Configuration: a TOML file (--config) and HOOKRELAY_<SECTION>__<KEY> environment variables; see \
+        hookrelay.example.toml for every key and its default.",
+    after_help = "Quick start:  hookrelay demo\nRun `hookrelay <command> --help` for each command's options."
+)]
+pub struct Cli {
+    /// TOML configuration file; every key can also be set as HOOKRELAY_<SECTION>__<KEY>.
+    #[arg(long, short, global = true, env = "HOOKRELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume send requests and deliver webhooks (one consumer-group member; run as many as partitions).
+    ///
+    /// Reads [topics].sends, executes each webhook, publishes failure events to [topics].failures and
+    /// undecodable input to [topics].dead_letters. Offsets are committed only once each record's outcome is
+    /// durable (at least once). SIGINT/SIGTERM drains in-flight work for [dispatch].shutdown_grace, commits
+    /// and exits 0. Serves /metrics, /healthz and /readyz on [telemetry].listen.
+    Dispatch,
+    /// Run the embedded Kafka-protocol broker (librdkafka's mock cluster), for development and tests.
+    ///
+    /// Prints `bootstrap.servers=<host:port,...>` as the first line of standard output, creates the default
+    /// topics, and runs until SIGINT/SIGTERM. Any Kafka client (kcat, confluent-kafka) can use it.
+    ///
+    /// NOT FOR PRODUCTION: it keeps only about 5 MiB (or 100,000 message sets) per partition and silently
+    /// drops older data, so give busy topics more partitions. It has no Admin API, no compaction and no
+    /// offsets-for-times lookup.
+    Broker(BrokerArgs),
+    /// Run a scripted HTTP endpoint: a weighted mix of status codes, latency, Retry-After, counters.
+    ///
+    /// Each request's query can override the script: ?status=503, ?delay=250ms, ?retry_after=2,
+    /// ?seq=503,503,200 (per webhook-id), ?hang=1. GET /_stats returns the counters as JSON.
+    Receiver(ReceiverArgs),
+    /// Run the whole system on this machine: embedded broker, dispatcher, receivers and demo traffic.
+    ///
+    /// Ends with a table of what happened (sent, delivered, failed by code, dead-lettered, rate, elapsed);
+    /// the numbers are read back from Kafka and the receivers and must add up.
+    Demo(demo::DemoArgs),
+    /// Load harness: N sends through the embedded broker to a receiver, with throughput and latency
+    /// percentiles (record produced → request received).
+    Bench(bench::BenchArgs),
+    /// Validate the configuration and print the effective values (credentials redacted).
+    CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Partitions per default topic (overrides [broker].partitions).
+    #[arg(long)]
+    pub partitions: Option<i32>,
+    /// Brokers in the cluster (overrides [broker].brokers).
+    #[arg(long)]
+    pub brokers: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiverArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Status codes by weight, e.g. `200:90,503:5,404:5`.
+    #[arg(long, default_value = "200", value_parser = parse_mix)]
+    pub mix: Vec<(u16, u32)>,
+    /// Fixed latency before answering, e.g. `20ms`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Extra random latency up to this much.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency_jitter: Duration,
+    /// Retry-After value sent with 429 and 503 answers (seconds or an HTTP date).
+    #[arg(long)]
+    pub retry_after: Option<String>,
+}
+
+/// Loads and validates the configuration, printing every problem on failure.
+pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(cli.config.as_deref())?)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    telemetry::logging::init(&config.telemetry);
+    match cli.command {
+        Command::Broker(args) => run_broker(config, args),
+        Command::CheckConfig => {
+            println!("configuration is valid\n{config:#?}");
+            Ok(())
+        }
+        Command::Dispatch => runtime()?.block_on(run_dispatch(config)),
+        Command::Receiver(args) => runtime()?.block_on(run_receiver(args)),
+        Command::Demo(args) => demo::run(config, args),
+        Command::Bench(args) => bench::run(config, args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn run_dispatch(config: Config) -> anyhow::Result<()> {
+    let stop = shutdown::on_signal();
+    let metrics = DispatchMetrics::new();
+    let health = Health::default();
+    if let Some(addr) = config.telemetry.listen_addr() {
+        let m = metrics.clone();
+        let bound = telemetry::serve(addr, Arc::new(move || m.render()), health.clone(), stop.child_token())
+            .await
+            .with_context(|| format!("binding telemetry listener {addr}"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    }
+    dispatch::run(&config, metrics, health, stop).await
+}
+
+async fn run_receiver(args: ReceiverArgs) -> anyhow::Result<()> {
+    let script = Script {
+        mix: args.mix,
+        latency: args.latency,
+        latency_jitter: args.latency_jitter,
+        retry_after: args.retry_after,
+        record_requests: false,
+    };
+    let receiver = Receiver::start(args.listen, script)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("receiver listening on http://{}", receiver.addr);
+    shutdown::on_signal().cancelled().await;
+    let stats = receiver.stats();
+    println!("received {} requests: {:?}", stats.total, stats.by_status);
+    Ok(())
+}
+
+fn run_broker(mut config: Config, args: BrokerArgs) -> anyhow::Result<()> {
+    if let Some(p) = args.partitions {
+        config.broker.partitions = p;
+    }
+    if let Some(b) = args.brokers {
+        config.broker.brokers = b;
+    }
+    config.validate()?;
+    // The mock cluster is not Send: it stays on this thread while a small runtime waits for a signal.
+    let broker = kafka::EmbeddedBroker::start(config.broker.brokers)?;
+    println!("bootstrap.servers={}", broker.bootstrap_servers());
+    let topics = broker.create_default_topics(&config.topics, config.broker.partitions)?;
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    tracing::info!(?topics, partitions = config.broker.partitions, "embedded broker ready");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async { shutdown::on_signal().cancelled().await });
+    drop(broker);
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `hookrelay demo`: the whole system on one machine, with realistic traffic and a table that adds up.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::send_request::Webhook;
+use crate::events::SendRequest;
+use crate::kafka::EmbeddedBroker;
+use crate::local::{local_config, Observed, OutputReader, SendProducer};
+use crate::receiver::{Receiver, Script};
+use crate::telemetry::{DispatchMetrics, Health};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Send requests to produce.
+    #[arg(long, default_value_t = 3000)]
+    pub sends: u32,
+    /// Partitions of the send topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Give up waiting for every outcome after this long.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
+    /// Seed of the traffic generator (same seed, same traffic).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// The endpoints the demo traffic goes to.
+struct Endpoints {
+    healthy: Receiver,
+    flaky: Receiver,
+    auth: Receiver,
+    unreachable: SocketAddr,
+}
+
+pub fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(1)?;
+    let bootstrap = broker.bootstrap_servers();
+    let topics = config.topics.clone();
+    for t in [&topics.failures, &topics.dead_letters, &topics.alerts] {
+        broker.create_topic(t, 3)?;
+    }
+    broker.create_topic(&topics.sends, args.partitions)?;
+    let base = local_config(&bootstrap);
+    config.kafka = base.kafka;
+    config.telemetry.listen = base.telemetry.listen;
+    config.dispatch.commit_interval = base.dispatch.commit_interval;
+    config.http.request_timeout = Duration::from_secs(1);
+    config.http.connect_timeout = Duration::from_secs(1);
+    eprintln!("embedded broker at {bootstrap}; topic {} has {} partitions", topics.sends, args.partitions);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The broker stays on this thread (it is not Send) and outlives everything run here.
+    let result = rt.block_on(demo(config, args));
+    drop(rt);
+    drop(broker);
+    let (table, adds_up) = result?;
+    println!("{table}");
+    anyhow::ensure!(adds_up, "the demo's numbers do not add up (see the table above)");
+    Ok(())
+}
+
+async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> {
+    let latency = |ms| Script {
+        mix: vec![(200, 1)],
+        latency: Duration::from_millis(ms),
+        latency_jitter: Duration::from_millis(ms * 2),
+        record_requests: false,
+        ..Script::default()
+    };
+    let any_port: SocketAddr = "127.0.0.1:0".parse()?;
+    let endpoints = Endpoints {
+        healthy: Receiver::start(any_port, Script { mix: vec![(200, 97), (500, 3)], ..latency(5) }).await?,
+        flaky: Receiver::start(
+            any_port,
+            Script {
+                mix: vec![(200, 60), (503, 12), (429, 6), (404, 6), (400, 6), (302, 5), (502, 5)],
+                ..latency(10)
+            },
+        )
+        .await?,
+        auth: Receiver::start(any_port, Script { mix: vec![(401, 2), (403, 1)], ..latency(3) }).await?,
+        unreachable: closed_port().await?,
+    };
+    let metrics = DispatchMetrics::new();
+    let stop = CancellationToken::new();
+    let dispatcher = {
+        let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
+        tokio::spawn(async move { crate::dispatch::run(&config, metrics, Health::default(), stop).await })
+    };
+    let reader = OutputReader::start(&config).await?;
+    let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let progress = {
+        let (metrics, reader) = (metrics.clone(), reader.clone());
+        let total = args.sends;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let o = reader.snapshot();
+                eprintln!(
+                    "[{:>5.1}s] of {total} sends: delivered {} · failure events {} · dead-lettered {} · in flight {}",
+                    started.elapsed().as_secs_f64(),
+                    metrics.sends.with_label_values(&["delivered"]).get(),
+                    o.failures.len(),
+                    o.dead_letters.len(),
+                    metrics.pending_records.get(),
+                );
+            }
+        })
+    };
+    let planned: Vec<Traffic> = (0..args.sends).map(|i| traffic(i, &mut rng, &endpoints)).collect();
+    let sent = futures::stream::iter(planned)
+        .map(|t| {
+            let producer = producer.clone();
+            async move {
+                match t {
+                    Traffic::Json(send) => producer.json(&send).await,
+                    Traffic::Avro(send) => producer.avro(&send).await,
+                    Traffic::Garbage(bytes) => producer.raw(b"unknown", &bytes).await,
+                }
+            }
+        })
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?
+        .len() as u64;
+    let observed = reader
+        .wait_until(args.deadline, |o| {
+            metrics.sends.with_label_values(&["delivered"]).get() + o.failures.len() as u64 + o.dead_letters.len() as u64
+                >= sent
+        })
+        .await;
+    let elapsed = started.elapsed();
+    progress.abort();
+    stop.cancel();
+    dispatcher.await.context("dispatcher task")??;
+    reader.stop();
+    let delivered = metrics.sends.with_label_values(&["delivered"]).get();
+    Ok(render_table(sent, delivered, &observed, elapsed, &endpoints))
+}
+
+enum Traffic {
+    Json(SendRequest),
+    Avro(SendRequest),
+    Garbage(Vec<u8>),
+}
+
+const WORKSPACES: [(&str, &str); 4] = [
+    ("ws_acme", "Acme Retail"),
+    ("ws_globex", "Globex"),
+    ("ws_initech", "Initech"),
+    ("ws_umbrella", "Umbrella Health"),
+];
+
+fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
+    let roll: u32 = rng.random_range(0..1000);
+    if roll < 10 {
+        let bad: &[u8] = match i % 4 {
+            0 => b"\x07\x07 not a send request",
+            1 => br#"{"id":"x","webhook":{"url":"https://example.com","request_method":"POST"}}"#,
+            2 => br#"{"id":"x","workspace_id":"ws_acme","webhook":{"url":"not a url","request_method":"POST"}}"#,
+            _ => br#"{"id":"x","workspace_id":"ws_acme","webhook":{"url":"https://example.com","request_method":"BREW"}}"#,
+        };
+        return Traffic::Garbage(bad.to_vec());
+    }
+    let (ws, url, campaign, canvas) = match roll {
+        10..=449 => (0, e.healthy.url("/acme/welcome"), Some("Welcome Series"), None),
+        450..=799 => (1, e.flaky.url("/globex/crm/events"), None, Some("Onboarding Journey")),
+        800..=899 => (2, e.auth.url("/initech/hook"), Some("Password Reset"), None),
+        900..=959 => (3, e.healthy.url("/umbrella/slow?delay=3s"), None, Some("Win-back")),
+        _ => (3, format!("http://{}/umbrella/gone", e.unreachable), None, Some("Win-back")),
+    };
+    let (ws_id, ws_name) = WORKSPACES[ws];
+    let send = SendRequest {
+        id: format!("send-{i:06}"),
+        workspace_id: ws_id.into(),
+        workspace_name: Some(ws_name.into()),
+        user_id: Some(format!("user-{}", rng.random_range(1..5000))),
+        external_user_id: None,
+        dispatch_id: Some(format!("dispatch-{}", i / 100)),
+        send_id: None,
+        campaign_id: campaign.map(|c| format!("cmp_{}", c.to_lowercase().replace(' ', "_"))),
+        campaign_name: campaign.map(str::to_string),
+        message_variation_id: campaign.map(|_| "variant_a".into()),
+        message_variation_name: campaign.map(|_| "Variant A".into()),
+        canvas_id: canvas.map(|c| format!("cnv_{}", c.to_lowercase().replace(' ', "_"))),
+        canvas_name: canvas.map(str::to_string),
+        canvas_variation_id: None,
+        canvas_variation_name: None,
+        canvas_step_id: canvas.map(|_| "step_1".into()),
+        canvas_step_name: canvas.map(|_| "Day 1".into()),
+        canvas_step_message_variation_id: None,
+        webhook: Webhook {
+            url,
+            request_method: "POST".into(),
+            request_headers: Some([("content-type".to_string(), "application/json".to_string())].into()),
+            body: Some(format!(r#"{{"event":"demo","n":{i}}}"#)),
+        },
+        created_at: Some(chrono::Utc::now().timestamp_millis()),
+    };
+    if i % 5 == 0 {
+        Traffic::Avro(send)
+    } else {
+        Traffic::Json(send)
+    }
+}
+
+/// An address where nothing listens: connection refused, reported as 599.
+async fn closed_port() -> std::io::Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    l.local_addr()
+}
+
+fn render_table(sent: u64, delivered: u64, o: &Observed, elapsed: Duration, e: &Endpoints) -> (String, bool) {
+    let failed = o.failures.len() as u64;
+    let dead = o.dead_letters.len() as u64;
+    let accounted = delivered + failed + dead;
+    let adds_up = accounted == sent && o.undecodable_failures == 0;
+    let mut t = String::new();
+    let _ = writeln!(t, "\nhookrelay demo — results");
+    let _ = writeln!(t, "  {:<44}{:>8}", "sent (produced to the send topic)", sent);
+    let _ = writeln!(t, "  {:<44}{:>8}", "delivered (2xx)", delivered);
+    let _ = writeln!(t, "  {:<44}{:>8}", "failed (failure events, all terminal)", failed);
+    for ((code, source), n) in o.failures_by_code() {
+        let _ = writeln!(t, "    {:<42}{:>8}", format!("{code} {}", source_label(code, &source)), n);
+    }
+    let _ = writeln!(t, "  {:<44}{:>8}", "dead-lettered (undecodable or invalid)", dead);
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    for d in &o.dead_letters {
+        *reasons.entry(d.headers.get("hookrelay-error-kind").cloned().unwrap_or_default()).or_default() += 1;
+    }
+    for (reason, n) in reasons {
+        let _ = writeln!(t, "    {reason:<42}{n:>8}");
+    }
+    let _ = writeln!(t, "  {:<44}{:>8.1}", "elapsed (s)", elapsed.as_secs_f64());
+    let _ = writeln!(t, "  {:<44}{:>8.0}", "rate (sends/s)", sent as f64 / elapsed.as_secs_f64().max(1e-9));
+    let _ = writeln!(
+        t,
+        "  receivers saw: healthy {} · flaky {} · auth {} requests",
+        e.healthy.count(),
+        e.flaky.count(),
+        e.auth.count()
+    );
+    let verdict = if adds_up { "adds up" } else { "DOES NOT ADD UP" };
+    let _ = writeln!(t, "\n  {delivered} delivered + {failed} failed + {dead} dead-lettered = {accounted} of {sent} sent: {verdict}");
+    (t, adds_up)
+}
+
+fn source_label(code: i32, source: &str) -> String {
+    let reason = crate::dispatch::classify::canonical_reason(u16::try_from(code).unwrap_or(0));
+    if code >= 598 {
+        format!("({source})")
+    } else {
+        format!("{reason}")
+    }
+}

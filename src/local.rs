@@ -1,0 +1,193 @@
+//! Helpers for running hookrelay on one machine: producing send requests and reading the output topics
+//! back. Used by `demo`, `bench` and the integration tests, so all three count outcomes the same way.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, KafkaConfig};
+use crate::events::{FailureEvent, SendRequest};
+use crate::kafka::client::{producer_config, reader_config};
+
+/// A configuration for a system on this machine, against `bootstrap` (usually the embedded broker).
+pub fn local_config(bootstrap: &str) -> Config {
+    let mut c = Config::default();
+    c.kafka.bootstrap_servers = bootstrap.to_string();
+    // KIP-848 groups join in ~0.1 s on the embedded broker instead of 3 s.
+    c.kafka.properties.insert("group.protocol".into(), "consumer".into());
+    c.telemetry.listen = String::new();
+    c.dispatch.commit_interval = Duration::from_millis(200);
+    c.dispatch.rebalance_grace = Duration::from_secs(5);
+    c.dispatch.shutdown_grace = Duration::from_secs(10);
+    c
+}
+
+/// Produces send requests and waits for each acknowledgement.
+#[derive(Clone)]
+pub struct SendProducer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl SendProducer {
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: producer_config(kafka).create().context("creating producer")?,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Produces a send as JSON, keyed by workspace.
+    pub async fn json(&self, send: &SendRequest) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(send)?;
+        self.raw(send.workspace_id.as_bytes(), &bytes).await
+    }
+
+    /// Produces a send as Confluent-framed Avro (schema id 1).
+    pub async fn avro(&self, send: &SendRequest) -> anyhow::Result<()> {
+        let mut bytes = vec![0, 0, 0, 0, 1];
+        bytes.extend_from_slice(&send.to_avro());
+        self.raw(send.workspace_id.as_bytes(), &bytes).await
+    }
+
+    pub async fn raw(&self, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
+        self.producer
+            .send(FutureRecord::to(&self.topic).key(key).payload(payload), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {}: {e}", self.topic))?;
+        Ok(())
+    }
+}
+
+/// A dead-lettered record as read back.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Everything read back from the failure and dead-letter topics so far.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    pub failures: Vec<FailureEvent>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Records on the failure topic that did not decode (should stay zero).
+    pub undecodable_failures: u64,
+}
+
+impl Observed {
+    /// Failure events by (status code, source).
+    pub fn failures_by_code(&self) -> BTreeMap<(i32, String), u64> {
+        let mut m = BTreeMap::new();
+        for f in &self.failures {
+            let key = (
+                f.http_status_code.unwrap_or_default(),
+                f.webhook_failure_source.clone().unwrap_or_default(),
+            );
+            *m.entry(key).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// Reads the failure and dead-letter topics from the beginning, in the background, until cancelled.
+#[derive(Clone)]
+pub struct OutputReader {
+    observed: Arc<Mutex<Observed>>,
+    stop: CancellationToken,
+}
+
+impl OutputReader {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let stop = CancellationToken::new();
+        for (topic, is_failures) in [(&config.topics.failures, true), (&config.topics.dead_letters, false)] {
+            let consumer = assign_all(&config.kafka, topic).await?;
+            let observed = observed.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut stream = consumer.stream();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        m = stream.next() => m,
+                    };
+                    let Some(Ok(msg)) = msg else { continue };
+                    let payload = msg.payload().unwrap_or_default();
+                    let mut o = observed.lock().expect("observed lock");
+                    if is_failures {
+                        match FailureEvent::decode(payload) {
+                            Ok(e) => o.failures.push(e),
+                            Err(_) => o.undecodable_failures += 1,
+                        }
+                    } else {
+                        let headers = msg
+                            .headers()
+                            .map(|hs| {
+                                hs.iter()
+                                    .map(|h| {
+                                        let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                                        (h.key.to_string(), v)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        o.dead_letters.push(DeadLetter {
+                            payload: payload.to_vec(),
+                            headers,
+                        });
+                    }
+                }
+            });
+        }
+        Ok(Self { observed, stop })
+    }
+
+    pub fn snapshot(&self) -> Observed {
+        self.observed.lock().expect("observed lock").clone()
+    }
+
+    /// Waits until `done` holds for what has been read, or the deadline passes; returns the last snapshot.
+    pub async fn wait_until(&self, deadline: Duration, done: impl Fn(&Observed) -> bool) -> Observed {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let snap = self.snapshot();
+            if done(&snap) || tokio::time::Instant::now() >= until {
+                return snap;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A group-less consumer assigned every partition of `topic` from the beginning.
+pub async fn assign_all(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = reader_config(kafka).create().context("creating reader")?;
+    let topic_owned = topic.to_string();
+    let (consumer, partitions) = tokio::task::spawn_blocking(move || {
+        let md = consumer.fetch_metadata(Some(&topic_owned), Duration::from_secs(10));
+        let n = md.map(|m| m.topics().first().map_or(0, |t| t.partitions().len()));
+        (consumer, n)
+    })
+    .await?;
+    let partitions = partitions.with_context(|| format!("reading metadata of {topic}"))?;
+    anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
