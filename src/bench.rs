@@ -64,7 +64,9 @@ pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_in_flight {
         config.dispatch.max_in_flight = n;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(bench(config, args));
     drop(rt);
     drop(broker);
@@ -78,19 +80,31 @@ async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
     let ceiling = if args.no_wrk {
         None
     } else {
-        let (addr, conns, dur) = (receiver.addr, args.wrk_connections, args.wrk_duration.clone());
+        let (addr, conns, dur) = (
+            receiver.addr,
+            args.wrk_connections,
+            args.wrk_duration.clone(),
+        );
         tokio::task::spawn_blocking(move || wrk_ceiling(addr, conns, &dur)).await?
     };
     let metrics = DispatchMetrics::new();
     let health = Health::default();
     let stop = CancellationToken::new();
     let dispatcher = {
-        let (config, metrics, health, stop) = (config.clone(), metrics.clone(), health.clone(), stop.clone());
+        let (config, metrics, health, stop) = (
+            config.clone(),
+            metrics.clone(),
+            health.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move { crate::dispatch::run(&config, metrics, health, stop).await })
     };
     let ready_by = Instant::now() + Duration::from_secs(30);
     while !health.is_ready() {
-        anyhow::ensure!(Instant::now() < ready_by, "dispatcher got no partitions within 30 s");
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "dispatcher got no partitions within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
@@ -122,12 +136,18 @@ async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
     let mut last_ms = started_ms;
     let mut seen = 0u64;
     for r in receiver.requests() {
-        let Some(created) = r.webhook_id.as_ref().and_then(|id| produced.get(id)) else { continue };
+        let Some(created) = r.webhook_id.as_ref().and_then(|id| produced.get(id)) else {
+            continue;
+        };
         latency.saturating_record(u64::try_from(r.at_unix_ms - created).unwrap_or(0).max(1));
         last_ms = last_ms.max(r.at_unix_ms);
         seen += 1;
     }
-    anyhow::ensure!(seen >= u64::from(args.sends), "only {seen} of {} sends arrived before the deadline", args.sends);
+    anyhow::ensure!(
+        seen >= u64::from(args.sends),
+        "only {seen} of {} sends arrived before the deadline",
+        args.sends
+    );
     let secs = ((last_ms - started_ms) as f64 / 1000.0).max(1e-3);
     let rate = f64::from(args.sends) / secs;
     let mut out = format!(
@@ -198,7 +218,12 @@ fn bench_send(i: u32, url: &str, body: &str) -> SendRequest {
 /// Requests per second `wrk` gets from the receiver on its own; `None` when wrk is not installed.
 fn wrk_ceiling(addr: SocketAddr, connections: u32, duration: &str) -> Option<f64> {
     let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{duration}"), &format!("http://{addr}/ceiling")])
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{duration}"),
+            &format!("http://{addr}/ceiling"),
+        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -28,7 +28,13 @@ use crate::{bench, demo, dispatch, kafka, shutdown};
 )]
 pub struct Cli {
     /// TOML configuration file; every key can also be set as HOOKRELAY_<SECTION>__<KEY>.
-    #[arg(long, short, global = true, env = "HOOKRELAY_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HOOKRELAY_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -132,9 +138,14 @@ async fn run_dispatch(config: Config) -> anyhow::Result<()> {
     let health = Health::default();
     if let Some(addr) = config.telemetry.listen_addr() {
         let m = metrics.clone();
-        let bound = telemetry::serve(addr, Arc::new(move || m.render()), health.clone(), stop.child_token())
-            .await
-            .with_context(|| format!("binding telemetry listener {addr}"))?;
+        let bound = telemetry::serve(
+            addr,
+            Arc::new(move || m.render()),
+            health.clone(),
+            stop.child_token(),
+        )
+        .await
+        .with_context(|| format!("binding telemetry listener {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     }
     dispatch::run(&config, metrics, health, stop).await
@@ -172,7 +183,11 @@ fn run_broker(mut config: Config, args: BrokerArgs) -> anyhow::Result<()> {
     let topics = broker.create_default_topics(&config.topics, config.broker.partitions)?;
     use std::io::Write as _;
     std::io::stdout().flush()?;
-    tracing::info!(?topics, partitions = config.broker.partitions, "embedded broker ready");
+    tracing::info!(
+        ?topics,
+        partitions = config.broker.partitions,
+        "embedded broker ready"
+    );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -57,15 +57,23 @@ pub fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.dispatch.commit_interval = base.dispatch.commit_interval;
     config.http.request_timeout = Duration::from_secs(1);
     config.http.connect_timeout = Duration::from_secs(1);
-    eprintln!("embedded broker at {bootstrap}; topic {} has {} partitions", topics.sends, args.partitions);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    eprintln!(
+        "embedded broker at {bootstrap}; topic {} has {} partitions",
+        topics.sends, args.partitions
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     // The broker stays on this thread (it is not Send) and outlives everything run here.
     let result = rt.block_on(demo(config, args));
     drop(rt);
     drop(broker);
     let (table, adds_up) = result?;
     println!("{table}");
-    anyhow::ensure!(adds_up, "the demo's numbers do not add up (see the table above)");
+    anyhow::ensure!(
+        adds_up,
+        "the demo's numbers do not add up (see the table above)"
+    );
     Ok(())
 }
 
@@ -79,23 +87,47 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     };
     let any_port: SocketAddr = "127.0.0.1:0".parse()?;
     let endpoints = Endpoints {
-        healthy: Receiver::start(any_port, Script { mix: vec![(200, 97), (500, 3)], ..latency(5) }).await?,
+        healthy: Receiver::start(
+            any_port,
+            Script {
+                mix: vec![(200, 97), (500, 3)],
+                ..latency(5)
+            },
+        )
+        .await?,
         flaky: Receiver::start(
             any_port,
             Script {
-                mix: vec![(200, 60), (503, 12), (429, 6), (404, 6), (400, 6), (302, 5), (502, 5)],
+                mix: vec![
+                    (200, 60),
+                    (503, 12),
+                    (429, 6),
+                    (404, 6),
+                    (400, 6),
+                    (302, 5),
+                    (502, 5),
+                ],
                 ..latency(10)
             },
         )
         .await?,
-        auth: Receiver::start(any_port, Script { mix: vec![(401, 2), (403, 1)], ..latency(3) }).await?,
+        auth: Receiver::start(
+            any_port,
+            Script {
+                mix: vec![(401, 2), (403, 1)],
+                ..latency(3)
+            },
+        )
+        .await?,
         unreachable: closed_port().await?,
     };
     let metrics = DispatchMetrics::new();
     let stop = CancellationToken::new();
     let dispatcher = {
         let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
-        tokio::spawn(async move { crate::dispatch::run(&config, metrics, Health::default(), stop).await })
+        tokio::spawn(async move {
+            crate::dispatch::run(&config, metrics, Health::default(), stop).await
+        })
     };
     let reader = OutputReader::start(&config).await?;
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
@@ -119,7 +151,9 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
             }
         })
     };
-    let planned: Vec<Traffic> = (0..args.sends).map(|i| traffic(i, &mut rng, &endpoints)).collect();
+    let planned: Vec<Traffic> = (0..args.sends)
+        .map(|i| traffic(i, &mut rng, &endpoints))
+        .collect();
     let sent = futures::stream::iter(planned)
         .map(|t| {
             let producer = producer.clone();
@@ -139,7 +173,9 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
         .len() as u64;
     let observed = reader
         .wait_until(args.deadline, |o| {
-            metrics.sends.with_label_values(&["delivered"]).get() + o.failures.len() as u64 + o.dead_letters.len() as u64
+            metrics.sends.with_label_values(&["delivered"]).get()
+                + o.failures.len() as u64
+                + o.dead_letters.len() as u64
                 >= sent
         })
         .await;
@@ -149,7 +185,9 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     dispatcher.await.context("dispatcher task")??;
     reader.stop();
     let delivered = metrics.sends.with_label_values(&["delivered"]).get();
-    Ok(render_table(sent, delivered, &observed, elapsed, &endpoints))
+    Ok(render_table(
+        sent, delivered, &observed, elapsed, &endpoints,
+    ))
 }
 
 enum Traffic {
@@ -177,11 +215,31 @@ fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
         return Traffic::Garbage(bad.to_vec());
     }
     let (ws, url, campaign, canvas) = match roll {
-        10..=449 => (0, e.healthy.url("/acme/welcome"), Some("Welcome Series"), None),
-        450..=799 => (1, e.flaky.url("/globex/crm/events"), None, Some("Onboarding Journey")),
+        10..=449 => (
+            0,
+            e.healthy.url("/acme/welcome"),
+            Some("Welcome Series"),
+            None,
+        ),
+        450..=799 => (
+            1,
+            e.flaky.url("/globex/crm/events"),
+            None,
+            Some("Onboarding Journey"),
+        ),
         800..=899 => (2, e.auth.url("/initech/hook"), Some("Password Reset"), None),
-        900..=959 => (3, e.healthy.url("/umbrella/slow?delay=3s"), None, Some("Win-back")),
-        _ => (3, format!("http://{}/umbrella/gone", e.unreachable), None, Some("Win-back")),
+        900..=959 => (
+            3,
+            e.healthy.url("/umbrella/slow?delay=3s"),
+            None,
+            Some("Win-back"),
+        ),
+        _ => (
+            3,
+            format!("http://{}/umbrella/gone", e.unreachable),
+            None,
+            Some("Win-back"),
+        ),
     };
     let (ws_id, ws_name) = WORKSPACES[ws];
     let send = SendRequest {
@@ -206,7 +264,9 @@ fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
         webhook: Webhook {
             url,
             request_method: "POST".into(),
-            request_headers: Some([("content-type".to_string(), "application/json".to_string())].into()),
+            request_headers: Some(
+                [("content-type".to_string(), "application/json".to_string())].into(),
+            ),
             body: Some(format!(r#"{{"event":"demo","n":{i}}}"#)),
         },
         created_at: Some(chrono::Utc::now().timestamp_millis()),
@@ -224,29 +284,64 @@ async fn closed_port() -> std::io::Result<SocketAddr> {
     l.local_addr()
 }
 
-fn render_table(sent: u64, delivered: u64, o: &Observed, elapsed: Duration, e: &Endpoints) -> (String, bool) {
+fn render_table(
+    sent: u64,
+    delivered: u64,
+    o: &Observed,
+    elapsed: Duration,
+    e: &Endpoints,
+) -> (String, bool) {
     let failed = o.failures.len() as u64;
     let dead = o.dead_letters.len() as u64;
     let accounted = delivered + failed + dead;
     let adds_up = accounted == sent && o.undecodable_failures == 0;
     let mut t = String::new();
     let _ = writeln!(t, "\nhookrelay demo — results");
-    let _ = writeln!(t, "  {:<44}{:>8}", "sent (produced to the send topic)", sent);
+    let _ = writeln!(
+        t,
+        "  {:<44}{:>8}",
+        "sent (produced to the send topic)", sent
+    );
     let _ = writeln!(t, "  {:<44}{:>8}", "delivered (2xx)", delivered);
-    let _ = writeln!(t, "  {:<44}{:>8}", "failed (failure events, all terminal)", failed);
+    let _ = writeln!(
+        t,
+        "  {:<44}{:>8}",
+        "failed (failure events, all terminal)", failed
+    );
     for ((code, source), n) in o.failures_by_code() {
-        let _ = writeln!(t, "    {:<42}{:>8}", format!("{code} {}", source_label(code, &source)), n);
+        let _ = writeln!(
+            t,
+            "    {:<42}{:>8}",
+            format!("{code} {}", source_label(code, &source)),
+            n
+        );
     }
-    let _ = writeln!(t, "  {:<44}{:>8}", "dead-lettered (undecodable or invalid)", dead);
+    let _ = writeln!(
+        t,
+        "  {:<44}{:>8}",
+        "dead-lettered (undecodable or invalid)", dead
+    );
     let mut reasons = std::collections::BTreeMap::<String, u64>::new();
     for d in &o.dead_letters {
-        *reasons.entry(d.headers.get("hookrelay-error-kind").cloned().unwrap_or_default()).or_default() += 1;
+        *reasons
+            .entry(
+                d.headers
+                    .get("hookrelay-error-kind")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .or_default() += 1;
     }
     for (reason, n) in reasons {
         let _ = writeln!(t, "    {reason:<42}{n:>8}");
     }
     let _ = writeln!(t, "  {:<44}{:>8.1}", "elapsed (s)", elapsed.as_secs_f64());
-    let _ = writeln!(t, "  {:<44}{:>8.0}", "rate (sends/s)", sent as f64 / elapsed.as_secs_f64().max(1e-9));
+    let _ = writeln!(
+        t,
+        "  {:<44}{:>8.0}",
+        "rate (sends/s)",
+        sent as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
     let _ = writeln!(
         t,
         "  receivers saw: healthy {} · flaky {} · auth {} requests",
@@ -254,7 +349,11 @@ fn render_table(sent: u64, delivered: u64, o: &Observed, elapsed: Duration, e: &
         e.flaky.count(),
         e.auth.count()
     );
-    let verdict = if adds_up { "adds up" } else { "DOES NOT ADD UP" };
+    let verdict = if adds_up {
+        "adds up"
+    } else {
+        "DOES NOT ADD UP"
+    };
     let _ = writeln!(t, "\n  {delivered} delivered + {failed} failed + {dead} dead-lettered = {accounted} of {sent} sent: {verdict}");
     (t, adds_up)
 }

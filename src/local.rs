@@ -22,7 +22,9 @@ pub fn local_config(bootstrap: &str) -> Config {
     let mut c = Config::default();
     c.kafka.bootstrap_servers = bootstrap.to_string();
     // KIP-848 groups join in ~0.1 s on the embedded broker instead of 3 s.
-    c.kafka.properties.insert("group.protocol".into(), "consumer".into());
+    c.kafka
+        .properties
+        .insert("group.protocol".into(), "consumer".into());
     c.telemetry.listen = String::new();
     c.dispatch.commit_interval = Duration::from_millis(200);
     c.dispatch.rebalance_grace = Duration::from_secs(5);
@@ -40,7 +42,9 @@ pub struct SendProducer {
 impl SendProducer {
     pub fn new(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            producer: producer_config(kafka).create().context("creating producer")?,
+            producer: producer_config(kafka)
+                .create()
+                .context("creating producer")?,
             topic: topic.to_string(),
         })
     }
@@ -60,7 +64,10 @@ impl SendProducer {
 
     pub async fn raw(&self, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
         self.producer
-            .send(FutureRecord::to(&self.topic).key(key).payload(payload), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&self.topic).key(key).payload(payload),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("producing to {}: {e}", self.topic))?;
         Ok(())
@@ -109,7 +116,10 @@ impl OutputReader {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let stop = CancellationToken::new();
-        for (topic, is_failures) in [(&config.topics.failures, true), (&config.topics.dead_letters, false)] {
+        for (topic, is_failures) in [
+            (&config.topics.failures, true),
+            (&config.topics.dead_letters, false),
+        ] {
             let consumer = assign_all(&config.kafka, topic).await?;
             let observed = observed.clone();
             let stop = stop.clone();
@@ -134,7 +144,9 @@ impl OutputReader {
                             .map(|hs| {
                                 hs.iter()
                                     .map(|h| {
-                                        let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                                        let v =
+                                            String::from_utf8_lossy(h.value.unwrap_or_default())
+                                                .into_owned();
                                         (h.key.to_string(), v)
                                     })
                                     .collect()
@@ -156,7 +168,11 @@ impl OutputReader {
     }
 
     /// Waits until `done` holds for what has been read, or the deadline passes; returns the last snapshot.
-    pub async fn wait_until(&self, deadline: Duration, done: impl Fn(&Observed) -> bool) -> Observed {
+    pub async fn wait_until(
+        &self,
+        deadline: Duration,
+        done: impl Fn(&Observed) -> bool,
+    ) -> Observed {
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let snap = self.snapshot();

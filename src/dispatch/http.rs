@@ -59,7 +59,9 @@ impl Executor {
         let reason = resp
             .extensions()
             .get::<hyper::ext::ReasonPhrase>()
-            .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).trim().to_string())
+            // hyper servers write `<none>` for codes without a canonical phrase (529, 598…): not a real phrase.
+            .filter(|r| !r.is_empty() && r != "<none>");
         let content_length = resp.content_length();
         let mut body = Vec::new();
         while body.len() < self.max_response_bytes {

@@ -87,7 +87,7 @@ impl Pipeline {
             Outcome::Failed(failure) => {
                 // Retries arrive with the retry issue; until then every failure is final.
                 let terminal = true;
-                tracing::info!(status = failure.status, source = %failure.source, reason = %failure.reason, "webhook failed");
+                tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, "webhook failed");
                 let event = failure_event(
                     send,
                     &failure,

@@ -1,0 +1,295 @@
+//! Shared helpers for the integration tests: an embedded broker per test, in-process and child-process
+//! dispatchers, send requests with every identifier filled in, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hookrelay::config::Config;
+use hookrelay::events::send_request::Webhook;
+use hookrelay::events::SendRequest;
+use hookrelay::kafka::EmbeddedBroker;
+use hookrelay::local::local_config;
+use hookrelay::telemetry::{DispatchMetrics, Health};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
+
+/// An embedded broker with hookrelay's topics, and a configuration pointing at it.
+pub struct Kafka {
+    pub broker: EmbeddedBroker,
+    pub config: Config,
+}
+
+impl Kafka {
+    pub fn start(send_partitions: i32) -> Self {
+        let broker = EmbeddedBroker::start(1).expect("embedded broker starts");
+        let mut config = local_config(&broker.bootstrap_servers());
+        config.http.request_timeout = Duration::from_secs(5);
+        broker
+            .create_topic(&config.topics.sends, send_partitions)
+            .unwrap();
+        broker.create_topic(&config.topics.failures, 3).unwrap();
+        broker.create_topic(&config.topics.dead_letters, 1).unwrap();
+        Self { broker, config }
+    }
+
+    /// Committed positions of the dispatch group on the send topic, by partition.
+    pub async fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
+        let mut c = hookrelay::kafka::client::consumer_config(
+            &self.config.kafka,
+            &self.config.kafka.dispatch_group_id,
+        );
+        c.remove("group.protocol");
+        let topic = self.config.topics.sends.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = c.create().unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p);
+            }
+            let got = consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .unwrap();
+            got.elements()
+                .iter()
+                .filter_map(|e| {
+                    e.offset()
+                        .to_raw()
+                        .filter(|o| *o >= 0)
+                        .map(|o| (e.partition(), o))
+                })
+                .collect()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// A dispatcher running inside the test process.
+pub struct Dispatcher {
+    pub metrics: DispatchMetrics,
+    pub health: Health,
+    stop: CancellationToken,
+    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A failed assertion must not leave the consumer thread running (the runtime would wait for it forever).
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Dispatcher {
+    pub fn spawn(config: &Config) -> Self {
+        let (metrics, health, stop) = (
+            DispatchMetrics::new(),
+            Health::default(),
+            CancellationToken::new(),
+        );
+        let join = {
+            let (config, metrics, health, stop) = (
+                config.clone(),
+                metrics.clone(),
+                health.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(
+                async move { hookrelay::dispatch::run(&config, metrics, health, stop).await },
+            )
+        };
+        Self {
+            metrics,
+            health,
+            stop,
+            join: Some(join),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let health = self.health.clone();
+        wait_for(
+            "dispatcher gets partitions",
+            Duration::from_secs(30),
+            || {
+                let h = health.clone();
+                async move { h.is_ready() }
+            },
+        )
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let join = self.join.take().expect("stopped once");
+        join.await
+            .expect("dispatcher task")
+            .expect("dispatcher exits cleanly");
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.metrics.sends.with_label_values(&["delivered"]).get()
+    }
+}
+
+/// Polls `cond` until it holds; panics naming `what` at the deadline. No sleeping-and-hoping.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A send request with every identifier filled in, derived from `id`.
+pub fn full_send(id: &str, workspace: &str, url: &str) -> SendRequest {
+    let f = |field: &str| Some(format!("{field}-{id}"));
+    SendRequest {
+        id: id.to_string(),
+        workspace_id: workspace.to_string(),
+        workspace_name: Some(format!("Workspace <{workspace}> & co")),
+        user_id: f("user"),
+        external_user_id: f("ext"),
+        dispatch_id: f("dispatch"),
+        send_id: f("send"),
+        campaign_id: f("campaign"),
+        campaign_name: f("Campaign name"),
+        message_variation_id: f("mv"),
+        message_variation_name: f("MV name"),
+        canvas_id: f("canvas"),
+        canvas_name: f("Canvas name"),
+        canvas_variation_id: f("cv"),
+        canvas_variation_name: f("CV name"),
+        canvas_step_id: f("step"),
+        canvas_step_name: f("Step name"),
+        canvas_step_message_variation_id: f("smv"),
+        webhook: Webhook {
+            url: url.to_string(),
+            request_method: "POST".into(),
+            request_headers: Some([("x-test".to_string(), id.to_string())].into()),
+            body: Some(format!(r#"{{"id":"{id}"}}"#)),
+        },
+        created_at: Some(1_700_000_000_000),
+    }
+}
+
+/// A bare send: only what is required.
+pub fn send(id: &str, url: &str) -> SendRequest {
+    let mut s = full_send(id, "ws", url);
+    s.workspace_name = None;
+    s
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn hookrelay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hookrelay"))
+}
+
+/// A `hookrelay dispatch` child process configured through environment variables.
+pub struct ChildDispatcher {
+    pub child: Child,
+    pub metrics_addr: SocketAddr,
+}
+
+impl ChildDispatcher {
+    /// Classic group protocol with a short session, so a killed member's partitions move on in seconds.
+    pub fn spawn(config: &Config) -> Self {
+        let metrics_addr = free_port();
+        let mut cmd = Command::new(hookrelay_bin());
+        cmd.arg("dispatch")
+            .env_clear()
+            .env(
+                "HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS",
+                &config.kafka.bootstrap_servers,
+            )
+            .env(
+                "HOOKRELAY_KAFKA__DISPATCH_GROUP_ID",
+                &config.kafka.dispatch_group_id,
+            )
+            .env("HOOKRELAY_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000")
+            .env("HOOKRELAY_KAFKA__PROPERTIES__HEARTBEAT_INTERVAL_MS", "500")
+            .env("HOOKRELAY_TOPICS__SENDS", &config.topics.sends)
+            .env("HOOKRELAY_TOPICS__FAILURES", &config.topics.failures)
+            .env(
+                "HOOKRELAY_TOPICS__DEAD_LETTERS",
+                &config.topics.dead_letters,
+            )
+            .env("HOOKRELAY_DISPATCH__COMMIT_INTERVAL", "200ms")
+            .env(
+                "HOOKRELAY_DISPATCH__MAX_IN_FLIGHT",
+                config.dispatch.max_in_flight.to_string(),
+            )
+            .env("HOOKRELAY_DISPATCH__SHUTDOWN_GRACE", "20s")
+            .env("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "10s")
+            .env("HOOKRELAY_TELEMETRY__LISTEN", metrics_addr.to_string())
+            .env("HOOKRELAY_TELEMETRY__LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("hookrelay dispatch starts");
+        Self {
+            child,
+            metrics_addr,
+        }
+    }
+
+    /// `/metrics` text, or empty while the listener is not up yet.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        match reqwest::get(url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The value of an unlabelled gauge or counter, e.g. `hookrelay_assigned_partitions`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("exit status")
+    }
+}
+
+impl Drop for ChildDispatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
