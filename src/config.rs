@@ -38,6 +38,10 @@ pub struct KafkaConfig {
     pub dispatch_group_id: String,
     /// librdkafka properties passed through to every client (SASL, TLS, tuning).
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only (e.g. `session.timeout.ms`), applied after `properties`.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for producers only (e.g. `linger.ms`), applied after `properties`.
+    pub producer_properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -46,6 +50,8 @@ impl Default for KafkaConfig {
             bootstrap_servers: "localhost:9092".into(),
             dispatch_group_id: "hookrelay-dispatch".into(),
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
         }
     }
 }
@@ -53,22 +59,24 @@ impl Default for KafkaConfig {
 /// Hand-written so that credentials in pass-through properties never reach a log line.
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let props: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let shown = if is_secret_property(k) {
-                    "<redacted>"
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), shown)
-            })
-            .collect();
+        let redacted = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| {
+                    let shown = if is_secret_property(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    };
+                    (k.clone(), shown.to_string())
+                })
+                .collect()
+        };
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("dispatch_group_id", &self.dispatch_group_id)
-            .field("properties", &props)
+            .field("properties", &redacted(&self.properties))
+            .field("consumer_properties", &redacted(&self.consumer_properties))
+            .field("producer_properties", &redacted(&self.producer_properties))
             .finish()
     }
 }
@@ -274,7 +282,7 @@ impl Config {
         }
         let env_toml = env_overrides(vars);
         fig = fig.merge(Toml::string(&env_toml));
-        let mut config: Config = fig.extract().map_err(|e| ConfigError {
+        let mut config: Config = fig.extract_lossy().map_err(|e| ConfigError {
             problems: e.into_iter().map(|e| e.to_string()).collect(),
         })?;
         config.dispatch.allowed_methods = config
@@ -390,8 +398,8 @@ fn check_topic_name(name: &str) -> Result<(), &'static str> {
 
 /// Turns `HOOKRELAY_SECTION__KEY=value` variables into a TOML document.
 ///
-/// Values are parsed as TOML when they can be (`90s` stays a string, `[80, 443]` becomes a list, `true` a bool),
-/// otherwise taken as strings. Under `kafka.properties`, `_` in a key stands for `.` because shells do not allow
+/// Lists and tables (`["POST", "PUT"]`) are parsed as TOML; everything else is a string converted to the
+/// field's type on extraction. Under `kafka.properties`, `_` in a key stands for `.` because shells do not allow
 /// dots in variable names (`HOOKRELAY_KAFKA__PROPERTIES__SASL_MECHANISM` → `sasl.mechanism`).
 fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> String {
     let mut table = toml::Table::new();
@@ -403,12 +411,15 @@ fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> String {
             continue;
         }
         let mut path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
+        if path.len() == 3 && path[0] == "kafka" && path[1].ends_with("properties") {
             path[2] = path[2].replace('_', ".");
         }
+        // Lists and tables are parsed; scalars stay strings, which the typed extraction converts as the
+        // target field needs ("7" → 7, "true" → true) while a string field keeps "123" as written.
         let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
+            .filter(|v| v.is_array() || v.is_table())
             .unwrap_or(toml::Value::String(value));
         insert_path(&mut table, &path, parsed);
     }
@@ -456,6 +467,13 @@ mod tests {
                 ("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "2m"),
                 ("HOOKRELAY_DISPATCH__MAX_IN_FLIGHT", "7"),
                 ("HOOKRELAY_KAFKA__PROPERTIES__SASL_MECHANISM", "PLAIN"),
+                ("HOOKRELAY_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000"),
+                ("HOOKRELAY_KAFKA__DISPATCH_GROUP_ID", "123"),
+                ("HOOKRELAY_DISPATCH__ACCEPT_PLAIN_AVRO", "true"),
+                (
+                    "HOOKRELAY_DISPATCH__ALLOWED_METHODS",
+                    "[\"post\", \"PATCH\"]",
+                ),
                 ("HOOKRELAY_CONFIG", "/ignored/not/a/section"),
             ]),
         )
@@ -464,6 +482,10 @@ mod tests {
         assert_eq!(c.http.request_timeout, Duration::from_secs(120));
         assert_eq!(c.dispatch.max_in_flight, 7);
         assert_eq!(c.kafka.properties["sasl.mechanism"], "PLAIN");
+        assert_eq!(c.kafka.properties["session.timeout.ms"], "6000");
+        assert_eq!(c.kafka.dispatch_group_id, "123");
+        assert!(c.dispatch.accept_plain_avro);
+        assert_eq!(c.dispatch.allowed_methods, ["POST", "PATCH"]);
     }
 
     #[test]
@@ -503,7 +525,14 @@ mod tests {
         c.kafka
             .properties
             .insert("sasl.password".into(), "hunter2".into());
-        assert!(!format!("{c:?}").contains("hunter2"));
+        c.kafka
+            .consumer_properties
+            .insert("ssl.key.password".into(), "swordfish".into());
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -363,6 +363,6 @@ fn source_label(code: i32, source: &str) -> String {
     if code >= 598 {
         format!("({source})")
     } else {
-        format!("{reason}")
+        reason.to_string()
     }
 }

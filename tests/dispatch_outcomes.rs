@@ -100,7 +100,7 @@ async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
         assert_eq!(events.len(), 1, "exactly one event for {code}");
         let e = events[0];
         let sent = full_send(&id, "", "");
-        assert_eq!(e.http_status_code, Some(i32::from(code)));
+        assert_eq!(e.http_status_code, Some(code));
         assert_eq!(
             e.webhook_failure_source.as_deref(),
             Some("External Endpoint")

@@ -11,7 +11,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -103,20 +102,20 @@ impl ConsumerContext for DispatchContext {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         }
-        let mut commit = TopicPartitionList::new();
+        let mut positions = Vec::new();
         let mut unfinished = 0;
         for tp in &revoked {
             unfinished += state.tracker.pending(tp);
             if let Some(pos) = state.tracker.revoke(tp) {
-                let _ = commit.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(pos));
+                positions.push((tp.clone(), pos));
             }
             state.paused.remove(tp);
         }
         shared.update_gauges(&state);
         drop(state);
         tracing::info!(partitions = revoked.len(), unfinished, "partitions revoked");
-        if commit.count() > 0 && !consumer.assignment_lost() {
-            commit_positions(consumer, &commit, CommitMode::Sync, &shared.metrics);
+        if !consumer.assignment_lost() {
+            commit_positions(consumer, shared, &positions);
         }
     }
 
@@ -132,31 +131,28 @@ impl ConsumerContext for DispatchContext {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.shared
-            .metrics
-            .commits
-            .with_label_values(&[label])
-            .inc();
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "offset commit failed; a later commit will carry the position");
-        }
-    }
 }
 
+/// Commits synchronously so that a failure is seen: the positions are then handed out again next tick
+/// (with nothing else moving they would otherwise never be sent again). One round trip per interval.
 fn commit_positions(
     consumer: &BaseConsumer<DispatchContext>,
-    tpl: &TopicPartitionList,
-    mode: CommitMode,
-    metrics: &DispatchMetrics,
+    shared: &Shared,
+    positions: &[(TopicPartition, i64)],
 ) {
-    if let Err(e) = consumer.commit(tpl, mode) {
-        metrics.commits.with_label_values(&["error"]).inc();
-        tracing::warn!(error = %e, "offset commit failed");
-    } else if matches!(mode, CommitMode::Sync) {
-        metrics.commits.with_label_values(&["ok"]).inc();
+    if positions.is_empty() {
+        return;
+    }
+    match consumer.commit(&to_tpl(positions), CommitMode::Sync) {
+        Ok(()) => shared.metrics.commits.with_label_values(&["ok"]).inc(),
+        Err(e) => {
+            shared.metrics.commits.with_label_values(&["error"]).inc();
+            tracing::warn!(error = %e, partitions = positions.len(), "offset commit failed; retrying next interval");
+            let mut state = shared.lock();
+            for (tp, pos) in positions {
+                state.tracker.commit_failed(tp, *pos);
+            }
+        }
     }
 }
 
@@ -191,6 +187,7 @@ pub fn poll_loop(
     let shared = consumer.context().shared.clone();
     let resume_below = (settings.max_pending_per_partition / 2).max(1);
     let mut last_commit = Instant::now();
+    let mut ticks: u64 = 0;
     let mut drain_until: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() && drain_until.is_none() {
@@ -248,27 +245,21 @@ pub fn poll_loop(
         }
         resume_drained(&consumer, &shared, resume_below);
         if last_commit.elapsed() >= settings.commit_interval {
-            let positions = shared.lock().tracker.take_commits();
-            if !positions.is_empty() {
-                commit_positions(
-                    &consumer,
-                    &to_tpl(&positions),
-                    CommitMode::Async,
-                    &shared.metrics,
-                );
-            }
+            ticks += 1;
+            let positions = {
+                let mut state = shared.lock();
+                // Now and then every position is sent again, in case a partition-level error went unseen.
+                if ticks % 10 == 0 {
+                    state.tracker.recommit_all();
+                }
+                state.tracker.take_commits()
+            };
+            commit_positions(&consumer, &shared, &positions);
             last_commit = Instant::now();
         }
     }
     let positions = shared.lock().tracker.take_commits();
-    if !positions.is_empty() {
-        commit_positions(
-            &consumer,
-            &to_tpl(&positions),
-            CommitMode::Sync,
-            &shared.metrics,
-        );
-    }
+    commit_positions(&consumer, &shared, &positions);
     // Dropping the consumer leaves the group; its revoke callback commits once more, without waiting.
     drop(consumer);
 }

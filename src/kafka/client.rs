@@ -10,8 +10,12 @@ fn base(kafka: &KafkaConfig) -> ClientConfig {
     c
 }
 
-fn with_overrides(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
-    for (k, v) in &kafka.properties {
+fn with_overrides<'a>(
+    mut c: ClientConfig,
+    common: &'a std::collections::BTreeMap<String, String>,
+    specific: &'a std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    for (k, v) in common.iter().chain(specific) {
         c.set(k, v);
     }
     c
@@ -25,7 +29,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", "lz4");
-    with_overrides(c, kafka)
+    with_overrides(c, &kafka.properties, &kafka.producer_properties)
 }
 
 /// A group consumer that never commits on its own: the dispatcher commits positions it has proven safe.
@@ -36,7 +40,20 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    with_overrides(c, kafka)
+    // Incremental rebalances: a member joining or leaving does not take partitions from the others, so
+    // their in-flight work is neither interrupted nor redone. KIP-848 groups assign on the broker instead.
+    if group_protocol(kafka) != "consumer" {
+        c.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    with_overrides(c, &kafka.properties, &kafka.consumer_properties)
+}
+
+fn group_protocol(kafka: &KafkaConfig) -> &str {
+    kafka
+        .consumer_properties
+        .get("group.protocol")
+        .or_else(|| kafka.properties.get("group.protocol"))
+        .map_or("classic", String::as_str)
 }
 
 /// A standalone reader (no group) for tools, the demo's tallies and tests.
@@ -48,5 +65,5 @@ pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
     )
     .set("enable.auto.commit", "false")
     .set("auto.offset.reset", "earliest");
-    with_overrides(c, kafka)
+    with_overrides(c, &kafka.properties, &kafka.consumer_properties)
 }

@@ -133,6 +133,22 @@ impl OffsetTracker {
         self.partitions.get(tp).and_then(Partition::position)
     }
 
+    /// A commit of `position` failed: hand it out again on the next [`OffsetTracker::take_commits`].
+    pub fn commit_failed(&mut self, tp: &TopicPartition, position: i64) {
+        if let Some(p) = self.partitions.get_mut(tp) {
+            if p.committed == Some(position) {
+                p.committed = None;
+            }
+        }
+    }
+
+    /// Makes the next [`OffsetTracker::take_commits`] return every known position.
+    pub fn recommit_all(&mut self) {
+        for p in self.partitions.values_mut() {
+            p.committed = None;
+        }
+    }
+
     /// Positions that moved since the last call, marked as handed out.
     pub fn take_commits(&mut self) -> Vec<(TopicPartition, i64)> {
         let mut out = Vec::new();
@@ -175,6 +191,26 @@ mod tests {
         assert!(
             t.take_commits().is_empty(),
             "unchanged positions are not committed again"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_is_handed_out_again() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp());
+        let a = t.start(&tp(), 0).unwrap();
+        t.finish(&a);
+        assert_eq!(t.take_commits(), vec![(tp(), 1)]);
+        t.commit_failed(&tp(), 1);
+        assert_eq!(
+            t.take_commits(),
+            vec![(tp(), 1)],
+            "retried although nothing moved"
+        );
+        t.commit_failed(&tp(), 0);
+        assert!(
+            t.take_commits().is_empty(),
+            "a stale failure does not trigger a re-commit"
         );
     }
 

@@ -45,6 +45,7 @@ impl Kafka {
             &self.config.kafka.dispatch_group_id,
         );
         c.remove("group.protocol");
+        c.remove("partition.assignment.strategy");
         let topic = self.config.topics.sends.clone();
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = c.create().unwrap();
@@ -228,8 +229,14 @@ impl ChildDispatcher {
                 "HOOKRELAY_KAFKA__DISPATCH_GROUP_ID",
                 &config.kafka.dispatch_group_id,
             )
-            .env("HOOKRELAY_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "6000")
-            .env("HOOKRELAY_KAFKA__PROPERTIES__HEARTBEAT_INTERVAL_MS", "500")
+            .env(
+                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
+                "6000",
+            )
+            .env(
+                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
+                "500",
+            )
             .env("HOOKRELAY_TOPICS__SENDS", &config.topics.sends)
             .env("HOOKRELAY_TOPICS__FAILURES", &config.topics.failures)
             .env(

@@ -1,0 +1,229 @@
+//! The `hookrelay` binary as operators run it: killed mid-stream, sharing a consumer group, stopped with
+//! SIGTERM, and its command-line contract (broker line, config errors).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hookrelay::local::{Observed, OutputReader, SendProducer};
+use hookrelay::receiver::{Receiver, Script};
+use support::{hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
+
+async fn slow_receiver(latency_ms: u64) -> Receiver {
+    let script = Script {
+        latency: Duration::from_millis(latency_ms),
+        ..Script::default()
+    };
+    Receiver::start("127.0.0.1:0".parse().unwrap(), script)
+        .await
+        .unwrap()
+}
+
+/// Produces `n` sends (every fifth fails with 500) and returns their ids.
+async fn produce(kafka: &Kafka, rx: &Receiver, n: usize) -> Vec<String> {
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("s{i:05}");
+        let status = if i % 5 == 0 { 500 } else { 200 };
+        let mut s = send(&id, &rx.url(&format!("/hook?status={status}")));
+        s.workspace_id = format!("ws{}", i % 7);
+        producer.json(&s).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// Which sends are accounted for: delivered (the receiver answered 2xx) or reported (a failure event).
+fn accounted(rx: &Receiver, observed: &Observed) -> (HashSet<String>, usize) {
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut done = HashSet::new();
+    for r in rx.requests() {
+        if let Some(id) = r.webhook_id {
+            *by_id.entry(id.clone()).or_default() += 1;
+            if (200..300).contains(&r.status) {
+                done.insert(id);
+            }
+        }
+    }
+    for e in &observed.failures {
+        if let Some(d) = &e.dispatch_id {
+            done.insert(d.trim_start_matches("dispatch-").to_string());
+        }
+    }
+    let duplicates = by_id.values().map(|n| n - 1).sum();
+    (done, duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_killed_mid_stream_loses_nothing_after_a_restart() {
+    let mut kafka = Kafka::start(4);
+    kafka.config.dispatch.max_in_flight = 32;
+    let rx = slow_receiver(150).await;
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let ids = produce(&kafka, &rx, 600).await;
+
+    let mut first = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "the first dispatcher is mid-stream",
+        Duration::from_secs(30),
+        || async { rx.count() >= 150 },
+    )
+    .await;
+    first.kill();
+    let before_restart = rx.count();
+    assert!(
+        before_restart < ids.len() as u64,
+        "killed before finishing ({before_restart} requests)"
+    );
+
+    let _second = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "every send is delivered or reported",
+        Duration::from_secs(90),
+        || async { accounted(&rx, &reader.snapshot()).0.len() == ids.len() },
+    )
+    .await;
+    let (done, duplicates) = accounted(&rx, &reader.snapshot());
+    let missing: Vec<&String> = ids.iter().filter(|id| !done.contains(*id)).collect();
+    assert!(missing.is_empty(), "missing sends: {missing:?}");
+    eprintln!("crash test: {} sends, {before_restart} requests before SIGKILL, {duplicates} duplicate requests after restart", ids.len());
+    wait_for(
+        "the restarted dispatcher commits every offset",
+        Duration::from_secs(30),
+        || async { kafka.committed(4).await.values().sum::<i64>() == ids.len() as i64 },
+    )
+    .await;
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_partitions_and_a_stopped_one_hands_over_with_nothing_lost() {
+    let mut kafka = Kafka::start(4);
+    kafka.config.dispatch.max_in_flight = 16;
+    let rx = slow_receiver(100).await;
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let mut a = ChildDispatcher::spawn(&kafka.config);
+    let b = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "both dispatchers own partitions, four in all",
+        Duration::from_secs(30),
+        || async {
+            let (pa, pb) = (
+                a.metric("hookrelay_assigned_partitions").await,
+                b.metric("hookrelay_assigned_partitions").await,
+            );
+            matches!((pa, pb), (Some(x), Some(y)) if x > 0.0 && y > 0.0 && x + y == 4.0)
+        },
+    )
+    .await;
+
+    let ids = produce(&kafka, &rx, 400).await;
+    wait_for("work is under way", Duration::from_secs(30), || async {
+        rx.count() >= 60
+    })
+    .await;
+    let status = a.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    wait_for(
+        "the survivor owns every partition",
+        Duration::from_secs(30),
+        || async { b.metric("hookrelay_assigned_partitions").await == Some(4.0) },
+    )
+    .await;
+    wait_for(
+        "every send is delivered or reported",
+        Duration::from_secs(90),
+        || async { accounted(&rx, &reader.snapshot()).0.len() == ids.len() },
+    )
+    .await;
+    let (_, duplicates) = accounted(&rx, &reader.snapshot());
+    eprintln!(
+        "hand-over test: {} sends, {duplicates} duplicate requests",
+        ids.len()
+    );
+    wait_for(
+        "all offsets are committed",
+        Duration::from_secs(30),
+        || async { kafka.committed(4).await.values().sum::<i64>() == ids.len() as i64 },
+    )
+    .await;
+    reader.stop();
+}
+
+#[test]
+fn the_broker_prints_its_bootstrap_line_first_and_stops_on_sigterm() {
+    let mut child = Command::new(hookrelay_bin())
+        .args(["broker", "--partitions", "2"])
+        .env("HOOKRELAY_TELEMETRY__LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let servers = first
+        .trim()
+        .strip_prefix("bootstrap.servers=")
+        .expect("first line names the servers");
+    assert!(servers.contains(':'), "{first}");
+    // The default topics exist: a metadata request for one answers with its two partitions.
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some("webhook-failures"), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(md.topics()[0].partitions().len(), 2);
+    drop(consumer);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn bad_configuration_fails_at_start_up_listing_every_problem() {
+    let out = Command::new(hookrelay_bin())
+        .arg("dispatch")
+        .env("HOOKRELAY_DISPATCH__MAX_IN_FLIGHT", "0")
+        .env("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "0s")
+        .env("HOOKRELAY_TOPICS__SENDS", "no spaces allowed")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["max_in_flight", "request_timeout", "topics.sends"] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        "dispatch",
+        "broker",
+        "receiver",
+        "demo",
+        "bench",
+        "check-config",
+    ] {
+        let out = Command::new(hookrelay_bin())
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{sub}"
+        );
+    }
+}
