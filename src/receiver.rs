@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,8 @@ pub struct Stats {
     pub total: u64,
     /// Requests that carried a `webhook-id` header (hookrelay's, not a load tool's).
     pub with_webhook_id: u64,
+    /// Most requests being handled at the same moment.
+    pub max_concurrent: u64,
     pub by_status: BTreeMap<u16, u64>,
 }
 
@@ -94,6 +97,25 @@ struct Inner {
     stats: Mutex<Stats>,
     log: Mutex<Vec<Received>>,
     seq_seen: Mutex<HashMap<String, usize>>,
+    concurrent: AtomicU64,
+}
+
+/// Counts a request as in progress for as long as it lives (also when the client gives up and it is dropped).
+struct InProgress<'a>(&'a Inner);
+
+impl<'a> InProgress<'a> {
+    fn enter(inner: &'a Inner) -> Self {
+        let now = inner.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut st = inner.stats.lock().expect("stats lock");
+        st.max_concurrent = st.max_concurrent.max(now);
+        Self(inner)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.concurrent.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running receiver.
@@ -114,6 +136,7 @@ impl Receiver {
             stats: Mutex::default(),
             log: Mutex::default(),
             seq_seen: Mutex::default(),
+            concurrent: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let app = Router::new()
@@ -163,6 +186,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_progress = InProgress::enter(&inner);
     let webhook_id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())

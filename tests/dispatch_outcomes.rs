@@ -415,3 +415,81 @@ fn our_failure_schema_is_a_compatible_superset_of_brazes() {
     apache_avro::schema_compatibility::SchemaCompatibility::can_read(&w, &r)
         .expect("Braze can read ours");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_many_sends_of_one_partition_at_once() {
+    let kafka = Kafka::start(1);
+    let slow = Script {
+        latency: Duration::from_millis(300),
+        ..Script::default()
+    };
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), slow)
+        .await
+        .unwrap();
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    for i in 0..20 {
+        producer
+            .json(&send(&format!("c{i}"), &rx.url("/hook")))
+            .await
+            .unwrap();
+    }
+    wait_for(
+        "all twenty are delivered",
+        Duration::from_secs(30),
+        || async { dispatcher.delivered() == 20 },
+    )
+    .await;
+    let max = rx.stats().max_concurrent;
+    assert!(
+        max >= 5,
+        "one partition's sends ran concurrently (at most {max} at once)"
+    );
+    wait_for(
+        "the offset reaches the end",
+        Duration::from_secs(10),
+        || async { kafka.committed(1).await.get(&0) == Some(&20) },
+    )
+    .await;
+    dispatcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_too_much_unfinished_work_is_paused_and_resumed() {
+    let mut kafka = Kafka::start(1);
+    kafka.config.dispatch.max_pending_per_partition = 4;
+    let slow = Script {
+        latency: Duration::from_millis(200),
+        ..Script::default()
+    };
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), slow)
+        .await
+        .unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    for i in 0..40 {
+        producer
+            .json(&send(&format!("b{i}"), &rx.url("/hook")))
+            .await
+            .unwrap();
+    }
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let paused = dispatcher.metrics.paused_partitions.clone();
+    wait_for("the partition is paused", Duration::from_secs(20), || {
+        let paused = paused.clone();
+        async move { paused.get() == 1 }
+    })
+    .await;
+    wait_for(
+        "everything is delivered after resuming",
+        Duration::from_secs(30),
+        || async { dispatcher.delivered() == 40 },
+    )
+    .await;
+    assert_eq!(paused.get(), 0, "resumed once drained");
+    let max = rx.stats().max_concurrent;
+    assert!(
+        max <= 4,
+        "never more than the pending limit in flight (saw {max})"
+    );
+    dispatcher.stop().await;
+}
