@@ -1,1 +1,81 @@
-fn main() {}
+//! Hot paths of the dispatcher, per record: decode + validate a send, classify, build + encode the failure
+//! event, track the offset. Run: `cargo bench --bench hot_paths`.
+
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hookrelay::config::EventEncoding;
+use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
+use hookrelay::dispatch::pipeline::failure_event;
+use hookrelay::events::{FailureEvent, SendRequest};
+use hookrelay::kafka::{OffsetTracker, TopicPartition};
+
+const SEND: &str = r#"{"id":"send-000042","workspace_id":"ws_acme","workspace_name":"Acme Retail",
+"user_id":"user-1","campaign_id":"cmp_welcome","campaign_name":"Welcome Series","message_variation_id":"v_a",
+"webhook":{"url":"https://hooks.example.com/acme/welcome?src=braze","request_method":"POST",
+"request_headers":{"content-type":"application/json","authorization":"Bearer abc"},
+"body":"{\"event\":\"welcome\",\"user\":\"user-1\",\"attributes\":{\"plan\":\"gold\",\"locale\":\"en\"}}"},
+"created_at":1763700000000}"#;
+
+fn methods() -> Vec<String> {
+    ["POST", "PUT", "DELETE", "GET"].map(String::from).to_vec()
+}
+
+fn bench(c: &mut Criterion) {
+    let methods = methods();
+    let mut g = c.benchmark_group("per_record");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decode_validate_json_send", |b| {
+        b.iter(|| SendRequest::decode(black_box(SEND.as_bytes()), false).unwrap().validate(&methods).unwrap())
+    });
+    let avro = {
+        let mut v = vec![0, 0, 0, 0, 1];
+        v.extend(SendRequest::decode(SEND.as_bytes(), false).unwrap().to_avro());
+        v
+    };
+    g.bench_function("decode_validate_avro_send", |b| {
+        b.iter(|| SendRequest::decode(black_box(&avro), false).unwrap().validate(&methods).unwrap())
+    });
+    let attempt = Attempt::Response { status: 503, reason: None, body: "upstream down".into(), content_length: Some(13) };
+    g.bench_function("classify", |b| b.iter(|| classify(black_box(attempt.clone()))));
+    let send = SendRequest::decode(SEND.as_bytes(), false).unwrap().validate(&methods).unwrap();
+    let Outcome::Failed(failure) = classify(attempt.clone()) else { unreachable!() };
+    g.bench_function("build_and_encode_failure_event", |b| {
+        b.iter(|| {
+            failure_event(&send, &failure, 1, Duration::from_millis(12), 1_763_700_000_000, true, None)
+                .encode(EventEncoding::SingleObject, None)
+        })
+    });
+    let encoded = failure_event(&send, &failure, 1, Duration::from_millis(12), 0, true, None)
+        .encode(EventEncoding::SingleObject, None);
+    g.bench_function("decode_failure_event", |b| b.iter(|| FailureEvent::decode(black_box(&encoded)).unwrap()));
+    g.finish();
+
+    let mut g = c.benchmark_group("offset_tracking");
+    const N: i64 = 10_000;
+    g.throughput(Throughput::Elements(N as u64));
+    let tp = TopicPartition::new("webhook-sends", 0);
+    g.bench_function("start_then_finish_out_of_order_10k", |b| {
+        b.iter_batched(
+            || {
+                let mut t = OffsetTracker::new();
+                t.assign(tp.clone());
+                t
+            },
+            |mut t| {
+                let tickets: Vec<_> = (0..N).map(|o| t.start(&tp, o).unwrap()).collect();
+                // finish in a scrambled but deterministic order
+                for i in 0..N {
+                    let j = (i * 7919) % N;
+                    t.finish(&tickets[j as usize]);
+                }
+                assert_eq!(t.position(&tp), Some(N));
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

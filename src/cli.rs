@@ -110,7 +110,13 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(&cli)?;
+    let mut config = load_config(&cli)?;
+    // The demo and the harness print their own progress; per-record logs would drown it unless asked for.
+    if matches!(cli.command, Command::Demo(_) | Command::Bench(_))
+        && std::env::var_os("HOOKRELAY_TELEMETRY__LOG_LEVEL").is_none()
+    {
+        config.telemetry.log_level = "error".into();
+    }
     telemetry::logging::init(&config.telemetry);
     match cli.command {
         Command::Broker(args) => run_broker(config, args),

@@ -167,7 +167,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: 1024,
-            pool_max_idle_per_host: 64,
+            pool_max_idle_per_host: 512,
             pool_idle_timeout: Duration::from_secs(90),
             user_agent: concat!("hookrelay/", env!("CARGO_PKG_VERSION")).into(),
         }
