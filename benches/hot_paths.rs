@@ -26,29 +26,65 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_record");
     g.throughput(Throughput::Elements(1));
     g.bench_function("decode_validate_json_send", |b| {
-        b.iter(|| SendRequest::decode(black_box(SEND.as_bytes()), false).unwrap().validate(&methods).unwrap())
+        b.iter(|| {
+            SendRequest::decode(black_box(SEND.as_bytes()), false)
+                .unwrap()
+                .validate(&methods)
+                .unwrap()
+        })
     });
     let avro = {
         let mut v = vec![0, 0, 0, 0, 1];
-        v.extend(SendRequest::decode(SEND.as_bytes(), false).unwrap().to_avro());
+        v.extend(
+            SendRequest::decode(SEND.as_bytes(), false)
+                .unwrap()
+                .to_avro(),
+        );
         v
     };
     g.bench_function("decode_validate_avro_send", |b| {
-        b.iter(|| SendRequest::decode(black_box(&avro), false).unwrap().validate(&methods).unwrap())
+        b.iter(|| {
+            SendRequest::decode(black_box(&avro), false)
+                .unwrap()
+                .validate(&methods)
+                .unwrap()
+        })
     });
-    let attempt = Attempt::Response { status: 503, reason: None, body: "upstream down".into(), content_length: Some(13) };
-    g.bench_function("classify", |b| b.iter(|| classify(black_box(attempt.clone()))));
-    let send = SendRequest::decode(SEND.as_bytes(), false).unwrap().validate(&methods).unwrap();
-    let Outcome::Failed(failure) = classify(attempt.clone()) else { unreachable!() };
+    let attempt = Attempt::Response {
+        status: 503,
+        reason: None,
+        body: "upstream down".into(),
+        content_length: Some(13),
+    };
+    g.bench_function("classify", |b| {
+        b.iter(|| classify(black_box(attempt.clone())))
+    });
+    let send = SendRequest::decode(SEND.as_bytes(), false)
+        .unwrap()
+        .validate(&methods)
+        .unwrap();
+    let Outcome::Failed(failure) = classify(attempt.clone()) else {
+        unreachable!()
+    };
     g.bench_function("build_and_encode_failure_event", |b| {
         b.iter(|| {
-            failure_event(&send, &failure, 1, Duration::from_millis(12), 1_763_700_000_000, true, None)
-                .encode(EventEncoding::SingleObject, None)
+            failure_event(
+                &send,
+                &failure,
+                1,
+                Duration::from_millis(12),
+                1_763_700_000_000,
+                true,
+                None,
+            )
+            .encode(EventEncoding::SingleObject, None)
         })
     });
     let encoded = failure_event(&send, &failure, 1, Duration::from_millis(12), 0, true, None)
         .encode(EventEncoding::SingleObject, None);
-    g.bench_function("decode_failure_event", |b| b.iter(|| FailureEvent::decode(black_box(&encoded)).unwrap()));
+    g.bench_function("decode_failure_event", |b| {
+        b.iter(|| FailureEvent::decode(black_box(&encoded)).unwrap())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("offset_tracking");
