@@ -485,7 +485,11 @@ async fn a_partition_with_too_much_unfinished_work_is_paused_and_resumed() {
         || async { dispatcher.delivered() == 40 },
     )
     .await;
-    assert_eq!(paused.get(), 0, "resumed once drained");
+    wait_for("the partition is resumed once drained", Duration::from_secs(10), || {
+        let paused = paused.clone();
+        async move { paused.get() == 0 }
+    })
+    .await;
     let max = rx.stats().max_concurrent;
     assert!(
         max <= 4,
