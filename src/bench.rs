@@ -10,19 +10,15 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::kafka::EmbeddedBroker;
-use crate::local::{local_config, SendProducer};
+use crate::local::{with_embedded_broker, LocalDispatcher, SendProducer};
 use crate::receiver::{Receiver, Script};
-use crate::telemetry::{DispatchMetrics, Health};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -53,24 +49,11 @@ pub struct BenchArgs {
 }
 
 pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
-    let broker = EmbeddedBroker::start(1)?;
-    broker.create_topic(&config.topics.sends, args.partitions)?;
-    for t in [&config.topics.failures, &config.topics.dead_letters] {
-        broker.create_topic(t, 3)?;
-    }
-    let base = local_config(&broker.bootstrap_servers());
-    config.kafka = base.kafka;
-    config.telemetry.listen = String::new();
     if let Some(n) = args.max_in_flight {
         config.dispatch.max_in_flight = n;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(bench(config, args));
-    drop(rt);
-    drop(broker);
-    println!("{}", result?);
+    let report = with_embedded_broker(config, args.partitions, |config| bench(config, args))?;
+    println!("{report}");
     Ok(())
 }
 
@@ -87,26 +70,8 @@ async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
         );
         tokio::task::spawn_blocking(move || wrk_ceiling(addr, conns, &dur)).await?
     };
-    let metrics = DispatchMetrics::new();
-    let health = Health::default();
-    let stop = CancellationToken::new();
-    let dispatcher = {
-        let (config, metrics, health, stop) = (
-            config.clone(),
-            metrics.clone(),
-            health.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { crate::dispatch::run(&config, metrics, health, stop).await })
-    };
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while !health.is_ready() {
-        anyhow::ensure!(
-            Instant::now() < ready_by,
-            "dispatcher got no partitions within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let dispatcher = LocalDispatcher::spawn(&config);
+    dispatcher.wait_ready(Duration::from_secs(30)).await?;
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
     let body = "x".repeat(args.body_bytes);
     let started = Instant::now();
@@ -130,8 +95,7 @@ async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
     while received_ids(&receiver) < produced.len() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.cancel();
-    dispatcher.await.context("dispatcher task")??;
+    dispatcher.stop().await?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut last_ms = started_ms;
     let mut seen = 0u64;

@@ -4,20 +4,16 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::kafka::EmbeddedBroker;
-use crate::local::{local_config, Observed, OutputReader, SendProducer};
+use crate::local::{with_embedded_broker, LocalDispatcher, Observed, OutputReader, SendProducer};
 use crate::receiver::{Receiver, Script};
-use crate::telemetry::{DispatchMetrics, Health};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -44,31 +40,16 @@ struct Endpoints {
 }
 
 pub fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    let broker = EmbeddedBroker::start(1)?;
-    let bootstrap = broker.bootstrap_servers();
-    let topics = config.topics.clone();
-    for t in [&topics.failures, &topics.dead_letters, &topics.alerts] {
-        broker.create_topic(t, 3)?;
-    }
-    broker.create_topic(&topics.sends, args.partitions)?;
-    let base = local_config(&bootstrap);
-    config.kafka = base.kafka;
-    config.telemetry.listen = base.telemetry.listen;
-    config.dispatch.commit_interval = base.dispatch.commit_interval;
     config.http.request_timeout = Duration::from_secs(1);
     config.http.connect_timeout = Duration::from_secs(1);
-    eprintln!(
-        "embedded broker at {bootstrap}; topic {} has {} partitions",
-        topics.sends, args.partitions
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    // The broker stays on this thread (it is not Send) and outlives everything run here.
-    let result = rt.block_on(demo(config, args));
-    drop(rt);
-    drop(broker);
-    let (table, adds_up) = result?;
+    let partitions = args.partitions;
+    let (table, adds_up) = with_embedded_broker(config, partitions, |config| {
+        eprintln!(
+            "embedded broker at {}; topic {} has {partitions} partitions",
+            config.kafka.bootstrap_servers, config.topics.sends
+        );
+        demo(config, args)
+    })?;
     println!("{table}");
     anyhow::ensure!(
         adds_up,
@@ -121,14 +102,8 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
         .await?,
         unreachable: closed_port().await?,
     };
-    let metrics = DispatchMetrics::new();
-    let stop = CancellationToken::new();
-    let dispatcher = {
-        let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
-        tokio::spawn(async move {
-            crate::dispatch::run(&config, metrics, Health::default(), stop).await
-        })
-    };
+    let dispatcher = LocalDispatcher::spawn(&config);
+    let metrics = dispatcher.metrics.clone();
     let reader = OutputReader::start(&config).await?;
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
     let started = Instant::now();
@@ -181,8 +156,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
         .await;
     let elapsed = started.elapsed();
     progress.abort();
-    stop.cancel();
-    dispatcher.await.context("dispatcher task")??;
+    dispatcher.stop().await?;
     reader.stop();
     let delivered = metrics.sends.with_label_values(&["delivered"]).get();
     Ok(render_table(

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, KafkaConfig};
 use crate::events::{FailureEvent, SendRequest};
 use crate::kafka::client::{producer_config, reader_config};
+use crate::kafka::EmbeddedBroker;
+use crate::telemetry::{DispatchMetrics, Health};
 
 /// A configuration for a system on this machine, against `bootstrap` (usually the embedded broker).
 pub fn local_config(bootstrap: &str) -> Config {
@@ -30,6 +32,104 @@ pub fn local_config(bootstrap: &str) -> Config {
     c.dispatch.rebalance_grace = Duration::from_secs(5);
     c.dispatch.shutdown_grace = Duration::from_secs(10);
     c
+}
+
+/// Runs `body` on a fresh runtime beside an embedded broker that has hookrelay's topics (the send topic with
+/// `send_partitions` partitions). `config` is pointed at the broker; its other settings are kept. The broker
+/// is not `Send`, so it stays on this thread and is dropped after the runtime and every client in it.
+pub fn with_embedded_broker<T, F, Fut>(
+    mut config: Config,
+    send_partitions: i32,
+    body: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let broker = EmbeddedBroker::start(1)?;
+    let topics = &config.topics;
+    broker.create_topic(&topics.sends, send_partitions)?;
+    for t in [&topics.failures, &topics.dead_letters, &topics.alerts] {
+        broker.create_topic(t, 3)?;
+    }
+    let local = local_config(&broker.bootstrap_servers());
+    config.kafka = local.kafka;
+    config.telemetry.listen = local.telemetry.listen;
+    config.dispatch.commit_interval = local.dispatch.commit_interval;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(body(config));
+    drop(rt);
+    drop(broker);
+    result
+}
+
+/// A dispatcher running inside this process (demo, harness, tests).
+pub struct LocalDispatcher {
+    pub metrics: DispatchMetrics,
+    pub health: Health,
+    stop: CancellationToken,
+    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LocalDispatcher {
+    pub fn spawn(config: &Config) -> Self {
+        let (metrics, health, stop) = (
+            DispatchMetrics::new(),
+            Health::default(),
+            CancellationToken::new(),
+        );
+        let join = {
+            let (config, metrics, health, stop) = (
+                config.clone(),
+                metrics.clone(),
+                health.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move { crate::dispatch::run(&config, metrics, health, stop).await })
+        };
+        Self {
+            metrics,
+            health,
+            stop,
+            join: Some(join),
+        }
+    }
+
+    /// Waits until the dispatcher owns partitions.
+    pub async fn wait_ready(&self, deadline: Duration) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + deadline;
+        while !self.health.is_ready() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < until,
+                "dispatcher got no partitions within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.metrics.sends.with_label_values(&["delivered"]).get()
+    }
+
+    /// Stops consuming, drains, commits, and returns the dispatcher's own result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.join.take() {
+            Some(join) => join.await.context("dispatcher task")?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Dropped without [`LocalDispatcher::stop`] (a failed assertion, an early return): the consumer thread must
+/// still be told to stop, or the runtime would wait for it forever.
+impl Drop for LocalDispatcher {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Produces send requests and waits for each acknowledgement.

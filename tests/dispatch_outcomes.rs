@@ -52,7 +52,10 @@ async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
     assert_eq!(first.method, "POST");
     assert_eq!(first.headers["x-test"], "ok-1");
     assert_eq!(&first.body[..], br#"{"id":"ok-1"}"#);
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
     assert!(
         reader.snapshot().failures.is_empty(),
         "a 2xx must not produce a failure event"
@@ -169,7 +172,10 @@ async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
         Some("Site Is Overloaded")
     );
     assert_eq!(rx.count(), codes.len() as u64, "redirects are not followed");
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
     reader.stop();
 }
 
@@ -226,7 +232,10 @@ async fn connection_refused_and_timeouts_are_599_with_their_source() {
             .contains("refused"),
         "{refused:?}"
     );
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
     reader.stop();
 }
 
@@ -298,7 +307,10 @@ async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_
         || async { kafka.committed(1).await.get(&0) == Some(&(bad.len() as i64 + 1)) },
     )
     .await;
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
     reader.stop();
 }
 
@@ -373,7 +385,10 @@ async fn failure_events_decode_with_brazes_schema_as_the_reader_schema() {
         get("is_terminal"),
         Value::Union(1, Box::new(Value::Boolean(true)))
     );
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
 }
 
 #[test]
@@ -451,7 +466,10 @@ async fn runs_many_sends_of_one_partition_at_once() {
         || async { kafka.committed(1).await.get(&0) == Some(&20) },
     )
     .await;
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,15 +503,22 @@ async fn a_partition_with_too_much_unfinished_work_is_paused_and_resumed() {
         || async { dispatcher.delivered() == 40 },
     )
     .await;
-    wait_for("the partition is resumed once drained", Duration::from_secs(10), || {
-        let paused = paused.clone();
-        async move { paused.get() == 0 }
-    })
+    wait_for(
+        "the partition is resumed once drained",
+        Duration::from_secs(10),
+        || {
+            let paused = paused.clone();
+            async move { paused.get() == 0 }
+        },
+    )
     .await;
     let max = rx.stats().max_concurrent;
     assert!(
         max <= 4,
         "never more than the pending limit in flight (saw {max})"
     );
-    dispatcher.stop().await;
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
 }

@@ -14,10 +14,8 @@ use hookrelay::events::send_request::Webhook;
 use hookrelay::events::SendRequest;
 use hookrelay::kafka::EmbeddedBroker;
 use hookrelay::local::local_config;
-use hookrelay::telemetry::{DispatchMetrics, Health};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
-use tokio_util::sync::CancellationToken;
 
 /// An embedded broker with hookrelay's topics, and a configuration pointing at it.
 pub struct Kafka {
@@ -71,72 +69,8 @@ impl Kafka {
     }
 }
 
-/// A dispatcher running inside the test process.
-pub struct Dispatcher {
-    pub metrics: DispatchMetrics,
-    pub health: Health,
-    stop: CancellationToken,
-    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-/// A failed assertion must not leave the consumer thread running (the runtime would wait for it forever).
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl Dispatcher {
-    pub fn spawn(config: &Config) -> Self {
-        let (metrics, health, stop) = (
-            DispatchMetrics::new(),
-            Health::default(),
-            CancellationToken::new(),
-        );
-        let join = {
-            let (config, metrics, health, stop) = (
-                config.clone(),
-                metrics.clone(),
-                health.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(
-                async move { hookrelay::dispatch::run(&config, metrics, health, stop).await },
-            )
-        };
-        Self {
-            metrics,
-            health,
-            stop,
-            join: Some(join),
-        }
-    }
-
-    pub async fn wait_ready(&self) {
-        let health = self.health.clone();
-        wait_for(
-            "dispatcher gets partitions",
-            Duration::from_secs(30),
-            || {
-                let h = health.clone();
-                async move { h.is_ready() }
-            },
-        )
-        .await;
-    }
-
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        let join = self.join.take().expect("stopped once");
-        join.await
-            .expect("dispatcher task")
-            .expect("dispatcher exits cleanly");
-    }
-
-    pub fn delivered(&self) -> u64 {
-        self.metrics.sends.with_label_values(&["delivered"]).get()
-    }
-}
+#[allow(unused_imports)]
+pub use hookrelay::local::LocalDispatcher as Dispatcher;
 
 /// Polls `cond` until it holds; panics naming `what` at the deadline. No sleeping-and-hoping.
 pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
