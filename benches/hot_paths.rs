@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         reason: None,
         body: "upstream down".into(),
         content_length: Some(13),
+        retry_after: None,
     };
     g.bench_function("classify", |b| {
         b.iter(|| classify(black_box(attempt.clone())))

@@ -49,7 +49,7 @@ where
     let broker = EmbeddedBroker::start(1)?;
     let topics = &config.topics;
     broker.create_topic(&topics.sends, send_partitions)?;
-    for t in [&topics.failures, &topics.dead_letters, &topics.alerts] {
+    for t in topics.all().iter().filter(|t| **t != topics.sends) {
         broker.create_topic(t, 3)?;
     }
     let local = local_config(&broker.bootstrap_servers());

@@ -65,7 +65,7 @@ async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
-    let kafka = Kafka::start(3);
+    let kafka = Kafka::start(3).without_retries();
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
@@ -181,7 +181,7 @@ async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_and_timeouts_are_599_with_their_source() {
-    let mut kafka = Kafka::start(1);
+    let mut kafka = Kafka::start(1).without_retries();
     kafka.config.http.request_timeout = Duration::from_millis(500);
     let rx = receiver().await;
     let closed = support::free_port();
@@ -316,7 +316,7 @@ async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_events_decode_with_brazes_schema_as_the_reader_schema() {
-    let kafka = Kafka::start(1);
+    let kafka = Kafka::start(1).without_retries();
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let consumer = hookrelay::local::assign_all(&kafka.config.kafka, &kafka.config.topics.failures)

@@ -58,6 +58,8 @@ pub enum Attempt {
         reason: Option<String>,
         body: String,
         content_length: Option<u64>,
+        /// The `Retry-After` header as sent, if any.
+        retry_after: Option<String>,
     },
     NoResponse {
         source: FailureSource,
@@ -81,6 +83,8 @@ pub struct Failure {
     pub retriable: bool,
     pub raw_response: Option<String>,
     pub content_length: Option<u64>,
+    /// The endpoint's `Retry-After`, unparsed (the retry policy reads it only for retriable codes).
+    pub retry_after: Option<String>,
 }
 
 /// 408, 429, 5xx (529 included), 598 and 599 deserve another try; 3xx and other 4xx never do.
@@ -111,6 +115,7 @@ pub fn classify(attempt: Attempt) -> Outcome {
             reason,
             body,
             content_length,
+            retry_after,
         } => Outcome::Failed(Failure {
             status,
             source: FailureSource::ExternalEndpoint,
@@ -118,6 +123,7 @@ pub fn classify(attempt: Attempt) -> Outcome {
             retriable: is_retriable(status),
             raw_response: Some(body),
             content_length,
+            retry_after,
         }),
         Attempt::NoResponse { source, error } => Outcome::Failed(Failure {
             status: if source == FailureSource::UnhealthyHost {
@@ -130,6 +136,7 @@ pub fn classify(attempt: Attempt) -> Outcome {
             retriable: true,
             raw_response: None,
             content_length: None,
+            retry_after: None,
         }),
     }
 }
@@ -145,6 +152,7 @@ mod tests {
             reason: None,
             body: "b".into(),
             content_length: Some(1),
+            retry_after: None,
         }
     }
 
@@ -201,6 +209,7 @@ mod tests {
             reason: Some("Database On Fire".into()),
             body: String::new(),
             content_length: None,
+            retry_after: None,
         }) else {
             panic!()
         };

@@ -5,7 +5,7 @@
 //! partitions finish their work: that callback runs inside `poll`, on this thread, and nothing async waits
 //! on it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,15 +15,31 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::parking::{ready_at, Parked, Parking};
 use super::pipeline::Pipeline;
+use super::retry::now_ms;
+use crate::events::retry_record::DUE_HEADER;
 use crate::kafka::{OffsetTracker, Record, Ticket, TopicPartition};
 use crate::telemetry::{DispatchMetrics, Health};
 
 #[derive(Default)]
 pub struct State {
     pub tracker: OffsetTracker,
-    /// Partitions this thread paused for backpressure (librdkafka forgets pauses on revocation; so do we).
+    /// Partitions this thread paused, for backpressure or while retry records wait (librdkafka forgets
+    /// pauses on revocation; so do we).
     pub paused: HashSet<TopicPartition>,
+    pub parked: Parking,
+}
+
+impl State {
+    /// Records of `tp` being worked on now (parked ones wait for time, not for work).
+    fn in_flight(&self, tp: &TopicPartition) -> usize {
+        self.tracker.pending(tp) - self.parked.len(tp)
+    }
+
+    fn total_in_flight(&self) -> usize {
+        self.tracker.total_pending() - self.parked.total()
+    }
 }
 
 /// What the consumer thread, the pipeline tasks and the rebalance callback share.
@@ -90,7 +106,7 @@ impl ConsumerContext for DispatchContext {
         // Give in-flight work on the revoked partitions a chance to finish, so the next owner redoes little.
         if !shared.stopping.load(Ordering::Relaxed) {
             let deadline = Instant::now() + shared.rebalance_grace;
-            while revoked.iter().any(|tp| state.tracker.pending(tp) > 0) {
+            while revoked.iter().any(|tp| state.in_flight(tp) > 0) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -106,6 +122,8 @@ impl ConsumerContext for DispatchContext {
         let mut unfinished = 0;
         for tp in &revoked {
             unfinished += state.tracker.pending(tp);
+            let dropped = state.parked.remove(tp);
+            shared.metrics.parked_records.sub(dropped as i64);
             if let Some(pos) = state.tracker.revoke(tp) {
                 positions.push((tp.clone(), pos));
             }
@@ -172,6 +190,8 @@ fn single(tp: &TopicPartition) -> TopicPartitionList {
 
 pub struct LoopSettings {
     pub max_pending_per_partition: usize,
+    /// Retry tier topics and their delays.
+    pub tiers: HashMap<String, Duration>,
     pub commit_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -197,12 +217,13 @@ pub fn poll_loop(
                 let _ = consumer.pause(&assignment);
             }
             tracing::info!(
-                pending = shared.lock().tracker.total_pending(),
+                pending = shared.lock().total_in_flight(),
                 "stopping: draining in-flight sends"
             );
         }
         if let Some(until) = drain_until {
-            let pending = shared.lock().tracker.total_pending();
+            // Parked retries are not waited for: they stay uncommitted and are read again.
+            let pending = shared.lock().total_in_flight();
             if pending == 0 || Instant::now() >= until {
                 if pending > 0 {
                     tracing::warn!(pending, "shutdown grace expired; unfinished sends stay uncommitted and will be redone");
@@ -229,19 +250,51 @@ pub fn poll_loop(
                 };
                 let record = Record::from_message(&msg, tp);
                 drop(msg);
-                let pipeline = pipeline.clone();
-                let shared = shared.clone();
-                shared.metrics.pending_records.inc();
-                runtime.spawn(async move {
-                    if pipeline.process(&record).await.is_ok() {
-                        shared.finish(&ticket);
+                let work = match settings.tiers.get(&*record.tp.topic) {
+                    None => Work::Fresh(record, ticket),
+                    Some(delay) => {
+                        let now = now_ms();
+                        let due = header_i64(&record, DUE_HEADER).unwrap_or(now);
+                        let written = record.timestamp_ms.unwrap_or(now);
+                        let tp = record.tp.clone();
+                        let p = Parked {
+                            ready_at_ms: ready_at(
+                                written,
+                                i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                                due,
+                            ),
+                            record,
+                            ticket,
+                        };
+                        let mut state = shared.lock();
+                        match state.parked.park_or_pass(p, now) {
+                            Some(p) => Work::Retry(p.record, p.ticket),
+                            None => {
+                                shared.metrics.parked_records.inc();
+                                if state.paused.insert(tp.clone()) {
+                                    let _ = consumer.pause(&single(&tp));
+                                    shared.update_gauges(&state);
+                                }
+                                continue;
+                            }
+                        }
                     }
-                    shared.metrics.pending_records.dec();
-                });
+                };
+                spawn(&runtime, &pipeline, &shared, work);
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => {}
+        }
+        let ready = shared.lock().parked.take_ready(now_ms());
+        for p in ready {
+            shared.metrics.parked_records.dec();
+            spawn(
+                &runtime,
+                &pipeline,
+                &shared,
+                Work::Retry(p.record, p.ticket),
+            );
         }
         resume_drained(&consumer, &shared, resume_below);
         if last_commit.elapsed() >= settings.commit_interval {
@@ -272,7 +325,7 @@ fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, res
     let ready: Vec<TopicPartition> = state
         .paused
         .iter()
-        .filter(|tp| state.tracker.pending(tp) < resume_below)
+        .filter(|tp| state.tracker.pending(tp) < resume_below && state.parked.len(tp) == 0)
         .cloned()
         .collect();
     for tp in ready {
@@ -280,4 +333,39 @@ fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, res
         state.paused.remove(&tp);
     }
     shared.update_gauges(&state);
+}
+
+/// A record on its way to the pipeline.
+enum Work {
+    Fresh(Record, Ticket),
+    Retry(Record, Ticket),
+}
+
+fn spawn(
+    runtime: &tokio::runtime::Handle,
+    pipeline: &Arc<Pipeline>,
+    shared: &Arc<Shared>,
+    work: Work,
+) {
+    let (pipeline, shared) = (pipeline.clone(), shared.clone());
+    shared.metrics.pending_records.inc();
+    runtime.spawn(async move {
+        let (ticket, result) = match work {
+            Work::Fresh(record, ticket) => (ticket, pipeline.process(&record).await),
+            Work::Retry(record, ticket) => (ticket, pipeline.process_retry(&record).await),
+        };
+        if result.is_ok() {
+            shared.finish(&ticket);
+        }
+        shared.metrics.pending_records.dec();
+    });
+}
+
+fn header_i64(record: &Record, name: &str) -> Option<i64> {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
 }

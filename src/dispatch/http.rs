@@ -63,6 +63,11 @@ impl Executor {
             // hyper servers write `<none>` for codes without a canonical phrase (529, 598…): not a real phrase.
             .filter(|r| !r.is_empty() && r != "<none>");
         let content_length = resp.content_length();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = Vec::new();
         while body.len() < self.max_response_bytes {
             match resp.chunk().await {
@@ -78,6 +83,7 @@ impl Executor {
             status,
             reason,
             content_length: content_length.or(Some(body.len() as u64)),
+            retry_after,
             body: String::from_utf8_lossy(&body).into_owned(),
         }
     }

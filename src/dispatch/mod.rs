@@ -3,9 +3,13 @@
 
 pub mod classify;
 pub mod consumer;
+pub mod host_health;
 pub mod http;
+pub mod limits;
+pub mod parking;
 pub mod pipeline;
 pub mod publish;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -48,6 +52,12 @@ pub async fn run(
         allowed_methods: config.dispatch.allowed_methods.clone(),
         accept_plain_avro: config.dispatch.accept_plain_avro,
         limiter: Arc::new(Semaphore::new(config.dispatch.max_in_flight)),
+        host_limits: limits::HostLimits::new(config.dispatch.max_in_flight_per_host),
+        host_health: std::sync::Mutex::new(host_health::HostHealth::new(
+            config.host_health.clone(),
+        )),
+        retry: config.retry.clone(),
+        tiers: config.topics.retry_tier_topics(),
     });
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
@@ -58,12 +68,16 @@ pub async fn run(
         consumer_config(&config.kafka, &config.kafka.dispatch_group_id)
             .create_with_context(DispatchContext { shared })
             .context("creating the Kafka consumer")?;
+    let tiers = config.topics.retry_tier_topics();
+    let mut topics: Vec<&str> = vec![&config.topics.sends];
+    topics.extend(tiers.iter().map(|(t, _)| t.as_str()));
     consumer
-        .subscribe(&[&config.topics.sends])
-        .with_context(|| format!("subscribing to {}", config.topics.sends))?;
+        .subscribe(&topics)
+        .with_context(|| format!("subscribing to {}", topics.join(", ")))?;
     tracing::info!(topic = %config.topics.sends, group = %config.kafka.dispatch_group_id, "dispatcher started");
     let settings = LoopSettings {
         max_pending_per_partition: config.dispatch.max_pending_per_partition,
+        tiers: tiers.into_iter().collect(),
         commit_interval: config.dispatch.commit_interval,
         shutdown_grace: config.dispatch.shutdown_grace,
     };

@@ -1,16 +1,20 @@
 //! One record's journey: decode → validate → execute → classify → publish what must be published.
 //! Returns only once the outcome is durable, which is what allows the caller to mark the offset done.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::classify::{classify, Failure, Outcome};
+use super::classify::{classify, Attempt, Failure, FailureSource, Outcome};
+use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
+use super::limits::HostLimits;
 use super::publish::{Abandoned, Publisher};
-use crate::events::{FailureEvent, SendRequest, ValidSend};
+use super::retry::{now_ms, parse_retry_after, pick_tier, Decision, RetryPolicy};
+use crate::events::send_request::{InvalidKind, InvalidSend};
+use crate::events::{FailureEvent, RetryRecord, SendRequest, ValidSend};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -18,7 +22,16 @@ use crate::telemetry::DispatchMetrics;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
     Delivered,
-    Failed { status: u16, terminal: bool },
+    /// Failed; another attempt is scheduled in a retry tier.
+    Retrying {
+        status: u16,
+    },
+    /// Failed for good (terminal failure event written).
+    Failed {
+        status: u16,
+    },
+    /// A retry that was not yet due, moved on to a shorter tier.
+    Hopped,
     DeadLettered,
 }
 
@@ -30,86 +43,238 @@ pub struct Pipeline {
     pub accept_plain_avro: bool,
     /// Global limit on webhook requests in flight.
     pub limiter: Arc<Semaphore>,
+    pub host_limits: HostLimits,
+    pub host_health: Mutex<HostHealth>,
+    pub retry: RetryPolicy,
+    /// Retry tier topics and their delays, shortest first.
+    pub tiers: Vec<(String, Duration)>,
 }
 
 impl Pipeline {
+    /// A fresh send request from the send topic.
     pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
         let send = match SendRequest::decode(&record.payload, self.accept_plain_avro)
             .and_then(|s| s.validate(&self.allowed_methods))
         {
             Ok(send) => send,
-            Err(why) => {
-                tracing::warn!(
-                    topic = %record.tp.topic, partition = record.tp.partition, offset = record.offset,
-                    reason = %why, "dead-lettering invalid send request"
-                );
-                self.publisher.dead_letter(record, &why).await?;
-                self.metrics
-                    .sends
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
-                return Ok(Handled::DeadLettered);
-            }
+            Err(why) => return self.dead_letter(record, &why).await,
         };
-        let span = tracing::info_span!(
-            "send",
-            id = %send.request.id,
-            workspace = %send.request.workspace_id,
-            host = send.url.host_str().unwrap_or_default()
-        );
-        self.dispatch(&send).instrument(span).await
+        let span = send_span(&send, 1);
+        self.attempt(&send, 1, now_ms()).instrument(span).await
     }
 
-    async fn dispatch(&self, send: &ValidSend) -> Result<Handled, Abandoned> {
-        let attempt_no = 1;
-        let (attempt, duration) = {
-            let _permit = self
-                .limiter
-                .acquire()
-                .await
-                .expect("limiter is never closed");
-            self.metrics.in_flight.inc();
-            let result = self.executor.execute(send).await;
-            self.metrics.in_flight.dec();
-            result
+    /// A record from a retry tier, handed over by the consumer once the tier's delay has passed.
+    pub async fn process_retry(&self, record: &Record) -> Result<Handled, Abandoned> {
+        let retry = match RetryRecord::decode(&record.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = InvalidSend {
+                    kind: InvalidKind::Undecodable,
+                    detail: format!("invalid retry record: {e}"),
+                };
+                return self.dead_letter(record, &why).await;
+            }
         };
+        let now = now_ms();
+        if retry.due_ms > now {
+            let remaining = Duration::from_millis(u64::try_from(retry.due_ms - now).unwrap_or(0));
+            let (topic, _) = &self.tiers[pick_tier(&self.tier_delays(), remaining)];
+            self.publisher.retry(topic, &retry).await?;
+            self.metrics.retry_hops.inc();
+            return Ok(Handled::Hopped);
+        }
+        let send = match retry.send.validate(&self.allowed_methods) {
+            Ok(send) => send,
+            Err(why) => return self.dead_letter(record, &why).await,
+        };
+        let attempt = retry.attempts + 1;
+        self.attempt(&send, attempt, retry.first_attempt_ms)
+            .instrument(send_span(&send, attempt))
+            .await
+    }
+
+    async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<Handled, Abandoned> {
+        tracing::warn!(
+            topic = %record.tp.topic, partition = record.tp.partition, offset = record.offset,
+            reason = %why, "dead-lettering invalid record"
+        );
+        self.publisher.dead_letter(record, why).await?;
         self.metrics
-            .request_duration
-            .observe(duration.as_secs_f64());
+            .sends
+            .with_label_values(&["dead_lettered"])
+            .inc();
+        Ok(Handled::DeadLettered)
+    }
+
+    fn tier_delays(&self) -> Vec<Duration> {
+        self.tiers.iter().map(|(_, d)| *d).collect()
+    }
+
+    /// One attempt of a send: unless its host is paused, an HTTP request; then the outcome made durable.
+    async fn attempt(
+        &self,
+        send: &ValidSend,
+        attempt_no: u32,
+        first_attempt_ms: i64,
+    ) -> Result<Handled, Abandoned> {
+        let host = HostKey {
+            host: send.url.host_str().unwrap_or_default().to_string(),
+            workspace: send.request.workspace_id.clone(),
+        };
+        let (attempt, duration) = match self.host_gate(&host) {
+            Err(until_ms) => (
+                Attempt::NoResponse {
+                    source: FailureSource::UnhealthyHost,
+                    error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
+                },
+                Duration::ZERO,
+            ),
+            Ok(()) => {
+                let _host_slot = self.host_limits.acquire(&host.host).await;
+                let _slot = self
+                    .limiter
+                    .acquire()
+                    .await
+                    .expect("limiter is never closed");
+                self.metrics.in_flight.inc();
+                let result = self.executor.execute(send).await;
+                self.metrics.in_flight.dec();
+                self.metrics
+                    .request_duration
+                    .observe(result.1.as_secs_f64());
+                result
+            }
+        };
+        if let Attempt::Response { status, .. } = &attempt {
+            self.host_observe(&host, *status);
+        }
         let outcome = classify(attempt);
         self.metrics.record_outcome(&outcome);
-        match outcome {
+        let failure = match outcome {
             Outcome::Delivered { status } => {
-                tracing::debug!(status, "delivered");
+                tracing::debug!(status, attempt = attempt_no, "delivered");
                 self.metrics.sends.with_label_values(&["delivered"]).inc();
-                Ok(Handled::Delivered)
+                if attempt_no > 1 {
+                    self.metrics.delivered_after_retry.inc();
+                }
+                return Ok(Handled::Delivered);
             }
-            Outcome::Failed(failure) => {
-                // Retries arrive with the retry issue; until then every failure is final.
-                let terminal = true;
-                tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, "webhook failed");
+            Outcome::Failed(f) => f,
+        };
+        let now = now_ms();
+        let retry_after = failure
+            .retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let decision = self.retry.decide(
+            &failure,
+            attempt_no,
+            first_attempt_ms,
+            now,
+            retry_after,
+            rand::random(),
+        );
+        tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, ?decision, "webhook failed");
+        match decision {
+            Decision::RetryAt(due_ms) => {
+                let retry = RetryRecord {
+                    send: send.request.clone(),
+                    attempts: attempt_no,
+                    first_attempt_ms,
+                    due_ms,
+                    last_status: failure.status,
+                };
+                let remaining = Duration::from_millis(u64::try_from(due_ms - now).unwrap_or(0));
+                let (topic, _) = &self.tiers[pick_tier(&self.tier_delays(), remaining)];
                 let event = failure_event(
                     send,
                     &failure,
                     attempt_no,
                     duration,
-                    now_ms(),
-                    terminal,
-                    None,
+                    now,
+                    false,
+                    Some(due_ms),
                 );
+                // Both must be durable before the record counts as done; neither depends on the other.
+                let (scheduled, reported) = tokio::join!(
+                    self.publisher.retry(topic, &retry),
+                    self.publisher.failure(&event)
+                );
+                scheduled?;
+                reported?;
+                self.metrics
+                    .retries_scheduled
+                    .with_label_values(&[topic])
+                    .inc();
+                Ok(Handled::Retrying {
+                    status: failure.status,
+                })
+            }
+            Decision::GiveUp(_) => {
+                let event = failure_event(send, &failure, attempt_no, duration, now, true, None);
                 self.publisher.failure(&event).await?;
                 self.metrics.sends.with_label_values(&["failed"]).inc();
                 Ok(Handled::Failed {
                     status: failure.status,
-                    terminal,
                 })
             }
         }
     }
+
+    /// `Err(until)` while the host is paused; logs and counts pause transitions.
+    fn host_gate(&self, key: &HostKey) -> Result<(), i64> {
+        let now = now_ms();
+        let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, transition) = health.check(key, now);
+        if let Some(t) = transition {
+            self.note_transition(key, t, health.paused_hosts(now));
+        }
+        state
+    }
+
+    fn host_observe(&self, key: &HostKey, status: u16) {
+        let now = now_ms();
+        let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = health.record(key, status, now) {
+            self.note_transition(key, t, health.paused_hosts(now));
+        }
+        if health.tracked() > 1024 && now % 64 == 0 {
+            health.evict_idle(now);
+        }
+    }
+
+    fn note_transition(&self, key: &HostKey, t: Transition, paused_now: usize) {
+        self.metrics.paused_hosts.set(paused_now as i64);
+        let label = match t {
+            Transition::Paused { until_ms, count } => {
+                tracing::warn!(host = %key.host, workspace = %key.workspace, count, until = %rfc3339(until_ms), "host unhealthy: pausing sends (598)");
+                "paused"
+            }
+            Transition::PauseExtended { until_ms, count } => {
+                tracing::warn!(host = %key.host, workspace = %key.workspace, count, until = %rfc3339(until_ms), "host still unhealthy: pause extended");
+                "extended"
+            }
+            Transition::Resumed => {
+                tracing::info!(host = %key.host, workspace = %key.workspace, "host healthy again: resuming sends");
+                "resumed"
+            }
+        };
+        self.metrics.host_pauses.with_label_values(&[label]).inc();
+    }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        id = %send.request.id,
+        workspace = %send.request.workspace_id,
+        host = send.url.host_str().unwrap_or_default(),
+        attempt
+    )
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }
 
 /// The Currents-style event for one failed attempt. Pure, so every field mapping is unit-tested.
@@ -172,7 +337,6 @@ pub fn failure_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::classify::FailureSource;
 
     fn send(json: &str) -> ValidSend {
         SendRequest::decode(json.as_bytes(), false)
@@ -189,6 +353,7 @@ mod tests {
             retriable: true,
             raw_response: Some("down".into()),
             content_length: Some(4),
+            retry_after: None,
         }
     }
 

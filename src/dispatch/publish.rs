@@ -9,8 +9,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventEncoding, EventsConfig, TopicsConfig};
+use crate::events::retry_record::DUE_HEADER;
 use crate::events::send_request::InvalidSend;
-use crate::events::FailureEvent;
+use crate::events::{FailureEvent, RetryRecord};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -86,6 +87,28 @@ impl Publisher {
         Ok(())
     }
 
+    /// Writes a scheduled retry to a tier topic, stamped with the current time: the tier consumer measures
+    /// the tier's delay from that timestamp.
+    pub async fn retry(&self, topic: &str, record: &RetryRecord) -> Result<(), Abandoned> {
+        let due = record.due_ms.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: DUE_HEADER,
+                value: Some(&due),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+        self.produce(
+            topic,
+            record.send.workspace_id.as_bytes(),
+            &record.encode(),
+            headers,
+        )
+        .await
+    }
+
     /// Forwards an undecodable or invalid record unchanged, saying why and where it came from.
     pub async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<(), Abandoned> {
         let mut headers = OwnedHeaders::new();
@@ -134,7 +157,8 @@ impl Publisher {
             let rec = FutureRecord::to(topic)
                 .key(key)
                 .payload(payload)
-                .headers(headers.clone());
+                .headers(headers.clone())
+                .timestamp(crate::dispatch::retry::now_ms());
             match self.producer.send(rec, Duration::from_secs(30)).await {
                 Ok(_) => return Ok(()),
                 Err((e, _)) => {

@@ -2,10 +2,12 @@
 
 pub mod failure;
 pub mod framing;
+pub mod retry_record;
 pub mod send_request;
 
 pub use failure::FailureEvent;
 pub use framing::Frame;
+pub use retry_record::RetryRecord;
 pub use send_request::{InvalidSend, SendRequest, ValidSend};
 
 /// `schemas/failure.avsc`, a superset of Braze Currents' `users.messages.webhook.Failure`.

@@ -22,6 +22,17 @@ pub struct DispatchMetrics {
     pub assigned_partitions: IntGauge,
     pub produce_errors: IntCounter,
     pub commits: IntCounterVec,
+    /// Retries written to a tier topic, by tier (labels come from the configured tiers).
+    pub retries_scheduled: IntCounterVec,
+    /// Retries moved to a shorter tier because they were not yet due.
+    pub retry_hops: IntCounter,
+    /// Sends delivered on an attempt after the first.
+    pub delivered_after_retry: IntCounter,
+    /// Host pause transitions: paused, extended, resumed.
+    pub host_pauses: IntCounterVec,
+    pub paused_hosts: IntGauge,
+    /// Retry records held until due (their partitions paused meanwhile).
+    pub parked_records: IntGauge,
 }
 
 fn counter_vec(
@@ -139,6 +150,51 @@ impl DispatchMetrics {
                 "Offset commits by result",
                 "result",
                 &["ok", "error"],
+            ),
+            retries_scheduled: {
+                let c = IntCounterVec::new(
+                    Opts::new("retries_scheduled_total", "Retries scheduled, by tier"),
+                    &["tier"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            retry_hops: {
+                let c = IntCounter::new(
+                    "retry_hops_total",
+                    "Retries moved to a shorter tier before they were due",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            delivered_after_retry: {
+                let c =
+                    IntCounter::new("delivered_after_retry_total", "Sends delivered on a retry")
+                        .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            host_pauses: counter_vec(
+                &r,
+                "host_pause_transitions_total",
+                "Unhealthy-host transitions",
+                "transition",
+                &["paused", "extended", "resumed"],
+            ),
+            paused_hosts: gauge(
+                &r,
+                "paused_hosts",
+                "(host, workspace) pairs currently paused as unhealthy",
+            ),
+            parked_records: gauge(
+                &r,
+                "parked_retry_records",
+                "Retry records held until they are due",
             ),
             request_duration,
             produce_errors,

@@ -25,15 +25,41 @@ pub struct Kafka {
 
 impl Kafka {
     pub fn start(send_partitions: i32) -> Self {
+        Self::start_with(send_partitions, |_| {})
+    }
+
+    /// As [`Kafka::start`], with the configuration adjusted before topics are created (retry tiers).
+    pub fn start_with(send_partitions: i32, adjust: impl FnOnce(&mut Config)) -> Self {
         let broker = EmbeddedBroker::start(1).expect("embedded broker starts");
         let mut config = local_config(&broker.bootstrap_servers());
         config.http.request_timeout = Duration::from_secs(5);
+        // Fast retries for tests: short backoff, one short tier.
+        config.retry.initial_backoff = Duration::from_millis(200);
+        config.retry.max_backoff = Duration::from_secs(2);
+        config.retry.jitter = 0.0;
+        config.topics.retry_tiers = vec!["1s".into(), "5s".into()];
+        adjust(&mut config);
         broker
             .create_topic(&config.topics.sends, send_partitions)
             .unwrap();
         broker.create_topic(&config.topics.failures, 3).unwrap();
         broker.create_topic(&config.topics.dead_letters, 1).unwrap();
+        for (tier, _) in config.topics.retry_tier_topics() {
+            broker.create_topic(&tier, 2).unwrap();
+        }
         Self { broker, config }
+    }
+
+    /// Every failure final: one failure event per failing send.
+    pub fn without_retries(mut self) -> Self {
+        self.config.retry.max_retries = 0;
+        self.config.retry.unreachable_max_retries = 0;
+        self
+    }
+
+    /// Partitions a dispatcher group shares: the send topic's and every retry tier's.
+    pub fn group_partitions(&self, send_partitions: i32) -> f64 {
+        f64::from(send_partitions + 2 * self.config.topics.retry_tiers.len() as i32)
     }
 
     /// Committed positions of the dispatch group on the send topic, by partition.
@@ -176,6 +202,23 @@ impl ChildDispatcher {
             .env(
                 "HOOKRELAY_TOPICS__DEAD_LETTERS",
                 &config.topics.dead_letters,
+            )
+            .env(
+                "HOOKRELAY_TOPICS__RETRY_TIERS",
+                format!("{:?}", config.topics.retry_tiers),
+            )
+            .env(
+                "HOOKRELAY_RETRY__INITIAL_BACKOFF",
+                humantime::format_duration(config.retry.initial_backoff).to_string(),
+            )
+            .env(
+                "HOOKRELAY_RETRY__MAX_BACKOFF",
+                humantime::format_duration(config.retry.max_backoff).to_string(),
+            )
+            .env("HOOKRELAY_RETRY__JITTER", config.retry.jitter.to_string())
+            .env(
+                "HOOKRELAY_RETRY__MAX_RETRIES",
+                config.retry.max_retries.to_string(),
             )
             .env("HOOKRELAY_DISPATCH__COMMIT_INTERVAL", "200ms")
             .env(

@@ -4,15 +4,21 @@
 //! variables `HOOKRELAY_<SECTION>__<KEY>`. Everything is validated once at start-up and *every* problem is
 //! reported together, so an operator fixes a bad deployment in one round trip instead of one per typo.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod env;
+mod kafka;
+
+pub use kafka::{is_secret_property, KafkaConfig};
+
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+use crate::dispatch::host_health::HostHealthConfig;
+use crate::dispatch::retry::RetryPolicy;
 
 /// HTTP methods hookrelay knows how to send; which of them are accepted is configured.
 pub const KNOWN_METHODS: [&str; 5] = ["POST", "PUT", "DELETE", "GET", "PATCH"];
@@ -27,66 +33,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub telemetry: TelemetryConfig,
     pub broker: BrokerConfig,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Comma-separated `host:port` list.
-    pub bootstrap_servers: String,
-    /// Consumer group of `hookrelay dispatch`.
-    pub dispatch_group_id: String,
-    /// librdkafka properties passed through to every client (SASL, TLS, tuning).
-    pub properties: BTreeMap<String, String>,
-    /// librdkafka properties for consumers only (e.g. `session.timeout.ms`), applied after `properties`.
-    pub consumer_properties: BTreeMap<String, String>,
-    /// librdkafka properties for producers only (e.g. `linger.ms`), applied after `properties`.
-    pub producer_properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            bootstrap_servers: "localhost:9092".into(),
-            dispatch_group_id: "hookrelay-dispatch".into(),
-            properties: BTreeMap::new(),
-            consumer_properties: BTreeMap::new(),
-            producer_properties: BTreeMap::new(),
-        }
-    }
-}
-
-/// Hand-written so that credentials in pass-through properties never reach a log line.
-impl fmt::Debug for KafkaConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            m.iter()
-                .map(|(k, v)| {
-                    let shown = if is_secret_property(k) {
-                        "<redacted>"
-                    } else {
-                        v.as_str()
-                    };
-                    (k.clone(), shown.to_string())
-                })
-                .collect()
-        };
-        f.debug_struct("KafkaConfig")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("dispatch_group_id", &self.dispatch_group_id)
-            .field("properties", &redacted(&self.properties))
-            .field("consumer_properties", &redacted(&self.consumer_properties))
-            .field("producer_properties", &redacted(&self.producer_properties))
-            .finish()
-    }
-}
-
-/// Property names whose values are credentials.
-pub fn is_secret_property(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["password", "secret", "key.pem", "token", "jaas"]
-        .iter()
-        .any(|s| n.contains(s))
+    pub retry: RetryPolicy,
+    pub host_health: HostHealthConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +44,11 @@ pub struct TopicsConfig {
     pub failures: String,
     pub dead_letters: String,
     pub alerts: String,
+    /// Retry tier topics are `<retry_prefix>-<tier>`, e.g. `webhook-retries-5m`.
+    pub retry_prefix: String,
+    /// Delays of the retry tier topics, shortest first. A retry waits in the longest tier that fits its
+    /// remaining delay, hops on to shorter ones, and is sent once due.
+    pub retry_tiers: Vec<String>,
 }
 
 impl Default for TopicsConfig {
@@ -105,7 +58,39 @@ impl Default for TopicsConfig {
             failures: "webhook-failures".into(),
             dead_letters: "webhook-dead-letters".into(),
             alerts: "webhook-alerts".into(),
+            retry_prefix: "webhook-retries".into(),
+            retry_tiers: ["10s", "1m", "5m", "30m", "2h"].map(String::from).to_vec(),
         }
+    }
+}
+
+impl TopicsConfig {
+    /// `(topic, delay)` of each retry tier, shortest first; unparseable tiers are left out (validation
+    /// reports them).
+    pub fn retry_tier_topics(&self) -> Vec<(String, Duration)> {
+        let mut tiers: Vec<(String, Duration)> = self
+            .retry_tiers
+            .iter()
+            .filter_map(|t| {
+                humantime::parse_duration(t)
+                    .ok()
+                    .map(|d| (format!("{}-{t}", self.retry_prefix), d))
+            })
+            .collect();
+        tiers.sort_by_key(|(_, d)| *d);
+        tiers
+    }
+
+    /// Every topic hookrelay writes or reads.
+    pub fn all(&self) -> Vec<String> {
+        let mut all = vec![
+            self.sends.clone(),
+            self.failures.clone(),
+            self.dead_letters.clone(),
+            self.alerts.clone(),
+        ];
+        all.extend(self.retry_tier_topics().into_iter().map(|(t, _)| t));
+        all
     }
 }
 
@@ -114,6 +99,8 @@ impl Default for TopicsConfig {
 pub struct DispatchConfig {
     /// Webhook requests in flight at once, across all partitions.
     pub max_in_flight: usize,
+    /// Webhook requests in flight at once to one host, so a slow host cannot take every slot.
+    pub max_in_flight_per_host: usize,
     /// Unfinished records one partition may hold before it is paused (backpressure).
     pub max_pending_per_partition: usize,
     /// How often finished offsets are committed.
@@ -135,6 +122,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
             max_in_flight: 512,
+            max_in_flight_per_host: 128,
             max_pending_per_partition: 2_000,
             commit_interval: Duration::from_secs(1),
             rebalance_grace: Duration::from_secs(10),
@@ -280,7 +268,7 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        let env_toml = env_overrides(vars);
+        let env_toml = env::env_overrides(vars);
         fig = fig.merge(Toml::string(&env_toml));
         let mut config: Config = fig.extract_lossy().map_err(|e| ConfigError {
             problems: e.into_iter().map(|e| e.to_string()).collect(),
@@ -312,6 +300,27 @@ impl Config {
             if let Err(why) = check_topic_name(topic) {
                 p.push(format!("{name} {why}"));
             }
+        }
+        for t in &self.topics.retry_tiers {
+            match humantime::parse_duration(t) {
+                Ok(d) if !d.is_zero() => {
+                    if let Err(why) = check_topic_name(&format!("{}-{t}", self.topics.retry_prefix))
+                    {
+                        p.push(format!("retry tier topic for {t:?} {why}"));
+                    }
+                }
+                _ => p.push(format!(
+                    "topics.retry_tiers: {t:?} is not a positive duration like \"5m\""
+                )),
+            }
+        }
+        if self.topics.retry_tiers.is_empty() {
+            p.push("topics.retry_tiers is empty".into());
+        }
+        self.retry.validate(&mut p);
+        self.host_health.validate(&mut p);
+        if self.dispatch.max_in_flight_per_host == 0 {
+            p.push("dispatch.max_in_flight_per_host must be at least 1".into());
         }
         if self.topics.sends == self.topics.failures
             || self.topics.sends == self.topics.dead_letters
@@ -394,53 +403,6 @@ fn check_topic_name(name: &str) -> Result<(), &'static str> {
         return Err("may only contain ASCII letters, digits, '.', '_' and '-'");
     }
     Ok(())
-}
-
-/// Turns `HOOKRELAY_SECTION__KEY=value` variables into a TOML document.
-///
-/// Lists and tables (`["POST", "PUT"]`) are parsed as TOML; everything else is a string converted to the
-/// field's type on extraction. Under `kafka.properties`, `_` in a key stands for `.` because shells do not allow
-/// dots in variable names (`HOOKRELAY_KAFKA__PROPERTIES__SASL_MECHANISM` → `sasl.mechanism`).
-fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> String {
-    let mut table = toml::Table::new();
-    for (name, value) in vars {
-        let Some(rest) = name.strip_prefix("HOOKRELAY_") else {
-            continue;
-        };
-        if !rest.contains("__") {
-            continue;
-        }
-        let mut path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        if path.len() == 3 && path[0] == "kafka" && path[1].ends_with("properties") {
-            path[2] = path[2].replace('_', ".");
-        }
-        // Lists and tables are parsed; scalars stay strings, which the typed extraction converts as the
-        // target field needs ("7" → 7, "true" → true) while a string field keeps "123" as written.
-        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .filter(|v| v.is_array() || v.is_table())
-            .unwrap_or(toml::Value::String(value));
-        insert_path(&mut table, &path, parsed);
-    }
-    toml::to_string(&table).unwrap_or_default()
-}
-
-fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
-    match path {
-        [] => {}
-        [last] => {
-            table.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = table
-                .entry(first.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(t) = entry {
-                insert_path(t, rest, value);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -537,7 +499,7 @@ mod tests {
 
     #[test]
     fn example_config_matches_the_defaults() {
-        let text = include_str!("../hookrelay.example.toml");
+        let text = include_str!("../../hookrelay.example.toml");
         let from_file: Config = toml::from_str(text).expect("example parses");
         assert_eq!(
             toml::to_string(&from_file).unwrap(),

@@ -1,0 +1,317 @@
+//! When to try a failed send again (DESIGN §3). Pure: the clock and the random draw are arguments.
+//!
+//! Braze retries 408, 429 and 5xx up to 5 times within 30 minutes with exponential backoff; when the endpoint
+//! cannot be reached at all (599, or 598 while the host is paused) it keeps trying for up to 24 hours.
+//! `Retry-After` on a retriable response sets the earliest next attempt (capped), and never turns a
+//! non-retriable response into a retriable one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::classify::{Failure, NO_RESPONSE, UNHEALTHY_HOST};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Retries (attempts after the first) for endpoints that answered: 408, 429, 5xx.
+    pub max_retries: u32,
+    /// No retry of an answering endpoint is scheduled later than this after the first attempt.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Retries when the endpoint could not be reached (599) or its host is paused (598).
+    pub unreachable_max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub unreachable_window: Duration,
+    /// Delay before the first retry; doubled for each further one.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Fraction of each delay drawn at random, up or down (0.2 = ±20 %), so retries of a burst spread out.
+    pub jitter: f64,
+    /// The longest `Retry-After` honoured; longer values are cut to this.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 5,
+            window: Duration::from_secs(30 * 60),
+            unreachable_max_retries: 16,
+            unreachable_window: Duration::from_secs(24 * 3600),
+            initial_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(2 * 3600),
+            jitter: 0.2,
+            retry_after_cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again at this UNIX millisecond.
+    RetryAt(i64),
+    /// This was the last attempt.
+    GiveUp(GiveUpReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUpReason {
+    NotRetriable,
+    RetriesExhausted,
+    WindowExhausted,
+}
+
+impl RetryPolicy {
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if self.initial_backoff.is_zero() {
+            problems.push("retry.initial_backoff must be positive".into());
+        }
+        if self.max_backoff < self.initial_backoff {
+            problems.push("retry.max_backoff must be at least retry.initial_backoff".into());
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            problems.push("retry.jitter must be in [0, 1)".into());
+        }
+    }
+
+    /// The delay before retry number `retry` (1-based), before jitter: initial × 2^(retry−1), capped.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(31));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// `attempts` is how many attempts have been made (this one included); `first_attempt_ms` when the first
+    /// was; `u` a uniform draw in `[0, 1)` for jitter.
+    pub fn decide(
+        &self,
+        failure: &Failure,
+        attempts: u32,
+        first_attempt_ms: i64,
+        now_ms: i64,
+        retry_after: Option<Duration>,
+        u: f64,
+    ) -> Decision {
+        if !failure.retriable {
+            return Decision::GiveUp(GiveUpReason::NotRetriable);
+        }
+        let unreachable = matches!(failure.status, NO_RESPONSE | UNHEALTHY_HOST);
+        let (max_retries, window) = if unreachable {
+            (self.unreachable_max_retries, self.unreachable_window)
+        } else {
+            (self.max_retries, self.window)
+        };
+        let retry = attempts; // the next attempt is retry number `attempts`
+        if retry > max_retries {
+            return Decision::GiveUp(GiveUpReason::RetriesExhausted);
+        }
+        let base = self.backoff(retry);
+        let spread = (u.clamp(0.0, 1.0) * 2.0 - 1.0) * self.jitter;
+        let mut delay = base.mul_f64((1.0 + spread).max(0.0));
+        if let Some(ra) = retry_after {
+            delay = delay.max(ra.min(self.retry_after_cap));
+        }
+        let at = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let deadline =
+            first_attempt_ms.saturating_add(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        if at > deadline {
+            return Decision::GiveUp(GiveUpReason::WindowExhausted);
+        }
+        Decision::RetryAt(at)
+    }
+}
+
+/// The tier a retry waits in: the longest whose delay fits in `remaining` (so it never waits past its due
+/// time), or the shortest when none fits. `tiers` is sorted shortest first and not empty.
+pub fn pick_tier(tiers: &[Duration], remaining: Duration) -> usize {
+    tiers.iter().rposition(|d| *d <= remaining).unwrap_or(0)
+}
+
+/// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now`. Dates in the past mean 0.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::classify::FailureSource;
+    use proptest::prelude::*;
+
+    fn failure(status: u16) -> Failure {
+        Failure {
+            status,
+            source: if status >= 598 {
+                FailureSource::HostUnreachable
+            } else {
+                FailureSource::ExternalEndpoint
+            },
+            reason: String::new(),
+            retriable: crate::dispatch::classify::is_retriable(status),
+            raw_response: None,
+            content_length: None,
+            retry_after: None,
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn non_retriable_codes_are_never_retried_even_with_retry_after() {
+        let p = RetryPolicy::default();
+        for s in [301, 400, 404, 409] {
+            let d = p.decide(&failure(s), 1, 0, 0, Some(Duration::from_secs(1)), 0.5);
+            assert_eq!(d, Decision::GiveUp(GiveUpReason::NotRetriable), "{s}");
+        }
+    }
+
+    #[test]
+    fn answering_endpoints_get_five_retries_within_thirty_minutes() {
+        let p = RetryPolicy::default();
+        let mut now = 0;
+        let mut retries = 0;
+        for attempts in 1.. {
+            match p.decide(&failure(503), attempts, 0, now, None, 0.5) {
+                Decision::RetryAt(at) => {
+                    assert!(at > now && at <= 30 * MIN);
+                    now = at;
+                    retries += 1;
+                }
+                Decision::GiveUp(r) => {
+                    assert_eq!(r, GiveUpReason::RetriesExhausted);
+                    break;
+                }
+            }
+        }
+        assert_eq!(retries, 5);
+    }
+
+    #[test]
+    fn unreachable_endpoints_use_the_longer_budget() {
+        let p = RetryPolicy::default();
+        let d = p.decide(&failure(599), 8, 0, 3 * 3600 * 1000, None, 0.5);
+        assert!(
+            matches!(d, Decision::RetryAt(_)),
+            "still retrying after 3 h: {d:?}"
+        );
+        let d = p.decide(&failure(503), 2, 0, 31 * MIN, None, 0.5);
+        assert_eq!(d, Decision::GiveUp(GiveUpReason::WindowExhausted));
+        let d = p.decide(&failure(598), 17, 0, MIN, None, 0.5);
+        assert_eq!(d, Decision::GiveUp(GiveUpReason::RetriesExhausted));
+    }
+
+    #[test]
+    fn retry_after_sets_the_earliest_next_attempt_within_a_cap() {
+        let p = RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            p.decide(&failure(429), 1, 0, 0, Some(Duration::from_secs(120)), 0.5),
+            Decision::RetryAt(120_000)
+        );
+        let capped = p.decide(
+            &failure(503),
+            1,
+            0,
+            0,
+            Some(Duration::from_secs(10 * 3600)),
+            0.5,
+        );
+        assert_eq!(
+            capped,
+            Decision::GiveUp(GiveUpReason::WindowExhausted),
+            "1 h cap is past the 30 min window"
+        );
+        let p = RetryPolicy {
+            retry_after_cap: Duration::from_secs(60),
+            ..p
+        };
+        assert_eq!(
+            p.decide(&failure(503), 1, 0, 0, Some(Duration::from_secs(3600)), 0.5),
+            Decision::RetryAt(60_000)
+        );
+    }
+
+    #[test]
+    fn a_retry_waits_in_the_longest_tier_that_fits() {
+        let tiers = [10, 60, 300].map(Duration::from_secs);
+        assert_eq!(pick_tier(&tiers, Duration::from_secs(5)), 0);
+        assert_eq!(pick_tier(&tiers, Duration::from_secs(10)), 0);
+        assert_eq!(pick_tier(&tiers, Duration::from_secs(59)), 0);
+        assert_eq!(pick_tier(&tiers, Duration::from_secs(61)), 1);
+        assert_eq!(pick_tier(&tiers, Duration::from_secs(7200)), 2);
+    }
+
+    #[test]
+    fn parses_retry_after_in_both_forms() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_grows_and_stays_within_jitter_bounds(retry in 1u32..40, u in 0.0f64..1.0) {
+            let p = RetryPolicy::default();
+            let base = p.backoff(retry);
+            prop_assert!(base <= p.max_backoff);
+            prop_assert!(base >= p.backoff(retry.saturating_sub(1).max(1)));
+            let f = failure(599);
+            if let Decision::RetryAt(at) = p.decide(&f, retry, 0, 0, None, u) {
+                let lo = base.mul_f64(1.0 - p.jitter).as_millis() as i64;
+                let hi = base.mul_f64(1.0 + p.jitter).as_millis() as i64;
+                prop_assert!(at >= lo - 1 && at <= hi + 1, "{} not in [{}, {}]", at, lo, hi);
+            }
+        }
+
+        #[test]
+        fn a_retry_is_never_scheduled_past_its_window_nor_before_retry_after(
+            status in prop::sample::select(vec![408u16, 429, 500, 502, 503, 504, 529, 598, 599]),
+            attempts in 1u32..20, first in 0i64..1_000_000, elapsed in 0i64..100_000_000,
+            ra in proptest::option::of(0u64..10_000), u in 0.0f64..1.0,
+        ) {
+            let p = RetryPolicy::default();
+            let now = first + elapsed;
+            let ra = ra.map(Duration::from_secs);
+            if let Decision::RetryAt(at) = p.decide(&failure(status), attempts, first, now, ra, u) {
+                let window = if status >= 598 { p.unreachable_window } else { p.window };
+                prop_assert!(at <= first + window.as_millis() as i64);
+                prop_assert!(at > now);
+                if let Some(ra) = ra {
+                    prop_assert!(at >= now + ra.min(p.retry_after_cap).as_millis() as i64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! What a retry tier topic holds: the send, how many attempts it has had, and when it is due.
+//!
+//! JSON, because it is hookrelay's own internal format and an operator inspecting a tier with kcat should be
+//! able to read it.
+
+use serde::{Deserialize, Serialize};
+
+use super::SendRequest;
+
+/// Header carrying `due_ms`, so a tier consumer knows when a record is due without decoding it.
+pub const DUE_HEADER: &str = "hookrelay-due-ms";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryRecord {
+    pub send: SendRequest,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// UNIX milliseconds of the first attempt: retry windows count from here.
+    pub first_attempt_ms: i64,
+    /// UNIX milliseconds before which the next attempt must not be made.
+    pub due_ms: i64,
+    /// Status of the last attempt.
+    pub last_status: u16,
+}
+
+impl RetryRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("retry record serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
