@@ -1,0 +1,392 @@
+//! Durable retries, Retry-After, unhealthy-host pauses and per-host isolation, end to end against the
+//! embedded broker and scripted receivers. Durations are shortened through config; nothing sleeps and hopes.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use hookrelay::events::FailureEvent;
+use hookrelay::local::{OutputReader, SendProducer};
+use hookrelay::receiver::{Receiver, Script};
+use support::{free_port, send, wait_for, ChildDispatcher, Dispatcher, Kafka};
+
+async fn receiver() -> Receiver {
+    Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
+        .await
+        .unwrap()
+}
+
+fn events_for<'a>(events: &'a [FailureEvent], id: &str) -> Vec<&'a FailureEvent> {
+    let mut v: Vec<&FailureEvent> = events
+        .iter()
+        .filter(|e| e.dispatch_id.as_deref() == Some(&format!("dispatch-{id}")[..]))
+        .collect();
+    v.sort_by_key(|e| e.attempt);
+    v
+}
+
+fn arrivals(rx: &Receiver, id: &str) -> Vec<i64> {
+    rx.requests()
+        .iter()
+        .filter(|r| r.webhook_id.as_deref() == Some(id))
+        .map(|r| r.at_unix_ms)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_503_with_backoff_until_delivered_on_the_third_attempt() {
+    let kafka = Kafka::start(1);
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    producer
+        .json(&send("flaky", &rx.url("/hook?seq=503,503,200")))
+        .await
+        .unwrap();
+
+    wait_for("the send is delivered", Duration::from_secs(30), || async {
+        dispatcher.delivered() == 1
+    })
+    .await;
+    let seen = reader
+        .wait_until(Duration::from_secs(10), |o| o.failures.len() >= 2)
+        .await;
+    let events = events_for(&seen.failures, "flaky");
+    assert_eq!(events.len(), 2, "exactly two failure events");
+    for (i, e) in events.iter().enumerate() {
+        let n = i as i32 + 1;
+        assert_eq!(e.http_status_code, Some(503));
+        assert_eq!(e.is_terminal, Some(false), "attempt {n} was retried");
+        assert_eq!(e.retry_count, Some(n));
+        assert_eq!(e.attempt, Some(n));
+        assert!(
+            e.next_attempt_at.unwrap() > e.time_ms.unwrap(),
+            "the next attempt is in the future"
+        );
+    }
+    let times = arrivals(&rx, "flaky");
+    assert_eq!(times.len(), 3);
+    assert!(
+        times[1] - times[0] >= 200 && times[2] - times[1] >= 400,
+        "exponential backoff: {times:?}"
+    );
+    assert_eq!(dispatcher.metrics.delivered_after_retry.get(), 1);
+    dispatcher.stop().await.unwrap();
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_is_reported_once_as_terminal_and_never_retried() {
+    let kafka = Kafka::start(1);
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    producer
+        .json(&send("gone", &rx.url("/hook?status=404")))
+        .await
+        .unwrap();
+
+    let seen = reader
+        .wait_until(Duration::from_secs(20), |o| !o.failures.is_empty())
+        .await;
+    let events = events_for(&seen.failures, "gone");
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].is_terminal,
+            events[0].retry_count,
+            events[0].retriable
+        ),
+        (Some(true), Some(1), Some(false))
+    );
+    wait_for(
+        "its offset is committed",
+        Duration::from_secs(10),
+        || async { kafka.committed(1).await.get(&0) == Some(&1) },
+    )
+    .await;
+    // Nothing was written to a retry tier, so no second request can ever come.
+    let scheduled: u64 = kafka
+        .config
+        .topics
+        .retry_tier_topics()
+        .iter()
+        .map(|(t, _)| {
+            dispatcher
+                .metrics
+                .retries_scheduled
+                .with_label_values(&[t])
+                .get()
+        })
+        .sum();
+    assert_eq!(scheduled, 0);
+    assert_eq!(rx.count(), 1);
+    dispatcher.stop().await.unwrap();
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_in_seconds_or_as_an_http_date_sets_the_earliest_next_attempt() {
+    let kafka = Kafka::start(1);
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let date_target = SystemTime::now() + Duration::from_secs(4);
+    let date = httpdate::fmt_http_date(date_target);
+    let date_ms = httpdate::parse_http_date(&date)
+        .unwrap()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    producer
+        .json(&send("ra-secs", &rx.url("/hook?seq=429,200&retry_after=2")))
+        .await
+        .unwrap();
+    let query = format!(
+        "/hook?seq=503,200&retry_after={}",
+        date.replace(' ', "%20").replace(',', "%2C")
+    );
+    producer
+        .json(&send("ra-date", &rx.url(&query)))
+        .await
+        .unwrap();
+
+    wait_for(
+        "both are delivered on their second attempt",
+        Duration::from_secs(30),
+        || async { dispatcher.delivered() == 2 },
+    )
+    .await;
+    let secs = arrivals(&rx, "ra-secs");
+    assert_eq!(secs.len(), 2);
+    assert!(
+        secs[1] - secs[0] >= 2_000,
+        "Retry-After: 2 honoured: {secs:?}"
+    );
+    let dated = arrivals(&rx, "ra-date");
+    assert_eq!(dated.len(), 2);
+    assert!(
+        dated[1] >= date_ms,
+        "not before the HTTP date {date}: {dated:?}"
+    );
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_end_terminal_and_unreachable_endpoints_get_the_longer_budget() {
+    let kafka = Kafka::start_with(2, |c| {
+        c.retry.max_retries = 2;
+        c.retry.unreachable_max_retries = 4;
+        c.http.connect_timeout = Duration::from_millis(500);
+    });
+    let rx = receiver().await;
+    let closed = free_port();
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    producer
+        .json(&send("down", &rx.url("/hook?status=503")))
+        .await
+        .unwrap();
+    producer
+        .json(&send("nowhere", &format!("http://{closed}/hook")))
+        .await
+        .unwrap();
+
+    let seen = reader
+        .wait_until(Duration::from_secs(60), |o| {
+            o.failures
+                .iter()
+                .filter(|e| e.is_terminal == Some(true))
+                .count()
+                == 2
+        })
+        .await;
+    let down = events_for(&seen.failures, "down");
+    assert_eq!(down.len(), 3, "first attempt + 2 retries");
+    let nowhere = events_for(&seen.failures, "nowhere");
+    assert_eq!(
+        nowhere.len(),
+        5,
+        "first attempt + 4 retries for an unreachable endpoint"
+    );
+    for (events, last) in [(&down, 3), (&nowhere, 5)] {
+        let (final_event, earlier) = events.split_last().unwrap();
+        assert_eq!(final_event.is_terminal, Some(true));
+        assert_eq!(final_event.retry_count, Some(last));
+        assert_eq!(final_event.next_attempt_at, None);
+        assert!(earlier.iter().all(|e| e.is_terminal == Some(false)));
+    }
+    assert!(nowhere.iter().all(|e| e.http_status_code == Some(599)));
+    dispatcher.stop().await.unwrap();
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_retries_survive_a_killed_dispatcher() {
+    let kafka = Kafka::start_with(2, |c| {
+        c.retry.initial_backoff = Duration::from_secs(3);
+        c.retry.max_backoff = Duration::from_secs(3);
+    });
+    let rx = receiver().await;
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let ids: Vec<String> = (0..60).map(|i| format!("r{i:03}")).collect();
+    for id in &ids {
+        producer
+            .json(&send(id, &rx.url("/hook?seq=503,200")))
+            .await
+            .unwrap();
+    }
+    let mut first = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "every send has failed once and has a retry scheduled",
+        Duration::from_secs(30),
+        || async {
+            let o = reader.snapshot();
+            o.failures
+                .iter()
+                .filter(|e| e.is_terminal == Some(false))
+                .map(|e| e.dispatch_id.clone())
+                .collect::<HashSet<_>>()
+                .len()
+                == ids.len()
+        },
+    )
+    .await;
+    let delivered_before = rx.requests().iter().filter(|r| r.status == 200).count();
+    first.kill();
+    assert!(
+        delivered_before < ids.len(),
+        "killed with retries pending ({delivered_before} delivered)"
+    );
+
+    let _second = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "every pending retry happens after the restart",
+        Duration::from_secs(60),
+        || async {
+            let delivered: HashSet<String> = rx
+                .requests()
+                .into_iter()
+                .filter(|r| r.status == 200)
+                .filter_map(|r| r.webhook_id)
+                .collect();
+            ids.iter().all(|id| delivered.contains(id))
+        },
+    )
+    .await;
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drowning_host_is_paused_with_598s_and_resumes_after_the_pause() {
+    let kafka = Kafka::start_with(1, |c| {
+        c.host_health.threshold = 5;
+        c.host_health.window = Duration::from_secs(1);
+        c.host_health.pause = Duration::from_secs(2);
+        c.retry.max_retries = 8;
+        c.retry.unreachable_max_retries = 8;
+    });
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    for i in 0..12 {
+        producer
+            .json(&send(&format!("d{i:02}"), &rx.url("/hook?status=503")))
+            .await
+            .unwrap();
+    }
+    let seen = reader
+        .wait_until(Duration::from_secs(30), |o| {
+            o.failures.iter().any(|e| e.http_status_code == Some(598))
+        })
+        .await;
+    let first_598 = seen
+        .failures
+        .iter()
+        .find(|e| e.http_status_code == Some(598))
+        .expect("a simulated 598");
+    assert_eq!(
+        first_598.webhook_failure_source.as_deref(),
+        Some("Unhealthy Host")
+    );
+    assert_eq!(first_598.is_terminal, Some(false), "598 is retried");
+    let reason = first_598.error_reason.clone().unwrap();
+    let until = chrono::DateTime::parse_from_rfc3339(reason.rsplit(' ').next().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let paused_from = until - 2_000;
+    wait_for(
+        "traffic resumes after the pause",
+        Duration::from_secs(30),
+        || async { rx.requests().iter().any(|r| r.at_unix_ms >= until) },
+    )
+    .await;
+    let during: Vec<i64> = rx
+        .requests()
+        .iter()
+        .map(|r| r.at_unix_ms)
+        .filter(|t| *t > paused_from + 100 && *t < until)
+        .collect();
+    assert!(during.is_empty(), "the receiver got requests while the host was paused: {during:?} (pause {paused_from}..{until})");
+    assert!(
+        dispatcher
+            .metrics
+            .host_pauses
+            .with_label_values(&["paused"])
+            .get()
+            >= 1
+    );
+    dispatcher.stop().await.unwrap();
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_host_does_not_hold_up_a_healthy_one() {
+    let kafka = Kafka::start_with(1, |c| {
+        c.dispatch.max_in_flight = 4;
+        c.dispatch.max_in_flight_per_host = 2;
+        c.dispatch.shutdown_grace = Duration::from_secs(1);
+        c.http.request_timeout = Duration::from_secs(10);
+    })
+    .without_retries();
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let hanging = format!("http://localhost:{}/hang?hang=1", rx.addr.port());
+    for i in 0..6 {
+        producer
+            .json(&send(&format!("hang{i}"), &hanging))
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        producer
+            .json(&send(&format!("ok{i}"), &rx.url("/ok")))
+            .await
+            .unwrap();
+    }
+    wait_for(
+        "all twenty healthy sends are delivered",
+        Duration::from_secs(8),
+        || async { dispatcher.delivered() == 20 },
+    )
+    .await;
+    assert!(
+        reader.snapshot().failures.is_empty(),
+        "the hanging requests have not even timed out yet"
+    );
+    assert_eq!(
+        dispatcher.metrics.in_flight.get(),
+        2,
+        "the hanging host holds only its own two slots"
+    );
+    dispatcher.stop().await.unwrap();
+    reader.stop();
+}
