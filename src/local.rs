@@ -191,10 +191,22 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Failure events by (status code, source).
-    pub fn failures_by_code(&self) -> BTreeMap<(i32, String), u64> {
+    /// Failure events after which no further attempt was made.
+    pub fn terminal_failures(&self) -> usize {
+        self.failures
+            .iter()
+            .filter(|f| f.is_terminal != Some(false))
+            .count()
+    }
+
+    /// Failure events by (status code, source), terminal ones or retried ones.
+    pub fn failures_by_code(&self, terminal: bool) -> BTreeMap<(i32, String), u64> {
         let mut m = BTreeMap::new();
-        for f in &self.failures {
+        for f in self
+            .failures
+            .iter()
+            .filter(|f| (f.is_terminal != Some(false)) == terminal)
+        {
             let key = (
                 f.http_status_code.unwrap_or_default(),
                 f.webhook_failure_source.clone().unwrap_or_default(),

@@ -1,6 +1,7 @@
 //! `hookrelay demo`: the whole system on one machine, with realistic traffic and a table that adds up.
 
-use std::fmt::Write as _;
+mod report;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,9 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::local::{with_embedded_broker, LocalDispatcher, Observed, OutputReader, SendProducer};
+use crate::local::{with_embedded_broker, LocalDispatcher, OutputReader, SendProducer};
 use crate::receiver::{Receiver, Script};
+use report::Report;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -36,11 +38,13 @@ struct Endpoints {
     healthy: Receiver,
     flaky: Receiver,
     auth: Receiver,
+    /// Always 503, reached as `localhost` so its host pause does not touch the others (127.0.0.1).
+    overloaded: Receiver,
     unreachable: SocketAddr,
 }
 
 pub fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
-    config.http.request_timeout = Duration::from_secs(1);
+    demo_timings(&mut config);
     config.http.connect_timeout = Duration::from_secs(1);
     let partitions = args.partitions;
     let (table, adds_up) = with_embedded_broker(config, partitions, |config| {
@@ -56,6 +60,22 @@ pub fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         "the demo's numbers do not add up (see the table above)"
     );
     Ok(())
+}
+
+/// Braze's policy squeezed into seconds, so retries, budgets and host pauses all happen while you watch.
+fn demo_timings(config: &mut Config) {
+    config.http.request_timeout = Duration::from_secs(1);
+    config.http.connect_timeout = Duration::from_secs(1);
+    config.topics.retry_tiers = vec!["1s".into(), "4s".into()];
+    config.retry.initial_backoff = Duration::from_millis(300);
+    config.retry.max_backoff = Duration::from_secs(3);
+    config.retry.max_retries = 3;
+    config.retry.window = Duration::from_secs(20);
+    config.retry.unreachable_max_retries = 2;
+    config.retry.unreachable_window = Duration::from_secs(10);
+    config.host_health.threshold = 150;
+    config.host_health.window = Duration::from_secs(2);
+    config.host_health.pause = Duration::from_secs(2);
 }
 
 async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> {
@@ -80,13 +100,13 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
             any_port,
             Script {
                 mix: vec![
-                    (200, 60),
-                    (503, 12),
-                    (429, 6),
+                    (200, 70),
+                    (503, 6),
+                    (429, 3),
                     (404, 6),
                     (400, 6),
                     (302, 5),
-                    (502, 5),
+                    (502, 4),
                 ],
                 ..latency(10)
             },
@@ -97,6 +117,14 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
             Script {
                 mix: vec![(401, 2), (403, 1)],
                 ..latency(3)
+            },
+        )
+        .await?,
+        overloaded: Receiver::start(
+            any_port,
+            Script {
+                mix: vec![(503, 1)],
+                ..latency(5)
             },
         )
         .await?,
@@ -149,7 +177,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     let observed = reader
         .wait_until(args.deadline, |o| {
             metrics.sends.with_label_values(&["delivered"]).get()
-                + o.failures.len() as u64
+                + o.terminal_failures() as u64
                 + o.dead_letters.len() as u64
                 >= sent
         })
@@ -159,9 +187,22 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     dispatcher.stop().await?;
     reader.stop();
     let delivered = metrics.sends.with_label_values(&["delivered"]).get();
-    Ok(render_table(
-        sent, delivered, &observed, elapsed, &endpoints,
-    ))
+    let report = Report {
+        sent,
+        delivered,
+        delivered_after_retry: metrics.delivered_after_retry.get(),
+        host_pauses: metrics.host_pauses.with_label_values(&["paused"]).get()
+            + metrics.host_pauses.with_label_values(&["extended"]).get(),
+        observed,
+        elapsed,
+        receivers: [
+            ("healthy", endpoints.healthy.count()),
+            ("flaky", endpoints.flaky.count()),
+            ("auth", endpoints.auth.count()),
+            ("overloaded", endpoints.overloaded.count()),
+        ],
+    };
+    Ok((report.render(), report.adds_up()))
 }
 
 enum Traffic {
@@ -201,8 +242,17 @@ fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
             None,
             Some("Onboarding Journey"),
         ),
-        800..=899 => (2, e.auth.url("/initech/hook"), Some("Password Reset"), None),
-        900..=959 => (
+        800..=849 => (2, e.auth.url("/initech/hook"), Some("Password Reset"), None),
+        850..=949 => (
+            2,
+            format!(
+                "http://localhost:{}/initech/ingest",
+                e.overloaded.addr.port()
+            ),
+            Some("Usage Sync"),
+            None,
+        ),
+        950..=979 => (
             3,
             e.healthy.url("/umbrella/slow?delay=3s"),
             None,
@@ -256,87 +306,4 @@ fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
 async fn closed_port() -> std::io::Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     l.local_addr()
-}
-
-fn render_table(
-    sent: u64,
-    delivered: u64,
-    o: &Observed,
-    elapsed: Duration,
-    e: &Endpoints,
-) -> (String, bool) {
-    let failed = o.failures.len() as u64;
-    let dead = o.dead_letters.len() as u64;
-    let accounted = delivered + failed + dead;
-    let adds_up = accounted == sent && o.undecodable_failures == 0;
-    let mut t = String::new();
-    let _ = writeln!(t, "\nhookrelay demo — results");
-    let _ = writeln!(
-        t,
-        "  {:<44}{:>8}",
-        "sent (produced to the send topic)", sent
-    );
-    let _ = writeln!(t, "  {:<44}{:>8}", "delivered (2xx)", delivered);
-    let _ = writeln!(
-        t,
-        "  {:<44}{:>8}",
-        "failed (failure events, all terminal)", failed
-    );
-    for ((code, source), n) in o.failures_by_code() {
-        let _ = writeln!(
-            t,
-            "    {:<42}{:>8}",
-            format!("{code} {}", source_label(code, &source)),
-            n
-        );
-    }
-    let _ = writeln!(
-        t,
-        "  {:<44}{:>8}",
-        "dead-lettered (undecodable or invalid)", dead
-    );
-    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
-    for d in &o.dead_letters {
-        *reasons
-            .entry(
-                d.headers
-                    .get("hookrelay-error-kind")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-            .or_default() += 1;
-    }
-    for (reason, n) in reasons {
-        let _ = writeln!(t, "    {reason:<42}{n:>8}");
-    }
-    let _ = writeln!(t, "  {:<44}{:>8.1}", "elapsed (s)", elapsed.as_secs_f64());
-    let _ = writeln!(
-        t,
-        "  {:<44}{:>8.0}",
-        "rate (sends/s)",
-        sent as f64 / elapsed.as_secs_f64().max(1e-9)
-    );
-    let _ = writeln!(
-        t,
-        "  receivers saw: healthy {} · flaky {} · auth {} requests",
-        e.healthy.count(),
-        e.flaky.count(),
-        e.auth.count()
-    );
-    let verdict = if adds_up {
-        "adds up"
-    } else {
-        "DOES NOT ADD UP"
-    };
-    let _ = writeln!(t, "\n  {delivered} delivered + {failed} failed + {dead} dead-lettered = {accounted} of {sent} sent: {verdict}");
-    (t, adds_up)
-}
-
-fn source_label(code: i32, source: &str) -> String {
-    let reason = crate::dispatch::classify::canonical_reason(u16::try_from(code).unwrap_or(0));
-    if code >= 598 {
-        format!("({source})")
-    } else {
-        reason.to_string()
-    }
 }
