@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use hookrelay::config::EventEncoding;
 use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
 use hookrelay::dispatch::pipeline::failure_event;
-use hookrelay::events::{FailureEvent, SendRequest};
+use hookrelay::events::{FailureEvent, Rules, SendRequest};
 use hookrelay::kafka::{OffsetTracker, TopicPartition};
 
 const SEND: &str = r#"{"id":"send-000042","workspace_id":"ws_acme","workspace_name":"Acme Retail",
@@ -17,8 +17,8 @@ const SEND: &str = r#"{"id":"send-000042","workspace_id":"ws_acme","workspace_na
 "body":"{\"event\":\"welcome\",\"user\":\"user-1\",\"attributes\":{\"plan\":\"gold\",\"locale\":\"en\"}}"},
 "created_at":1763700000000}"#;
 
-fn methods() -> Vec<String> {
-    ["POST", "PUT", "DELETE", "GET"].map(String::from).to_vec()
+fn methods() -> Rules {
+    Rules::default()
 }
 
 fn bench(c: &mut Criterion) {

@@ -185,19 +185,24 @@ fn run_broker(mut config: Config, args: BrokerArgs) -> anyhow::Result<()> {
     config.validate()?;
     // The mock cluster is not Send: it stays on this thread while a small runtime waits for a signal.
     let broker = kafka::EmbeddedBroker::start(config.broker.brokers)?;
-    println!("bootstrap.servers={}", broker.bootstrap_servers());
     let topics = broker.create_default_topics(&config.topics, config.broker.partitions)?;
-    use std::io::Write as _;
-    std::io::stdout().flush()?;
-    tracing::info!(
-        ?topics,
-        partitions = config.broker.partitions,
-        "embedded broker ready"
-    );
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(async { shutdown::on_signal().cancelled().await });
+        .build()?;
+    runtime.block_on(async {
+        // The line is printed once topics exist and signals are handled, so a reader can rely on it.
+        let stop = shutdown::on_signal();
+        println!("bootstrap.servers={}", broker.bootstrap_servers());
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        tracing::info!(
+            ?topics,
+            partitions = config.broker.partitions,
+            "embedded broker ready"
+        );
+        stop.cancelled().await;
+        anyhow::Ok(())
+    })?;
     drop(broker);
     Ok(())
 }

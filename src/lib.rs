@@ -10,5 +10,6 @@ pub mod events;
 pub mod kafka;
 pub mod local;
 pub mod receiver;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;

@@ -28,6 +28,12 @@ pub fn local_config(bootstrap: &str) -> Config {
         .properties
         .insert("group.protocol".into(), "consumer".into());
     c.telemetry.listen = String::new();
+    // Everything runs on this machine: let the SSRF guard admit loopback, on any port.
+    c.security.allow_cidrs = vec![
+        "127.0.0.0/8".parse().expect("valid CIDR"),
+        "::1/128".parse().expect("valid CIDR"),
+    ];
+    c.security.any_port = true;
     c.dispatch.commit_interval = Duration::from_millis(200);
     c.dispatch.rebalance_grace = Duration::from_secs(5);
     c.dispatch.shutdown_grace = Duration::from_secs(10);
@@ -56,6 +62,7 @@ where
     config.kafka = local.kafka;
     config.telemetry.listen = local.telemetry.listen;
     config.dispatch.commit_interval = local.dispatch.commit_interval;
+    config.security = local.security;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dispatch::host_health::HostHealthConfig;
 use crate::dispatch::retry::RetryPolicy;
+use crate::security::{SecurityConfig, SigningConfig};
 
 /// HTTP methods hookrelay knows how to send; which of them are accepted is configured.
 pub const KNOWN_METHODS: [&str; 5] = ["POST", "PUT", "DELETE", "GET", "PATCH"];
@@ -35,6 +36,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub retry: RetryPolicy,
     pub host_health: HostHealthConfig,
+    pub security: SecurityConfig,
+    pub signing: SigningConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +150,12 @@ pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     pub user_agent: String,
+    /// Largest request body a send may carry; larger sends are dead-lettered.
+    pub max_request_body_bytes: usize,
+    /// Most headers a send may carry.
+    pub max_request_headers: usize,
+    /// Most bytes of header names and values a send may carry.
+    pub max_request_header_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -158,6 +167,9 @@ impl Default for HttpConfig {
             pool_max_idle_per_host: 512,
             pool_idle_timeout: Duration::from_secs(90),
             user_agent: concat!("hookrelay/", env!("CARGO_PKG_VERSION")).into(),
+            max_request_body_bytes: 1024 * 1024,
+            max_request_headers: 64,
+            max_request_header_bytes: 16 * 1024,
         }
     }
 }
@@ -318,6 +330,14 @@ impl Config {
             p.push("topics.retry_tiers is empty".into());
         }
         self.retry.validate(&mut p);
+        if let Err(problems) = crate::security::signing::Signer::from_config(&self.signing) {
+            p.extend(problems);
+        }
+        if !self.security.ssrf_guard {
+            tracing::warn!(
+                "security.ssrf_guard is off: webhooks may reach private and loopback addresses"
+            );
+        }
         self.host_health.validate(&mut p);
         if self.dispatch.max_in_flight_per_host == 0 {
             p.push("dispatch.max_in_flight_per_host must be at least 1".into());

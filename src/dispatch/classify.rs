@@ -20,15 +20,18 @@ pub enum FailureSource {
     ConnectionError,
     /// hookrelay did not send because the host is paused (598).
     UnhealthyHost,
+    /// hookrelay refused to send: the destination is not allowed (SSRF guard, port policy). Final.
+    BlockedDestination,
 }
 
 impl FailureSource {
-    pub const ALL: [FailureSource; 5] = [
+    pub const ALL: [FailureSource; 6] = [
         FailureSource::ExternalEndpoint,
         FailureSource::HostUnreachable,
         FailureSource::Timeout,
         FailureSource::ConnectionError,
         FailureSource::UnhealthyHost,
+        FailureSource::BlockedDestination,
     ];
 
     /// The text written into failure events; `External Endpoint` and `Host Unreachable` are Braze's own words.
@@ -39,6 +42,7 @@ impl FailureSource {
             FailureSource::Timeout => "Request Timeout",
             FailureSource::ConnectionError => "Connection Error",
             FailureSource::UnhealthyHost => "Unhealthy Host",
+            FailureSource::BlockedDestination => "Blocked Destination",
         }
     }
 }
@@ -133,7 +137,8 @@ pub fn classify(attempt: Attempt) -> Outcome {
             },
             source,
             reason: error,
-            retriable: true,
+            // A refused destination stays refused: retrying would only repeat the refusal.
+            retriable: source != FailureSource::BlockedDestination,
             raw_response: None,
             content_length: None,
             retry_after: None,

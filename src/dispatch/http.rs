@@ -2,6 +2,7 @@
 //! a failed webhook is data for [`classify`](super::classify).
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::redirect::Policy;
@@ -9,17 +10,30 @@ use reqwest::redirect::Policy;
 use super::classify::{Attempt, FailureSource};
 use crate::config::HttpConfig;
 use crate::events::ValidSend;
+use crate::security::signing::Signer;
+use crate::security::ssrf::{AddressPolicy, Blocked, GuardedResolver};
+use crate::security::SecurityConfig;
 
 /// One shared client: connection pooling across every send to the same host.
-#[derive(Clone)]
 pub struct Executor {
     client: reqwest::Client,
     max_response_bytes: usize,
+    policy: Arc<AddressPolicy>,
+    signer: Signer,
 }
 
 impl Executor {
-    pub fn new(cfg: &HttpConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        cfg: &HttpConfig,
+        security: &SecurityConfig,
+        signer: Signer,
+    ) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(AddressPolicy::new(security));
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            .no_proxy()
             .redirect(Policy::none())
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.connect_timeout)
@@ -30,27 +44,61 @@ impl Executor {
         Ok(Self {
             client,
             max_response_bytes: cfg.max_response_bytes,
+            policy,
+            signer,
         })
     }
 
-    /// Sends the webhook; returns the attempt and how long it took.
+    /// Sends the webhook; returns the attempt and how long it took. A refused destination is reported
+    /// without any network traffic.
     pub async fn execute(&self, send: &ValidSend) -> (Attempt, Duration) {
         let started = Instant::now();
+        if let Err(blocked) = self.check_destination(send) {
+            let attempt = Attempt::NoResponse {
+                source: FailureSource::BlockedDestination,
+                error: blocked.0,
+            };
+            return (attempt, started.elapsed());
+        }
+        let body: &[u8] = match (&send.method, &send.request.webhook.body) {
+            (&http::Method::GET, _) | (_, None) => b"",
+            (_, Some(b)) => b.as_bytes(),
+        };
         let mut req = self
             .client
             .request(send.method.clone(), send.url.clone())
             .headers(send.headers.clone())
             .header("webhook-id", &send.request.id);
-        if send.method != http::Method::GET {
-            if let Some(body) = &send.request.webhook.body {
-                req = req.body(body.clone());
-            }
+        let timestamp = chrono::Utc::now().timestamp();
+        if let Some(sig) = self.signer.signature(
+            &send.request.workspace_id,
+            &send.request.id,
+            timestamp,
+            body,
+        ) {
+            req = req
+                .header("webhook-timestamp", timestamp)
+                .header("webhook-signature", sig);
+        }
+        if send.method != http::Method::GET && send.request.webhook.body.is_some() {
+            req = req.body(body.to_vec());
         }
         let attempt = match req.send().await {
             Ok(resp) => self.read_response(resp).await,
             Err(e) => no_response(&e),
         };
         (attempt, started.elapsed())
+    }
+
+    /// Port policy, and the address policy for IP literals (host names are checked by the resolver).
+    fn check_destination(&self, send: &ValidSend) -> Result<(), Blocked> {
+        self.policy
+            .check_port(send.url.port_or_known_default().unwrap_or(0))?;
+        match send.url.host() {
+            Some(url::Host::Ipv4(ip)) => self.policy.check_ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => self.policy.check_ip(ip.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Reads at most `max_response_bytes` of the body: a huge or endless response costs nothing more.
@@ -90,6 +138,16 @@ impl Executor {
 }
 
 fn no_response(e: &reqwest::Error) -> Attempt {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(blocked) = c.downcast_ref::<Blocked>() {
+            return Attempt::NoResponse {
+                source: FailureSource::BlockedDestination,
+                error: blocked.0.clone(),
+            };
+        }
+        cause = c.source();
+    }
     let source = if e.is_timeout() {
         FailureSource::Timeout
     } else if e.is_connect() {

@@ -45,11 +45,14 @@ pub async fn run(
         metrics.clone(),
         publish_stop.clone(),
     );
+    let signer = crate::security::signing::Signer::from_config(&config.signing)
+        .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
     let pipeline = Arc::new(Pipeline {
-        executor: http::Executor::new(&config.http).context("creating the HTTP client")?,
+        executor: http::Executor::new(&config.http, &config.security, signer)
+            .context("creating the HTTP client")?,
         publisher,
         metrics: metrics.clone(),
-        allowed_methods: config.dispatch.allowed_methods.clone(),
+        rules: crate::events::Rules::from_config(config),
         accept_plain_avro: config.dispatch.accept_plain_avro,
         limiter: Arc::new(Semaphore::new(config.dispatch.max_in_flight)),
         host_limits: limits::HostLimits::new(config.dispatch.max_in_flight_per_host),

@@ -14,7 +14,7 @@ use super::limits::HostLimits;
 use super::publish::{Abandoned, Publisher};
 use super::retry::{now_ms, parse_retry_after, pick_tier, Decision, RetryPolicy};
 use crate::events::send_request::{InvalidKind, InvalidSend};
-use crate::events::{FailureEvent, RetryRecord, SendRequest, ValidSend};
+use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, ValidSend};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -39,7 +39,7 @@ pub struct Pipeline {
     pub executor: Executor,
     pub publisher: Publisher,
     pub metrics: DispatchMetrics,
-    pub allowed_methods: Vec<String>,
+    pub rules: Rules,
     pub accept_plain_avro: bool,
     /// Global limit on webhook requests in flight.
     pub limiter: Arc<Semaphore>,
@@ -54,7 +54,7 @@ impl Pipeline {
     /// A fresh send request from the send topic.
     pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
         let send = match SendRequest::decode(&record.payload, self.accept_plain_avro)
-            .and_then(|s| s.validate(&self.allowed_methods))
+            .and_then(|s| s.validate(&self.rules))
         {
             Ok(send) => send,
             Err(why) => return self.dead_letter(record, &why).await,
@@ -83,7 +83,7 @@ impl Pipeline {
             self.metrics.retry_hops.inc();
             return Ok(Handled::Hopped);
         }
-        let send = match retry.send.validate(&self.allowed_methods) {
+        let send = match retry.send.validate(&self.rules) {
             Ok(send) => send,
             Err(why) => return self.dead_letter(record, &why).await,
         };
@@ -150,6 +150,9 @@ impl Pipeline {
         }
         let outcome = classify(attempt);
         self.metrics.record_outcome(&outcome);
+        if matches!(&outcome, Outcome::Failed(f) if f.source == FailureSource::BlockedDestination) {
+            self.metrics.blocked_destinations.inc();
+        }
         let failure = match outcome {
             Outcome::Delivered { status } => {
                 tracing::debug!(status, attempt = attempt_no, "delivered");
@@ -341,7 +344,7 @@ mod tests {
     fn send(json: &str) -> ValidSend {
         SendRequest::decode(json.as_bytes(), false)
             .unwrap()
-            .validate(&["POST".to_string()])
+            .validate(&Rules::default())
             .unwrap()
     }
 

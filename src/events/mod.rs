@@ -8,7 +8,7 @@ pub mod send_request;
 pub use failure::FailureEvent;
 pub use framing::Frame;
 pub use retry_record::RetryRecord;
-pub use send_request::{InvalidSend, SendRequest, ValidSend};
+pub use send_request::{InvalidSend, Rules, SendRequest, ValidSend};
 
 /// `schemas/failure.avsc`, a superset of Braze Currents' `users.messages.webhook.Failure`.
 pub const FAILURE_SCHEMA_JSON: &str = include_str!("../../schemas/failure.avsc");

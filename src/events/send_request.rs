@@ -89,15 +89,44 @@ pub enum InvalidKind {
     InvalidUrl,
     InvalidMethod,
     InvalidHeader,
+    TooLarge,
+}
+
+/// What a send must satisfy to be dispatched.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Upper case.
+    pub allowed_methods: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Rules {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            allowed_methods: c.dispatch.allowed_methods.clone(),
+            max_body_bytes: c.http.max_request_body_bytes,
+            max_headers: c.http.max_request_headers,
+            max_header_bytes: c.http.max_request_header_bytes,
+        }
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self::from_config(&crate::config::Config::default())
+    }
 }
 
 impl InvalidKind {
-    pub const ALL: [InvalidKind; 5] = [
+    pub const ALL: [InvalidKind; 6] = [
         InvalidKind::Undecodable,
         InvalidKind::MissingField,
         InvalidKind::InvalidUrl,
         InvalidKind::InvalidMethod,
         InvalidKind::InvalidHeader,
+        InvalidKind::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +136,7 @@ impl InvalidKind {
             InvalidKind::InvalidUrl => "invalid_url",
             InvalidKind::InvalidMethod => "invalid_method",
             InvalidKind::InvalidHeader => "invalid_header",
+            InvalidKind::TooLarge => "too_large",
         }
     }
 }
@@ -187,8 +217,9 @@ impl SendRequest {
         apache_avro::to_avro_datum(send_request_schema(), value).expect("send request encodes")
     }
 
-    /// Checks everything the dispatcher relies on; `allowed_methods` are upper case.
-    pub fn validate(self, allowed_methods: &[String]) -> Result<ValidSend, InvalidSend> {
+    /// Checks everything the dispatcher relies on.
+    pub fn validate(self, rules: &Rules) -> Result<ValidSend, InvalidSend> {
+        let allowed_methods = &rules.allowed_methods;
         if self.id.trim().is_empty() {
             return Err(invalid(InvalidKind::MissingField, "id is empty"));
         }
@@ -226,8 +257,41 @@ impl SendRequest {
         }
         let method = Method::from_bytes(method_name.as_bytes())
             .map_err(|_| invalid(InvalidKind::InvalidMethod, "unparseable method"))?;
+        let given = self.webhook.request_headers.iter().flatten();
+        if given.clone().count() > rules.max_headers {
+            return Err(invalid(
+                InvalidKind::TooLarge,
+                format!("more than {} request headers", rules.max_headers),
+            ));
+        }
+        let header_bytes: usize = given.clone().map(|(k, v)| k.len() + v.len()).sum();
+        if header_bytes > rules.max_header_bytes {
+            return Err(invalid(
+                InvalidKind::TooLarge,
+                format!(
+                    "request headers take {header_bytes} bytes, more than {}",
+                    rules.max_header_bytes
+                ),
+            ));
+        }
+        let body_len = self.webhook.body.as_ref().map_or(0, String::len);
+        if body_len > rules.max_body_bytes {
+            return Err(invalid(
+                InvalidKind::TooLarge,
+                format!(
+                    "body of {body_len} bytes is larger than {}",
+                    rules.max_body_bytes
+                ),
+            ));
+        }
         let mut headers = HeaderMap::new();
-        for (name, value) in self.webhook.request_headers.iter().flatten() {
+        for (name, value) in given {
+            if let Some(why) = crate::security::headers::refused(name) {
+                return Err(invalid(
+                    InvalidKind::InvalidHeader,
+                    format!("header {name:?} {why}"),
+                ));
+            }
             let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 invalid(
                     InvalidKind::InvalidHeader,
@@ -237,7 +301,9 @@ impl SendRequest {
             let v = HeaderValue::from_str(value).map_err(|_| {
                 invalid(
                     InvalidKind::InvalidHeader,
-                    format!("header {name:?} has an invalid value"),
+                    format!(
+                        "header {name:?} has an invalid value (control characters such as CR/LF?)"
+                    ),
                 )
             })?;
             headers.append(n, v);
@@ -290,8 +356,8 @@ fn created_at<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> 
 mod tests {
     use super::*;
 
-    fn methods() -> Vec<String> {
-        ["POST", "PUT", "DELETE", "GET"].map(String::from).to_vec()
+    fn methods() -> Rules {
+        Rules::default()
     }
 
     const GOOD: &str = r#"{"id":"s1","workspace_id":"ws","campaign_name":"Spring <sale>",
@@ -338,6 +404,10 @@ mod tests {
             (br#"{"id":"1","workspace_id":"w","webhook":{"url":"http://a","request_method":"PATCH"}}"#, InvalidKind::InvalidMethod),
             (br#"{"id":"1","workspace_id":"w","webhook":{"url":"http://a","request_method":"POST","request_headers":{"X":"a\nb"}}}"#, InvalidKind::InvalidHeader),
             (&[0, 0, 0, 0, 1, 0xFF, 0xFF], InvalidKind::Undecodable),
+            (br#"{"id":"1","workspace_id":"w","webhook":{"url":"http://a","request_method":"POST","request_headers":{"Host":"internal"}}}"#, InvalidKind::InvalidHeader),
+            (br#"{"id":"1","workspace_id":"w","webhook":{"url":"http://a","request_method":"POST","request_headers":{"Transfer-Encoding":"chunked"}}}"#, InvalidKind::InvalidHeader),
+            (br#"{"id":"1","workspace_id":"w","webhook":{"url":"http://a","request_method":"POST","request_headers":{"webhook-signature":"v1,forged"}}}"#, InvalidKind::InvalidHeader),
+            (br#"{"id":"1","workspace_id":"w","webhook":{"url":"http://a","request_method":"POST","request_headers":{"X\r\nInjected":"1"}}}"#, InvalidKind::InvalidHeader),
         ];
         for (bytes, kind) in cases {
             let got = SendRequest::decode(bytes, false).and_then(|s| s.validate(&methods()));
@@ -345,6 +415,39 @@ mod tests {
             assert_eq!(err.kind, *kind, "{err}");
             assert!(!err.detail.is_empty());
         }
+    }
+
+    #[test]
+    fn oversized_bodies_and_header_sets_are_refused() {
+        let rules = Rules {
+            max_body_bytes: 10,
+            max_headers: 2,
+            max_header_bytes: 20,
+            ..Rules::default()
+        };
+        let send = |body: &str, headers: &str| {
+            let json = format!(
+                r#"{{"id":"1","workspace_id":"w","webhook":{{"url":"http://a","request_method":"POST","body":"{body}","request_headers":{{{headers}}}}}}}"#
+            );
+            SendRequest::decode(json.as_bytes(), false)
+                .unwrap()
+                .validate(&rules)
+        };
+        assert!(send("short", r#""a":"1""#).is_ok());
+        assert_eq!(
+            send("this body is too long", "").unwrap_err().kind,
+            InvalidKind::TooLarge
+        );
+        assert_eq!(
+            send("", r#""a":"1","b":"2","c":"3""#).unwrap_err().kind,
+            InvalidKind::TooLarge
+        );
+        assert_eq!(
+            send("", r#""a":"0123456789012345678901""#)
+                .unwrap_err()
+                .kind,
+            InvalidKind::TooLarge
+        );
     }
 
     proptest::proptest! {

@@ -33,6 +33,8 @@ pub struct DispatchMetrics {
     pub paused_hosts: IntGauge,
     /// Retry records held until due (their partitions paused meanwhile).
     pub parked_records: IntGauge,
+    /// Sends refused by the SSRF guard or port policy (never sent).
+    pub blocked_destinations: IntCounter,
 }
 
 fn counter_vec(
@@ -48,6 +50,13 @@ fn counter_vec(
     for v in values {
         c.with_label_values(&[v]);
     }
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
@@ -195,6 +204,11 @@ impl DispatchMetrics {
                 &r,
                 "parked_retry_records",
                 "Retry records held until they are due",
+            ),
+            blocked_destinations: counter(
+                &r,
+                "blocked_destinations_total",
+                "Sends refused by the SSRF guard or port policy (never sent)",
             ),
             request_duration,
             produce_errors,

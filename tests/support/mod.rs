@@ -178,57 +178,64 @@ impl ChildDispatcher {
     /// Classic group protocol with a short session, so a killed member's partitions move on in seconds.
     pub fn spawn(config: &Config) -> Self {
         let metrics_addr = free_port();
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let c = config;
+        let vars: Vec<(&str, String)> = vec![
+            (
+                "HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS",
+                c.kafka.bootstrap_servers.clone(),
+            ),
+            (
+                "HOOKRELAY_KAFKA__DISPATCH_GROUP_ID",
+                c.kafka.dispatch_group_id.clone(),
+            ),
+            (
+                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
+                "6000".into(),
+            ),
+            (
+                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
+                "500".into(),
+            ),
+            ("HOOKRELAY_TOPICS__SENDS", c.topics.sends.clone()),
+            ("HOOKRELAY_TOPICS__FAILURES", c.topics.failures.clone()),
+            (
+                "HOOKRELAY_TOPICS__DEAD_LETTERS",
+                c.topics.dead_letters.clone(),
+            ),
+            (
+                "HOOKRELAY_TOPICS__RETRY_TIERS",
+                format!("{:?}", c.topics.retry_tiers),
+            ),
+            (
+                "HOOKRELAY_RETRY__INITIAL_BACKOFF",
+                fmt(c.retry.initial_backoff),
+            ),
+            ("HOOKRELAY_RETRY__MAX_BACKOFF", fmt(c.retry.max_backoff)),
+            ("HOOKRELAY_RETRY__JITTER", c.retry.jitter.to_string()),
+            (
+                "HOOKRELAY_RETRY__MAX_RETRIES",
+                c.retry.max_retries.to_string(),
+            ),
+            (
+                "HOOKRELAY_SECURITY__ALLOW_CIDRS",
+                r#"["127.0.0.0/8", "::1/128"]"#.into(),
+            ),
+            ("HOOKRELAY_SECURITY__ANY_PORT", "true".into()),
+            ("HOOKRELAY_DISPATCH__COMMIT_INTERVAL", "200ms".into()),
+            (
+                "HOOKRELAY_DISPATCH__MAX_IN_FLIGHT",
+                c.dispatch.max_in_flight.to_string(),
+            ),
+            ("HOOKRELAY_DISPATCH__SHUTDOWN_GRACE", "20s".into()),
+            ("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "10s".into()),
+            ("HOOKRELAY_TELEMETRY__LISTEN", metrics_addr.to_string()),
+            ("HOOKRELAY_TELEMETRY__LOG_LEVEL", "info".into()),
+        ];
         let mut cmd = Command::new(hookrelay_bin());
         cmd.arg("dispatch")
             .env_clear()
-            .env(
-                "HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS",
-                &config.kafka.bootstrap_servers,
-            )
-            .env(
-                "HOOKRELAY_KAFKA__DISPATCH_GROUP_ID",
-                &config.kafka.dispatch_group_id,
-            )
-            .env(
-                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
-                "6000",
-            )
-            .env(
-                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
-                "500",
-            )
-            .env("HOOKRELAY_TOPICS__SENDS", &config.topics.sends)
-            .env("HOOKRELAY_TOPICS__FAILURES", &config.topics.failures)
-            .env(
-                "HOOKRELAY_TOPICS__DEAD_LETTERS",
-                &config.topics.dead_letters,
-            )
-            .env(
-                "HOOKRELAY_TOPICS__RETRY_TIERS",
-                format!("{:?}", config.topics.retry_tiers),
-            )
-            .env(
-                "HOOKRELAY_RETRY__INITIAL_BACKOFF",
-                humantime::format_duration(config.retry.initial_backoff).to_string(),
-            )
-            .env(
-                "HOOKRELAY_RETRY__MAX_BACKOFF",
-                humantime::format_duration(config.retry.max_backoff).to_string(),
-            )
-            .env("HOOKRELAY_RETRY__JITTER", config.retry.jitter.to_string())
-            .env(
-                "HOOKRELAY_RETRY__MAX_RETRIES",
-                config.retry.max_retries.to_string(),
-            )
-            .env("HOOKRELAY_DISPATCH__COMMIT_INTERVAL", "200ms")
-            .env(
-                "HOOKRELAY_DISPATCH__MAX_IN_FLIGHT",
-                config.dispatch.max_in_flight.to_string(),
-            )
-            .env("HOOKRELAY_DISPATCH__SHUTDOWN_GRACE", "20s")
-            .env("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "10s")
-            .env("HOOKRELAY_TELEMETRY__LISTEN", metrics_addr.to_string())
-            .env("HOOKRELAY_TELEMETRY__LOG_LEVEL", "info")
+            .envs(vars)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("hookrelay dispatch starts");
