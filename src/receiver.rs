@@ -235,6 +235,9 @@ async fn handle(
             .flatten()
     });
     let text = format!("hookrelay receiver: {status}\n");
+    if let Some(location) = q.get("location") {
+        return (code, [("location", location.clone())], text).into_response();
+    }
     match retry_after {
         Some(ra) => (code, [("retry-after", ra)], text).into_response(),
         None => (code, text).into_response(),

@@ -241,7 +241,8 @@ async fn connection_refused_and_timeouts_are_599_with_their_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_flow() {
-    let kafka = Kafka::start(1);
+    let mut kafka = Kafka::start(1);
+    kafka.config.http.max_request_body_bytes = 1_000;
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
@@ -256,6 +257,9 @@ async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_
         ("invalid_method", br#"{"id":"a","workspace_id":"w","webhook":{"url":"http://x","request_method":"BREW"}}"#.to_vec()),
         ("invalid_url", br#"{"id":"a","workspace_id":"w","webhook":{"url":"http//nope","request_method":"POST"}}"#.to_vec()),
         ("undecodable", vec![0, 0, 0, 0, 1, 0xff, 0xff, 0xff]),
+        ("invalid_header", br#"{"id":"a","workspace_id":"w","webhook":{"url":"http://x","request_method":"POST","request_headers":{"Host":"admin.internal"}}}"#.to_vec()),
+        ("invalid_header", br#"{"id":"a","workspace_id":"w","webhook":{"url":"http://x","request_method":"POST","request_headers":{"X-Note":"a\r\nX-Injected: 1"}}}"#.to_vec()),
+        ("too_large", format!(r#"{{"id":"a","workspace_id":"w","webhook":{{"url":"http://x","request_method":"POST","body":"{}"}}}}"#, "x".repeat(2_000)).into_bytes()),
     ];
     for (_, payload) in &bad {
         producer.raw(b"key-1", payload).await.unwrap();

@@ -284,3 +284,56 @@ impl Drop for ChildDispatcher {
         let _ = self.child.wait();
     }
 }
+
+/// A raw TCP endpoint for what a well-behaved HTTP server would never do (endless bodies, dribbled headers).
+pub async fn raw_http_server(behaviour: RawBehaviour) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                match behaviour {
+                    RawBehaviour::EndlessBody { status } => {
+                        let head = format!(
+                            "HTTP/1.1 {status} Whatever\r\ntransfer-encoding: chunked\r\n\r\n"
+                        );
+                        if sock.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = format!("{:x}\r\n{}\r\n", 4096, "z".repeat(4096));
+                        // Bounded in time: stops after 30 s or as soon as the client goes away.
+                        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+                        while tokio::time::Instant::now() < until {
+                            if sock.write_all(chunk.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    RawBehaviour::DribbledHeaders { every } => {
+                        for b in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n" {
+                            tokio::time::sleep(every).await;
+                            if sock.write_all(&[*b]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RawBehaviour {
+    /// Answers `status` with a chunked body that never ends.
+    EndlessBody { status: u16 },
+    /// Sends the status line and headers one byte at a time.
+    DribbledHeaders { every: Duration },
+}
