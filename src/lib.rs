@@ -1,6 +1,7 @@
 //! hookrelay: a Kafka-native webhook dispatcher. See `DESIGN.md` and the README.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod bench;
 pub mod cli;
 pub mod config;
