@@ -1,6 +1,7 @@
 //! The data contracts: send requests in, failure events out, and how both are framed on the wire.
 
 pub mod failure;
+pub mod failure_view;
 pub mod framing;
 pub mod retry_record;
 pub mod send_request;
