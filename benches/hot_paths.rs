@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hookrelay::aggregate::window::Windows;
 use hookrelay::config::EventEncoding;
 use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
 use hookrelay::dispatch::pipeline::failure_event;
+use hookrelay::events::failure_view::ViewDecoder;
 use hookrelay::events::{FailureEvent, Rules, SendRequest};
 use hookrelay::kafka::{OffsetTracker, TopicPartition};
 
@@ -85,6 +87,55 @@ fn bench(c: &mut Criterion) {
         .encode(EventEncoding::SingleObject, None);
     g.bench_function("decode_failure_event", |b| {
         b.iter(|| FailureEvent::decode(black_box(&encoded)).unwrap())
+    });
+    g.finish();
+
+    // Aggregator ingest: read the fields it needs and count the event in its workspace's 24 h window.
+    let mut g = c.benchmark_group("aggregate_ingest");
+    const EVENTS: usize = 10_000;
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    let now = 1_763_700_000_000i64;
+    let events: Vec<Vec<u8>> = (0..EVENTS)
+        .map(|i| {
+            let mut e = failure_event(
+                &send,
+                &failure,
+                1,
+                Duration::from_millis(12),
+                now - (i as i64 * 997) % 86_400_000,
+                true,
+                None,
+            );
+            e.app_group_id = Some(format!("ws_{}", i % 500));
+            e.encode(EventEncoding::SingleObject, None)
+        })
+        .collect();
+    let decoder = ViewDecoder::new();
+    g.bench_function("decode_view_and_count_10k", |b| {
+        b.iter_batched(
+            || Windows::new(86_400_000),
+            |mut windows| {
+                for bytes in &events {
+                    let v = decoder.decode(bytes).unwrap();
+                    windows.add(v.workspace, v.time_ms, now);
+                }
+                windows
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("generic_decode_and_count_10k", |b| {
+        b.iter_batched(
+            || Windows::new(86_400_000),
+            |mut windows| {
+                for bytes in &events {
+                    let e = FailureEvent::decode(bytes).unwrap();
+                    windows.add(e.app_group_id.as_deref().unwrap(), e.time_ms.unwrap(), now);
+                }
+                windows
+            },
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 
