@@ -49,6 +49,14 @@ pub enum Command {
     /// durable (at least once). SIGINT/SIGTERM drains in-flight work for [dispatch].shutdown_grace, commits
     /// and exits 0. Serves /metrics, /healthz and /readyz on [telemetry].listen.
     Dispatch,
+    /// Count each workspace's failures over 24 hours and email its admins past the threshold.
+    ///
+    /// A consumer-group member on [topics].failures: each workspace's events are in one partition, so one
+    /// instance owns its count. State is rebuilt from Kafka on every assignment (no database); alert
+    /// decisions are recorded in [topics].alerts, so at most one email per workspace per [aggregate].window
+    /// goes out, across restarts and rebalances. Mail goes over SMTP ([aggregate.smtp]) or, with no SMTP
+    /// host, into .eml files in [aggregate].eml_dir. Serves /metrics, /healthz and /readyz.
+    Aggregate,
     /// Run the embedded Kafka-protocol broker (librdkafka's mock cluster), for development and tests.
     ///
     /// Prints `bootstrap.servers=<host:port,...>` as the first line of standard output, creates the default
@@ -125,6 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dispatch => runtime()?.block_on(run_dispatch(config)),
+        Command::Aggregate => runtime()?.block_on(run_aggregate(config)),
         Command::Receiver(args) => runtime()?.block_on(run_receiver(args)),
         Command::Demo(args) => demo::run(config, args),
         Command::Bench(args) => bench::run(config, args),
@@ -155,6 +164,25 @@ async fn run_dispatch(config: Config) -> anyhow::Result<()> {
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     }
     dispatch::run(&config, metrics, health, stop).await
+}
+
+async fn run_aggregate(config: Config) -> anyhow::Result<()> {
+    let stop = shutdown::on_signal();
+    let metrics = crate::telemetry::AggregateMetrics::new();
+    let health = Health::default();
+    if let Some(addr) = config.telemetry.listen_addr() {
+        let m = metrics.clone();
+        let bound = telemetry::serve(
+            addr,
+            Arc::new(move || m.render()),
+            health.clone(),
+            stop.child_token(),
+        )
+        .await
+        .with_context(|| format!("binding telemetry listener {addr}"))?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+    }
+    crate::aggregate::run(&config, metrics, health, stop).await
 }
 
 async fn run_receiver(args: ReceiverArgs) -> anyhow::Result<()> {

@@ -139,6 +139,53 @@ impl Drop for LocalDispatcher {
     }
 }
 
+/// An aggregator running inside this process (demo, tests).
+pub struct LocalAggregator {
+    pub metrics: crate::telemetry::AggregateMetrics,
+    pub health: Health,
+    stop: CancellationToken,
+    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LocalAggregator {
+    pub fn spawn(config: &Config) -> Self {
+        let (metrics, health, stop) = (
+            crate::telemetry::AggregateMetrics::new(),
+            Health::default(),
+            CancellationToken::new(),
+        );
+        let join = {
+            let (config, metrics, health, stop) = (
+                config.clone(),
+                metrics.clone(),
+                health.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move { crate::aggregate::run(&config, metrics, health, stop).await })
+        };
+        Self {
+            metrics,
+            health,
+            stop,
+            join: Some(join),
+        }
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.join.take() {
+            Some(join) => join.await.context("aggregator task")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalAggregator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Produces send requests and waits for each acknowledgement.
 #[derive(Clone)]
 pub struct SendProducer {

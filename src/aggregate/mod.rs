@@ -1,5 +1,11 @@
 //! `hookrelay aggregate`: rolling 24-hour failure counts per workspace and alert emails.
 
 pub mod breakdown;
+pub mod config;
 pub mod email;
+pub mod mailer;
+pub mod service;
+pub mod state;
 pub mod window;
+
+pub use service::run;

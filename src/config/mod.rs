@@ -17,6 +17,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::config::AggregateConfig;
 use crate::dispatch::host_health::HostHealthConfig;
 use crate::dispatch::retry::RetryPolicy;
 use crate::security::{SecurityConfig, SigningConfig};
@@ -38,6 +39,7 @@ pub struct Config {
     pub host_health: HostHealthConfig,
     pub security: SecurityConfig,
     pub signing: SigningConfig,
+    pub aggregate: AggregateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,6 +332,7 @@ impl Config {
             p.push("topics.retry_tiers is empty".into());
         }
         self.retry.validate(&mut p);
+        self.aggregate.validate(&mut p);
         if let Err(problems) = crate::security::signing::Signer::from_config(&self.signing) {
             p.extend(problems);
         }

@@ -1,8 +1,10 @@
 //! Metrics, health endpoints and logging.
 
+pub mod aggregate_metrics;
 pub mod logging;
 pub mod metrics;
 pub mod server;
 
+pub use aggregate_metrics::AggregateMetrics;
 pub use metrics::DispatchMetrics;
 pub use server::{serve, Health};

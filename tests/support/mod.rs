@@ -44,6 +44,7 @@ impl Kafka {
             .unwrap();
         broker.create_topic(&config.topics.failures, 3).unwrap();
         broker.create_topic(&config.topics.dead_letters, 1).unwrap();
+        broker.create_topic(&config.topics.alerts, 2).unwrap();
         for (tier, _) in config.topics.retry_tier_topics() {
             broker.create_topic(&tier, 2).unwrap();
         }
@@ -336,4 +337,87 @@ pub enum RawBehaviour {
     EndlessBody { status: u16 },
     /// Sends the status line and headers one byte at a time.
     DribbledHeaders { every: Duration },
+}
+
+/// One email as the test SMTP server received it.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A real (minimal) SMTP server on 127.0.0.1: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
+#[derive(Clone)]
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    pub mails: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+}
+
+impl SmtpServer {
+    pub async fn start(addr: SocketAddr) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mails = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = mails.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    let _ = w.write_all(b"220 test-smtp ready\r\n").await;
+                    let (mut from, mut to) = (String::new(), Vec::new());
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let upper = line.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO")
+                        {
+                            b"250-test-smtp\r\n250 8BITMIME\r\n"
+                        } else if upper.starts_with("MAIL FROM:") {
+                            from = line[10..].trim().to_string();
+                            b"250 ok\r\n"
+                        } else if upper.starts_with("RCPT TO:") {
+                            to.push(
+                                line[8..]
+                                    .trim()
+                                    .trim_matches(|c| c == '<' || c == '>')
+                                    .to_string(),
+                            );
+                            b"250 ok\r\n"
+                        } else if upper == "DATA" {
+                            let _ = w.write_all(b"354 end with .\r\n").await;
+                            let mut data = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                                data.push('\n');
+                            }
+                            store.lock().unwrap().push(Mail {
+                                from: from.clone(),
+                                to: std::mem::take(&mut to),
+                                data,
+                            });
+                            b"250 queued\r\n"
+                        } else if upper == "QUIT" {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        if w.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, mails }
+    }
+
+    pub fn received(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
+    }
 }

@@ -1,0 +1,451 @@
+//! The aggregator process: consume failure events in a group, keep each owned workspace's rolling count,
+//! and alert once per quiet period. There is no database: on every assignment the owned partitions are read
+//! again from the start of retention (older events fall outside the window by event time), and no alert
+//! decision is made until that replay has caught up. Decisions live in the alerts topic.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::breakdown::{Breakdown, Key};
+use super::email::AlertContent;
+use super::mailer::Mailer;
+use super::state::{Action, AlertLog, AlertRecord, AlertStatus};
+use super::window::Windows;
+use crate::config::Config;
+use crate::dispatch::retry::now_ms;
+use crate::events::failure_view::ViewDecoder;
+use crate::kafka::client::{consumer_config, producer_config};
+use crate::kafka::TopicPartition;
+use crate::local::assign_all;
+use crate::telemetry::{AggregateMetrics, Health};
+
+/// Assignment changes, handed from the rebalance callback to the main loop.
+#[derive(Default)]
+struct Changes {
+    assigned: Vec<TopicPartition>,
+    revoked: Vec<TopicPartition>,
+}
+
+struct AggContext {
+    changes: Arc<Mutex<Changes>>,
+}
+
+impl ClientContext for AggContext {}
+
+impl ConsumerContext for AggContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        match rebalance {
+            Rebalance::Assign(tpl) => changes.assigned.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| TopicPartition::new(e.topic(), e.partition())),
+            ),
+            Rebalance::Revoke(tpl) => changes.revoked.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| TopicPartition::new(e.topic(), e.partition())),
+            ),
+            Rebalance::Error(_) => {}
+        }
+    }
+}
+
+/// Per-workspace state for the email.
+#[derive(Default)]
+struct Workspace {
+    name: String,
+    partition: i32,
+    breakdown: Breakdown,
+}
+
+struct Aggregator {
+    config: Config,
+    windows: Windows,
+    workspaces: HashMap<String, Workspace>,
+    log: AlertLog,
+    /// Partitions still replaying, with the offset that ends their replay.
+    replay_until: HashMap<TopicPartition, i64>,
+    /// Alerts-topic partitions not yet read up to the end they had when last checked.
+    alerts_until: HashMap<i32, i64>,
+    /// Next offset to read per alerts-topic partition.
+    alerts_read: HashMap<i32, i64>,
+    replay_started: Option<Instant>,
+    sending: HashSet<String>,
+    producer: FutureProducer,
+    mailer: Arc<Mailer>,
+    metrics: AggregateMetrics,
+    done_tx: mpsc::UnboundedSender<AlertRecord>,
+}
+
+pub async fn run(
+    config: &Config,
+    metrics: AggregateMetrics,
+    health: Health,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = producer_config(&config.kafka)
+        .create()
+        .context("creating the alerts producer")?;
+    let mailer = Arc::new(Mailer::new(&config.aggregate).context("setting up mail")?);
+    // The alerts topic is tailed for as long as the aggregator runs: another instance's decisions must be
+    // known before this one decides for a workspace it takes over.
+    let alerts = assign_all(&config.kafka, &config.topics.alerts).await?;
+    let alerts_until = behind(
+        &watermarks(&alerts, &config.topics.alerts).await?,
+        &HashMap::new(),
+    );
+    let changes = Arc::new(Mutex::new(Changes::default()));
+    let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
+    // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
+    cc.set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer<AggContext> = cc
+        .create_with_context(AggContext {
+            changes: changes.clone(),
+        })
+        .context("creating the consumer")?;
+    consumer
+        .subscribe(&[&config.topics.failures])
+        .context("subscribing to the failure topic")?;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut agg = Aggregator {
+        windows: Windows::new(
+            i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
+        ),
+        config: config.clone(),
+        workspaces: HashMap::new(),
+        log: AlertLog::default(),
+        alerts_until,
+        alerts_read: HashMap::new(),
+        replay_until: HashMap::new(),
+        replay_started: None,
+        sending: HashSet::new(),
+        producer,
+        mailer,
+        metrics,
+        done_tx,
+    };
+    let decoder = ViewDecoder::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut stream = consumer.stream();
+    let mut alerts_stream = alerts.stream();
+    tracing::info!(topic = %config.topics.failures, group = %config.aggregate.group_id, "aggregator started");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(record) = done_rx.recv() => {
+                agg.sending.remove(&record.workspace_id);
+                agg.log.apply(record);
+            }
+            _ = tick.tick() => {}
+            Some(Ok(m)) = alerts_stream.next() => {
+                if let Some(Ok(rec)) = m.payload().map(serde_json::from_slice::<AlertRecord>) {
+                    agg.log.apply(rec);
+                }
+                agg.alerts_read.insert(m.partition(), m.offset() + 1);
+                if agg.alerts_until.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    agg.alerts_until.remove(&m.partition());
+                }
+            }
+            msg = stream.next() => match msg {
+                Some(Ok(m)) => {
+                    let tp = TopicPartition::new(m.topic(), m.partition());
+                    let workspace = match m.payload().map(|b| decoder.decode(b)) {
+                        Some(Ok(view)) => {
+                            agg.count(&view, tp.partition);
+                            Some(view.workspace.to_string())
+                        }
+                        Some(Err(e)) => {
+                            agg.metrics.undecodable.inc();
+                            tracing::warn!(offset = m.offset(), error = %e, "skipping undecodable failure event");
+                            None
+                        }
+                        None => None,
+                    };
+                    agg.replayed(&tp, m.offset());
+                    if let (true, Some(ws)) = (agg.caught_up(), workspace) {
+                        agg.decide(&ws).await?;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => break,
+            },
+        }
+        let (assigned, revoked) = {
+            let mut c = changes.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                std::mem::take(&mut c.assigned),
+                std::mem::take(&mut c.revoked),
+            )
+        };
+        if !revoked.is_empty() {
+            agg.revoke(&revoked);
+        }
+        if !assigned.is_empty() {
+            agg.assign(&consumer, assigned).await;
+            let marks = watermarks(&alerts, &config.topics.alerts)
+                .await
+                .unwrap_or_default();
+            agg.alerts_until.extend(behind(&marks, &agg.alerts_read));
+        }
+        let assigned_now = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        health.set_ready(assigned_now > 0 && agg.caught_up());
+        agg.finish_replay_if_done().await?;
+    }
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+/// Partitions whose end is past what has been read: `(partition, end offset)`.
+fn behind(marks: &HashMap<i32, (i64, i64)>, read_up_to: &HashMap<i32, i64>) -> HashMap<i32, i64> {
+    marks
+        .iter()
+        .filter(|(p, (lo, hi))| hi > read_up_to.get(p).unwrap_or(lo))
+        .map(|(p, (_, hi))| (*p, *hi))
+        .collect()
+}
+
+async fn watermarks<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
+    let md = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
+    let mut out = HashMap::new();
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let wm = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+        })?;
+        out.insert(p.id(), wm);
+    }
+    Ok(out)
+}
+
+impl Aggregator {
+    fn count(&mut self, v: &crate::events::failure_view::FailureView<'_>, partition: i32) {
+        let now = now_ms();
+        if !v
+            .code
+            .is_some_and(|c| self.config.aggregate.codes.contains(&c))
+            || !self.windows.add(v.workspace, v.time_ms, now)
+        {
+            self.metrics.events_ignored.inc();
+            return;
+        }
+        self.metrics.events_counted.inc();
+        let ws = self.workspaces.entry(v.workspace.to_string()).or_default();
+        ws.partition = partition;
+        if let Some(name) = v.workspace_name {
+            if ws.name != name {
+                ws.name = name.to_string();
+            }
+        }
+        let (kind, id, name) = match (v.campaign_id, v.canvas_id) {
+            (Some(c), _) => ("campaign", c, v.campaign_name.unwrap_or(c)),
+            (None, Some(c)) => ("canvas", c, v.canvas_name.unwrap_or(c)),
+            (None, None) => ("", "", ""),
+        };
+        let key = Key {
+            message_kind: kind,
+            message_id: id.to_string(),
+            endpoint_url: v.endpoint_url.unwrap_or_default().to_string(),
+            code: v.code.unwrap_or_default(),
+        };
+        ws.breakdown
+            .add(key, name, v.time_ms, self.config.aggregate.breakdown_size);
+        self.metrics.workspaces.set(self.workspaces.len() as i64);
+    }
+
+    fn replayed(&mut self, tp: &TopicPartition, offset: i64) {
+        if self
+            .replay_until
+            .get(tp)
+            .is_some_and(|end| offset + 1 >= *end)
+        {
+            self.replay_until.remove(tp);
+        }
+    }
+
+    async fn assign(&mut self, consumer: &StreamConsumer<AggContext>, tps: Vec<TopicPartition>) {
+        let topic = self.config.topics.failures.clone();
+        let marks = watermarks(consumer, &topic).await.unwrap_or_default();
+        for tp in tps {
+            if let Some((lo, hi)) = marks.get(&tp.partition) {
+                if hi > lo {
+                    self.replay_until.insert(tp, *hi);
+                }
+            }
+        }
+        self.replay_started.get_or_insert_with(Instant::now);
+        tracing::info!(
+            replaying = self.replay_until.len(),
+            "partitions assigned; rebuilding counts from Kafka"
+        );
+    }
+
+    fn revoke(&mut self, tps: &[TopicPartition]) {
+        let gone: HashSet<i32> = tps.iter().map(|tp| tp.partition).collect();
+        for tp in tps {
+            self.replay_until.remove(tp);
+        }
+        self.workspaces.retain(|_, w| !gone.contains(&w.partition));
+        let keep: HashSet<String> = self.workspaces.keys().cloned().collect();
+        self.windows.retain(|ws| keep.contains(ws));
+        self.metrics.workspaces.set(self.workspaces.len() as i64);
+    }
+
+    /// Decisions wait until owned partitions are replayed and every decision recorded so far is known.
+    fn caught_up(&self) -> bool {
+        self.replay_until.is_empty() && self.alerts_until.is_empty()
+    }
+
+    /// Once caught up after an assignment, every owned workspace gets a decision.
+    async fn finish_replay_if_done(&mut self) -> anyhow::Result<()> {
+        if !self.caught_up() {
+            return Ok(());
+        }
+        if let Some(started) = self.replay_started.take() {
+            self.metrics
+                .rebuild_seconds
+                .set(started.elapsed().as_secs_f64());
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                workspaces = self.workspaces.len(),
+                "rebuild done"
+            );
+            let all: Vec<String> = self.workspaces.keys().cloned().collect();
+            for ws in all {
+                self.decide(&ws).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn decide(&mut self, workspace: &str) -> anyhow::Result<()> {
+        let now = now_ms();
+        let threshold = self.config.aggregate.threshold_for(workspace);
+        let count = self.windows.count(workspace, now);
+        let quiet = i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX);
+        match self.log.action(workspace, count, threshold, now, quiet) {
+            Action::Nothing => Ok(()),
+            Action::Alert => {
+                let record = AlertRecord {
+                    workspace_id: workspace.to_string(),
+                    status: AlertStatus::Pending,
+                    decided_at_ms: now,
+                    count,
+                    threshold,
+                    recipients: self.config.aggregate.recipients_for(workspace),
+                    sent_at_ms: None,
+                    delivered_to: None,
+                };
+                write_record(&self.producer, &self.config.topics.alerts, &record).await?;
+                tracing::warn!(
+                    workspace,
+                    count,
+                    threshold,
+                    "failure threshold crossed; alerting"
+                );
+                self.log.apply(record.clone());
+                self.spawn_send(record, count);
+                Ok(())
+            }
+            Action::Resend => {
+                if let Some(record) = self.log.get(workspace).cloned() {
+                    self.spawn_send(record, count);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends in the background, retrying with backoff until it goes through; then records it as sent.
+    fn spawn_send(&mut self, record: AlertRecord, count: u64) {
+        if !self.sending.insert(record.workspace_id.clone()) {
+            return;
+        }
+        let ws = self.workspaces.get(&record.workspace_id);
+        let content = AlertContent {
+            workspace_id: record.workspace_id.clone(),
+            workspace_name: ws.map(|w| w.name.clone()).unwrap_or_default(),
+            count,
+            threshold: record.threshold,
+            window_hours: self.config.aggregate.window.as_secs() / 3600,
+            breakdown: ws.map(|w| w.breakdown.top()).unwrap_or_default(),
+        };
+        let email = content.render(&self.config.aggregate.links);
+        let (mailer, producer, metrics, done) = (
+            self.mailer.clone(),
+            self.producer.clone(),
+            self.metrics.clone(),
+            self.done_tx.clone(),
+        );
+        let (from, topic) = (
+            self.config.aggregate.from.clone(),
+            self.config.topics.alerts.clone(),
+        );
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match mailer.send(&from, &record.recipients, &email).await {
+                    Ok(to) => {
+                        metrics.alerts_sent.inc();
+                        tracing::info!(workspace = %record.workspace_id, delivered_to = %to, "alert email sent");
+                        let sent = AlertRecord {
+                            status: AlertStatus::Sent,
+                            sent_at_ms: Some(now_ms()),
+                            delivered_to: Some(to),
+                            ..record
+                        };
+                        while let Err(e) = write_record(&producer, &topic, &sent).await {
+                            tracing::warn!(error = %e, "recording the sent alert failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        let _ = done.send(sent);
+                        return;
+                    }
+                    Err(e) => {
+                        metrics.send_errors.inc();
+                        tracing::warn!(workspace = %record.workspace_id, error = %e, retry_in = ?backoff, "alert email not sent; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn write_record(
+    producer: &FutureProducer,
+    topic: &str,
+    record: &AlertRecord,
+) -> anyhow::Result<()> {
+    let payload = serde_json::to_vec(record)?;
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(record.workspace_id.as_bytes())
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The aggregator end to end: failure events in the embedded broker, a real SMTP server inside the test.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hookrelay::aggregate::config::SmtpSecurity;
+use hookrelay::config::{Config, EventEncoding};
+use hookrelay::events::FailureEvent;
+use hookrelay::local::LocalAggregator;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::{free_port, wait_for, Kafka, Mail, SmtpServer};
+
+const HOUR: i64 = 3_600_000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn configure(kafka: &mut Kafka, smtp_port: u16, threshold: u64) {
+    let a = &mut kafka.config.aggregate;
+    a.threshold = threshold;
+    a.smtp.host = "127.0.0.1".into();
+    a.smtp.port = smtp_port;
+    a.smtp.security = SmtpSecurity::Plain;
+    a.company_admins = vec![
+        "admin@company.example".into(),
+        "second-admin@company.example".into(),
+    ];
+    a.from = "hookrelay <alerts@company.example>".into();
+}
+
+fn event(ws: &str, code: i32, at_ms: i64) -> FailureEvent {
+    FailureEvent {
+        http_status_code: Some(code),
+        endpoint_url: Some("https://hooks.example/p?a=1&b=<x>".into()),
+        app_group_id: Some(ws.into()),
+        campaign_id: Some("cmp_spring".into()),
+        campaign_name: Some("<b>Spring</b> sale".into()),
+        id: uuid::Uuid::new_v4().to_string(),
+        time: (at_ms / 1000) as i32,
+        time_ms: Some(at_ms),
+        user_id: "u".into(),
+        workspace_name: Some(format!("{ws} <&> Co")),
+        is_terminal: Some(true),
+        ..Default::default()
+    }
+}
+
+async fn produce(config: &Config, events: Vec<FailureEvent>) {
+    let producer: FutureProducer = hookrelay::kafka::client::producer_config(&config.kafka)
+        .create()
+        .unwrap();
+    let sends = events.into_iter().map(|e| {
+        let producer = producer.clone();
+        let topic = config.topics.failures.clone();
+        async move {
+            let key = e.app_group_id.clone().unwrap();
+            let payload = e.encode(EventEncoding::SingleObject, None);
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+fn many(ws: &str, n: usize, code: i32, at_ms: i64) -> Vec<FailureEvent> {
+    (0..n).map(|_| event(ws, code, at_ms)).collect()
+}
+
+fn mails_for(smtp: &SmtpServer, ws: &str) -> Vec<Mail> {
+    smtp.received()
+        .into_iter()
+        .filter(|m| {
+            m.data
+                .contains(&format!("Subject: [hookrelay] Webhook errors in {ws} "))
+        })
+        .collect()
+}
+
+async fn settled(agg: &LocalAggregator, events: u64) {
+    let m = agg.metrics.clone();
+    wait_for(
+        "the aggregator has read every event",
+        Duration::from_secs(30),
+        || {
+            let m = m.clone();
+            async move { m.events_counted.get() + m.events_ignored.get() >= events }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_once_at_the_threshold_per_workspace_and_never_below_it() {
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp.addr.port(), 20);
+    kafka.config.aggregate.thresholds.insert("ws-low".into(), 5);
+    kafka
+        .config
+        .aggregate
+        .recipients
+        .insert("ws-over".into(), vec!["ops@over.example".into()]);
+    let now = now_ms();
+    let mut events = many("ws-over", 25, 503, now - HOUR);
+    events.extend(many("ws-below", 19, 500, now - HOUR));
+    events.extend(many("ws-low", 6, 404, now));
+    events.extend(many("ws-other-codes", 30, 418, now));
+    events.extend(many("ws-other-codes", 30, 302, now));
+    events.extend(many("ws-stale", 30, 503, now - 25 * HOUR));
+    let total = events.len() as u64;
+    produce(&kafka.config, events).await;
+
+    let agg = LocalAggregator::spawn(&kafka.config);
+    settled(&agg, total).await;
+    wait_for("two alerts are sent", Duration::from_secs(20), || async {
+        agg.metrics.alerts_sent.get() == 2
+    })
+    .await;
+    assert_eq!(
+        agg.metrics.events_counted.get(),
+        25 + 19 + 6,
+        "codes outside the list and stale events do not count"
+    );
+    // More failures for an alerted workspace do not send again.
+    produce(&kafka.config, many("ws-over", 10, 503, now)).await;
+    settled(&agg, total + 10).await;
+    assert_eq!(mails_for(&smtp, "ws-over").len(), 1);
+    assert_eq!(
+        mails_for(&smtp, "ws-low").len(),
+        1,
+        "a per-workspace override works"
+    );
+    for ws in ["ws-below", "ws-other-codes", "ws-stale"] {
+        assert!(mails_for(&smtp, ws).is_empty(), "{ws} must not be alerted");
+    }
+    assert_eq!(
+        mails_for(&smtp, "ws-over")[0].to,
+        vec!["ops@over.example"],
+        "subscribers get it"
+    );
+    assert_eq!(
+        mails_for(&smtp, "ws-low")[0].to,
+        vec!["admin@company.example", "second-admin@company.example"],
+        "without subscribers, every company admin does"
+    );
+    agg.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_email_names_everything_and_escapes_html() {
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp.addr.port(), 3);
+    let at = now_ms() - 2 * HOUR;
+    produce(&kafka.config, many("ws-html", 3, 503, at)).await;
+    let agg = LocalAggregator::spawn(&kafka.config);
+    wait_for("the email arrives", Duration::from_secs(30), || async {
+        smtp.received().len() == 1
+    })
+    .await;
+    let raw = smtp.received()[0].data.clone();
+    let parsed = mailparse::parse_mail(raw.as_bytes()).unwrap();
+    let subject = parsed
+        .headers
+        .iter()
+        .find(|h| h.get_key() == "Subject")
+        .unwrap()
+        .get_value();
+    assert!(
+        subject.contains("ws-html <&> Co") && subject.contains("3 failures"),
+        "{subject}"
+    );
+    let body = |mime: &str| {
+        parsed
+            .subparts
+            .iter()
+            .find(|p| p.ctype.mimetype == mime)
+            .unwrap_or_else(|| panic!("{mime} part"))
+            .get_body()
+            .unwrap()
+    };
+    let (text, html) = (body("text/plain"), body("text/html"));
+    let last_seen = chrono::DateTime::from_timestamp_millis(at)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M UTC")
+        .to_string();
+    for part in [&text, &html] {
+        assert!(part.contains("503"), "error code");
+        assert!(part.contains(&last_seen), "last seen time");
+        assert!(
+            part.contains("campaigns/cmp_spring"),
+            "link to the campaign"
+        );
+        assert!(part.contains("message-activity-log"), "activity log link");
+        assert!(part.contains("webhook_errors"), "documentation link");
+    }
+    assert!(
+        text.contains("https://hooks.example/p?a=1&b=<x>") && text.contains("<b>Spring</b> sale")
+    );
+    assert!(
+        html.contains("https://hooks.example/p?a=1&amp;b=&lt;x&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("&lt;b&gt;Spring&lt;/b&gt; sale") && !html.contains("<b>Spring"));
+    assert!(html.contains("ws-html &lt;&amp;&gt; Co"));
+    agg.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_an_alert_does_not_alert_again_and_a_restart_before_rebuilds_the_count() {
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp.addr.port(), 20);
+    let now = now_ms();
+    produce(&kafka.config, many("ws-alerted", 20, 503, now)).await;
+    produce(&kafka.config, many("ws-pending", 15, 503, now)).await;
+    let first = LocalAggregator::spawn(&kafka.config);
+    wait_for("the first alert", Duration::from_secs(30), || async {
+        smtp.received().len() == 1
+    })
+    .await;
+    settled(&first, 35).await;
+    first.stop().await.unwrap();
+
+    let second = LocalAggregator::spawn(&kafka.config);
+    settled(&second, 35).await;
+    wait_for(
+        "the new instance has rebuilt its state",
+        Duration::from_secs(20),
+        || async { second.health.is_ready() },
+    )
+    .await;
+    produce(&kafka.config, many("ws-alerted", 5, 503, now)).await;
+    produce(&kafka.config, many("ws-pending", 4, 503, now)).await;
+    settled(&second, 44).await;
+    assert!(
+        mails_for(&smtp, "ws-pending").is_empty(),
+        "19 of 20 after the restart: the count was rebuilt, no alert"
+    );
+    produce(&kafka.config, many("ws-pending", 1, 503, now)).await;
+    wait_for(
+        "the rebuilt count fires at the 20th event",
+        Duration::from_secs(20),
+        || async { mails_for(&smtp, "ws-pending").len() == 1 },
+    )
+    .await;
+    assert!(mails_for(&smtp, "ws-pending")[0]
+        .data
+        .contains("20 failures"));
+    assert_eq!(
+        mails_for(&smtp, "ws-alerted").len(),
+        1,
+        "no second email within 24 hours"
+    );
+    second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp.addr.port(), 10);
+    let now = now_ms();
+    let workspaces: Vec<String> = (0..6).map(|i| format!("ws-{i}")).collect();
+    let a = LocalAggregator::spawn(&kafka.config);
+    let b = LocalAggregator::spawn(&kafka.config);
+    wait_for(
+        "both instances own partitions",
+        Duration::from_secs(30),
+        || async { a.health.is_ready() && b.health.is_ready() },
+    )
+    .await;
+    for ws in &workspaces {
+        produce(&kafka.config, many(ws, 12, 503, now)).await;
+    }
+    wait_for(
+        "every workspace alerted",
+        Duration::from_secs(30),
+        || async { smtp.received().len() == workspaces.len() },
+    )
+    .await;
+    a.stop().await.unwrap();
+    wait_for(
+        "the survivor has taken over and rebuilt",
+        Duration::from_secs(30),
+        || async { b.metrics.events_counted.get() >= 72 && b.health.is_ready() },
+    )
+    .await;
+    for ws in &workspaces {
+        produce(&kafka.config, many(ws, 1, 503, now)).await;
+    }
+    wait_for(
+        "the survivor reads the new events",
+        Duration::from_secs(30),
+        || async { b.metrics.events_counted.get() >= 78 },
+    )
+    .await;
+    let mut per_ws = BTreeMap::new();
+    for ws in &workspaces {
+        per_ws.insert(ws.clone(), mails_for(&smtp, ws).len());
+    }
+    assert!(
+        per_ws.values().all(|n| *n == 1),
+        "each workspace exactly once: {per_ws:?}"
+    );
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_owed_while_smtp_is_down_arrives_once_it_is_back() {
+    let smtp_addr = free_port();
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp_addr.port(), 5);
+    produce(&kafka.config, many("ws-down", 6, 503, now_ms())).await;
+    let agg = LocalAggregator::spawn(&kafka.config);
+    wait_for("sending has failed", Duration::from_secs(30), || async {
+        agg.metrics.send_errors.get() >= 1
+    })
+    .await;
+    let smtp = SmtpServer::start(smtp_addr).await;
+    wait_for(
+        "the email arrives once SMTP is back",
+        Duration::from_secs(30),
+        || async { smtp.received().len() == 1 },
+    )
+    .await;
+    wait_for(
+        "it is recorded as sent",
+        Duration::from_secs(10),
+        || async { agg.metrics.alerts_sent.get() == 1 },
+    )
+    .await;
+    assert_eq!(mails_for(&smtp, "ws-down").len(), 1);
+    agg.stop().await.unwrap();
+}
