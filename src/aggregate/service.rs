@@ -12,7 +12,7 @@ use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -282,19 +282,55 @@ impl Aggregator {
         }
     }
 
+    /// Starts the replay of newly assigned partitions: from the first event of the window when the broker
+    /// can say where that is (offsets for times), from the beginning of retention otherwise.
     async fn assign(&mut self, consumer: &StreamConsumer<AggContext>, tps: Vec<TopicPartition>) {
         let topic = self.config.topics.failures.clone();
         let marks = watermarks(consumer, &topic).await.unwrap_or_default();
-        for tp in tps {
-            if let Some((lo, hi)) = marks.get(&tp.partition) {
-                if hi > lo {
-                    self.replay_until.insert(tp, *hi);
-                }
-            }
+        let with_data: Vec<TopicPartition> = tps
+            .into_iter()
+            .filter(|tp| marks.get(&tp.partition).is_some_and(|(lo, hi)| hi > lo))
+            .collect();
+        for tp in &with_data {
+            self.replay_until.insert(tp.clone(), marks[&tp.partition].1);
         }
+        let window_start =
+            now_ms() - i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX);
+        let mut query = TopicPartitionList::new();
+        for tp in &with_data {
+            let _ = query.add_partition_offset(&topic, tp.partition, Offset::Offset(window_start));
+        }
+        let found: Vec<(i32, Option<i64>)> = if with_data.is_empty() {
+            Vec::new()
+        } else {
+            match tokio::task::block_in_place(|| {
+                consumer.offsets_for_times(query, Duration::from_secs(10))
+            }) {
+                Ok(tpl) => tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.partition(), e.offset().to_raw()))
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        };
+        let mode = match choose_rebuild(&found, &marks) {
+            Rebuild::Seek(starts) => {
+                for (p, offset) in &starts {
+                    if let Err(e) =
+                        consumer.seek(&topic, *p, Offset::Offset(*offset), Duration::from_secs(5))
+                    {
+                        tracing::info!(partition = p, error = %e, "seek to the window start failed; replaying from the beginning");
+                    }
+                }
+                "offsets-for-times"
+            }
+            Rebuild::Scan => "scan",
+        };
         self.replay_started.get_or_insert_with(Instant::now);
         tracing::info!(
             replaying = self.replay_until.len(),
+            mode,
             "partitions assigned; rebuilding counts from Kafka"
         );
     }
@@ -448,4 +484,65 @@ async fn write_record(
         .await
         .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
     Ok(())
+}
+
+/// How a newly assigned partition set is replayed.
+#[derive(Debug, PartialEq, Eq)]
+enum Rebuild {
+    /// Start each partition at the first offset of the window.
+    Seek(Vec<(i32, i64)>),
+    /// Read from the beginning of retention and filter by event time.
+    Scan,
+}
+
+/// Trusts an offsets-for-times answer unless it puts *every* partition at its end: that is what brokers
+/// without the lookup answer (librdkafka's mock cluster), and on a real cluster it means nothing happened
+/// in the window, where scanning is merely slower. Either way the counts are right, as events are filtered
+/// by event time.
+fn choose_rebuild(found: &[(i32, Option<i64>)], marks: &HashMap<i32, (i64, i64)>) -> Rebuild {
+    let starts: Vec<(i32, i64)> = found
+        .iter()
+        .filter_map(|(p, o)| o.filter(|o| *o >= 0).map(|o| (*p, o)))
+        .collect();
+    let all_at_end = starts
+        .iter()
+        .all(|(p, o)| marks.get(p).is_some_and(|(_, hi)| o >= hi));
+    if starts.is_empty() || starts.len() < found.len() || all_at_end {
+        Rebuild::Scan
+    } else {
+        Rebuild::Seek(starts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeks_when_the_broker_knows_where_the_window_starts() {
+        let marks: HashMap<i32, (i64, i64)> = [(0, (0, 100)), (1, (5, 50))].into();
+        assert_eq!(
+            choose_rebuild(&[(0, Some(40)), (1, Some(50))], &marks),
+            Rebuild::Seek(vec![(0, 40), (1, 50)])
+        );
+    }
+
+    #[test]
+    fn scans_when_the_lookup_is_missing_or_puts_everything_at_the_end() {
+        let marks: HashMap<i32, (i64, i64)> = [(0, (0, 100)), (1, (5, 50))].into();
+        assert_eq!(
+            choose_rebuild(&[(0, Some(100)), (1, Some(50))], &marks),
+            Rebuild::Scan,
+            "the mock cluster's answer"
+        );
+        assert_eq!(
+            choose_rebuild(&[(0, None), (1, Some(10))], &marks),
+            Rebuild::Scan
+        );
+        assert_eq!(
+            choose_rebuild(&[(0, Some(-1)), (1, Some(10))], &marks),
+            Rebuild::Scan
+        );
+        assert_eq!(choose_rebuild(&[], &marks), Rebuild::Scan);
+    }
 }
