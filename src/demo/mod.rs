@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 use crate::config::Config;
 use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::local::{with_embedded_broker, LocalDispatcher, OutputReader, SendProducer};
+use crate::local::{
+    with_embedded_broker, LocalAggregator, LocalDispatcher, OutputReader, SendProducer,
+};
 use crate::receiver::{Receiver, Script};
 use report::Report;
 
@@ -76,6 +78,8 @@ fn demo_timings(config: &mut Config) {
     config.host_health.threshold = 150;
     config.host_health.window = Duration::from_secs(2);
     config.host_health.pause = Duration::from_secs(2);
+    config.aggregate.threshold = 300;
+    config.aggregate.eml_dir = "demo-out/mail".into();
 }
 
 async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> {
@@ -131,10 +135,12 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
         unreachable: closed_port().await?,
     };
     let dispatcher = LocalDispatcher::spawn(&config);
+    let aggregator = LocalAggregator::spawn(&config);
     let metrics = dispatcher.metrics.clone();
     let reader = OutputReader::start(&config).await?;
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let progress = {
         let (metrics, reader) = (metrics.clone(), reader.clone());
@@ -186,6 +192,18 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     progress.abort();
     dispatcher.stop().await?;
     reader.stop();
+    // The aggregator reads the same failure events; give it until it has counted them all and mailed.
+    let failures = observed.failures.len() as u64;
+    let am = aggregator.metrics.clone();
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (am.events_counted.get() + am.events_ignored.get() < failures
+        || am.alerts_sent.get() == 0)
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alerts = am.alerts_sent.get();
+    aggregator.stop().await?;
     let delivered = metrics.sends.with_label_values(&["delivered"]).get();
     let report = Report {
         sent,
@@ -202,7 +220,9 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
             ("overloaded", endpoints.overloaded.count()),
         ],
     };
-    Ok((report.render(), report.adds_up()))
+    let mut text = report.render();
+    text.push_str(&alert_summary(&config, alerts, started_wall));
+    Ok((text, report.adds_up()))
 }
 
 enum Traffic {
@@ -300,6 +320,46 @@ fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
     } else {
         Traffic::Json(send)
     }
+}
+
+/// The alert emails this run wrote, with their subjects.
+fn alert_summary(config: &Config, sent: u64, since: std::time::SystemTime) -> String {
+    let mut files: Vec<(std::path::PathBuf, String)> = std::fs::read_dir(&config.aggregate.eml_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        })
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            // The header may be folded over several lines.
+            let mut lines = text.lines().skip_while(|l| !l.starts_with("Subject: "));
+            let mut subject = lines
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("Subject: ")
+                .to_string();
+            for more in lines.take_while(|l| l.starts_with(' ') || l.starts_with('\t')) {
+                subject.push(' ');
+                subject.push_str(more.trim());
+            }
+            (e.path(), subject)
+        })
+        .collect();
+    files.sort();
+    let mut out = format!(
+        "\n  alerts (threshold {} failures per workspace in {} h): {sent} email(s), written as .eml files\n",
+        config.aggregate.threshold,
+        config.aggregate.window.as_secs() / 3600
+    );
+    for (path, subject) in files {
+        out.push_str(&format!("    {}\n      {subject}\n", path.display()));
+    }
+    out
 }
 
 /// An address where nothing listens: connection refused, reported as 599.
