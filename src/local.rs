@@ -56,7 +56,7 @@ where
     let topics = &config.topics;
     broker.create_topic(&topics.sends, send_partitions)?;
     for t in topics.all().iter().filter(|t| **t != topics.sends) {
-        broker.create_topic(t, 3)?;
+        broker.create_topic(t, send_partitions.max(3))?;
     }
     let local = local_config(&broker.bootstrap_servers());
     config.kafka = local.kafka;

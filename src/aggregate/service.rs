@@ -76,6 +76,8 @@ struct Aggregator {
     log: AlertLog,
     /// Partitions still replaying, with the offset that ends their replay.
     replay_until: HashMap<TopicPartition, i64>,
+    /// Partitions of the failure topic this instance owns.
+    owned: HashSet<TopicPartition>,
     /// Alerts-topic partitions not yet read up to the end they had when last checked.
     alerts_until: HashMap<i32, i64>,
     /// Next offset to read per alerts-topic partition.
@@ -127,6 +129,7 @@ pub async fn run(
         log: AlertLog::default(),
         alerts_until,
         alerts_read: HashMap::new(),
+        owned: HashSet::new(),
         replay_until: HashMap::new(),
         replay_started: None,
         sending: HashSet::new(),
@@ -198,8 +201,8 @@ pub async fn run(
                 .unwrap_or_default();
             agg.alerts_until.extend(behind(&marks, &agg.alerts_read));
         }
-        let assigned_now = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        health.set_ready(assigned_now > 0 && agg.caught_up());
+        // Tracked from rebalance events: asking librdkafka for the assignment is a round trip per call.
+        health.set_ready(!agg.owned.is_empty() && agg.caught_up());
         agg.finish_replay_if_done().await?;
     }
     tracing::info!("aggregator stopped");
@@ -286,6 +289,7 @@ impl Aggregator {
     /// can say where that is (offsets for times), from the beginning of retention otherwise.
     async fn assign(&mut self, consumer: &StreamConsumer<AggContext>, tps: Vec<TopicPartition>) {
         let topic = self.config.topics.failures.clone();
+        self.owned.extend(tps.iter().cloned());
         let marks = watermarks(consumer, &topic).await.unwrap_or_default();
         let with_data: Vec<TopicPartition> = tps
             .into_iter()
@@ -339,6 +343,7 @@ impl Aggregator {
         let gone: HashSet<i32> = tps.iter().map(|tp| tp.partition).collect();
         for tp in tps {
             self.replay_until.remove(tp);
+            self.owned.remove(tp);
         }
         self.workspaces.retain(|_, w| !gone.contains(&w.partition));
         let keep: HashSet<String> = self.workspaces.keys().cloned().collect();
