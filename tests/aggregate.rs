@@ -342,3 +342,121 @@ async fn an_alert_owed_while_smtp_is_down_arrives_once_it_is_back() {
     assert_eq!(mails_for(&smtp, "ws-down").len(), 1);
     agg.stop().await.unwrap();
 }
+
+/// `hookrelay aggregate` as a separate process, configured through the environment; returns it and the
+/// address of its `/metrics`.
+fn aggregator_process(
+    kafka: &Kafka,
+    smtp_port: u16,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let c = &kafka.config;
+    let listen = free_port();
+    let child = std::process::Command::new(support::hookrelay_bin())
+        .arg("aggregate")
+        .env_clear()
+        .env(
+            "HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS",
+            &c.kafka.bootstrap_servers,
+        )
+        .env(
+            "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__GROUP_PROTOCOL",
+            "consumer",
+        )
+        .env("HOOKRELAY_TOPICS__FAILURES", &c.topics.failures)
+        .env("HOOKRELAY_TOPICS__ALERTS", &c.topics.alerts)
+        .env(
+            "HOOKRELAY_AGGREGATE__THRESHOLD",
+            c.aggregate.threshold.to_string(),
+        )
+        .env("HOOKRELAY_AGGREGATE__SMTP__HOST", "127.0.0.1")
+        .env("HOOKRELAY_AGGREGATE__SMTP__PORT", smtp_port.to_string())
+        .env("HOOKRELAY_AGGREGATE__SMTP__SECURITY", "plain")
+        .env("HOOKRELAY_TELEMETRY__LISTEN", listen.to_string())
+        .env("HOOKRELAY_TELEMETRY__LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("hookrelay aggregate starts");
+    (child, listen)
+}
+
+async fn scrape(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_aggregator_process_after_an_alert_sends_no_second_email() {
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp.addr.port(), 10);
+    produce(&kafka.config, many("ws-proc", 10, 503, now_ms())).await;
+    let (mut first, first_metrics) = aggregator_process(&kafka, smtp.addr.port());
+    wait_for(
+        "the first process alerts and records it",
+        Duration::from_secs(30),
+        || async {
+            smtp.received().len() == 1
+                && scrape(first_metrics, "hookrelay_aggregate_alerts_sent_total").await == Some(1.0)
+        },
+    )
+    .await;
+    // The "sent" record is written right after the email; give it a moment by waiting on the log itself.
+    wait_for(
+        "the decision is in the alerts topic",
+        Duration::from_secs(20),
+        || async {
+            let reader =
+                hookrelay::local::assign_all(&kafka.config.kafka, &kafka.config.topics.alerts)
+                    .await
+                    .unwrap();
+            let marks = tokio::task::block_in_place(|| {
+                use rdkafka::consumer::Consumer;
+                (0..2)
+                    .map(|p| {
+                        reader
+                            .fetch_watermarks(
+                                &kafka.config.topics.alerts,
+                                p,
+                                Duration::from_secs(5),
+                            )
+                            .unwrap()
+                            .1
+                    })
+                    .sum::<i64>()
+            });
+            marks >= 2
+        },
+    )
+    .await;
+    // A clean stop (SIGTERM) leaves the group at once; a killed member would hold its partitions until the
+    // broker's session timeout.
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(first.wait().unwrap().success(), "SIGTERM exits 0");
+
+    let (mut second, second_metrics) = aggregator_process(&kafka, smtp.addr.port());
+    produce(&kafka.config, many("ws-proc", 5, 503, now_ms())).await;
+    wait_for(
+        "the new process has rebuilt all 15 events",
+        Duration::from_secs(30),
+        || async {
+            scrape(second_metrics, "hookrelay_aggregate_events_counted_total").await == Some(15.0)
+        },
+    )
+    .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(
+        mails_for(&smtp, "ws-proc").len(),
+        1,
+        "no second email within 24 hours"
+    );
+}
