@@ -151,18 +151,8 @@ async fn run_dispatch(config: Config) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let metrics = DispatchMetrics::new();
     let health = Health::default();
-    if let Some(addr) = config.telemetry.listen_addr() {
-        let m = metrics.clone();
-        let bound = telemetry::serve(
-            addr,
-            Arc::new(move || m.render()),
-            health.clone(),
-            stop.child_token(),
-        )
-        .await
-        .with_context(|| format!("binding telemetry listener {addr}"))?;
-        tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
-    }
+    let m = metrics.clone();
+    serve_telemetry(&config, Arc::new(move || m.render()), &health, &stop).await?;
     dispatch::run(&config, metrics, health, stop).await
 }
 
@@ -170,19 +160,25 @@ async fn run_aggregate(config: Config) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let metrics = crate::telemetry::AggregateMetrics::new();
     let health = Health::default();
+    let m = metrics.clone();
+    serve_telemetry(&config, Arc::new(move || m.render()), &health, &stop).await?;
+    crate::aggregate::run(&config, metrics, health, stop).await
+}
+
+/// `/metrics`, `/healthz` and `/readyz` on `telemetry.listen`, unless it is empty.
+async fn serve_telemetry(
+    config: &Config,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    health: &Health,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     if let Some(addr) = config.telemetry.listen_addr() {
-        let m = metrics.clone();
-        let bound = telemetry::serve(
-            addr,
-            Arc::new(move || m.render()),
-            health.clone(),
-            stop.child_token(),
-        )
-        .await
-        .with_context(|| format!("binding telemetry listener {addr}"))?;
+        let bound = telemetry::serve(addr, render, health.clone(), stop.child_token())
+            .await
+            .with_context(|| format!("binding telemetry listener {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     }
-    crate::aggregate::run(&config, metrics, health, stop).await
+    Ok(())
 }
 
 async fn run_receiver(args: ReceiverArgs) -> anyhow::Result<()> {

@@ -72,35 +72,59 @@ where
     result
 }
 
-/// A dispatcher running inside this process (demo, harness, tests).
-pub struct LocalDispatcher {
-    pub metrics: DispatchMetrics,
-    pub health: Health,
+/// A long-running task of this process that stops on request, and also when dropped (a failed assertion,
+/// an early return): a consumer thread left running would keep the runtime from shutting down.
+struct Background {
     stop: CancellationToken,
     join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+impl Background {
+    fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let join = tokio::spawn(run(stop.clone()));
+        Self {
+            stop,
+            join: Some(join),
+        }
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.join.take() {
+            Some(join) => join.await.context("background task")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A dispatcher running inside this process (demo, harness, tests).
+pub struct LocalDispatcher {
+    pub metrics: DispatchMetrics,
+    pub health: Health,
+    task: Background,
+}
+
 impl LocalDispatcher {
     pub fn spawn(config: &Config) -> Self {
-        let (metrics, health, stop) = (
-            DispatchMetrics::new(),
-            Health::default(),
-            CancellationToken::new(),
-        );
-        let join = {
-            let (config, metrics, health, stop) = (
-                config.clone(),
-                metrics.clone(),
-                health.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move { crate::dispatch::run(&config, metrics, health, stop).await })
-        };
+        let (metrics, health) = (DispatchMetrics::new(), Health::default());
+        let (c, m, h) = (config.clone(), metrics.clone(), health.clone());
+        let task =
+            Background::spawn(|stop| async move { crate::dispatch::run(&c, m, h, stop).await });
         Self {
             metrics,
             health,
-            stop,
-            join: Some(join),
+            task,
         }
     }
 
@@ -123,66 +147,32 @@ impl LocalDispatcher {
 
     /// Stops consuming, drains, commits, and returns the dispatcher's own result.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        match self.join.take() {
-            Some(join) => join.await.context("dispatcher task")?,
-            None => Ok(()),
-        }
+        self.task.stop().await
     }
 }
 
-/// Dropped without [`LocalDispatcher::stop`] (a failed assertion, an early return): the consumer thread must
-/// still be told to stop, or the runtime would wait for it forever.
-impl Drop for LocalDispatcher {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// An aggregator running inside this process (demo, tests).
+/// An aggregator running inside this process (demo, harness, tests).
 pub struct LocalAggregator {
     pub metrics: crate::telemetry::AggregateMetrics,
     pub health: Health,
-    stop: CancellationToken,
-    join: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Background,
 }
 
 impl LocalAggregator {
     pub fn spawn(config: &Config) -> Self {
-        let (metrics, health, stop) = (
-            crate::telemetry::AggregateMetrics::new(),
-            Health::default(),
-            CancellationToken::new(),
-        );
-        let join = {
-            let (config, metrics, health, stop) = (
-                config.clone(),
-                metrics.clone(),
-                health.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move { crate::aggregate::run(&config, metrics, health, stop).await })
-        };
+        let (metrics, health) = (crate::telemetry::AggregateMetrics::new(), Health::default());
+        let (c, m, h) = (config.clone(), metrics.clone(), health.clone());
+        let task =
+            Background::spawn(|stop| async move { crate::aggregate::run(&c, m, h, stop).await });
         Self {
             metrics,
             health,
-            stop,
-            join: Some(join),
+            task,
         }
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        match self.join.take() {
-            Some(join) => join.await.context("aggregator task")?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for LocalAggregator {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.task.stop().await
     }
 }
 
