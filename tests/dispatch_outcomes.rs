@@ -9,16 +9,10 @@ use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
 use hookrelay::local::{OutputReader, SendProducer};
 use hookrelay::receiver::{Receiver, Script};
-use support::{full_send, send, wait_for, Dispatcher, Kafka};
+use support::{full_send, receiver, send, wait_for, Dispatcher, Kafka};
 
 const BRAZE_FAILURE: &str =
     include_str!("../schemas/reference/users.messages.webhook.Failure.avsc");
-
-async fn receiver() -> Receiver {
-    Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {

@@ -8,14 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use hookrelay::events::FailureEvent;
 use hookrelay::local::{OutputReader, SendProducer};
-use hookrelay::receiver::{Receiver, Script};
-use support::{free_port, send, wait_for, ChildDispatcher, Dispatcher, Kafka};
-
-async fn receiver() -> Receiver {
-    Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap()
-}
+use hookrelay::receiver::Receiver;
+use support::{free_port, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka};
 
 fn events_for<'a>(events: &'a [FailureEvent], id: &str) -> Vec<&'a FailureEvent> {
     let mut v: Vec<&FailureEvent> = events

@@ -6,16 +6,9 @@ mod support;
 use std::time::Duration;
 
 use hookrelay::local::{OutputReader, SendProducer};
-use hookrelay::receiver::{Receiver, Script};
 use hookrelay::security::signing::{parse_secret, sign};
 use hookrelay::security::SecurityConfig;
-use support::{raw_http_server, send, wait_for, Dispatcher, Kafka, RawBehaviour};
-
-async fn receiver() -> Receiver {
-    Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap()
-}
+use support::{raw_http_server, receiver, send, wait_for, Dispatcher, Kafka, RawBehaviour};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_in_every_form_is_refused_by_default_without_a_request() {

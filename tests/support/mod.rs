@@ -99,6 +99,14 @@ impl Kafka {
 #[allow(unused_imports)]
 pub use hookrelay::local::LocalDispatcher as Dispatcher;
 
+/// A receiver on an ephemeral loopback port answering 200 unless a request's query says otherwise.
+pub async fn receiver() -> hookrelay::receiver::Receiver {
+    use hookrelay::receiver::{Receiver, Script};
+    Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
+        .await
+        .unwrap()
+}
+
 /// Polls `cond` until it holds; panics naming `what` at the deadline. No sleeping-and-hoping.
 pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where
