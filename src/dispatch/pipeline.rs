@@ -77,9 +77,9 @@ impl Pipeline {
         };
         let now = now_ms();
         if retry.due_ms > now {
-            let remaining = Duration::from_millis(u64::try_from(retry.due_ms - now).unwrap_or(0));
-            let (topic, _) = &self.tiers[pick_tier(&self.tier_delays(), remaining)];
-            self.publisher.retry(topic, &retry).await?;
+            self.publisher
+                .retry(self.tier_topic(retry.due_ms, now), &retry)
+                .await?;
             self.metrics.retry_hops.inc();
             return Ok(Handled::Hopped);
         }
@@ -106,8 +106,10 @@ impl Pipeline {
         Ok(Handled::DeadLettered)
     }
 
-    fn tier_delays(&self) -> Vec<Duration> {
-        self.tiers.iter().map(|(_, d)| *d).collect()
+    /// The tier topic a retry due at `due_ms` waits in (see [`pick_tier`]).
+    fn tier_topic(&self, due_ms: i64, now_ms: i64) -> &str {
+        let remaining = Duration::from_millis(u64::try_from(due_ms - now_ms).unwrap_or(0));
+        &self.tiers[pick_tier(self.tiers.iter().map(|(_, d)| *d), remaining)].0
     }
 
     /// One attempt of a send: unless its host is paused, an HTTP request; then the outcome made durable.
@@ -187,8 +189,7 @@ impl Pipeline {
                     due_ms,
                     last_status: failure.status,
                 };
-                let remaining = Duration::from_millis(u64::try_from(due_ms - now).unwrap_or(0));
-                let (topic, _) = &self.tiers[pick_tier(&self.tier_delays(), remaining)];
+                let topic = self.tier_topic(due_ms, now);
                 let event = failure_event(
                     send,
                     &failure,

@@ -129,8 +129,11 @@ impl RetryPolicy {
 
 /// The tier a retry waits in: the longest whose delay fits in `remaining` (so it never waits past its due
 /// time), or the shortest when none fits. `tiers` is sorted shortest first and not empty.
-pub fn pick_tier(tiers: &[Duration], remaining: Duration) -> usize {
-    tiers.iter().rposition(|d| *d <= remaining).unwrap_or(0)
+pub fn pick_tier(
+    mut tiers: impl DoubleEndedIterator<Item = Duration> + ExactSizeIterator,
+    remaining: Duration,
+) -> usize {
+    tiers.rposition(|d| d <= remaining).unwrap_or(0)
 }
 
 /// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now`. Dates in the past mean 0.
@@ -253,11 +256,11 @@ mod tests {
     #[test]
     fn a_retry_waits_in_the_longest_tier_that_fits() {
         let tiers = [10, 60, 300].map(Duration::from_secs);
-        assert_eq!(pick_tier(&tiers, Duration::from_secs(5)), 0);
-        assert_eq!(pick_tier(&tiers, Duration::from_secs(10)), 0);
-        assert_eq!(pick_tier(&tiers, Duration::from_secs(59)), 0);
-        assert_eq!(pick_tier(&tiers, Duration::from_secs(61)), 1);
-        assert_eq!(pick_tier(&tiers, Duration::from_secs(7200)), 2);
+        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(5)), 0);
+        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(10)), 0);
+        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(59)), 0);
+        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(61)), 1);
+        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(7200)), 2);
     }
 
     #[test]
