@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
-use hookrelay::local::{OutputReader, SendProducer};
+use hookrelay::local::OutputReader;
 use hookrelay::receiver::{Receiver, Script};
 use support::{full_send, receiver, send, wait_for, Dispatcher, Kafka};
 
@@ -20,7 +20,7 @@ async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("ok-1", &rx.url("/hook?status=200")))
         .await
@@ -63,7 +63,7 @@ async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let codes = [
         302, 400, 401, 403, 404, 405, 408, 409, 429, 500, 502, 503, 504, 529,
     ];
@@ -181,7 +181,7 @@ async fn connection_refused_and_timeouts_are_599_with_their_source() {
     let closed = support::free_port();
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("refused", &format!("http://{closed}/hook")))
         .await
@@ -240,7 +240,7 @@ async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let url = rx.url("/hook");
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("undecodable", b"\x01\x02 definitely not json".to_vec()),
@@ -320,7 +320,7 @@ async fn failure_events_decode_with_brazes_schema_as_the_reader_schema() {
     let consumer = hookrelay::local::assign_all(&kafka.config.kafka, &kafka.config.topics.failures)
         .await
         .unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&full_send("braze", "ws-braze", &rx.url("/x?status=500")))
         .await
@@ -440,7 +440,7 @@ async fn runs_many_sends_of_one_partition_at_once() {
         .await
         .unwrap();
     let dispatcher = Dispatcher::spawn(&kafka.config);
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     for i in 0..20 {
         producer
             .json(&send(&format!("c{i}"), &rx.url("/hook")))
@@ -481,7 +481,7 @@ async fn a_partition_with_too_much_unfinished_work_is_paused_and_resumed() {
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), slow)
         .await
         .unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     for i in 0..40 {
         producer
             .json(&send(&format!("b{i}"), &rx.url("/hook")))

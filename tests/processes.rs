@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hookrelay::local::{Observed, OutputReader, SendProducer};
+use hookrelay::local::{Observed, OutputReader};
 use hookrelay::receiver::{Receiver, Script};
 use support::{hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
 
@@ -24,7 +24,7 @@ async fn slow_receiver(latency_ms: u64) -> Receiver {
 
 /// Produces `n` sends (every fifth fails with 500) and returns their ids.
 async fn produce(kafka: &Kafka, rx: &Receiver, n: usize) -> Vec<String> {
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let mut ids = Vec::new();
     for i in 0..n {
         let id = format!("s{i:05}");

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use hookrelay::events::FailureEvent;
-use hookrelay::local::{OutputReader, SendProducer};
+use hookrelay::local::OutputReader;
 use hookrelay::receiver::Receiver;
 use support::{free_port, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka};
 
@@ -34,7 +34,7 @@ async fn retries_503_with_backoff_until_delivered_on_the_third_attempt() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("flaky", &rx.url("/hook?seq=503,503,200")))
         .await
@@ -77,7 +77,7 @@ async fn a_404_is_reported_once_as_terminal_and_never_retried() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("gone", &rx.url("/hook?status=404")))
         .await
@@ -127,7 +127,7 @@ async fn retry_after_in_seconds_or_as_an_http_date_sets_the_earliest_next_attemp
     let kafka = Kafka::start(1);
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let date_target = SystemTime::now() + Duration::from_secs(4);
     let date = httpdate::fmt_http_date(date_target);
     let date_ms = httpdate::parse_http_date(&date)
@@ -180,7 +180,7 @@ async fn exhausted_retries_end_terminal_and_unreachable_endpoints_get_the_longer
     let closed = free_port();
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("down", &rx.url("/hook?status=503")))
         .await
@@ -227,7 +227,7 @@ async fn pending_retries_survive_a_killed_dispatcher() {
     });
     let rx = receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let ids: Vec<String> = (0..60).map(|i| format!("r{i:03}")).collect();
     for id in &ids {
         producer
@@ -288,7 +288,7 @@ async fn a_drowning_host_is_paused_with_598s_and_resumes_after_the_pause() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     for i in 0..12 {
         producer
             .json(&send(&format!("d{i:02}"), &rx.url("/hook?status=503")))
@@ -352,7 +352,7 @@ async fn a_hanging_host_does_not_hold_up_a_healthy_one() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let hanging = format!("http://localhost:{}/hang?hang=1", rx.addr.port());
     for i in 0..6 {
         producer

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use hookrelay::local::{OutputReader, SendProducer};
+use hookrelay::local::OutputReader;
 use hookrelay::security::signing::{parse_secret, sign};
 use hookrelay::security::SecurityConfig;
 use support::{raw_http_server, receiver, send, wait_for, Dispatcher, Kafka, RawBehaviour};
@@ -22,7 +22,7 @@ async fn loopback_in_every_form_is_refused_by_default_without_a_request() {
     let port = rx.addr.port();
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let urls = [
         format!("http://127.0.0.1:{port}/v4"),
         format!("http://[::1]:{port}/v6"),
@@ -79,7 +79,7 @@ async fn allow_lists_admit_exactly_the_listed_addresses_and_ports() {
     let other = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("listed", &rx.url("/ok")))
         .await
@@ -137,7 +137,7 @@ async fn webhooks_are_signed_with_every_active_secret() {
     });
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("signed-1", &rx.url("/hook")))
         .await
@@ -167,7 +167,7 @@ async fn an_endless_response_body_is_read_only_up_to_the_cap() {
     let fine = raw_http_server(RawBehaviour::EndlessBody { status: 200 }).await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("endless-500", &format!("http://{failing}/")))
         .await
@@ -207,7 +207,7 @@ async fn headers_sent_slowly_hit_the_request_timeout() {
     .await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     producer
         .json(&send("dribble", &format!("http://{slow}/")))
         .await
@@ -232,7 +232,7 @@ async fn a_redirect_is_never_followed() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = SendProducer::new(&kafka.config.kafka, &kafka.config.topics.sends).unwrap();
+    let producer = kafka.producer();
     let target = rx.url("/elsewhere");
     producer
         .json(&send(

@@ -51,6 +51,11 @@ impl Kafka {
         Self { broker, config }
     }
 
+    /// A producer of send requests to this broker's send topic.
+    pub fn producer(&self) -> hookrelay::local::SendProducer {
+        hookrelay::local::SendProducer::new(&self.config.kafka, &self.config.topics.sends).unwrap()
+    }
+
     /// Every failure final: one failure event per failing send.
     pub fn without_retries(mut self) -> Self {
         self.config.retry.max_retries = 0;
