@@ -48,6 +48,10 @@ impl HostHealthConfig {
     }
 }
 
+/// Idle hosts are swept out once per this many recorded responses, so memory follows the active host set
+/// without an O(hosts) pass on every response.
+const SWEEP_EVERY: u32 = 4096;
+
 /// Buckets per window: the count is exact to 1/60 of the window.
 const BUCKETS: usize = 60;
 
@@ -104,6 +108,8 @@ pub struct HostHealth {
     cfg: HostHealthConfig,
     bucket_ms: i64,
     hosts: HashMap<HostKey, Window>,
+    /// Records since idle hosts were last swept out.
+    since_sweep: u32,
 }
 
 impl HostHealth {
@@ -114,6 +120,7 @@ impl HostHealth {
             cfg,
             bucket_ms,
             hosts: HashMap::new(),
+            since_sweep: 0,
         }
     }
 
@@ -154,6 +161,11 @@ impl HostHealth {
     pub fn record(&mut self, key: &HostKey, status: u16, now_ms: i64) -> Option<Transition> {
         if !self.cfg.enabled || !self.cfg.codes.contains(&status) {
             return None;
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.evict_idle(now_ms);
         }
         let bucket = now_ms.div_euclid(self.bucket_ms);
         let w = self.hosts.entry(key.clone()).or_insert_with(Window::new);
@@ -295,6 +307,20 @@ mod tests {
         assert_eq!(h.tracked(), 1);
         h.evict_idle(T0 + 61_000);
         assert_eq!(h.tracked(), 0);
+    }
+
+    #[test]
+    fn recording_sweeps_idle_hosts_by_itself() {
+        let mut h = HostHealth::new(cfg(u32::MAX));
+        for i in 1..SWEEP_EVERY {
+            h.record(&key(&format!("h{i}")), 503, T0);
+        }
+        h.record(&key("late"), 503, T0 + 120_000);
+        assert_eq!(
+            h.tracked(),
+            1,
+            "hosts idle for a whole window were forgotten"
+        );
     }
 
     proptest! {

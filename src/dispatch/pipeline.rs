@@ -242,9 +242,6 @@ impl Pipeline {
         if let Some(t) = health.record(key, status, now) {
             self.note_transition(key, t, health.paused_hosts(now));
         }
-        if health.tracked() > 1024 && now % 64 == 0 {
-            health.evict_idle(now);
-        }
     }
 
     fn note_transition(&self, key: &HostKey, t: Transition, paused_now: usize) {
