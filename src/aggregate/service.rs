@@ -108,6 +108,22 @@ pub async fn run(
         &watermarks(&alerts, &config.topics.alerts).await?,
         &HashMap::new(),
     );
+    let probe = crate::kafka::probe::Probe::new(
+        &config.kafka,
+        &config.aggregate.group_id,
+        &config.topics.failures,
+        config.telemetry.probe_timeout(),
+    )
+    .context("creating the Kafka probe")?;
+    // Nothing is committed here (state is rebuilt by replaying), so only reachability is probed.
+    crate::kafka::probe::spawn(
+        probe,
+        config.telemetry.probe_interval,
+        Arc::new(Vec::new),
+        health.clone(),
+        metrics.kafka.clone(),
+        stop.clone(),
+    );
     let changes = Arc::new(Mutex::new(Changes::default()));
     let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
     // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.

@@ -219,6 +219,10 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `hookrelay=debug,rdkafka=warn`.
     pub log_level: String,
+    /// How often the broker is probed for `/readyz` and the consumer-lag gauges (timeout: the lesser of
+    /// this and 5 s).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -227,6 +231,7 @@ impl Default for TelemetryConfig {
             listen: "0.0.0.0:9090".into(),
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            probe_interval: Duration::from_secs(10),
         }
     }
 }
@@ -234,6 +239,10 @@ impl Default for TelemetryConfig {
 impl TelemetryConfig {
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen.parse().ok()
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        self.probe_interval.min(Duration::from_secs(5))
     }
 }
 
@@ -390,6 +399,9 @@ impl Config {
                 "telemetry.listen {:?} is not an address like 0.0.0.0:9090 (empty disables it)",
                 t.listen
             ));
+        }
+        if t.probe_interval < Duration::from_millis(100) {
+            p.push("telemetry.probe_interval must be at least 100ms".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
             p.push(format!(

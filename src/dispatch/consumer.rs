@@ -75,6 +75,11 @@ impl Shared {
         self.finished.notify_all();
     }
 
+    /// Partitions assigned here now.
+    pub fn assigned(&self) -> Vec<TopicPartition> {
+        self.lock().tracker.assigned().cloned().collect()
+    }
+
     fn update_gauges(&self, state: &State) {
         let assigned = state.tracker.assigned().count();
         self.metrics.assigned_partitions.set(assigned as i64);
@@ -196,22 +201,32 @@ pub struct LoopSettings {
     pub shutdown_grace: Duration,
 }
 
-/// Runs until `shutdown`, then drains for up to `shutdown_grace`, commits, and closes the consumer.
+/// The part of the shutdown grace in-flight sends may use: all but the last fifth (at most 5 s), which is kept
+/// for the final commit, leaving the group and flushing the producer.
+pub fn drain_budget(grace: Duration) -> Duration {
+    grace - (grace / 5).min(Duration::from_secs(5))
+}
+
+/// Runs until `shutdown`, then drains for up to [`drain_budget`], commits, and closes the consumer. Returns
+/// when the whole shutdown grace ends (`None` if the loop ended without a shutdown).
 pub fn poll_loop(
     consumer: BaseConsumer<DispatchContext>,
     pipeline: Arc<Pipeline>,
     runtime: tokio::runtime::Handle,
     settings: LoopSettings,
     shutdown: CancellationToken,
-) {
+) -> Option<Instant> {
     let shared = consumer.context().shared.clone();
     let resume_below = (settings.max_pending_per_partition / 2).max(1);
     let mut last_commit = Instant::now();
     let mut ticks: u64 = 0;
     let mut drain_until: Option<Instant> = None;
+    let mut grace_ends: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() && drain_until.is_none() {
-            drain_until = Some(Instant::now() + settings.shutdown_grace);
+            let now = Instant::now();
+            grace_ends = Some(now + settings.shutdown_grace);
+            drain_until = Some(now + drain_budget(settings.shutdown_grace));
             shared.stopping.store(true, Ordering::Relaxed);
             if let Ok(assignment) = consumer.assignment() {
                 let _ = consumer.pause(&assignment);
@@ -226,7 +241,7 @@ pub fn poll_loop(
             let pending = shared.lock().total_in_flight();
             if pending == 0 || Instant::now() >= until {
                 if pending > 0 {
-                    tracing::warn!(pending, "shutdown grace expired; unfinished sends stay uncommitted and will be redone");
+                    tracing::warn!(pending, "shutdown grace expired; unfinished sends stay uncommitted and will be redone by the next owner");
                 }
                 break;
             }
@@ -315,6 +330,7 @@ pub fn poll_loop(
     commit_positions(&consumer, &shared, &positions);
     // Dropping the consumer leaves the group; its revoke callback commits once more, without waiting.
     drop(consumer);
+    grace_ends
 }
 
 fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, resume_below: usize) {
@@ -368,4 +384,22 @@ fn header_i64(record: &Record, name: &str) -> Option<i64> {
         .find(|(k, _)| k == name)
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_leaves_a_fifth_of_the_grace_at_most_five_seconds_for_closing() {
+        assert_eq!(
+            drain_budget(Duration::from_secs(10)),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            drain_budget(Duration::from_secs(60)),
+            Duration::from_secs(55)
+        );
+        assert_eq!(drain_budget(Duration::ZERO), Duration::ZERO);
+    }
 }

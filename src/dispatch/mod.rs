@@ -12,6 +12,7 @@ pub mod publish;
 pub mod retry;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -65,8 +66,24 @@ pub async fn run(
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
         metrics.clone(),
-        health,
+        health.clone(),
     ));
+    let probe = crate::kafka::probe::Probe::new(
+        &config.kafka,
+        &config.kafka.dispatch_group_id,
+        &config.topics.sends,
+        config.telemetry.probe_timeout(),
+    )
+    .context("creating the Kafka probe")?;
+    let owned = shared.clone();
+    crate::kafka::probe::spawn(
+        probe,
+        config.telemetry.probe_interval,
+        Arc::new(move || owned.assigned()),
+        health.clone(),
+        metrics.kafka.clone(),
+        shutdown.clone(),
+    );
     let consumer: BaseConsumer<DispatchContext> =
         consumer_config(&config.kafka, &config.kafka.dispatch_group_id)
             .create_with_context(DispatchContext { shared })
@@ -86,15 +103,21 @@ pub async fn run(
     };
     let runtime = tokio::runtime::Handle::current();
     let stop = shutdown.clone();
-    tokio::task::spawn_blocking(move || {
+    let grace_ends = tokio::task::spawn_blocking(move || {
         consumer::poll_loop(consumer, pipeline, runtime, settings, stop)
     })
     .await
     .context("consumer thread panicked")?;
     publish_stop.cancel();
-    producer
-        .flush(std::time::Duration::from_secs(10))
-        .context("flushing the producer")?;
+    // Outcomes not yet acknowledged belong to uncommitted records, which the next owner redoes; the flush
+    // only has to fit in what is left of the grace.
+    let flush_for = grace_ends.map_or(Duration::from_secs(10), |t| {
+        t.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500))
+    });
+    if let Err(e) = producer.flush(flush_for) {
+        tracing::warn!(error = %e, "producer not flushed within the shutdown grace; unacknowledged outcomes will be redone");
+    }
     tracing::info!("dispatcher stopped");
     Ok(())
 }

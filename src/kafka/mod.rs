@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod client;
 pub mod offsets;
+pub mod probe;
 pub mod record;
 
 pub use broker::EmbeddedBroker;

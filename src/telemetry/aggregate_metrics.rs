@@ -1,6 +1,9 @@
-//! The aggregator's metrics; label-free, so bounded by construction.
+//! The aggregator's metrics; label-free, so bounded by construction. (It commits no offsets, so of the
+//! Kafka gauges only `kafka_reachable` is set.)
 
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
+
+use super::KafkaGauges;
 
 #[derive(Clone)]
 pub struct AggregateMetrics {
@@ -15,6 +18,7 @@ pub struct AggregateMetrics {
     pub send_errors: IntCounter,
     /// Duration of the last rebuild (replay after an assignment).
     pub rebuild_seconds: Gauge,
+    pub kafka: KafkaGauges,
 }
 
 impl AggregateMetrics {
@@ -57,6 +61,7 @@ impl AggregateMetrics {
         r.register(Box::new(rebuild_seconds.clone()))
             .expect("metric registered once");
         Self {
+            kafka: KafkaGauges::register(&r),
             registry: r,
             events_counted,
             events_ignored,

@@ -3,6 +3,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use super::KafkaGauges;
 use crate::dispatch::classify::Outcome;
 use crate::events::send_request::InvalidKind;
 
@@ -35,6 +36,8 @@ pub struct DispatchMetrics {
     pub parked_records: IntGauge,
     /// Sends refused by the SSRF guard or port policy (never sent).
     pub blocked_destinations: IntCounter,
+    /// Reachability, and lag and committed offset per owned partition.
+    pub kafka: KafkaGauges,
 }
 
 fn counter_vec(
@@ -212,6 +215,7 @@ impl DispatchMetrics {
             ),
             request_duration,
             produce_errors,
+            kafka: KafkaGauges::register(&r),
             registry: r,
         }
     }

@@ -10,19 +10,39 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-/// Readiness, flipped by the process when it can do its job (partitions assigned).
+/// Readiness: the process has work (partitions assigned, and for the aggregator its state rebuilt) and a
+/// Kafka broker answers. Each half is set by whoever knows it.
 #[derive(Clone, Default)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    assigned: Arc<AtomicBool>,
+    broker: Arc<AtomicBool>,
 }
 
 impl Health {
+    /// Set by the consumer: partitions are assigned and the process can work on them.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        self.assigned.store(ready, Ordering::Relaxed);
+    }
+
+    /// Set by the broker probe.
+    pub fn set_broker_reachable(&self, reachable: bool) {
+        self.broker.store(reachable, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.not_ready_because().is_empty()
+    }
+
+    /// Why `/readyz` fails, in words an operator can act on; empty when ready.
+    pub fn not_ready_because(&self) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if !self.assigned.load(Ordering::Relaxed) {
+            why.push("no partitions assigned (or state still being rebuilt)");
+        }
+        if !self.broker.load(Ordering::Relaxed) {
+            why.push("no Kafka broker reachable");
+        }
+        why
     }
 }
 
@@ -66,13 +86,31 @@ async fn metrics(
     )
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    let why = s.health.not_ready_because();
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".into())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no partitions assigned\n",
+            format!("not ready: {}\n", why.join("; ")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_partitions_assigned_and_a_broker_reachable() {
+        let h = Health::default();
+        assert_eq!(h.not_ready_because().len(), 2);
+        h.set_ready(true);
+        assert_eq!(h.not_ready_because(), ["no Kafka broker reachable"]);
+        h.set_broker_reachable(true);
+        assert!(h.is_ready());
+        h.set_ready(false);
+        assert!(!h.is_ready());
     }
 }

@@ -38,6 +38,7 @@ impl Kafka {
         config.retry.max_backoff = Duration::from_secs(2);
         config.retry.jitter = 0.0;
         config.topics.retry_tiers = vec!["1s".into(), "5s".into()];
+        config.telemetry.probe_interval = Duration::from_millis(300);
         adjust(&mut config);
         broker
             .create_topic(&config.topics.sends, send_partitions)
@@ -191,6 +192,11 @@ pub struct ChildDispatcher {
 impl ChildDispatcher {
     /// Classic group protocol with a short session, so a killed member's partitions move on in seconds.
     pub fn spawn(config: &Config) -> Self {
+        Self::spawn_with(config, &[])
+    }
+
+    /// As [`ChildDispatcher::spawn`], with more `HOOKRELAY_*` variables.
+    pub fn spawn_with(config: &Config, extra: &[(&str, &str)]) -> Self {
         let metrics_addr = free_port();
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let c = config;
@@ -213,6 +219,10 @@ impl ChildDispatcher {
             ),
             ("HOOKRELAY_TOPICS__SENDS", c.topics.sends.clone()),
             ("HOOKRELAY_TOPICS__FAILURES", c.topics.failures.clone()),
+            (
+                "HOOKRELAY_TOPICS__RETRY_PREFIX",
+                c.topics.retry_prefix.clone(),
+            ),
             (
                 "HOOKRELAY_TOPICS__DEAD_LETTERS",
                 c.topics.dead_letters.clone(),
@@ -241,7 +251,14 @@ impl ChildDispatcher {
                 "HOOKRELAY_DISPATCH__MAX_IN_FLIGHT",
                 c.dispatch.max_in_flight.to_string(),
             ),
-            ("HOOKRELAY_DISPATCH__SHUTDOWN_GRACE", "20s".into()),
+            (
+                "HOOKRELAY_DISPATCH__SHUTDOWN_GRACE",
+                fmt(c.dispatch.shutdown_grace),
+            ),
+            (
+                "HOOKRELAY_TELEMETRY__PROBE_INTERVAL",
+                fmt(c.telemetry.probe_interval),
+            ),
             ("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "10s".into()),
             ("HOOKRELAY_TELEMETRY__LISTEN", metrics_addr.to_string()),
             ("HOOKRELAY_TELEMETRY__LOG_LEVEL", "info".into()),
@@ -250,6 +267,7 @@ impl ChildDispatcher {
         cmd.arg("dispatch")
             .env_clear()
             .envs(vars)
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("hookrelay dispatch starts");
@@ -268,7 +286,17 @@ impl ChildDispatcher {
         }
     }
 
-    /// The value of an unlabelled gauge or counter, e.g. `hookrelay_assigned_partitions`.
+    /// `/readyz` status and body, or `None` while the listener is not up yet.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://{}/readyz", self.metrics_addr))
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.unwrap_or_default()))
+    }
+
+    /// The value of one series: a bare name such as `hookrelay_assigned_partitions`, or with its labels in
+    /// the exposition's (alphabetical) order, such as `hookrelay_sends_total{result="delivered"}`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = self.metrics().await;
         text.lines()

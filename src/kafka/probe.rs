@@ -1,0 +1,196 @@
+//! Broker reachability and consumer lag, sampled on a timer by a client of its own.
+//!
+//! Lag is measured the way `kafka-consumer-groups --describe` does it — the log end offset asked of the
+//! broker minus the group's committed offset — rather than from librdkafka's statistics, whose high
+//! watermark only moves with fetches and so freezes exactly when a partition is paused for backpressure.
+//! The probe runs on a plain thread that is never joined: a request stuck until its timeout cannot delay
+//! shutdown.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::client::reader_config;
+use super::TopicPartition;
+use crate::config::KafkaConfig;
+use crate::telemetry::{Health, KafkaGauges};
+
+/// What the broker says about one partition the group owns here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub tp: TopicPartition,
+    /// The group's committed position, if it ever committed one.
+    pub committed: Option<i64>,
+    /// The log start offset: where a group without a commit begins (`auto.offset.reset = earliest`).
+    pub low: Option<i64>,
+    /// The log end offset.
+    pub high: i64,
+}
+
+impl PartitionOffsets {
+    /// Records not yet durably handled: from the committed position (or the log start) to the log end.
+    pub fn lag(&self) -> Option<i64> {
+        let from = self.committed.or(self.low)?;
+        Some((self.high - from).max(0))
+    }
+}
+
+/// A standalone client (it never joins the group) that asks the broker for the group's offsets.
+pub struct Probe {
+    client: BaseConsumer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl Probe {
+    /// `topic` is the one asked about for reachability: a metadata request for it must be answered.
+    pub fn new(
+        kafka: &KafkaConfig,
+        group_id: &str,
+        topic: &str,
+        timeout: Duration,
+    ) -> KafkaResult<Self> {
+        let mut c = reader_config(kafka);
+        c.set("group.id", group_id);
+        Ok(Self {
+            client: c.create()?,
+            topic: topic.to_string(),
+            timeout,
+        })
+    }
+
+    /// Whether a broker answered a metadata request within the timeout.
+    pub fn reachable(&self) -> bool {
+        self.client
+            .fetch_metadata(Some(&self.topic), self.timeout)
+            .is_ok()
+    }
+
+    /// Committed, start and end offsets of `partitions`: two or three batched requests, whatever the count.
+    pub fn offsets(&self, partitions: &[TopicPartition]) -> KafkaResult<Vec<PartitionOffsets>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let committed = self
+            .client
+            .committed_offsets(list(partitions, Offset::Invalid), self.timeout)?;
+        // For offsets-for-times, the "end" and "beginning" offsets stand for the LATEST and EARLIEST queries.
+        let high = self
+            .client
+            .offsets_for_times(list(partitions, Offset::End), self.timeout)?;
+        let lookup = |tpl: &TopicPartitionList, tp: &TopicPartition| {
+            tpl.find_partition(&tp.topic, tp.partition)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+        };
+        let uncommitted: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| lookup(&committed, tp).is_none())
+            .cloned()
+            .collect();
+        let low = if uncommitted.is_empty() {
+            TopicPartitionList::new()
+        } else {
+            self.client
+                .offsets_for_times(list(&uncommitted, Offset::Beginning), self.timeout)?
+        };
+        Ok(partitions
+            .iter()
+            .filter_map(|tp| {
+                Some(PartitionOffsets {
+                    tp: tp.clone(),
+                    committed: lookup(&committed, tp),
+                    low: lookup(&low, tp),
+                    high: lookup(&high, tp)?,
+                })
+            })
+            .collect())
+    }
+}
+
+fn list(partitions: &[TopicPartition], offset: Offset) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, offset);
+    }
+    tpl
+}
+
+/// Probes every `interval` until `stop`: sets the broker-reachable half of `health`, and the lag and
+/// committed-offset gauges of the partitions `owned` returns (series of partitions no longer owned go away).
+pub fn spawn(
+    probe: Probe,
+    interval: Duration,
+    owned: Arc<dyn Fn() -> Vec<TopicPartition> + Send + Sync>,
+    health: Health,
+    gauges: KafkaGauges,
+    stop: CancellationToken,
+) {
+    std::thread::Builder::new()
+        .name("hookrelay-probe".into())
+        .spawn(move || {
+            let mut shown: HashSet<TopicPartition> = HashSet::new();
+            while !stop.is_cancelled() {
+                let reachable = probe.reachable();
+                health.set_broker_reachable(reachable);
+                gauges.reachable.set(i64::from(reachable));
+                if reachable {
+                    match probe.offsets(&owned()) {
+                        Ok(offsets) => shown = gauges.show(&offsets, &shown),
+                        Err(e) => tracing::debug!(error = %e, "consumer lag probe failed"),
+                    }
+                } else {
+                    tracing::warn!("no Kafka broker answered within the probe timeout");
+                }
+                sleep_unless_stopped(&stop, interval);
+            }
+        })
+        .expect("spawning the probe thread");
+}
+
+fn sleep_unless_stopped(stop: &CancellationToken, total: Duration) {
+    let step = Duration::from_millis(100);
+    let mut left = total;
+    while !left.is_zero() && !stop.is_cancelled() {
+        let nap = left.min(step);
+        std::thread::sleep(nap);
+        left -= nap;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(committed: Option<i64>, low: Option<i64>, high: i64) -> PartitionOffsets {
+        PartitionOffsets {
+            tp: TopicPartition::new("t", 0),
+            committed,
+            low,
+            high,
+        }
+    }
+
+    #[test]
+    fn lag_counts_from_the_committed_position_to_the_log_end() {
+        assert_eq!(offsets(Some(40), Some(0), 100).lag(), Some(60));
+        assert_eq!(offsets(Some(100), Some(0), 100).lag(), Some(0));
+    }
+
+    #[test]
+    fn a_group_without_a_commit_lags_from_the_log_start() {
+        assert_eq!(offsets(None, Some(25), 100).lag(), Some(75));
+    }
+
+    #[test]
+    fn lag_is_unknown_without_a_commit_or_a_log_start_and_never_negative() {
+        assert_eq!(offsets(None, None, 100).lag(), None);
+        // A commit can be seen before the end offset that covers it.
+        assert_eq!(offsets(Some(120), None, 100).lag(), Some(0));
+    }
+}

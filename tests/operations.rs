@@ -1,0 +1,248 @@
+//! hookrelay as an operator sees it: `/metrics` values after real traffic, `/readyz` following assignment
+//! and the broker, and SIGTERM under load.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use hookrelay::local::OutputReader;
+use hookrelay::receiver::{Receiver, Script};
+use support::{send, wait_for, ChildDispatcher, Kafka};
+
+const SECONDS_30: Duration = Duration::from_secs(30);
+
+/// Sum of a per-partition gauge over `partitions` of `topic`; `None` if any series is missing.
+async fn per_partition(
+    d: &ChildDispatcher,
+    name: &str,
+    topic: &str,
+    partitions: i32,
+) -> Option<f64> {
+    let mut sum = 0.0;
+    for p in 0..partitions {
+        sum += d
+            .metric(&format!("{name}{{partition=\"{p}\",topic=\"{topic}\"}}"))
+            .await?;
+    }
+    Some(sum)
+}
+
+async fn readyz_says(d: &ChildDispatcher, status: u16, words: &str) -> bool {
+    matches!(d.readyz().await, Some((s, body)) if s == status && body.contains(words))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
+    let mut kafka = Kafka::start(2).without_retries();
+    // Topics that do not exist yet: nothing can be assigned until the test creates them.
+    kafka.config.topics.sends = "late-sends".into();
+    kafka.config.topics.retry_prefix = "late-retries".into();
+    kafka.config.dispatch.max_in_flight = 4;
+    let rx = support::receiver().await;
+    let d = ChildDispatcher::spawn_with(
+        &kafka.config,
+        &[(
+            "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__TOPIC_METADATA_REFRESH_INTERVAL_MS",
+            "300",
+        )],
+    );
+    wait_for(
+        "/readyz says the broker answers but no partitions are assigned",
+        SECONDS_30,
+        || async {
+            readyz_says(&d, 503, "not ready: no partitions assigned").await
+                && !readyz_says(&d, 503, "broker").await
+        },
+    )
+    .await;
+    assert_eq!(d.metric("hookrelay_kafka_reachable").await, Some(1.0));
+    assert_eq!(d.metric("hookrelay_assigned_partitions").await, Some(0.0));
+
+    kafka
+        .broker
+        .create_topic(&kafka.config.topics.sends, 2)
+        .unwrap();
+    for (tier, _) in kafka.config.topics.retry_tier_topics() {
+        kafka.broker.create_topic(&tier, 2).unwrap();
+    }
+    wait_for("/readyz turns ready once assigned", SECONDS_30, || async {
+        readyz_says(&d, 200, "ready").await
+    })
+    .await;
+    assert_eq!(
+        d.metric("hookrelay_assigned_partitions").await,
+        Some(kafka.group_partitions(2))
+    );
+
+    // 12 sends (every fourth answered 500, final without retries) and 2 records that are not send requests.
+    let producer = kafka.producer();
+    for i in 0..12 {
+        let status = if i % 4 == 0 { 500 } else { 200 };
+        let url = rx.url(&format!("/hook?status={status}"));
+        producer.json(&send(&format!("m{i}"), &url)).await.unwrap();
+    }
+    producer.raw(b"k1", b"not json").await.unwrap();
+    producer.raw(b"k2", b"\x00\x01").await.unwrap();
+    wait_for("every record has a result", SECONDS_30, || async {
+        d.metric("hookrelay_sends_total{result=\"delivered\"}")
+            .await
+            == Some(9.0)
+            && d.metric("hookrelay_sends_total{result=\"failed\"}").await == Some(3.0)
+            && d.metric("hookrelay_sends_total{result=\"dead_lettered\"}")
+                .await
+                == Some(2.0)
+    })
+    .await;
+    let expected = [
+        ("hookrelay_webhook_attempts_total{class=\"2xx\"}", 9.0),
+        ("hookrelay_webhook_attempts_total{class=\"5xx\"}", 3.0),
+        ("hookrelay_webhook_attempts_total{class=\"599\"}", 0.0),
+        ("hookrelay_failure_events_total{terminal=\"true\"}", 3.0),
+        ("hookrelay_failure_events_total{terminal=\"false\"}", 0.0),
+        ("hookrelay_dead_letters_total{reason=\"undecodable\"}", 2.0),
+        ("hookrelay_webhook_request_duration_seconds_count", 12.0),
+        ("hookrelay_webhook_requests_in_flight", 0.0),
+        ("hookrelay_produce_errors_total", 0.0),
+        ("hookrelay_paused_hosts", 0.0),
+    ];
+    for (series, value) in expected {
+        assert_eq!(d.metric(series).await, Some(value), "{series}");
+    }
+    let sends = kafka.config.topics.sends.clone();
+    wait_for(
+        "committed offsets cover all 14 records and the lag is gone",
+        SECONDS_30,
+        || async {
+            per_partition(&d, "hookrelay_committed_offset", &sends, 2).await == Some(14.0)
+                && per_partition(&d, "hookrelay_consumer_lag", &sends, 2).await == Some(0.0)
+        },
+    )
+    .await;
+    assert!(
+        d.metric("hookrelay_offset_commits_total{result=\"ok\"}")
+            .await
+            >= Some(1.0)
+    );
+
+    // A backlog behind a slow endpoint shows as lag while it lasts.
+    for i in 0..60 {
+        let url = rx.url("/slow?delay=200ms");
+        producer.json(&send(&format!("b{i}"), &url)).await.unwrap();
+    }
+    wait_for("the backlog shows as consumer lag", SECONDS_30, || async {
+        per_partition(&d, "hookrelay_consumer_lag", &sends, 2).await > Some(0.0)
+    })
+    .await;
+    wait_for(
+        "the backlog drains and the lag returns to 0",
+        SECONDS_30,
+        || async {
+            per_partition(&d, "hookrelay_committed_offset", &sends, 2).await == Some(74.0)
+                && per_partition(&d, "hookrelay_consumer_lag", &sends, 2).await == Some(0.0)
+        },
+    )
+    .await;
+
+    kafka.broker.mock().broker_down(1).unwrap();
+    wait_for(
+        "/readyz fails while no broker answers",
+        SECONDS_30,
+        || async {
+            readyz_says(&d, 503, "no Kafka broker reachable").await
+                && d.metric("hookrelay_kafka_reachable").await == Some(0.0)
+        },
+    )
+    .await;
+    kafka.broker.mock().broker_up(1).unwrap();
+    wait_for("/readyz recovers with the broker", SECONDS_30, || async {
+        readyz_says(&d, 200, "ready").await
+    })
+    .await;
+}
+
+/// Which of `ids` are accounted for: delivered (a 2xx answer) or reported (a failure event).
+fn accounted(rx: &Receiver, reader: &OutputReader) -> (HashSet<String>, usize) {
+    let mut requests: HashMap<String, usize> = HashMap::new();
+    let mut done = HashSet::new();
+    for r in rx.requests() {
+        if let Some(id) = r.webhook_id {
+            *requests.entry(id.clone()).or_default() += 1;
+            if (200..300).contains(&r.status) {
+                done.insert(id);
+            }
+        }
+    }
+    for e in &reader.snapshot().failures {
+        if let Some(d) = &e.dispatch_id {
+            done.insert(d.trim_start_matches("dispatch-").to_string());
+        }
+    }
+    (done, requests.values().map(|n| n - 1).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_rest() {
+    let mut kafka = Kafka::start(4).without_retries();
+    kafka.config.dispatch.max_in_flight = 32;
+    let grace = Duration::from_secs(3);
+    kafka.config.dispatch.shutdown_grace = grace;
+    // Each request takes a second, so the drain cannot finish everything already started.
+    let script = Script {
+        latency: Duration::from_secs(1),
+        ..Script::default()
+    };
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), script)
+        .await
+        .unwrap();
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = kafka.producer();
+    let ids: Vec<String> = (0..300).map(|i| format!("t{i:03}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let status = if i % 5 == 0 { 503 } else { 200 };
+        let url = rx.url(&format!("/hook?status={status}"));
+        producer.json(&send(id, &url)).await.unwrap();
+    }
+
+    let mut first = ChildDispatcher::spawn(&kafka.config);
+    wait_for("the dispatcher is under load", SECONDS_30, || async {
+        rx.count() >= 64 && first.metric("hookrelay_webhook_requests_in_flight").await >= Some(16.0)
+    })
+    .await;
+    let asked = Instant::now();
+    let status = first.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    assert!(
+        took <= grace + Duration::from_millis(750),
+        "exited {took:?} after SIGTERM; the grace is {grace:?}"
+    );
+    let (done_before, _) = accounted(&rx, &reader);
+    assert!(
+        done_before.len() < ids.len(),
+        "stopped before finishing ({} of {} done)",
+        done_before.len(),
+        ids.len()
+    );
+
+    let _second = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "after a restart every send is delivered or reported",
+        Duration::from_secs(90),
+        || async { accounted(&rx, &reader).0.len() == ids.len() },
+    )
+    .await;
+    let (done, redone) = accounted(&rx, &reader);
+    let missing: Vec<&String> = ids.iter().filter(|id| !done.contains(*id)).collect();
+    assert!(missing.is_empty(), "missing sends: {missing:?}");
+    eprintln!(
+        "SIGTERM test: exit after {took:?} (grace {grace:?}); {} of {} sends done before, {redone} requests redone after the restart",
+        done_before.len(),
+        ids.len()
+    );
+    wait_for("every offset is committed", SECONDS_30, || async {
+        kafka.committed(4).await.values().sum::<i64>() == ids.len() as i64
+    })
+    .await;
+    reader.stop();
+}
