@@ -79,6 +79,11 @@ pub enum Command {
     /// Load harness: N sends through the embedded broker to a receiver, with throughput and latency
     /// percentiles (record produced → request received).
     Bench(bench::BenchArgs),
+    /// Produce a steady stream of generated send requests to [topics].sends (traffic for compose or staging).
+    ///
+    /// Sends are JSON, spread over --workspaces workspaces and the given --url endpoints, with campaign and
+    /// Canvas fields filled in. Runs until --count or SIGINT/SIGTERM.
+    Produce(crate::produce::ProduceArgs),
     /// Validate the configuration and print the effective values (credentials redacted).
     CheckConfig,
 }
@@ -137,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receiver(args) => runtime()?.block_on(run_receiver(args)),
         Command::Demo(args) => demo::run(config, args),
         Command::Bench(args) => bench::run(config, args),
+        Command::Produce(args) => runtime()?.block_on(crate::produce::run(config, args)),
     }
 }
 

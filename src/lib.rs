@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod events;
 pub mod kafka;
 pub mod local;
+pub mod produce;
 pub mod receiver;
 pub mod security;
 pub mod shutdown;

@@ -210,6 +210,8 @@ fn bad_configuration_fails_at_start_up_listing_every_problem() {
 fn every_subcommand_has_help() {
     for sub in [
         "dispatch",
+        "aggregate",
+        "produce",
         "broker",
         "receiver",
         "demo",
@@ -226,4 +228,37 @@ fn every_subcommand_has_help() {
             "{sub}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_generates_sends_a_dispatcher_delivers() {
+    let kafka = Kafka::start(2);
+    let rx = support::receiver().await;
+    let d = support::Dispatcher::spawn(&kafka.config);
+    let status = Command::new(hookrelay_bin())
+        .args(["produce", "--count", "20", "--rate", "500", "--url"])
+        .arg(rx.url("/generated"))
+        .env_clear()
+        .env(
+            "HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS",
+            &kafka.config.kafka.bootstrap_servers,
+        )
+        .env("HOOKRELAY_TOPICS__SENDS", &kafka.config.topics.sends)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(
+        "all 20 generated sends are delivered",
+        Duration::from_secs(30),
+        || async { d.delivered() == 20 },
+    )
+    .await;
+    let ids: HashSet<String> = rx
+        .requests()
+        .iter()
+        .filter_map(|r| r.webhook_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 20, "every send has its own id");
+    d.stop().await.unwrap();
 }

@@ -1,0 +1,123 @@
+//! `hookrelay produce`: a steady stream of send requests to [topics].sends of any Kafka cluster — traffic for
+//! docker-compose, a staging cluster or a soak test.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::events::send_request::Webhook;
+use crate::events::SendRequest;
+use crate::local::SendProducer;
+use crate::shutdown;
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Endpoint the webhooks go to; repeat for several (sends take turns).
+    #[arg(long = "url", required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Send requests per second.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Stop after this many (0: until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Workspaces the sends are spread over (ws_1 … ws_N).
+    #[arg(long, default_value_t = 3)]
+    pub workspaces: u32,
+}
+
+/// The n-th generated send: workspaces, campaigns and canvases rotate so failure events and alert emails
+/// have something to name.
+pub fn generated_send(n: u64, args: &ProduceArgs) -> SendRequest {
+    let ws = n % u64::from(args.workspaces.max(1)) + 1;
+    let url = &args.urls[(n % args.urls.len() as u64) as usize];
+    let (campaign, canvas) = if n % 2 == 0 {
+        (Some(format!("cmp_{}", n % 5)), None)
+    } else {
+        (None, Some(format!("cnv_{}", n % 3)))
+    };
+    SendRequest {
+        id: format!("gen-{}-{n}", std::process::id()),
+        workspace_id: format!("ws_{ws}"),
+        workspace_name: Some(format!("Workspace {ws}")),
+        user_id: Some(format!("user-{}", n % 10_000)),
+        external_user_id: None,
+        dispatch_id: Some(format!("dispatch-{}", n / 100)),
+        send_id: None,
+        campaign_name: campaign.as_ref().map(|c| format!("Campaign {c}")),
+        message_variation_id: campaign.as_ref().map(|_| "variant_a".into()),
+        message_variation_name: None,
+        campaign_id: campaign,
+        canvas_name: canvas.as_ref().map(|c| format!("Canvas {c}")),
+        canvas_step_id: canvas.as_ref().map(|_| "step_1".into()),
+        canvas_id: canvas,
+        canvas_variation_id: None,
+        canvas_variation_name: None,
+        canvas_step_name: None,
+        canvas_step_message_variation_id: None,
+        webhook: Webhook {
+            url: url.clone(),
+            request_method: "POST".into(),
+            request_headers: Some(
+                [("content-type".to_string(), "application/json".to_string())].into(),
+            ),
+            body: Some(format!(r#"{{"event":"generated","n":{n}}}"#)),
+        },
+        created_at: Some(chrono::Utc::now().timestamp_millis()),
+    }
+}
+
+pub async fn run(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rate > 0, "--rate must be at least 1");
+    for u in &args.urls {
+        url::Url::parse(u).map_err(|e| anyhow::anyhow!("--url {u:?}: {e}"))?;
+    }
+    let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
+    let stop = shutdown::on_signal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / args.rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (started, mut last_report) = (Instant::now(), Instant::now());
+    let mut n: u64 = 0;
+    while args.count == 0 || n < args.count {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        producer.json(&generated_send(n, &args)).await?;
+        n += 1;
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!("produced {n} send requests to {}", config.topics.sends);
+            last_report = Instant::now();
+        }
+    }
+    println!(
+        "produced {n} send requests to {} in {:.1}s",
+        config.topics.sends,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_sends_are_valid_and_rotate_workspaces_and_endpoints() {
+        let args = ProduceArgs {
+            urls: vec!["https://a.example/h".into(), "https://b.example/h".into()],
+            rate: 1,
+            count: 0,
+            workspaces: 3,
+        };
+        let rules = crate::events::Rules::from_config(&Config::default());
+        let sends: Vec<SendRequest> = (0..6).map(|n| generated_send(n, &args)).collect();
+        for s in &sends {
+            s.clone().validate(&rules).expect("a valid send request");
+        }
+        let ws: Vec<&str> = sends.iter().map(|s| s.workspace_id.as_str()).collect();
+        assert_eq!(ws, ["ws_1", "ws_2", "ws_3", "ws_1", "ws_2", "ws_3"]);
+        assert_eq!(sends[1].webhook.url, "https://b.example/h");
+    }
+}
