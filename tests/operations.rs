@@ -246,3 +246,75 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
     .await;
     reader.stop();
 }
+
+/// Every `hookrelay_…` name in `text`.
+fn metric_names(text: &str) -> HashSet<String> {
+    text.match_indices("hookrelay_")
+        .map(|(i, _)| {
+            text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect::<String>()
+        })
+        .collect()
+}
+
+#[test]
+fn dashboards_and_alert_rules_use_only_metrics_hookrelay_exposes() {
+    let dispatch = hookrelay::telemetry::DispatchMetrics::new();
+    // Labelled series appear once they have a label value.
+    dispatch.kafka.lag.with_label_values(&["t", "0"]).set(0);
+    dispatch
+        .kafka
+        .committed
+        .with_label_values(&["t", "0"])
+        .set(0);
+    dispatch.retries_scheduled.with_label_values(&["10s"]).inc();
+    dispatch.request_duration.observe(0.1);
+    let exposed: HashSet<String> = metric_names(&dispatch.render())
+        .into_iter()
+        .chain(metric_names(
+            &hookrelay::telemetry::AggregateMetrics::new().render(),
+        ))
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "compose/prometheus/alerts.yml",
+        "compose/prometheus/alerts.test.yml",
+        "compose/grafana/dashboards/hookrelay.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} uses no hookrelay metric");
+        let unknown: Vec<&String> = used.difference(&exposed).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics hookrelay does not expose: {unknown:?}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_compose_and_kubernetes_configurations_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["compose/hookrelay.toml", "deploy/base/hookrelay.toml"] {
+        // The signing secrets are mounted next to the config in Kubernetes; here they are in deploy/base.
+        let text = std::fs::read_to_string(root.join(file)).unwrap().replace(
+            "/etc/hookrelay/signing/",
+            &format!("{}/", root.join("deploy/base").display()),
+        );
+        let local = std::env::temp_dir().join(format!(
+            "hookrelay-{}-{}",
+            std::process::id(),
+            file.replace('/', "-")
+        ));
+        std::fs::write(&local, text).unwrap();
+        let config =
+            hookrelay::config::Config::load(Some(&local)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let _ = std::fs::remove_file(&local);
+        assert!(
+            config.telemetry.listen_addr().is_some(),
+            "{file} serves /metrics"
+        );
+    }
+}
