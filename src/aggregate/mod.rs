@@ -4,6 +4,7 @@ pub mod breakdown;
 pub mod config;
 pub mod email;
 pub mod mailer;
+mod rebalance;
 mod replay;
 pub mod service;
 pub mod state;

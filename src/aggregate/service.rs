@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breakdown::{Breakdown, Key};
 use super::email::AlertContent;
 use super::mailer::Mailer;
+use super::rebalance::{AggContext, Changes};
 use super::replay::{behind, choose_rebuild, watermarks, write_record, Rebuild};
 use super::state::{Action, AlertLog, AlertRecord, AlertStatus};
 use super::window::Windows;
@@ -29,38 +30,6 @@ use crate::kafka::client::{consumer_config, producer_config};
 use crate::kafka::TopicPartition;
 use crate::local::assign_all;
 use crate::telemetry::{AggregateMetrics, Health};
-
-/// Assignment changes, handed from the rebalance callback to the main loop.
-#[derive(Default)]
-struct Changes {
-    assigned: Vec<TopicPartition>,
-    revoked: Vec<TopicPartition>,
-}
-
-struct AggContext {
-    changes: Arc<Mutex<Changes>>,
-}
-
-impl ClientContext for AggContext {}
-
-impl ConsumerContext for AggContext {
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        match rebalance {
-            Rebalance::Assign(tpl) => changes.assigned.extend(
-                tpl.elements()
-                    .iter()
-                    .map(|e| TopicPartition::new(e.topic(), e.partition())),
-            ),
-            Rebalance::Revoke(tpl) => changes.revoked.extend(
-                tpl.elements()
-                    .iter()
-                    .map(|e| TopicPartition::new(e.topic(), e.partition())),
-            ),
-            Rebalance::Error(_) => {}
-        }
-    }
-}
 
 /// Per-workspace state for the email.
 #[derive(Default)]
@@ -108,22 +77,20 @@ pub async fn run(
         &watermarks(&alerts, &config.topics.alerts).await?,
         &HashMap::new(),
     );
-    let probe = crate::kafka::probe::Probe::new(
-        &config.kafka,
+    // Nothing is committed here (state is rebuilt by replaying), so only reachability is probed.
+    let report = crate::kafka::probe::Report {
+        health: health.clone(),
+        gauges: metrics.kafka.clone(),
+        owned: Arc::new(Vec::new),
+    };
+    crate::kafka::probe::start(
+        config,
         &config.aggregate.group_id,
         &config.topics.failures,
-        config.telemetry.probe_timeout(),
-    )
-    .context("creating the Kafka probe")?;
-    // Nothing is committed here (state is rebuilt by replaying), so only reachability is probed.
-    crate::kafka::probe::spawn(
-        probe,
-        config.telemetry.probe_interval,
-        Arc::new(Vec::new),
-        health.clone(),
-        metrics.kafka.clone(),
+        report,
         stop.clone(),
-    );
+    )
+    .context("starting the Kafka probe")?;
     let changes = Arc::new(Mutex::new(Changes::default()));
     let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
     // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.

@@ -68,22 +68,20 @@ pub async fn run(
         metrics.clone(),
         health.clone(),
     ));
-    let probe = crate::kafka::probe::Probe::new(
-        &config.kafka,
+    let owned = shared.clone();
+    let report = crate::kafka::probe::Report {
+        health: health.clone(),
+        gauges: metrics.kafka.clone(),
+        owned: Arc::new(move || owned.assigned()),
+    };
+    crate::kafka::probe::start(
+        config,
         &config.kafka.dispatch_group_id,
         &config.topics.sends,
-        config.telemetry.probe_timeout(),
-    )
-    .context("creating the Kafka probe")?;
-    let owned = shared.clone();
-    crate::kafka::probe::spawn(
-        probe,
-        config.telemetry.probe_interval,
-        Arc::new(move || owned.assigned()),
-        health.clone(),
-        metrics.kafka.clone(),
+        report,
         shutdown.clone(),
-    );
+    )
+    .context("starting the Kafka probe")?;
     let consumer: BaseConsumer<DispatchContext> =
         consumer_config(&config.kafka, &config.kafka.dispatch_group_id)
             .create_with_context(DispatchContext { shared })

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::reader_config;
 use super::TopicPartition;
-use crate::config::KafkaConfig;
+use crate::config::{Config, KafkaConfig};
 use crate::telemetry::{Health, KafkaGauges};
 
 /// What the broker says about one partition the group owns here.
@@ -121,16 +121,32 @@ fn list(partitions: &[TopicPartition], offset: Offset) -> TopicPartitionList {
     tpl
 }
 
-/// Probes every `interval` until `stop`: sets the broker-reachable half of `health`, and the lag and
-/// committed-offset gauges of the partitions `owned` returns (series of partitions no longer owned go away).
-pub fn spawn(
-    probe: Probe,
-    interval: Duration,
-    owned: Arc<dyn Fn() -> Vec<TopicPartition> + Send + Sync>,
-    health: Health,
-    gauges: KafkaGauges,
+/// What a process reports through its probe.
+pub struct Report {
+    pub health: Health,
+    pub gauges: KafkaGauges,
+    /// The partitions whose lag and committed offset are shown (those the process owns now).
+    pub owned: Arc<dyn Fn() -> Vec<TopicPartition> + Send + Sync>,
+}
+
+/// Probes `group_id`'s offsets every `telemetry.probe_interval` until `stop`: sets the broker-reachable half
+/// of the health, and the lag and committed-offset gauges of the owned partitions (series of partitions no
+/// longer owned go away). `topic` is the one asked about for reachability.
+pub fn start(
+    config: &Config,
+    group_id: &str,
+    topic: &str,
+    report: Report,
     stop: CancellationToken,
-) {
+) -> KafkaResult<()> {
+    let t = &config.telemetry;
+    let probe = Probe::new(&config.kafka, group_id, topic, t.probe_timeout())?;
+    let interval = t.probe_interval;
+    let Report {
+        health,
+        gauges,
+        owned,
+    } = report;
     std::thread::Builder::new()
         .name("hookrelay-probe".into())
         .spawn(move || {
@@ -150,7 +166,11 @@ pub fn spawn(
                 sleep_unless_stopped(&stop, interval);
             }
         })
-        .expect("spawning the probe thread");
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot start the probe thread");
+            rdkafka::error::KafkaError::Canceled
+        })?;
+    Ok(())
 }
 
 fn sleep_unless_stopped(stop: &CancellationToken, total: Duration) {
