@@ -3,12 +3,12 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use hookrelay::local::OutputReader;
 use hookrelay::receiver::{Receiver, Script};
-use support::{send, wait_for, ChildDispatcher, Kafka};
+use support::{accounted, send, wait_for, ChildDispatcher, Kafka};
 
 const SECONDS_30: Duration = Duration::from_secs(30);
 
@@ -161,26 +161,6 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     .await;
 }
 
-/// Which of `ids` are accounted for: delivered (a 2xx answer) or reported (a failure event).
-fn accounted(rx: &Receiver, reader: &OutputReader) -> (HashSet<String>, usize) {
-    let mut requests: HashMap<String, usize> = HashMap::new();
-    let mut done = HashSet::new();
-    for r in rx.requests() {
-        if let Some(id) = r.webhook_id {
-            *requests.entry(id.clone()).or_default() += 1;
-            if (200..300).contains(&r.status) {
-                done.insert(id);
-            }
-        }
-    }
-    for e in &reader.snapshot().failures {
-        if let Some(d) = &e.dispatch_id {
-            done.insert(d.trim_start_matches("dispatch-").to_string());
-        }
-    }
-    (done, requests.values().map(|n| n - 1).sum())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_rest() {
     let mut kafka = Kafka::start(4).without_retries();
@@ -217,7 +197,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
         took <= grace + Duration::from_millis(750),
         "exited {took:?} after SIGTERM; the grace is {grace:?}"
     );
-    let (done_before, _) = accounted(&rx, &reader);
+    let (done_before, _) = accounted(&rx, &reader.snapshot());
     assert!(
         done_before.len() < ids.len(),
         "stopped before finishing ({} of {} done)",
@@ -229,10 +209,10 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
     wait_for(
         "after a restart every send is delivered or reported",
         Duration::from_secs(90),
-        || async { accounted(&rx, &reader).0.len() == ids.len() },
+        || async { accounted(&rx, &reader.snapshot()).0.len() == ids.len() },
     )
     .await;
-    let (done, redone) = accounted(&rx, &reader);
+    let (done, redone) = accounted(&rx, &reader.snapshot());
     let missing: Vec<&String> = ids.iter().filter(|id| !done.contains(*id)).collect();
     assert!(missing.is_empty(), "missing sends: {missing:?}");
     eprintln!(

@@ -3,14 +3,14 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hookrelay::local::{Observed, OutputReader};
+use hookrelay::local::OutputReader;
 use hookrelay::receiver::{Receiver, Script};
-use support::{hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
+use support::{accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
 
 async fn slow_receiver(latency_ms: u64) -> Receiver {
     let script = Script {
@@ -35,27 +35,6 @@ async fn produce(kafka: &Kafka, rx: &Receiver, n: usize) -> Vec<String> {
         ids.push(id);
     }
     ids
-}
-
-/// Which sends are accounted for: delivered (the receiver answered 2xx) or reported (a failure event).
-fn accounted(rx: &Receiver, observed: &Observed) -> (HashSet<String>, usize) {
-    let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut done = HashSet::new();
-    for r in rx.requests() {
-        if let Some(id) = r.webhook_id {
-            *by_id.entry(id.clone()).or_default() += 1;
-            if (200..300).contains(&r.status) {
-                done.insert(id);
-            }
-        }
-    }
-    for e in &observed.failures {
-        if let Some(d) = &e.dispatch_id {
-            done.insert(d.trim_start_matches("dispatch-").to_string());
-        }
-    }
-    let duplicates = by_id.values().map(|n| n - 1).sum();
-    (done, duplicates)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

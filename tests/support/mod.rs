@@ -462,3 +462,28 @@ impl SmtpServer {
         self.mails.lock().unwrap().clone()
     }
 }
+
+/// Which sends are accounted for — delivered (the receiver answered 2xx) or reported (a failure event) — and
+/// how many requests repeated an earlier one.
+pub fn accounted(
+    rx: &hookrelay::receiver::Receiver,
+    observed: &hookrelay::local::Observed,
+) -> (std::collections::HashSet<String>, usize) {
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut done = std::collections::HashSet::new();
+    for r in rx.requests() {
+        if let Some(id) = r.webhook_id {
+            *by_id.entry(id.clone()).or_default() += 1;
+            if (200..300).contains(&r.status) {
+                done.insert(id);
+            }
+        }
+    }
+    for e in &observed.failures {
+        if let Some(d) = &e.dispatch_id {
+            done.insert(d.trim_start_matches("dispatch-").to_string());
+        }
+    }
+    let duplicates = by_id.values().map(|n| n - 1).sum();
+    (done, duplicates)
+}
