@@ -66,6 +66,9 @@ impl Probe {
 
     /// Whether a broker answered a metadata request within the timeout.
     pub fn reachable(&self) -> bool {
+        // Serve the client's event queue (errors, logs): nothing else polls this client, and during a long
+        // outage its events would pile up.
+        let _ = self.client.poll(Duration::ZERO);
         self.client
             .fetch_metadata(Some(&self.topic), self.timeout)
             .is_ok()
