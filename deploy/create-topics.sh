@@ -22,7 +22,7 @@ extra=()
 create() {
   local topic=$1 partitions=$2
   shift 2
-  "$kt" --bootstrap-server "$bootstrap" "${extra[@]}" --create --if-not-exists \
+  "$kt" --bootstrap-server "$bootstrap" ${extra[@]+"${extra[@]}"} --create --if-not-exists \
     --topic "$topic" --partitions "$partitions" --replication-factor "$replication" "$@"
 }
 

@@ -298,3 +298,42 @@ fn the_shipped_compose_and_kubernetes_configurations_are_valid() {
         );
     }
 }
+
+#[test]
+fn the_topic_script_creates_every_topic_the_default_configuration_uses() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // A stand-in for kafka-topics.sh that prints its arguments.
+    let fake = std::env::temp_dir().join(format!("hookrelay-fake-kt-{}.sh", std::process::id()));
+    std::fs::write(&fake, "#!/bin/sh\necho \"$@\"\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("deploy/create-topics.sh"))
+        .env("BOOTSTRAP", "kafka:9092")
+        .env("KAFKA_TOPICS", &fake)
+        .output();
+    let _ = std::fs::remove_file(&fake);
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("--topic ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    let c = hookrelay::config::Config::default();
+    let mut wanted = vec![
+        c.topics.sends.clone(),
+        c.topics.failures.clone(),
+        c.topics.dead_letters.clone(),
+        c.topics.alerts.clone(),
+    ];
+    wanted.extend(c.topics.retry_tier_topics().into_iter().map(|(t, _)| t));
+    for topic in wanted {
+        assert!(created.contains(&topic), "create-topics.sh misses {topic}");
+    }
+}
