@@ -46,8 +46,10 @@ pub enum Command {
     ///
     /// Reads [topics].sends, executes each webhook, publishes failure events to [topics].failures and
     /// undecodable input to [topics].dead_letters. Offsets are committed only once each record's outcome is
-    /// durable (at least once). SIGINT/SIGTERM drains in-flight work for [dispatch].shutdown_grace, commits
-    /// and exits 0. Serves /metrics, /healthz and /readyz on [telemetry].listen.
+    /// durable (at least once). SIGINT/SIGTERM lets in-flight sends finish, commits, leaves the group and exits
+    /// 0, all within [dispatch].shutdown_grace; unfinished sends stay uncommitted and are redone. Serves
+    /// /metrics, /healthz and /readyz (ready: partitions assigned and a broker reachable) on
+    /// [telemetry].listen.
     Dispatch,
     /// Count each workspace's failures over 24 hours and email its admins past the threshold.
     ///

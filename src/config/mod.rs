@@ -114,7 +114,8 @@ pub struct DispatchConfig {
     /// How long revoked partitions may keep working before their offsets are committed and they are let go.
     #[serde(with = "humantime_serde")]
     pub rebalance_grace: Duration,
-    /// How long SIGTERM/SIGINT waits for in-flight work before committing and exiting.
+    /// How long SIGTERM/SIGINT may take in all: in-flight sends get all but the last fifth (at most 5 s), which
+    /// is kept for the final commit, leaving the group and flushing.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Methods a send request may use.
