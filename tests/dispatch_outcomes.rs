@@ -9,7 +9,7 @@ use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
 use hookrelay::local::OutputReader;
 use hookrelay::receiver::{Receiver, Script};
-use support::{full_send, receiver, send, wait_for, Dispatcher, Kafka};
+use support::{full_send, produce_sends, receiver, send, wait_for, Dispatcher, Kafka};
 
 const BRAZE_FAILURE: &str =
     include_str!("../schemas/reference/users.messages.webhook.Failure.avsc");
@@ -441,12 +441,7 @@ async fn runs_many_sends_of_one_partition_at_once() {
         .unwrap();
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let producer = kafka.producer();
-    for i in 0..20 {
-        producer
-            .json(&send(&format!("c{i}"), &rx.url("/hook")))
-            .await
-            .unwrap();
-    }
+    produce_sends(&producer, "c", 20, &rx.url("/hook")).await;
     wait_for(
         "all twenty are delivered",
         Duration::from_secs(30),
@@ -482,12 +477,7 @@ async fn a_partition_with_too_much_unfinished_work_is_paused_and_resumed() {
         .await
         .unwrap();
     let producer = kafka.producer();
-    for i in 0..40 {
-        producer
-            .json(&send(&format!("b{i}"), &rx.url("/hook")))
-            .await
-            .unwrap();
-    }
+    produce_sends(&producer, "b", 40, &rx.url("/hook")).await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let paused = dispatcher.metrics.paused_partitions.clone();
     wait_for("the partition is paused", Duration::from_secs(20), || {

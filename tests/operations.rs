@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hookrelay::local::OutputReader;
 use hookrelay::receiver::{Receiver, Script};
-use support::{accounted, send, wait_for, ChildDispatcher, Kafka};
+use support::{accounted, produce_sends, send, wait_for, ChildDispatcher, Kafka};
 
 const SECONDS_30: Duration = Duration::from_secs(30);
 
@@ -126,10 +126,7 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     );
 
     // A backlog behind a slow endpoint shows as lag while it lasts.
-    for i in 0..60 {
-        let url = rx.url("/slow?delay=200ms");
-        producer.json(&send(&format!("b{i}"), &url)).await.unwrap();
-    }
+    produce_sends(&producer, "b", 60, &rx.url("/slow?delay=200ms")).await;
     wait_for("the backlog shows as consumer lag", SECONDS_30, || async {
         per_partition(&d, "hookrelay_consumer_lag", &sends, 2).await > Some(0.0)
     })

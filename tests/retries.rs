@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use hookrelay::events::FailureEvent;
 use hookrelay::local::OutputReader;
 use hookrelay::receiver::Receiver;
-use support::{free_port, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka};
+use support::{
+    free_port, produce_sends, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka,
+};
 
 fn events_for<'a>(events: &'a [FailureEvent], id: &str) -> Vec<&'a FailureEvent> {
     let mut v: Vec<&FailureEvent> = events
@@ -289,12 +291,7 @@ async fn a_drowning_host_is_paused_with_598s_and_resumes_after_the_pause() {
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    for i in 0..12 {
-        producer
-            .json(&send(&format!("d{i:02}"), &rx.url("/hook?status=503")))
-            .await
-            .unwrap();
-    }
+    produce_sends(&producer, "d", 12, &rx.url("/hook?status=503")).await;
     let seen = reader
         .wait_until(Duration::from_secs(30), |o| {
             o.failures.iter().any(|e| e.http_status_code == Some(598))
@@ -354,18 +351,8 @@ async fn a_hanging_host_does_not_hold_up_a_healthy_one() {
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
     let hanging = format!("http://localhost:{}/hang?hang=1", rx.addr.port());
-    for i in 0..6 {
-        producer
-            .json(&send(&format!("hang{i}"), &hanging))
-            .await
-            .unwrap();
-    }
-    for i in 0..20 {
-        producer
-            .json(&send(&format!("ok{i}"), &rx.url("/ok")))
-            .await
-            .unwrap();
-    }
+    produce_sends(&producer, "hang", 6, &hanging).await;
+    produce_sends(&producer, "ok", 20, &rx.url("/ok")).await;
     wait_for(
         "all twenty healthy sends are delivered",
         Duration::from_secs(8),

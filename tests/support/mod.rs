@@ -165,6 +165,21 @@ pub fn full_send(id: &str, workspace: &str, url: &str) -> SendRequest {
 }
 
 /// A bare send: only what is required.
+/// Produces `n` sends with ids `<prefix>0`, `<prefix>1`, …, all to `url`.
+pub async fn produce_sends(
+    producer: &hookrelay::local::SendProducer,
+    prefix: &str,
+    n: usize,
+    url: &str,
+) {
+    for i in 0..n {
+        producer
+            .json(&send(&format!("{prefix}{i}"), url))
+            .await
+            .unwrap();
+    }
+}
+
 pub fn send(id: &str, url: &str) -> SendRequest {
     let mut s = full_send(id, "ws", url);
     s.workspace_name = None;
