@@ -70,7 +70,7 @@ pub async fn run(
     ));
     let owned = shared.clone();
     let report = crate::kafka::probe::Report {
-        health: health.clone(),
+        health,
         gauges: metrics.kafka.clone(),
         owned: Arc::new(move || owned.assigned()),
     };
