@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use hookrelay::aggregate::window::Windows;
 use hookrelay::config::EventEncoding;
 use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
-use hookrelay::dispatch::pipeline::failure_event;
+use hookrelay::dispatch::report::failure_event;
 use hookrelay::events::failure_view::ViewDecoder;
 use hookrelay::events::{FailureEvent, Rules, SendRequest};
 use hookrelay::kafka::{OffsetTracker, TopicPartition};

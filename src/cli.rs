@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::receiver::{parse_mix, Receiver, Script};
+use crate::receiver::{parse_mix, Mix, Receiver, Script};
 use crate::telemetry::{self, DispatchMetrics, Health};
 use crate::{bench, demo, dispatch, kafka, shutdown};
 
@@ -105,9 +105,9 @@ pub struct ReceiverArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Status codes by weight, e.g. `200:90,503:5,404:5`.
+    /// Status codes by weight, e.g. `200:90,503:5,404:5` (a bare code has weight 1).
     #[arg(long, default_value = "200", value_parser = parse_mix)]
-    pub mix: Vec<(u16, u32)>,
+    pub mix: Mix,
     /// Fixed latency before answering, e.g. `20ms`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
@@ -191,7 +191,7 @@ async fn serve_telemetry(
 
 async fn run_receiver(args: ReceiverArgs) -> anyhow::Result<()> {
     let script = Script {
-        mix: args.mix,
+        mix: args.mix.0,
         latency: args.latency,
         latency_jitter: args.latency_jitter,
         retry_after: args.retry_after,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -295,19 +295,12 @@ impl OutputReader {
                             Err(_) => o.undecodable_failures += 1,
                         }
                     } else {
-                        let headers = msg
-                            .headers()
-                            .map(|hs| {
-                                hs.iter()
-                                    .map(|h| {
-                                        let v =
-                                            String::from_utf8_lossy(h.value.unwrap_or_default())
-                                                .into_owned();
-                                        (h.key.to_string(), v)
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default();
+                        let tp = crate::kafka::TopicPartition::new(msg.topic(), msg.partition());
+                        let headers = crate::kafka::Record::from_message(&msg, tp)
+                            .headers
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                            .collect();
                         o.dead_letters.push(DeadLetter {
                             payload: payload.to_vec(),
                             headers,

@@ -48,9 +48,15 @@ impl Default for Script {
     }
 }
 
+/// A weighted mix of status codes, as one command-line value. A newtype, because clap reads a bare `Vec`
+/// argument as "many values of the element type" and then panics when the parser returns the whole list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mix(pub Vec<(u16, u32)>);
+
 /// Parses `200:90,503:5,404:5` (a bare code means weight 1).
-pub fn parse_mix(text: &str) -> Result<Vec<(u16, u32)>, String> {
-    text.split(',')
+pub fn parse_mix(text: &str) -> Result<Mix, String> {
+    let mix: Vec<(u16, u32)> = text
+        .split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|part| {
             let (code, weight) = part.trim().split_once(':').unwrap_or((part.trim(), "1"));
@@ -65,7 +71,11 @@ pub fn parse_mix(text: &str) -> Result<Vec<(u16, u32)>, String> {
                 .map_err(|_| format!("bad weight {weight:?}"))?;
             Ok((code, weight))
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    if mix.is_empty() || mix.iter().all(|(_, w)| *w == 0) {
+        return Err("the mix needs at least one status code with a positive weight".into());
+    }
+    Ok(Mix(mix))
 }
 
 /// One request as the receiver saw it.
@@ -289,8 +299,10 @@ mod tests {
     fn parses_mixes_and_rejects_nonsense() {
         assert_eq!(
             parse_mix("200:90, 503:5,404").unwrap(),
-            vec![(200, 90), (503, 5), (404, 1)]
+            Mix(vec![(200, 90), (503, 5), (404, 1)])
         );
+        assert!(parse_mix("").is_err(), "an empty mix answers nothing");
+        assert!(parse_mix("200:0").is_err(), "weights cannot all be zero");
         assert!(parse_mix("abc:1").is_err());
         assert!(parse_mix("200:x").is_err());
         assert!(parse_mix("42").is_err());

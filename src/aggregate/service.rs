@@ -66,6 +66,12 @@ pub async fn run(
     health: Health,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let (kafka, required) = (config.kafka.clone(), config.topics.aggregate_topics());
+    tokio::task::spawn_blocking(move || {
+        crate::kafka::topics::require(&kafka, &required, kafka.startup_timeout)
+    })
+    .await
+    .context("topic check panicked")??;
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
         .context("creating the alerts producer")?;
@@ -86,7 +92,7 @@ pub async fn run(
     crate::kafka::probe::start(
         config,
         &config.aggregate.group_id,
-        &config.topics.failures,
+        config.topics.aggregate_topics(),
         report,
         stop.clone(),
     )

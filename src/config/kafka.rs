@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,10 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
     /// librdkafka properties for producers only (e.g. `linger.ms`), applied after `properties`.
     pub producer_properties: BTreeMap<String, String>,
+    /// How long `dispatch` and `aggregate` wait at start-up for a broker to answer and every topic they use
+    /// to exist, before exiting with the list of what is missing.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -28,6 +33,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
+            startup_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -53,6 +59,7 @@ impl fmt::Debug for KafkaConfig {
             .field("properties", &redacted(&self.properties))
             .field("consumer_properties", &redacted(&self.consumer_properties))
             .field("producer_properties", &redacted(&self.producer_properties))
+            .field("startup_timeout", &self.startup_timeout)
             .finish()
     }
 }

@@ -86,6 +86,23 @@ impl TopicsConfig {
         tiers
     }
 
+    /// Topics `hookrelay dispatch` reads or writes: sends and retry tiers in, failures, dead letters and
+    /// retry tiers out.
+    pub fn dispatch_topics(&self) -> Vec<String> {
+        let mut t = vec![
+            self.sends.clone(),
+            self.failures.clone(),
+            self.dead_letters.clone(),
+        ];
+        t.extend(self.retry_tier_topics().into_iter().map(|(t, _)| t));
+        t
+    }
+
+    /// Topics `hookrelay aggregate` reads or writes.
+    pub fn aggregate_topics(&self) -> Vec<String> {
+        vec![self.failures.clone(), self.alerts.clone()]
+    }
+
     /// Every topic hookrelay writes or reads.
     pub fn all(&self) -> Vec<String> {
         let mut all = vec![
@@ -122,6 +139,12 @@ pub struct DispatchConfig {
     pub allowed_methods: Vec<String>,
     /// Accept records that are neither JSON nor framed Avro as plain Avro binary send requests.
     pub accept_plain_avro: bool,
+    /// Records larger than this are dead-lettered without being decoded.
+    pub max_record_bytes: usize,
+    /// Longest `id` and `workspace_id`.
+    pub max_id_bytes: usize,
+    /// Longest optional identifier or name, so that failure events stay small.
+    pub max_field_bytes: usize,
 }
 
 impl Default for DispatchConfig {
@@ -135,6 +158,9 @@ impl Default for DispatchConfig {
             shutdown_grace: Duration::from_secs(30),
             allowed_methods: ["POST", "PUT", "DELETE", "GET"].map(String::from).to_vec(),
             accept_plain_avro: false,
+            max_record_bytes: 4 * 1024 * 1024,
+            max_id_bytes: 1024,
+            max_field_bytes: 4096,
         }
     }
 }
@@ -159,6 +185,8 @@ pub struct HttpConfig {
     pub max_request_headers: usize,
     /// Most bytes of header names and values a send may carry.
     pub max_request_header_bytes: usize,
+    /// Longest webhook URL a send may carry.
+    pub max_url_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -173,6 +201,7 @@ impl Default for HttpConfig {
             max_request_body_bytes: 1024 * 1024,
             max_request_headers: 64,
             max_request_header_bytes: 16 * 1024,
+            max_url_bytes: 8 * 1024,
         }
     }
 }
@@ -379,6 +408,17 @@ impl Config {
                     "dispatch.allowed_methods: unknown method {m:?} (known: {})",
                     KNOWN_METHODS.join(", ")
                 ));
+            }
+        }
+        for (name, v) in [
+            ("dispatch.max_record_bytes", d.max_record_bytes),
+            ("dispatch.max_id_bytes", d.max_id_bytes),
+            ("dispatch.max_field_bytes", d.max_field_bytes),
+            ("http.max_url_bytes", self.http.max_url_bytes),
+            ("http.max_request_body_bytes", self.http.max_request_body_bytes),
+        ] {
+            if v == 0 {
+                p.push(format!("{name} must be at least 1"));
             }
         }
         let h = &self.http;

@@ -22,16 +22,20 @@ pub enum FailureSource {
     UnhealthyHost,
     /// hookrelay refused to send: the destination is not allowed (SSRF guard, port policy). Final.
     BlockedDestination,
+    /// The request could not be built (the HTTP client refused it before sending any byte), or a scheduled
+    /// retry no longer passes validation. Final: the same request would be refused again.
+    InvalidRequest,
 }
 
 impl FailureSource {
-    pub const ALL: [FailureSource; 6] = [
+    pub const ALL: [FailureSource; 7] = [
         FailureSource::ExternalEndpoint,
         FailureSource::HostUnreachable,
         FailureSource::Timeout,
         FailureSource::ConnectionError,
         FailureSource::UnhealthyHost,
         FailureSource::BlockedDestination,
+        FailureSource::InvalidRequest,
     ];
 
     /// The text written into failure events; `External Endpoint` and `Host Unreachable` are Braze's own words.
@@ -43,6 +47,7 @@ impl FailureSource {
             FailureSource::ConnectionError => "Connection Error",
             FailureSource::UnhealthyHost => "Unhealthy Host",
             FailureSource::BlockedDestination => "Blocked Destination",
+            FailureSource::InvalidRequest => "Invalid Request",
         }
     }
 }
@@ -137,8 +142,11 @@ pub fn classify(attempt: Attempt) -> Outcome {
             },
             source,
             reason: error,
-            // A refused destination stays refused: retrying would only repeat the refusal.
-            retriable: source != FailureSource::BlockedDestination,
+            // A refused destination or request stays refused: retrying would only repeat the refusal.
+            retriable: !matches!(
+                source,
+                FailureSource::BlockedDestination | FailureSource::InvalidRequest
+            ),
             raw_response: None,
             content_length: None,
             retry_after: None,

@@ -148,7 +148,9 @@ fn no_response(e: &reqwest::Error) -> Attempt {
         }
         cause = c.source();
     }
-    let source = if e.is_timeout() {
+    let source = if e.is_builder() {
+        FailureSource::InvalidRequest
+    } else if e.is_timeout() {
         FailureSource::Timeout
     } else if e.is_connect() {
         FailureSource::HostUnreachable

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod parking;
 pub mod pipeline;
 pub mod publish;
+pub mod report;
 pub mod retry;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::kafka::client::{consumer_config, producer_config};
 use crate::telemetry::{DispatchMetrics, Health};
 use consumer::{DispatchContext, LoopSettings, Shared};
 use pipeline::Pipeline;
-use publish::Publisher;
+use publish::{Publisher, PublisherParts};
 
 /// Runs a dispatcher until `shutdown` is cancelled and its work is drained or handed off.
 pub async fn run(
@@ -34,18 +35,34 @@ pub async fn run(
     health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let (kafka, required) = (config.kafka.clone(), config.topics.dispatch_topics());
+    tokio::task::spawn_blocking(move || {
+        crate::kafka::topics::require(&kafka, &required, kafka.startup_timeout)
+    })
+    .await
+    .context("topic check panicked")??;
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
         .context("creating the Kafka producer")?;
     // Cancelled only after the consumer has stopped, so draining sends can still publish their outcomes.
     let publish_stop = CancellationToken::new();
-    let publisher = Publisher::new(
-        producer.clone(),
-        config.topics.clone(),
-        config.events.clone(),
-        metrics.clone(),
-        publish_stop.clone(),
-    );
+    // Cancelled by a fatal producer error: the process drains what it can and exits non-zero.
+    let fatal = CancellationToken::new();
+    let publisher = Publisher::new(PublisherParts {
+        producer: producer.clone(),
+        topics: config.topics.clone(),
+        events: config.events.clone(),
+        metrics: metrics.clone(),
+        shutdown: publish_stop.clone(),
+        fatal: fatal.clone(),
+        health: health.clone(),
+        max_message_bytes: crate::kafka::client::max_message_bytes(&config.kafka),
+    });
+    let on_fatal = (fatal.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        on_fatal.0.cancelled().await;
+        on_fatal.1.cancel();
+    });
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
     let pipeline = Arc::new(Pipeline {
@@ -70,14 +87,14 @@ pub async fn run(
     ));
     let owned = shared.clone();
     let report = crate::kafka::probe::Report {
-        health,
+        health: health.clone(),
         gauges: metrics.kafka.clone(),
         owned: Arc::new(move || owned.assigned()),
     };
     crate::kafka::probe::start(
         config,
         &config.kafka.dispatch_group_id,
-        &config.topics.sends,
+        config.topics.dispatch_topics(),
         report,
         shutdown.clone(),
     )
@@ -115,6 +132,9 @@ pub async fn run(
     });
     if let Err(e) = producer.flush(flush_for) {
         tracing::warn!(error = %e, "producer not flushed within the shutdown grace; unacknowledged outcomes will be redone");
+    }
+    if let Some(why) = health.fatal() {
+        anyhow::bail!("stopped after a fatal error: {why}");
     }
     tracing::info!("dispatcher stopped");
     Ok(())

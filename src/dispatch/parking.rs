@@ -88,6 +88,7 @@ mod tests {
                 payload: vec![],
                 headers: vec![],
                 timestamp_ms: None,
+                header_error: None,
             },
             ticket: Ticket {
                 tp,

@@ -7,14 +7,15 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::classify::{classify, Attempt, Failure, FailureSource, Outcome};
+use super::classify::{classify, Attempt, Failure, FailureSource, Outcome, NO_RESPONSE};
 use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
 use super::limits::HostLimits;
-use super::publish::{Abandoned, Publisher};
+use super::publish::{Abandoned, PublishError, Publisher};
+use super::report::{event_for, AttemptFacts, Target};
 use super::retry::{now_ms, parse_retry_after, pick_tier, Decision, RetryPolicy};
-use crate::events::send_request::{InvalidKind, InvalidSend};
-use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, ValidSend};
+use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
+use crate::events::{RetryRecord, Rules, SendRequest, ValidSend};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -50,53 +51,113 @@ pub struct Pipeline {
     pub tiers: Vec<(String, Duration)>,
 }
 
+/// What a record is before anything is decoded: refused if its headers cannot be read or it is too large.
+fn admit(record: &Record, rules: &Rules) -> Result<(), InvalidSend> {
+    if let Some(why) = &record.header_error {
+        return Err(invalid(InvalidKind::InvalidHeader, why.clone()));
+    }
+    if record.payload.len() > rules.max_record_bytes {
+        return Err(invalid(
+            InvalidKind::TooLarge,
+            format!(
+                "record of {} bytes is larger than dispatch.max_record_bytes ({})",
+                record.payload.len(),
+                rules.max_record_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// A fresh send request from the send topic.
     pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
-        let send = match SendRequest::decode(&record.payload, self.accept_plain_avro)
-            .and_then(|s| s.validate(&self.rules))
-        {
+        let send = match admit(record, &self.rules).and_then(|()| {
+            SendRequest::decode(&record.payload, self.accept_plain_avro)
+                .and_then(|s| s.validate(&self.rules))
+        }) {
             Ok(send) => send,
             Err(why) => return self.dead_letter(record, &why).await,
         };
         let span = send_span(&send, 1);
-        self.attempt(&send, 1, now_ms()).instrument(span).await
+        self.attempt(record, &send, 1, now_ms())
+            .instrument(span)
+            .await
     }
 
     /// A record from a retry tier, handed over by the consumer once the tier's delay has passed.
     pub async fn process_retry(&self, record: &Record) -> Result<Handled, Abandoned> {
-        let retry = match RetryRecord::decode(&record.payload) {
+        let retry = match admit(record, &self.rules).and_then(|()| {
+            RetryRecord::decode(&record.payload).map_err(|e| {
+                invalid(
+                    InvalidKind::Undecodable,
+                    format!("invalid retry record: {e}"),
+                )
+            })
+        }) {
             Ok(r) => r,
-            Err(e) => {
-                let why = InvalidSend {
-                    kind: InvalidKind::Undecodable,
-                    detail: format!("invalid retry record: {e}"),
-                };
-                return self.dead_letter(record, &why).await;
-            }
+            Err(why) => return self.dead_letter(record, &why).await,
         };
         let now = now_ms();
         if retry.due_ms > now {
-            self.publisher
-                .retry(self.tier_topic(retry.due_ms, now), &retry)
-                .await?;
-            self.metrics.retry_hops.inc();
-            return Ok(Handled::Hopped);
+            let topic = self.tier_topic(retry.due_ms, now).to_string();
+            match self.publisher.retry(&topic, &retry).await {
+                Ok(()) => {
+                    self.metrics.retry_hops.inc();
+                    return Ok(Handled::Hopped);
+                }
+                Err(PublishError::Abandoned(a)) => return Err(a),
+                // Cannot hop (the tier refuses it): try now rather than never.
+                Err(PublishError::Rejected { .. }) => {}
+            }
         }
-        let send = match retry.send.validate(&self.rules) {
-            Ok(send) => send,
-            Err(why) => return self.dead_letter(record, &why).await,
-        };
         let attempt = retry.attempts + 1;
-        self.attempt(&send, attempt, retry.first_attempt_ms)
+        let send = match retry.send.clone().validate(&self.rules) {
+            Ok(send) => send,
+            Err(why) => return self.invalid_retry(record, &retry, &why).await,
+        };
+        self.attempt(record, &send, attempt, retry.first_attempt_ms)
             .instrument(send_span(&send, attempt))
             .await
+    }
+
+    /// A scheduled retry that no longer passes validation (the rules changed since it was scheduled): its
+    /// earlier failure events promised another attempt, so a terminal one closes the story, beside the
+    /// dead letter that keeps the send for a human.
+    async fn invalid_retry(
+        &self,
+        record: &Record,
+        retry: &RetryRecord,
+        why: &InvalidSend,
+    ) -> Result<Handled, Abandoned> {
+        let failure = Failure {
+            status: NO_RESPONSE,
+            source: FailureSource::InvalidRequest,
+            reason: format!("no longer valid: {why}"),
+            retriable: false,
+            raw_response: None,
+            content_length: None,
+            retry_after: None,
+        };
+        let facts = AttemptFacts {
+            attempt: retry.attempts + 1,
+            duration: Duration::ZERO,
+            now_ms: now_ms(),
+            terminal: true,
+            next_attempt_at_ms: None,
+        };
+        let event = event_for(&retry.send, Target::unparsed(&retry.send), &failure, facts);
+        match self.publisher.failure(&event).await {
+            Ok(()) | Err(PublishError::Rejected { .. }) => {}
+            Err(PublishError::Abandoned(a)) => return Err(a),
+        }
+        self.dead_letter(record, why).await
     }
 
     async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<Handled, Abandoned> {
         tracing::warn!(
             topic = %record.tp.topic, partition = record.tp.partition, offset = record.offset,
-            reason = %why, "dead-lettering invalid record"
+            reason = %why, "dead-lettering record"
         );
         self.publisher.dead_letter(record, why).await?;
         self.metrics
@@ -115,6 +176,7 @@ impl Pipeline {
     /// One attempt of a send: unless its host is paused, an HTTP request; then the outcome made durable.
     async fn attempt(
         &self,
+        record: &Record,
         send: &ValidSend,
         attempt_no: u32,
         first_attempt_ms: i64,
@@ -123,30 +185,7 @@ impl Pipeline {
             host: send.url.host_str().unwrap_or_default().to_string(),
             workspace: send.request.workspace_id.clone(),
         };
-        let (attempt, duration) = match self.host_gate(&host) {
-            Err(until_ms) => (
-                Attempt::NoResponse {
-                    source: FailureSource::UnhealthyHost,
-                    error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
-                },
-                Duration::ZERO,
-            ),
-            Ok(()) => {
-                let _host_slot = self.host_limits.acquire(&host.host).await;
-                let _slot = self
-                    .limiter
-                    .acquire()
-                    .await
-                    .expect("limiter is never closed");
-                self.metrics.in_flight.inc();
-                let result = self.executor.execute(send).await;
-                self.metrics.in_flight.dec();
-                self.metrics
-                    .request_duration
-                    .observe(result.1.as_secs_f64());
-                result
-            }
-        };
+        let (attempt, duration) = self.deliver(&host, send).await;
         if let Attempt::Response { status, .. } = &attempt {
             self.host_observe(&host, *status);
         }
@@ -180,52 +219,126 @@ impl Pipeline {
             rand::random(),
         );
         tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, ?decision, "webhook failed");
-        match decision {
-            Decision::RetryAt(due_ms) => {
-                let retry = RetryRecord {
-                    send: send.request.clone(),
-                    attempts: attempt_no,
-                    first_attempt_ms,
-                    due_ms,
-                    last_status: failure.status,
-                };
-                let topic = self.tier_topic(due_ms, now);
-                let event = failure_event(
-                    send,
-                    &failure,
-                    attempt_no,
-                    duration,
-                    now,
-                    false,
-                    Some(due_ms),
+        let facts = AttemptFacts {
+            attempt: attempt_no,
+            duration,
+            now_ms: now,
+            terminal: true,
+            next_attempt_at_ms: None,
+        };
+        let Decision::RetryAt(due_ms) = decision else {
+            return self.give_up(record, send, &failure, facts).await;
+        };
+        let retry = RetryRecord {
+            send: send.request.clone(),
+            attempts: attempt_no,
+            first_attempt_ms,
+            due_ms,
+            last_status: failure.status,
+        };
+        let topic = self.tier_topic(due_ms, now).to_string();
+        // The retry record first: the failure event then tells the truth about whether one is scheduled.
+        match self.publisher.retry(&topic, &retry).await {
+            Ok(()) => {}
+            Err(PublishError::Abandoned(a)) => return Err(a),
+            Err(PublishError::Rejected { topic, reason }) => {
+                let mut failure = failure;
+                failure.reason = format!("{}; no retry: {topic} refused it: {reason}", failure.reason);
+                let why = invalid(
+                    InvalidKind::Unpublishable,
+                    format!("retry record refused by {topic}: {reason}"),
                 );
-                // Both must be durable before the record counts as done; neither depends on the other.
-                let (scheduled, reported) = tokio::join!(
-                    self.publisher.retry(topic, &retry),
-                    self.publisher.failure(&event)
-                );
-                scheduled?;
-                reported?;
-                self.metrics
-                    .retries_scheduled
-                    .with_label_values(&[topic])
-                    .inc();
-                Ok(Handled::Retrying {
-                    status: failure.status,
-                })
+                // The dead letter keeps the send whether or not the terminal event went through.
+                let _refused = self.publish_failure(record, send, &failure, facts).await?;
+                return self.dead_letter(record, &why).await;
             }
-            Decision::GiveUp(_) => {
-                let event = failure_event(send, &failure, attempt_no, duration, now, true, None);
-                self.publisher.failure(&event).await?;
-                self.metrics.sends.with_label_values(&["failed"]).inc();
-                Ok(Handled::Failed {
-                    status: failure.status,
-                })
+        }
+        self.metrics
+            .retries_scheduled
+            .with_label_values(&[topic.as_str()])
+            .inc();
+        let facts = AttemptFacts {
+            terminal: false,
+            next_attempt_at_ms: Some(due_ms),
+            ..facts
+        };
+        if let Err(why) = self.publish_failure(record, send, &failure, facts).await? {
+            return self.dead_letter(record, &why).await;
+        }
+        Ok(Handled::Retrying {
+            status: failure.status,
+        })
+    }
+
+    /// The last attempt failed: a terminal failure event (or, if the broker refuses it, a dead letter).
+    async fn give_up(
+        &self,
+        record: &Record,
+        send: &ValidSend,
+        failure: &Failure,
+        facts: AttemptFacts,
+    ) -> Result<Handled, Abandoned> {
+        if let Err(why) = self.publish_failure(record, send, failure, facts).await? {
+            return self.dead_letter(record, &why).await;
+        }
+        self.metrics.sends.with_label_values(&["failed"]).inc();
+        Ok(Handled::Failed {
+            status: failure.status,
+        })
+    }
+
+    /// Publishes the attempt's failure event; `Ok(Err(why))` when the broker refused it for good, for the
+    /// caller to dead-letter the record with that reason.
+    async fn publish_failure(
+        &self,
+        record: &Record,
+        send: &ValidSend,
+        failure: &Failure,
+        facts: AttemptFacts,
+    ) -> Result<Result<(), InvalidSend>, Abandoned> {
+        let event = event_for(&send.request, Target::of(send), failure, facts);
+        match self.publisher.failure(&event).await {
+            Ok(()) => Ok(Ok(())),
+            Err(PublishError::Abandoned(a)) => Err(a),
+            Err(PublishError::Rejected { topic, reason }) => {
+                tracing::error!(%topic, %reason, offset = record.offset, "failure event refused; dead-lettering the send instead");
+                Ok(Err(invalid(
+                    InvalidKind::Unpublishable,
+                    format!(
+                        "failure event ({} {}, attempt {}) refused by {topic}: {reason}",
+                        failure.status, failure.source, facts.attempt
+                    ),
+                )))
             }
         }
     }
 
-    /// `Err(until)` while the host is paused; logs and counts pause transitions.
+    /// The HTTP attempt, unless the host is paused: then a simulated 598 without touching the network. The
+    /// pause is checked again once the send has its slots, so work queued before a pause does not reach
+    /// the host after it.
+    async fn deliver(&self, host: &HostKey, send: &ValidSend) -> (Attempt, Duration) {
+        if let Err(until_ms) = self.host_gate(host) {
+            return paused(until_ms);
+        }
+        let _host_slot = self.host_limits.acquire(&host.host).await;
+        let _slot = self
+            .limiter
+            .acquire()
+            .await
+            .expect("limiter is never closed");
+        if let Err(until_ms) = self.host_gate(host) {
+            return paused(until_ms);
+        }
+        self.metrics.in_flight.inc();
+        let result = self.executor.execute(send).await;
+        self.metrics.in_flight.dec();
+        self.metrics
+            .request_duration
+            .observe(result.1.as_secs_f64());
+        result
+    }
+
+/// `Err(until)` while the host is paused; logs and counts pause transitions.
     fn host_gate(&self, key: &HostKey) -> Result<(), i64> {
         let now = now_ms();
         let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
@@ -274,133 +387,15 @@ fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
     )
 }
 
+fn paused(until_ms: i64) -> (Attempt, Duration) {
+    let attempt = Attempt::NoResponse {
+        source: FailureSource::UnhealthyHost,
+        error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
+    };
+    (attempt, Duration::ZERO)
+}
+
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }
 
-/// The Currents-style event for one failed attempt. Pure, so every field mapping is unit-tested.
-pub fn failure_event(
-    send: &ValidSend,
-    failure: &Failure,
-    attempt: u32,
-    duration: Duration,
-    now_ms: i64,
-    terminal: bool,
-    next_attempt_at_ms: Option<i64>,
-) -> FailureEvent {
-    let r = &send.request;
-    let clamp = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
-    FailureEvent {
-        http_status_code: Some(i32::from(failure.status)),
-        endpoint_url: Some(send.url.to_string()),
-        app_group_id: Some(r.workspace_id.clone()),
-        campaign_id: r.campaign_id.clone(),
-        canvas_id: r.canvas_id.clone(),
-        canvas_step_id: r.canvas_step_id.clone(),
-        canvas_step_message_variation_id: r.canvas_step_message_variation_id.clone(),
-        canvas_variation_id: r.canvas_variation_id.clone(),
-        content_length: failure.content_length.map(clamp),
-        dispatch_id: Some(r.dispatch_id.clone().unwrap_or_else(|| r.id.clone())),
-        external_user_id: r.external_user_id.clone(),
-        host: send.url.host_str().map(str::to_string),
-        id: uuid::Uuid::new_v4().to_string(),
-        message_variation_id: r.message_variation_id.clone(),
-        raw_response: failure.raw_response.clone(),
-        retry_count: Some(clamp(u64::from(attempt))),
-        send_id: r.send_id.clone(),
-        time: i32::try_from(now_ms / 1000).unwrap_or(i32::MAX),
-        url_path: Some(send.url.path().to_string()),
-        user_id: r
-            .user_id
-            .clone()
-            .or_else(|| r.external_user_id.clone())
-            .unwrap_or_default(),
-        webhook_duration: Some(clamp(duration.as_millis() as u64)),
-        webhook_failure_source: Some(failure.source.as_str().to_string()),
-        is_terminal: Some(terminal),
-        campaign_name: r.campaign_name.clone(),
-        canvas_name: r.canvas_name.clone(),
-        canvas_step_name: r.canvas_step_name.clone(),
-        canvas_variation_name: r.canvas_variation_name.clone(),
-        message_variation_name: r.message_variation_name.clone(),
-        workspace_name: r.workspace_name.clone(),
-        attempt: Some(clamp(u64::from(attempt))),
-        next_attempt_at: next_attempt_at_ms,
-        error_reason: Some(failure.reason.clone()),
-        retriable: Some(failure.retriable),
-        request_method: Some(send.method.to_string()),
-        time_ms: Some(now_ms),
-        send_created_at: r.created_at,
-        hookrelay_version: Some(env!("CARGO_PKG_VERSION").to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn send(json: &str) -> ValidSend {
-        SendRequest::decode(json.as_bytes(), false)
-            .unwrap()
-            .validate(&Rules::default())
-            .unwrap()
-    }
-
-    fn failure() -> Failure {
-        Failure {
-            status: 503,
-            source: FailureSource::ExternalEndpoint,
-            reason: "Service Unavailable".into(),
-            retriable: true,
-            raw_response: Some("down".into()),
-            content_length: Some(4),
-            retry_after: None,
-        }
-    }
-
-    #[test]
-    fn copies_identifiers_and_derives_url_parts() {
-        let s = send(
-            r#"{"id":"s1","workspace_id":"ws","external_user_id":"ext","campaign_id":"c","canvas_name":"cv",
-            "webhook":{"url":"https://api.example.com:8443/v1/hook?x=1","request_method":"POST"}}"#,
-        );
-        let e = failure_event(
-            &s,
-            &failure(),
-            1,
-            Duration::from_millis(1234),
-            1_700_000_000_500,
-            true,
-            None,
-        );
-        assert_eq!(e.app_group_id.as_deref(), Some("ws"));
-        assert_eq!(
-            e.dispatch_id.as_deref(),
-            Some("s1"),
-            "dispatch_id falls back to the send id"
-        );
-        assert_eq!(e.user_id, "ext", "user_id falls back to external_user_id");
-        assert_eq!(e.host.as_deref(), Some("api.example.com"));
-        assert_eq!(e.url_path.as_deref(), Some("/v1/hook"));
-        assert_eq!(e.time, 1_700_000_000);
-        assert_eq!(e.webhook_duration, Some(1234));
-        assert_eq!(
-            e.webhook_failure_source.as_deref(),
-            Some("External Endpoint")
-        );
-        assert_eq!(
-            (e.campaign_id.as_deref(), e.canvas_name.as_deref()),
-            (Some("c"), Some("cv"))
-        );
-    }
-
-    #[test]
-    fn user_id_is_empty_when_the_send_names_no_user() {
-        let s = send(
-            r#"{"id":"s1","workspace_id":"ws","dispatch_id":"d","webhook":{"url":"http://h/","request_method":"POST"}}"#,
-        );
-        let e = failure_event(&s, &failure(), 1, Duration::ZERO, 0, true, None);
-        assert_eq!(e.user_id, "");
-        assert_eq!(e.dispatch_id.as_deref(), Some("d"));
-    }
-}

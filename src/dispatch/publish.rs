@@ -1,27 +1,97 @@
-//! Writes what the dispatcher owes Kafka — failure events and dead letters — and waits until the broker has
-//! them (acks=all). A produce error is retried with backoff rather than skipped: the input offset must not be
-//! committed before its outcome is durable, so giving up would either lose the outcome or stall the partition.
+//! Writes what the dispatcher owes Kafka — failure events, retry records and dead letters — and waits until
+//! the broker has them (acks=all).
+//!
+//! Produce errors come in three kinds. *Transient* ones (broker down, leader moving, timeouts) are retried
+//! with backoff: the input offset must not be committed before its outcome is durable. *Permanent* ones
+//! (record too large, unknown topic, not authorised) would fail forever, so they are handed back to the
+//! caller, which writes something smaller or elsewhere (a dead letter) and lets the partition move on. A
+//! *fatal* error of the idempotent producer fails `/healthz` and ends the process, to be restarted.
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
+use super::report::fit_event;
 use crate::config::{EventEncoding, EventsConfig, TopicsConfig};
 use crate::events::retry_record::DUE_HEADER;
 use crate::events::send_request::InvalidSend;
 use crate::events::{FailureEvent, RetryRecord};
 use crate::kafka::Record;
-use crate::telemetry::DispatchMetrics;
+use crate::telemetry::{DispatchMetrics, Health};
 
 /// The record's outcome could not be made durable before shutdown; it stays uncommitted and will be redone.
 #[derive(Debug, thiserror::Error)]
 #[error("abandoned at shutdown before its outcome was durable")]
 pub struct Abandoned;
 
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Abandoned(#[from] Abandoned),
+    /// The broker (or librdkafka) refused the record for good; retrying it unchanged cannot help.
+    #[error("{topic} refused the record: {reason}")]
+    Rejected { topic: String, reason: String },
+}
+
+/// What a produce error means for the record that hit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceFault {
+    /// Retry the same record later.
+    Transient,
+    /// The record will never be accepted as it is.
+    Permanent,
+    /// The producer cannot go on; the process must restart.
+    Fatal,
+}
+
+impl ProduceFault {
+    pub fn label(self) -> &'static str {
+        match self {
+            ProduceFault::Transient => "transient",
+            ProduceFault::Permanent => "permanent",
+            ProduceFault::Fatal => "fatal",
+        }
+    }
+}
+
+/// Sorts a produce error. Pure, so every code's kind is unit-tested.
+pub fn produce_fault(e: &KafkaError) -> ProduceFault {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::MessageProduction(c) => *c,
+        _ => return ProduceFault::Transient,
+    };
+    match code {
+        C::Fatal | C::Fenced | C::InvalidProducerEpoch | C::ProducerFenced => ProduceFault::Fatal,
+        C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::MessageBatchTooLarge
+        | C::InvalidMessage
+        | C::UnknownTopic
+        | C::UnknownPartition
+        | C::UnknownTopicOrPartition
+        | C::InvalidTopic
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::PolicyViolation
+        | C::InvalidRecord
+        | C::InvalidArgument
+        | C::InvalidRequiredAcks
+        | C::UnsupportedForMessageFormat => ProduceFault::Permanent,
+        _ => ProduceFault::Transient,
+    }
+}
+
 /// Full Avro name of the failure schema, as written into the `hookrelay-schema` header.
 pub const FAILURE_SCHEMA_NAME: &str = "dataexport.S3.inner.users.messages.webhook.Failure";
+
+/// Bytes a record's framing may take beyond its key, value and headers (librdkafka counts them against
+/// `message.max.bytes` too).
+const RECORD_OVERHEAD: usize = 512;
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -30,22 +100,35 @@ pub struct Publisher {
     events: EventsConfig,
     metrics: DispatchMetrics,
     shutdown: CancellationToken,
+    /// Cancelled on a fatal producer error, which ends the process.
+    fatal: CancellationToken,
+    health: Health,
+    /// The producer's `message.max.bytes`: nothing larger is produced.
+    max_message_bytes: usize,
+}
+
+pub struct PublisherParts {
+    pub producer: FutureProducer,
+    pub topics: TopicsConfig,
+    pub events: EventsConfig,
+    pub metrics: DispatchMetrics,
+    pub shutdown: CancellationToken,
+    pub fatal: CancellationToken,
+    pub health: Health,
+    pub max_message_bytes: usize,
 }
 
 impl Publisher {
-    pub fn new(
-        producer: FutureProducer,
-        topics: TopicsConfig,
-        events: EventsConfig,
-        metrics: DispatchMetrics,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(p: PublisherParts) -> Self {
         Self {
-            producer,
-            topics,
-            events,
-            metrics,
-            shutdown,
+            producer: p.producer,
+            topics: p.topics,
+            events: p.events,
+            metrics: p.metrics,
+            shutdown: p.shutdown,
+            fatal: p.fatal,
+            health: p.health,
+            max_message_bytes: p.max_message_bytes,
         }
     }
 
@@ -53,10 +136,17 @@ impl Publisher {
         &self.producer
     }
 
+    /// Room for a value next to `key` and headers of `header_bytes`.
+    fn room(&self, key: &[u8], header_bytes: usize) -> usize {
+        self.max_message_bytes
+            .saturating_sub(RECORD_OVERHEAD + key.len() + header_bytes)
+    }
+
     /// Publishes one failure event, keyed by workspace so each workspace's events stay in one partition.
-    pub async fn failure(&self, event: &FailureEvent) -> Result<(), Abandoned> {
-        let payload = event.encode(self.events.encoding, self.events.schema_id);
-        let content_type = match self.events.encoding {
+    /// An event too large for a record is cut to fit (marked `truncated`); `Rejected` if it cannot be.
+    pub async fn failure(&self, event: &FailureEvent) -> Result<(), PublishError> {
+        let (encoding, schema_id) = (self.events.encoding, self.events.schema_id);
+        let content_type = match encoding {
             EventEncoding::SingleObject => {
                 "application/vnd.apache.avro+binary; encoding=single-object"
             }
@@ -73,6 +163,17 @@ impl Publisher {
                 value: Some(content_type),
             });
         let key = event.app_group_id.as_deref().unwrap_or_default();
+        let room = self.room(key.as_bytes(), 160);
+        let Some(fitted) = fit_event(event, room, |e| e.encode(encoding, schema_id).len()) else {
+            return Err(PublishError::Rejected {
+                topic: self.topics.failures.clone(),
+                reason: format!("the failure event cannot be cut to fit in {room} bytes"),
+            });
+        };
+        if fitted.truncated == Some(true) {
+            self.metrics.truncated_events.inc();
+        }
+        let payload = fitted.encode(encoding, schema_id);
         self.produce(&self.topics.failures, key.as_bytes(), &payload, headers)
             .await?;
         let terminal = if event.is_terminal == Some(false) {
@@ -88,8 +189,8 @@ impl Publisher {
     }
 
     /// Writes a scheduled retry to a tier topic, stamped with the current time: the tier consumer measures
-    /// the tier's delay from that timestamp.
-    pub async fn retry(&self, topic: &str, record: &RetryRecord) -> Result<(), Abandoned> {
+    /// the tier's delay from that timestamp. `Rejected` when it is too large to be a record at all.
+    pub async fn retry(&self, topic: &str, record: &RetryRecord) -> Result<(), PublishError> {
         let due = record.due_ms.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -100,44 +201,100 @@ impl Publisher {
                 key: "content-type",
                 value: Some("application/json"),
             });
-        self.produce(
-            topic,
-            record.send.workspace_id.as_bytes(),
-            &record.encode(),
-            headers,
-        )
-        .await
-    }
-
-    /// Forwards an undecodable or invalid record unchanged, saying why and where it came from.
-    pub async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<(), Abandoned> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &record.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
+        let key = record.send.workspace_id.as_bytes();
+        let payload = record.encode();
+        let room = self.room(key, 80);
+        if payload.len() > room {
+            return Err(PublishError::Rejected {
+                topic: topic.to_string(),
+                reason: format!(
+                    "the retry record takes {} bytes, more than the {room} a record may hold \
+                     (producer message.max.bytes {})",
+                    payload.len(),
+                    self.max_message_bytes
+                ),
             });
         }
+        self.produce(topic, key, &payload, headers).await
+    }
+
+    /// Forwards an undecodable or invalid record unchanged, saying why and where it came from. The last
+    /// resort, so it never gives up: a record too large for the dead-letter topic is forwarded without its
+    /// value (its coordinates say where to find it); one refused for another reason (the topic is gone, no
+    /// authorisation) is retried, visibly (`hookrelay_stalled_outcomes`, an error log), until it goes through.
+    pub async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<(), Abandoned> {
         let reason = why.to_string();
         let partition = record.tp.partition.to_string();
         let offset = record.offset.to_string();
         let failed_at = chrono::Utc::now().to_rfc3339();
-        for (k, v) in [
+        let ours = [
             ("hookrelay-error", reason.as_str()),
             ("hookrelay-error-kind", why.kind.as_str()),
-            ("hookrelay-original-topic", &record.tp.topic),
-            ("hookrelay-original-partition", &partition),
-            ("hookrelay-original-offset", &offset),
-            ("hookrelay-failed-at", &failed_at),
-        ] {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
+            ("hookrelay-original-topic", &*record.tp.topic),
+            ("hookrelay-original-partition", partition.as_str()),
+            ("hookrelay-original-offset", offset.as_str()),
+            ("hookrelay-failed-at", failed_at.as_str()),
+        ];
         let key = record.key.as_deref().unwrap_or_default();
-        self.produce(&self.topics.dead_letters, key, &record.payload, headers)
-            .await?;
+        let theirs: usize = record.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let ours_len: usize = ours.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let whole = record.payload.len() + theirs <= self.room(key, ours_len);
+        let mut headers = OwnedHeaders::new();
+        if whole {
+            for (k, v) in &record.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+        }
+        for (k, v) in ours {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        let dropped = format!(
+            "{} value bytes and {} headers not forwarded: too large for a record",
+            record.payload.len(),
+            record.headers.len()
+        );
+        let (payload, headers) = if whole {
+            (record.payload.as_slice(), headers)
+        } else {
+            let h = headers.insert(Header {
+                key: "hookrelay-dropped",
+                value: Some(&dropped),
+            });
+            (&[][..], h)
+        };
+        let mut wait = Duration::from_secs(1);
+        let mut stalled = false;
+        let result = loop {
+            match self
+                .produce(&self.topics.dead_letters, key, payload, headers.clone())
+                .await
+            {
+                Ok(()) => break Ok(()),
+                Err(PublishError::Abandoned(a)) => break Err(a),
+                Err(PublishError::Rejected { topic, reason }) => {
+                    if !stalled {
+                        stalled = true;
+                        self.metrics.stalled_outcomes.inc();
+                    }
+                    tracing::error!(
+                        %topic, %reason, original_topic = %record.tp.topic, original_partition = record.tp.partition,
+                        original_offset = record.offset, retry_in = ?wait,
+                        "cannot write a dead letter; the partition waits until the topic accepts it"
+                    );
+                    if self.sleep_or_stop(wait).await.is_err() {
+                        break Err(Abandoned);
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        if stalled {
+            self.metrics.stalled_outcomes.dec();
+        }
+        result?;
         self.metrics
             .dead_letters
             .with_label_values(&[why.kind.as_str()])
@@ -145,32 +302,115 @@ impl Publisher {
         Ok(())
     }
 
+    async fn sleep_or_stop(&self, d: Duration) -> Result<(), Abandoned> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(Abandoned),
+            _ = self.fatal.cancelled() => Err(Abandoned),
+            _ = tokio::time::sleep(d) => Ok(()),
+        }
+    }
+
+    /// Produces until acknowledged; transient errors are retried with backoff (shown as a stalled outcome
+    /// while they last), permanent ones returned, a fatal one ends the process.
     async fn produce(
         &self,
         topic: &str,
         key: &[u8],
         payload: &[u8],
         headers: OwnedHeaders,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), PublishError> {
         let mut backoff = Duration::from_millis(100);
-        loop {
+        let mut stalled = false;
+        let result = loop {
             let rec = FutureRecord::to(topic)
                 .key(key)
                 .payload(payload)
                 .headers(headers.clone())
                 .timestamp(crate::dispatch::retry::now_ms());
-            match self.producer.send(rec, Duration::from_secs(30)).await {
-                Ok(_) => return Ok(()),
-                Err((e, _)) => {
-                    self.metrics.produce_errors.inc();
+            let e = match self.producer.send(rec, Duration::from_secs(30)).await {
+                Ok(_) => break Ok(()),
+                Err((e, _)) => e,
+            };
+            let fault = produce_fault(&e);
+            self.metrics
+                .produce_errors
+                .with_label_values(&[fault.label()])
+                .inc();
+            match fault {
+                ProduceFault::Permanent => {
+                    tracing::warn!(topic, error = %e, "produce refused for good");
+                    break Err(PublishError::Rejected {
+                        topic: topic.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+                ProduceFault::Fatal => {
+                    let why = self
+                        .producer
+                        .client()
+                        .fatal_error()
+                        .map_or_else(|| e.to_string(), |(code, msg)| format!("{code:?}: {msg}"));
+                    tracing::error!(topic, error = %why, "fatal Kafka producer error: the process ends so that it is restarted");
+                    self.health.set_fatal(format!("Kafka producer: {why}"));
+                    self.fatal.cancel();
+                    break Err(Abandoned.into());
+                }
+                ProduceFault::Transient => {
+                    if !stalled {
+                        stalled = true;
+                        self.metrics.stalled_outcomes.inc();
+                    }
                     tracing::warn!(topic, error = %e, retry_in = ?backoff, "produce failed; retrying");
                 }
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned),
-                _ = tokio::time::sleep(backoff) => {}
+            if self.sleep_or_stop(backoff).await.is_err() {
+                break Err(Abandoned.into());
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        if stalled {
+            self.metrics.stalled_outcomes.dec();
         }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(c: RDKafkaErrorCode) -> ProduceFault {
+        produce_fault(&KafkaError::MessageProduction(c))
+    }
+
+    #[test]
+    fn produce_errors_are_sorted_into_transient_permanent_and_fatal() {
+        use RDKafkaErrorCode as C;
+        for c in [
+            C::MessageSizeTooLarge,
+            C::UnknownTopicOrPartition,
+            C::UnknownTopic,
+            C::TopicAuthorizationFailed,
+            C::InvalidRecord,
+        ] {
+            assert_eq!(fault(c), ProduceFault::Permanent, "{c:?}");
+        }
+        for c in [
+            C::MessageTimedOut,
+            C::BrokerTransportFailure,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NotEnoughReplicas,
+            C::QueueFull,
+            C::RequestTimedOut,
+        ] {
+            assert_eq!(fault(c), ProduceFault::Transient, "{c:?}");
+        }
+        assert_eq!(fault(C::Fatal), ProduceFault::Fatal);
+        assert_eq!(
+            produce_fault(&KafkaError::Canceled),
+            ProduceFault::Transient,
+            "anything unknown is retried"
+        );
     }
 }

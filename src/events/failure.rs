@@ -47,6 +47,8 @@ pub struct FailureEvent {
     pub time_ms: Option<i64>,
     pub send_created_at: Option<i64>,
     pub hookrelay_version: Option<String>,
+    /// String fields were cut so that the event fits in a Kafka record.
+    pub truncated: Option<bool>,
 }
 
 /// Why a failure event could not be read.
@@ -58,6 +60,8 @@ pub enum DecodeError {
     NotAvro,
     #[error("single-object record with a foreign schema fingerprint")]
     ForeignSchema,
+    #[error(transparent)]
+    Malformed(#[from] super::avro_guard::Malformed),
 }
 
 impl FailureEvent {
@@ -84,6 +88,8 @@ impl FailureEvent {
             Frame::Unframed(body) => body,
             Frame::Json(_) => return Err(DecodeError::NotAvro),
         };
+        // Lengths are checked against the bytes present before apache-avro allocates for them.
+        super::avro_guard::check(failure_schema(), body)?;
         let value = apache_avro::from_avro_datum(failure_schema(), &mut body, None)?;
         Ok(apache_avro::from_value(&value)?)
     }
@@ -154,6 +160,7 @@ mod tests {
             time_ms: Some(1_700_000_000_123),
             send_created_at: Some(-1),
             hookrelay_version: s("0.1.0"),
+            truncated: Some(true),
         }
     }
 

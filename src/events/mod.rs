@@ -1,5 +1,6 @@
 //! The data contracts: send requests in, failure events out, and how both are framed on the wire.
 
+pub mod avro_guard;
 pub mod failure;
 pub mod failure_view;
 pub mod framing;

@@ -86,10 +86,14 @@ pub struct InvalidSend {
 pub enum InvalidKind {
     Undecodable,
     MissingField,
+    /// An identifier that cannot travel where it must go (`id` is the `webhook-id` header).
+    InvalidField,
     InvalidUrl,
     InvalidMethod,
     InvalidHeader,
     TooLarge,
+    /// The outcome could not be written where it belongs (the broker refused it for good).
+    Unpublishable,
 }
 
 /// What a send must satisfy to be dispatched.
@@ -100,6 +104,13 @@ pub struct Rules {
     pub max_body_bytes: usize,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    pub max_url_bytes: usize,
+    /// Largest record (as consumed) that is decoded at all.
+    pub max_record_bytes: usize,
+    /// Longest `id` and `workspace_id`.
+    pub max_id_bytes: usize,
+    /// Longest optional identifier or name (campaign, Canvas, user…).
+    pub max_field_bytes: usize,
 }
 
 impl Rules {
@@ -109,6 +120,10 @@ impl Rules {
             max_body_bytes: c.http.max_request_body_bytes,
             max_headers: c.http.max_request_headers,
             max_header_bytes: c.http.max_request_header_bytes,
+            max_url_bytes: c.http.max_url_bytes,
+            max_record_bytes: c.dispatch.max_record_bytes,
+            max_id_bytes: c.dispatch.max_id_bytes,
+            max_field_bytes: c.dispatch.max_field_bytes,
         }
     }
 }
@@ -120,19 +135,23 @@ impl Default for Rules {
 }
 
 impl InvalidKind {
-    pub const ALL: [InvalidKind; 6] = [
+    pub const ALL: [InvalidKind; 8] = [
         InvalidKind::Undecodable,
         InvalidKind::MissingField,
+        InvalidKind::InvalidField,
         InvalidKind::InvalidUrl,
         InvalidKind::InvalidMethod,
         InvalidKind::InvalidHeader,
         InvalidKind::TooLarge,
+        InvalidKind::Unpublishable,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             InvalidKind::Undecodable => "undecodable",
             InvalidKind::MissingField => "missing_field",
+            InvalidKind::InvalidField => "invalid_field",
+            InvalidKind::Unpublishable => "unpublishable",
             InvalidKind::InvalidUrl => "invalid_url",
             InvalidKind::InvalidMethod => "invalid_method",
             InvalidKind::InvalidHeader => "invalid_header",
@@ -149,7 +168,7 @@ impl fmt::Display for InvalidSend {
 
 impl std::error::Error for InvalidSend {}
 
-fn invalid(kind: InvalidKind, detail: impl Into<String>) -> InvalidSend {
+pub(crate) fn invalid(kind: InvalidKind, detail: impl Into<String>) -> InvalidSend {
     InvalidSend {
         kind,
         detail: detail.into(),
@@ -160,7 +179,7 @@ impl SendRequest {
     /// Decodes JSON or Avro (Confluent-framed, single-object, or bare when `accept_plain_avro`).
     pub fn decode(bytes: &[u8], accept_plain_avro: bool) -> Result<Self, InvalidSend> {
         match Frame::detect(bytes) {
-            Frame::Json(json) => serde_json::from_slice(json).map_err(|e| {
+            Frame::Json(json) => serde_json::from_slice(strip_bom(json)).map_err(|e| {
                 let kind = if e.to_string().starts_with("missing field") {
                     InvalidKind::MissingField
                 } else {
@@ -187,6 +206,13 @@ impl SendRequest {
     }
 
     fn from_avro(mut body: &[u8]) -> Result<Self, InvalidSend> {
+        // Lengths and counts are checked against the bytes present before apache-avro allocates for them.
+        super::avro_guard::check(send_request_schema(), body).map_err(|e| {
+            invalid(
+                InvalidKind::Undecodable,
+                format!("invalid Avro send request: {e}"),
+            )
+        })?;
         let value =
             apache_avro::from_avro_datum(send_request_schema(), &mut body, None).map_err(|e| {
                 invalid(
@@ -217,24 +243,37 @@ impl SendRequest {
         apache_avro::to_avro_datum(send_request_schema(), value).expect("send request encodes")
     }
 
-    /// Checks everything the dispatcher relies on.
+    /// Checks everything the dispatcher relies on: whatever passes can be sent as an HTTP request and
+    /// reported in a failure event that fits in Kafka.
     pub fn validate(self, rules: &Rules) -> Result<ValidSend, InvalidSend> {
         let allowed_methods = &rules.allowed_methods;
-        if self.id.trim().is_empty() {
-            return Err(invalid(InvalidKind::MissingField, "id is empty"));
-        }
-        if self.workspace_id.trim().is_empty() {
-            return Err(invalid(InvalidKind::MissingField, "workspace_id is empty"));
-        }
+        self.check_identifiers(rules)?;
         if self.webhook.url.trim().is_empty() {
             return Err(invalid(InvalidKind::MissingField, "webhook.url is empty"));
+        }
+        if self.webhook.url.len() > rules.max_url_bytes {
+            return Err(invalid(
+                InvalidKind::TooLarge,
+                format!(
+                    "webhook.url of {} bytes is longer than {}",
+                    self.webhook.url.len(),
+                    rules.max_url_bytes
+                ),
+            ));
         }
         let url = Url::parse(&self.webhook.url).map_err(|e| {
             invalid(
                 InvalidKind::InvalidUrl,
-                format!("webhook.url {:?}: {e}", self.webhook.url),
+                format!("webhook.url {:?}: {e}", shorten(&self.webhook.url)),
             )
         })?;
+        // The HTTP client sends an `http::Uri`, which refuses some URLs the WHATWG parser accepts.
+        if let Err(e) = http::Uri::try_from(url.as_str()) {
+            return Err(invalid(
+                InvalidKind::InvalidUrl,
+                format!("webhook.url {:?} cannot be sent: {e}", shorten(url.as_str())),
+            ));
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(
                 InvalidKind::InvalidUrl,
@@ -314,6 +353,99 @@ impl SendRequest {
             method,
             headers,
         })
+    }
+}
+
+impl SendRequest {
+    /// `id` and `workspace_id` are required and short; `id` travels as the `webhook-id` header, so it must be
+    /// a valid header value; no identifier may carry control characters (they end up in headers, keys, logs
+    /// and emails); optional identifiers and names are bounded so that a failure event always fits.
+    fn check_identifiers(&self, rules: &Rules) -> Result<(), InvalidSend> {
+        for (name, value) in [("id", &self.id), ("workspace_id", &self.workspace_id)] {
+            if value.trim().is_empty() {
+                return Err(invalid(InvalidKind::MissingField, format!("{name} is empty")));
+            }
+            if value.len() > rules.max_id_bytes {
+                return Err(invalid(
+                    InvalidKind::TooLarge,
+                    format!(
+                        "{name} of {} bytes is longer than {}",
+                        value.len(),
+                        rules.max_id_bytes
+                    ),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(invalid(
+                    InvalidKind::InvalidField,
+                    format!("{name} {:?} contains control characters", shorten(value)),
+                ));
+            }
+        }
+        if HeaderValue::from_str(&self.id).is_err() {
+            return Err(invalid(
+                InvalidKind::InvalidField,
+                format!("id {:?} is not a valid HTTP header value", shorten(&self.id)),
+            ));
+        }
+        for (name, value) in self.optional_fields() {
+            let Some(value) = value else { continue };
+            if value.len() > rules.max_field_bytes {
+                return Err(invalid(
+                    InvalidKind::TooLarge,
+                    format!(
+                        "{name} of {} bytes is longer than {}",
+                        value.len(),
+                        rules.max_field_bytes
+                    ),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(invalid(
+                    InvalidKind::InvalidField,
+                    format!("{name} {:?} contains control characters", shorten(value)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The optional identifiers and names copied onto failure events.
+    fn optional_fields(&self) -> [(&'static str, Option<&String>); 16] {
+        [
+            ("workspace_name", self.workspace_name.as_ref()),
+            ("user_id", self.user_id.as_ref()),
+            ("external_user_id", self.external_user_id.as_ref()),
+            ("dispatch_id", self.dispatch_id.as_ref()),
+            ("send_id", self.send_id.as_ref()),
+            ("campaign_id", self.campaign_id.as_ref()),
+            ("campaign_name", self.campaign_name.as_ref()),
+            ("message_variation_id", self.message_variation_id.as_ref()),
+            ("message_variation_name", self.message_variation_name.as_ref()),
+            ("canvas_id", self.canvas_id.as_ref()),
+            ("canvas_name", self.canvas_name.as_ref()),
+            ("canvas_variation_id", self.canvas_variation_id.as_ref()),
+            ("canvas_variation_name", self.canvas_variation_name.as_ref()),
+            ("canvas_step_id", self.canvas_step_id.as_ref()),
+            ("canvas_step_name", self.canvas_step_name.as_ref()),
+            (
+                "canvas_step_message_variation_id",
+                self.canvas_step_message_variation_id.as_ref(),
+            ),
+        ]
+    }
+}
+
+/// A UTF-8 byte-order mark some producers put before JSON.
+fn strip_bom(json: &[u8]) -> &[u8] {
+    json.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(json)
+}
+
+/// At most 100 characters of a value, for error messages (the record itself goes to the dead letter).
+pub(crate) fn shorten(s: &str) -> String {
+    match s.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

@@ -32,22 +32,17 @@ impl EmbeddedBroker {
         Ok(self.cluster.create_topic(name, partitions, 1)?)
     }
 
-    /// Creates every topic hookrelay uses, each with `partitions` partitions.
+    /// Creates every topic the configuration names, retry tiers included, each with `partitions` partitions.
     pub fn create_default_topics(
         &self,
         topics: &TopicsConfig,
         partitions: i32,
     ) -> Result<Vec<String>, BrokerError> {
-        let names = [
-            &topics.sends,
-            &topics.failures,
-            &topics.dead_letters,
-            &topics.alerts,
-        ];
-        for name in names {
+        let names = topics.all();
+        for name in &names {
             self.create_topic(name, partitions)?;
         }
-        Ok(names.into_iter().cloned().collect())
+        Ok(names)
     }
 
     /// The underlying mock cluster, for fault injection in tests.

@@ -25,11 +25,25 @@ fn with_overrides<'a>(
 /// so librdkafka's own retries never duplicate or reorder.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = base(kafka);
+    // A delivery that cannot complete in 30 s fails then (and is retried by hookrelay, visibly) instead of
+    // after librdkafka's five-minute default, so an outage shows on the metrics while it lasts.
     c.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000");
     with_overrides(c, &kafka.properties, &kafka.producer_properties)
+}
+
+/// The producer's `message.max.bytes` (librdkafka's default 1,000,000 unless the operator set it): the
+/// largest record hookrelay tries to write.
+pub fn max_message_bytes(kafka: &KafkaConfig) -> usize {
+    kafka
+        .producer_properties
+        .get("message.max.bytes")
+        .or_else(|| kafka.properties.get("message.max.bytes"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 /// A group consumer that never commits on its own: the dispatcher commits positions it has proven safe.

@@ -5,6 +5,7 @@ pub mod client;
 pub mod offsets;
 pub mod probe;
 pub mod record;
+pub mod topics;
 
 pub use broker::EmbeddedBroker;
 pub use offsets::{OffsetTracker, Ticket, TopicPartition};

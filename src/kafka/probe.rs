@@ -43,35 +43,33 @@ impl PartitionOffsets {
 /// A standalone client (it never joins the group) that asks the broker for the group's offsets.
 pub struct Probe {
     client: BaseConsumer,
-    topic: String,
+    /// Every topic the process reads or writes: one missing is reported, never waited on in silence.
+    required: Vec<String>,
     timeout: Duration,
 }
 
 impl Probe {
-    /// `topic` is the one asked about for reachability: a metadata request for it must be answered.
     pub fn new(
         kafka: &KafkaConfig,
         group_id: &str,
-        topic: &str,
+        required: Vec<String>,
         timeout: Duration,
     ) -> KafkaResult<Self> {
         let mut c = reader_config(kafka);
         c.set("group.id", group_id);
         Ok(Self {
             client: c.create()?,
-            topic: topic.to_string(),
+            required,
             timeout,
         })
     }
 
-    /// Whether a broker answered a metadata request within the timeout.
-    pub fn reachable(&self) -> bool {
+    /// The required topics the cluster lacks, or `None` when no broker answered within the timeout.
+    pub fn missing_topics(&self) -> Option<Vec<String>> {
         // Serve the client's event queue (errors, logs): nothing else polls this client, and during a long
         // outage its events would pile up.
         let _ = self.client.poll(Duration::ZERO);
-        self.client
-            .fetch_metadata(Some(&self.topic), self.timeout)
-            .is_ok()
+        super::topics::missing_topics(&self.client, &self.required, self.timeout).ok()
     }
 
     /// Committed, start and end offsets of `partitions`: two or three batched requests, whatever the count.
@@ -132,18 +130,18 @@ pub struct Report {
     pub owned: Arc<dyn Fn() -> Vec<TopicPartition> + Send + Sync>,
 }
 
-/// Probes `group_id`'s offsets every `telemetry.probe_interval` until `stop`: sets the broker-reachable half
-/// of the health, and the lag and committed-offset gauges of the owned partitions (series of partitions no
-/// longer owned go away). `topic` is the one asked about for reachability.
+/// Probes `group_id`'s offsets every `telemetry.probe_interval` until `stop`: sets the broker-reachable and
+/// topics-present parts of the health, and the lag and committed-offset gauges of the owned partitions
+/// (series of partitions no longer owned go away). `required` are the topics the process reads or writes.
 pub fn start(
     config: &Config,
     group_id: &str,
-    topic: &str,
+    required: Vec<String>,
     report: Report,
     stop: CancellationToken,
 ) -> KafkaResult<()> {
     let t = &config.telemetry;
-    let probe = Probe::new(&config.kafka, group_id, topic, t.probe_timeout())?;
+    let probe = Probe::new(&config.kafka, group_id, required.clone(), t.probe_timeout())?;
     let interval = t.probe_interval;
     let Report {
         health,
@@ -154,10 +152,24 @@ pub fn start(
         .name("hookrelay-probe".into())
         .spawn(move || {
             let mut shown: HashSet<TopicPartition> = HashSet::new();
+            let mut missing_before: Vec<String> = Vec::new();
             while !stop.is_cancelled() {
-                let reachable = probe.reachable();
+                let missing = probe.missing_topics();
+                let reachable = missing.is_some();
                 health.set_broker_reachable(reachable);
                 gauges.reachable.set(i64::from(reachable));
+                if let Some(missing) = missing {
+                    gauges.show_missing(&required, &missing);
+                    if missing != missing_before {
+                        if missing.is_empty() {
+                            tracing::info!("every required topic exists again");
+                        } else {
+                            tracing::error!(missing = %missing.join(", "), "required Kafka topics are missing: records that need them wait (see hookrelay_topic_missing and /readyz)");
+                        }
+                    }
+                    health.set_missing_topics(missing.clone());
+                    missing_before = missing;
+                }
                 if reachable {
                     match probe.offsets(&owned()) {
                         Ok(offsets) => shown = gauges.show(&offsets, &shown),

@@ -1,6 +1,14 @@
 //! An owned copy of a consumed record, so processing can outlive the consumer's poll.
+//!
+//! Header names are read through librdkafka's C API directly: rdkafka's own accessors (`Headers::get`,
+//! `iter`, `try_get`) `unwrap` the name as UTF-8 and would panic the consumer thread on a record any
+//! producer can write. Here a bad name is kept (lossily) and reported, and the record is dead-lettered.
+#![allow(unsafe_code)]
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use std::ffi::CStr;
+
+use rdkafka::bindings as rdsys;
+use rdkafka::message::{BorrowedMessage, Message};
 
 use super::TopicPartition;
 
@@ -10,26 +18,17 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Header names (invalid UTF-8 replaced by U+FFFD) and values as sent.
     pub headers: Vec<(String, Vec<u8>)>,
     /// Record timestamp in UNIX milliseconds, when the broker gave one.
     pub timestamp_ms: Option<i64>,
+    /// Why the headers cannot be trusted (a name that is not UTF-8), if so.
+    pub header_error: Option<String>,
 }
 
 impl Record {
     pub fn from_message(msg: &BorrowedMessage<'_>, tp: TopicPartition) -> Self {
-        let headers = msg
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (headers, header_error) = read_headers(msg);
         Self {
             tp,
             offset: msg.offset(),
@@ -37,6 +36,60 @@ impl Record {
             payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers,
             timestamp_ms: msg.timestamp().to_millis(),
+            header_error,
         }
     }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Every header of `msg`, never panicking: names that are not UTF-8 are converted lossily and reported.
+fn read_headers(msg: &BorrowedMessage<'_>) -> (Vec<(String, Vec<u8>)>, Option<String>) {
+    let mut out = Vec::new();
+    let mut error = None;
+    let mut hdrs: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `msg.ptr()` is a live message for the borrow of `msg`; librdkafka stores into `hdrs` a pointer
+    // to headers owned by that message (or leaves it null and returns an error when there are none).
+    let err = unsafe { rdsys::rd_kafka_message_headers(msg.ptr(), &mut hdrs) };
+    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return (out, None);
+    }
+    for idx in 0.. {
+        let mut name: *const std::os::raw::c_char = std::ptr::null();
+        let mut value: *const std::os::raw::c_void = std::ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: `hdrs` is valid while `msg` is borrowed; an index past the end returns an error and
+        // writes nothing.
+        let err =
+            unsafe { rdsys::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            break;
+        }
+        // SAFETY: librdkafka NUL-terminates header names; the name lives as long as the message.
+        let raw_name = unsafe { CStr::from_ptr(name) }.to_bytes();
+        let value = if value.is_null() || size == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: `value` points at `size` bytes owned by the message.
+            unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec()
+        };
+        let name = match std::str::from_utf8(raw_name) {
+            Ok(n) => n.to_string(),
+            Err(_) => {
+                let lossy = String::from_utf8_lossy(raw_name).into_owned();
+                error.get_or_insert_with(|| {
+                    format!("Kafka header name {lossy:?} (header {idx}) is not valid UTF-8")
+                });
+                lossy
+            }
+        };
+        out.push((name, value));
+    }
+    (out, error)
 }

@@ -15,6 +15,8 @@ pub struct KafkaGauges {
     pub reachable: IntGauge,
     pub lag: IntGaugeVec,
     pub committed: IntGaugeVec,
+    /// 1 for each required topic (a configured name) the cluster does not have, 0 for the others.
+    pub topic_missing: IntGaugeVec,
 }
 
 impl KafkaGauges {
@@ -40,10 +42,19 @@ impl KafkaGauges {
             &["topic", "partition"],
         )
         .expect("valid metric");
+        let topic_missing = IntGaugeVec::new(
+            Opts::new(
+                "topic_missing",
+                "1 while a topic this process reads or writes does not exist on the cluster",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(reachable.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(lag.clone()),
             Box::new(committed.clone()),
+            Box::new(topic_missing.clone()),
         ] {
             r.register(m).expect("metric registered once");
         }
@@ -51,6 +62,16 @@ impl KafkaGauges {
             reachable,
             lag,
             committed,
+            topic_missing,
+        }
+    }
+
+    /// Sets the missing-topic gauge of every required topic.
+    pub fn show_missing(&self, required: &[String], missing: &[String]) {
+        for t in required {
+            self.topic_missing
+                .with_label_values(&[t.as_str()])
+                .set(i64::from(missing.contains(t)));
         }
     }
 

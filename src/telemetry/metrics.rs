@@ -21,7 +21,12 @@ pub struct DispatchMetrics {
     pub pending_records: IntGauge,
     pub paused_partitions: IntGauge,
     pub assigned_partitions: IntGauge,
-    pub produce_errors: IntCounter,
+    /// Failed produce attempts by kind: transient (retried), permanent (written smaller or elsewhere), fatal.
+    pub produce_errors: IntCounterVec,
+    /// Outcomes waiting on Kafka after a failed produce: a value that stays up means a stalled partition.
+    pub stalled_outcomes: IntGauge,
+    /// Failure events cut to fit in a Kafka record.
+    pub truncated_events: IntCounter,
     pub commits: IntCounterVec,
     /// Retries written to a tier topic, by tier (labels come from the configured tiers).
     pub retries_scheduled: IntCounterVec,
@@ -100,13 +105,14 @@ impl DispatchMetrics {
         .expect("valid metric");
         r.register(Box::new(request_duration.clone()))
             .expect("metric registered once");
-        let produce_errors = IntCounter::new(
+        let produce_errors = counter_vec(
+            &r,
             "produce_errors_total",
-            "Kafka produce attempts that failed (retried)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(produce_errors.clone()))
-            .expect("metric registered once");
+            "Kafka produce attempts that failed, by kind: transient (retried), permanent (written smaller \
+             or as a dead letter), fatal (the process ends)",
+            "kind",
+            &["transient", "permanent", "fatal"],
+        );
         Self {
             sends: counter_vec(
                 &r,
@@ -207,6 +213,16 @@ impl DispatchMetrics {
                 &r,
                 "parked_retry_records",
                 "Retry records held until they are due",
+            ),
+            stalled_outcomes: gauge(
+                &r,
+                "stalled_outcomes",
+                "Outcomes waiting on Kafka after a failed produce (a value that stays up is a stalled partition)",
+            ),
+            truncated_events: counter(
+                &r,
+                "truncated_failure_events_total",
+                "Failure events whose strings were cut to fit in a Kafka record",
             ),
             blocked_destinations: counter(
                 &r,
