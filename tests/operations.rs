@@ -35,29 +35,24 @@ async fn readyz_says(d: &ChildDispatcher, status: u16, words: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     let mut kafka = Kafka::start(2).without_retries();
-    // Topics that do not exist yet: nothing can be assigned until the test creates them.
+    // Topics that do not exist yet: the dispatcher refuses to start, naming each one and how to create it.
     kafka.config.topics.sends = "late-sends".into();
     kafka.config.topics.retry_prefix = "late-retries".into();
     kafka.config.dispatch.max_in_flight = 4;
-    let rx = support::receiver().await;
-    let d = ChildDispatcher::spawn_with(
+    let (status, stderr) = ChildDispatcher::run_to_end(
+        "dispatch",
         &kafka.config,
-        &[(
-            "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__TOPIC_METADATA_REFRESH_INTERVAL_MS",
-            "300",
-        )],
-    );
-    wait_for(
-        "/readyz says the broker answers but no partitions are assigned",
+        &[("HOOKRELAY_KAFKA__STARTUP_TIMEOUT", "1s")],
         SECONDS_30,
-        || async {
-            readyz_says(&d, 503, "not ready: no partitions assigned").await
-                && !readyz_says(&d, 503, "broker").await
-        },
-    )
-    .await;
-    assert_eq!(d.metric("hookrelay_kafka_reachable").await, Some(1.0));
-    assert_eq!(d.metric("hookrelay_assigned_partitions").await, Some(0.0));
+    );
+    assert!(!status.success(), "exits non-zero without its topics");
+    for topic in ["late-sends", "late-retries-1s", "late-retries-5s"] {
+        assert!(
+            stderr.contains(&format!("--create --topic {topic} ")),
+            "names {topic} and how to create it: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("--topic webhook-failures"), "{stderr}");
 
     kafka
         .broker
@@ -66,10 +61,13 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     for (tier, _) in kafka.config.topics.retry_tier_topics() {
         kafka.broker.create_topic(&tier, 2).unwrap();
     }
+    let rx = support::receiver().await;
+    let d = ChildDispatcher::spawn(&kafka.config);
     wait_for("/readyz turns ready once assigned", SECONDS_30, || async {
         readyz_says(&d, 200, "ready").await
     })
     .await;
+    assert_eq!(d.metric("hookrelay_kafka_reachable").await, Some(1.0));
     assert_eq!(
         d.metric("hookrelay_assigned_partitions").await,
         Some(kafka.group_partitions(2))
@@ -103,7 +101,9 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
         ("hookrelay_dead_letters_total{reason=\"undecodable\"}", 2.0),
         ("hookrelay_webhook_request_duration_seconds_count", 12.0),
         ("hookrelay_webhook_requests_in_flight", 0.0),
-        ("hookrelay_produce_errors_total", 0.0),
+        ("hookrelay_produce_errors_total{kind=\"transient\"}", 0.0),
+        ("hookrelay_produce_errors_total{kind=\"permanent\"}", 0.0),
+        ("hookrelay_stalled_outcomes", 0.0),
         ("hookrelay_paused_hosts", 0.0),
     ];
     for (series, value) in expected {
@@ -154,6 +154,30 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     kafka.broker.mock().broker_up(1).unwrap();
     wait_for("/readyz recovers with the broker", SECONDS_30, || async {
         readyz_says(&d, 200, "ready").await
+    })
+    .await;
+
+    // A topic that goes missing later (the embedded broker's stand-in for a deleted topic: its metadata
+    // answers "unknown topic") is reported on /readyz and a gauge, never waited on in silence.
+    use rdkafka::types::RDKafkaRespErr;
+    let failures = kafka.config.topics.failures.clone();
+    let gauge = format!("hookrelay_topic_missing{{topic=\"{failures}\"}}");
+    assert_eq!(d.metric(&gauge).await, Some(0.0));
+    let mock = kafka.broker.mock();
+    mock.topic_error(
+        &failures,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+    )
+    .unwrap();
+    wait_for("the missing topic is reported", SECONDS_30, || async {
+        readyz_says(&d, 503, &format!("topics missing: {failures}")).await
+            && d.metric(&gauge).await == Some(1.0)
+    })
+    .await;
+    mock.topic_error(&failures, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    wait_for("ready again once the topic is back", SECONDS_30, || async {
+        readyz_says(&d, 200, "ready").await && d.metric(&gauge).await == Some(0.0)
     })
     .await;
 }

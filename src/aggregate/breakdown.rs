@@ -2,7 +2,9 @@
 //! when each was last seen. Bounded per workspace (top N by count), so memory stays flat however many
 //! distinct URLs a workspace's failures carry. Pure.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use super::window::MINUTE_MS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
@@ -13,6 +15,7 @@ pub struct Key {
     pub code: i32,
 }
 
+/// One row of an email: how often, and when last, a (message, endpoint, code) failed within the window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub message_name: String,
@@ -20,57 +23,122 @@ pub struct Entry {
     pub last_seen_ms: i64,
 }
 
+/// Rows count in slots of this many milliseconds, so a row costs at most a day's worth of slots (97).
+pub const SLOT_MS: i64 = 15 * 60_000;
+
+#[derive(Debug)]
+struct Row {
+    message_name: String,
+    /// (slot, count), oldest first.
+    slots: VecDeque<(i64, u32)>,
+    total: u64,
+    last_seen_ms: i64,
+}
+
+impl Row {
+    /// Drops slots that have begun before the window: a row may understate by up to a slot at the window's
+    /// edge, never overstate, so no row exceeds the workspace's count.
+    fn expire(&mut self, now_ms: i64, span_ms: i64) {
+        let first_minute_in = now_ms.div_euclid(MINUTE_MS) - span_ms / MINUTE_MS + 1;
+        while let Some(&(slot, c)) = self.slots.front() {
+            if (slot * SLOT_MS).div_euclid(MINUTE_MS) >= first_minute_in {
+                break;
+            }
+            self.total -= u64::from(c);
+            self.slots.pop_front();
+        }
+    }
+
+    fn add(&mut self, at_ms: i64) {
+        let slot = at_ms.div_euclid(SLOT_MS);
+        match self.slots.binary_search_by_key(&slot, |(s, _)| *s) {
+            Ok(i) => self.slots[i].1 += 1,
+            Err(i) => self.slots.insert(i, (slot, 1)),
+        }
+        self.total += 1;
+        self.last_seen_ms = self.last_seen_ms.max(at_ms);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Breakdown {
-    entries: HashMap<Key, Entry>,
+    rows: HashMap<Key, Row>,
 }
 
 impl Breakdown {
-    /// Counts one failure. When full, the least frequent entry gives way to the newcomer. Counts are never
-    /// inflated (an email must not overstate); an entry admitted late counts from its admission.
-    pub fn add(&mut self, key: Key, name: &str, at_ms: i64, capacity: usize) {
-        if let Some(e) = self.entries.get_mut(&key) {
-            e.count += 1;
-            e.last_seen_ms = e.last_seen_ms.max(at_ms);
+    /// Counts one failure at `at_ms` (within the window of `span_ms` ending at `now_ms`). When full, the least
+    /// frequent row gives way to the newcomer. Counts are never inflated (an email must not overstate); a row
+    /// admitted late counts from its admission.
+    pub fn add(
+        &mut self,
+        key: Key,
+        name: &str,
+        at_ms: i64,
+        now_ms: i64,
+        span_ms: i64,
+        capacity: usize,
+    ) {
+        if let Some(row) = self.rows.get_mut(&key) {
+            row.expire(now_ms, span_ms);
+            row.add(at_ms);
             return;
         }
-        if self.entries.len() >= capacity.max(1) {
+        if self.rows.len() >= capacity.max(1) {
+            self.expire(now_ms, span_ms);
+        }
+        if self.rows.len() >= capacity.max(1) {
             if let Some(min_key) = self
-                .entries
+                .rows
                 .iter()
-                .min_by_key(|(_, e)| e.count)
+                .min_by_key(|(_, r)| r.total)
                 .map(|(k, _)| k.clone())
             {
-                self.entries.remove(&min_key);
+                self.rows.remove(&min_key);
             }
         }
-        self.entries.insert(
-            key,
-            Entry {
-                message_name: name.to_string(),
-                count: 1,
-                last_seen_ms: at_ms,
-            },
-        );
+        let mut row = Row {
+            message_name: name.to_string(),
+            slots: VecDeque::new(),
+            total: 0,
+            last_seen_ms: at_ms,
+        };
+        row.add(at_ms);
+        self.rows.insert(key, row);
     }
 
-    /// Entries by count, largest first.
-    pub fn top(&self) -> Vec<(Key, Entry)> {
+    /// Drops what fell out of the window, and rows left empty.
+    pub fn expire(&mut self, now_ms: i64, span_ms: i64) {
+        self.rows.retain(|_, r| {
+            r.expire(now_ms, span_ms);
+            r.total > 0
+        });
+    }
+
+    /// Rows within the window ending at `now_ms`, largest first.
+    pub fn top(&mut self, now_ms: i64, span_ms: i64) -> Vec<(Key, Entry)> {
+        self.expire(now_ms, span_ms);
         let mut v: Vec<(Key, Entry)> = self
-            .entries
+            .rows
             .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, r)| {
+                let e = Entry {
+                    message_name: r.message_name.clone(),
+                    count: r.total,
+                    last_seen_ms: r.last_seen_ms,
+                };
+                (k.clone(), e)
+            })
             .collect();
         v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
         v
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.rows.is_empty()
     }
 }
 
@@ -87,13 +155,16 @@ mod tests {
         }
     }
 
+    const DAY: i64 = 24 * 60 * MINUTE_MS;
+    const T0: i64 = 1_763_700_000_000;
+
     #[test]
     fn counts_and_remembers_the_last_time_seen() {
         let mut b = Breakdown::default();
-        b.add(key("https://a", 503), "Spring", 10, 10);
-        b.add(key("https://a", 503), "Spring", 5, 10);
-        b.add(key("https://a", 404), "Spring", 7, 10);
-        let top = b.top();
+        b.add(key("https://a", 503), "Spring", 10, 10, DAY, 10);
+        b.add(key("https://a", 503), "Spring", 5, 10, DAY, 10);
+        b.add(key("https://a", 404), "Spring", 7, 10, DAY, 10);
+        let top = b.top(10, DAY);
         assert_eq!(
             top[0].1,
             Entry {
@@ -109,13 +180,56 @@ mod tests {
     fn stays_bounded_and_keeps_the_heavy_hitters() {
         let mut b = Breakdown::default();
         for _ in 0..100 {
-            b.add(key("https://heavy", 500), "C", 1, 5);
+            b.add(key("https://heavy", 500), "C", 1, 1, DAY, 5);
         }
         for i in 0..10_000 {
-            b.add(key(&format!("https://unique/{i}"), 500), "C", 1, 5);
+            b.add(key(&format!("https://unique/{i}"), 500), "C", 1, 1, DAY, 5);
         }
         assert_eq!(b.len(), 5);
-        assert_eq!(b.top()[0].0.endpoint_url, "https://heavy");
-        assert_eq!(b.top()[0].1.count, 100);
+        assert_eq!(b.top(1, DAY)[0].0.endpoint_url, "https://heavy");
+        assert_eq!(b.top(1, DAY)[0].1.count, 100);
+    }
+
+    #[test]
+    fn rows_expire_with_the_window() {
+        let mut b = Breakdown::default();
+        for i in 0..50 {
+            b.add(key("https://old", 500), "C", T0 + i, T0 + i, DAY, 5);
+        }
+        b.add(
+            key("https://new", 500),
+            "C",
+            T0 + DAY / 2,
+            T0 + DAY / 2,
+            DAY,
+            5,
+        );
+        assert_eq!(b.top(T0 + DAY / 2, DAY)[0].1.count, 50);
+        let later = b.top(T0 + DAY + SLOT_MS, DAY);
+        assert_eq!(later.len(), 1, "the old row is gone: {later:?}");
+        assert_eq!(later[0].0.endpoint_url, "https://new");
+    }
+
+    proptest::proptest! {
+        /// A row never exceeds what the window itself counts for the same events.
+        #[test]
+        fn no_row_exceeds_the_windows_count(
+            offsets in proptest::collection::vec(0i64..(2 * DAY), 1..200),
+            probe in 0i64..(2 * DAY),
+        ) {
+            let now = T0 + 2 * DAY;
+            let mut w = super::super::window::Windows::new(DAY);
+            let mut b = Breakdown::default();
+            for o in &offsets {
+                if w.add("ws", T0 + o, now) {
+                    b.add(key("https://a", 500), "C", T0 + o, now, DAY, 5);
+                }
+            }
+            let at = now + probe;
+            let total = w.count("ws", at);
+            for (_, e) in b.top(at, DAY) {
+                proptest::prop_assert!(e.count <= total, "{} > {}", e.count, total);
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod email;
 pub mod mailer;
 mod rebalance;
 mod replay;
+mod sender;
 pub mod service;
 pub mod state;
 pub mod window;

@@ -13,7 +13,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breakdown::{Breakdown, Key};
@@ -21,8 +20,9 @@ use super::email::AlertContent;
 use super::mailer::Mailer;
 use super::rebalance::{AggContext, Changes};
 use super::replay::{behind, choose_rebuild, watermarks, write_record, Rebuild};
+use super::sender::{self, Senders};
 use super::state::{Action, AlertLog, AlertRecord, AlertStatus};
-use super::window::Windows;
+use super::window::{Windows, MINUTE_MS};
 use crate::config::Config;
 use crate::dispatch::retry::now_ms;
 use crate::events::failure_view::ViewDecoder;
@@ -43,7 +43,8 @@ struct Aggregator {
     config: Config,
     windows: Windows,
     workspaces: HashMap<String, Workspace>,
-    log: AlertLog,
+    /// Shared with the senders, which read it before every attempt.
+    log: Arc<Mutex<AlertLog>>,
     /// Partitions still replaying, with the offset that ends their replay.
     replay_until: HashMap<TopicPartition, i64>,
     /// Partitions of the failure topic this instance owns.
@@ -53,11 +54,13 @@ struct Aggregator {
     /// Next offset to read per alerts-topic partition.
     alerts_read: HashMap<i32, i64>,
     replay_started: Option<Instant>,
-    sending: HashSet<String>,
+    senders: Arc<Senders>,
+    /// Workspaces whose decision could not be recorded (Kafka refused the write): decided again on a tick.
+    undecided: HashSet<String>,
+    last_eviction: Instant,
     producer: FutureProducer,
     mailer: Arc<Mailer>,
     metrics: AggregateMetrics,
-    done_tx: mpsc::UnboundedSender<AlertRecord>,
 }
 
 pub async fn run(
@@ -98,35 +101,39 @@ pub async fn run(
     )
     .context("starting the Kafka probe")?;
     let changes = Arc::new(Mutex::new(Changes::default()));
+    let senders = Arc::new(Senders::default());
     let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
     // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
     cc.set("auto.offset.reset", "earliest");
     let consumer: StreamConsumer<AggContext> = cc
         .create_with_context(AggContext {
             changes: changes.clone(),
+            senders: senders.clone(),
+            // An SMTP attempt and the record of it: what a revoked sender may need to finish.
+            revoke_grace: config.aggregate.smtp.timeout + Duration::from_secs(10),
         })
         .context("creating the consumer")?;
     consumer
         .subscribe(&[&config.topics.failures])
         .context("subscribing to the failure topic")?;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut agg = Aggregator {
         windows: Windows::new(
             i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
         ),
         config: config.clone(),
         workspaces: HashMap::new(),
-        log: AlertLog::default(),
+        log: Arc::new(Mutex::new(AlertLog::default())),
         alerts_until,
         alerts_read: HashMap::new(),
         owned: HashSet::new(),
         replay_until: HashMap::new(),
         replay_started: None,
-        sending: HashSet::new(),
+        senders,
+        undecided: HashSet::new(),
+        last_eviction: Instant::now(),
         producer,
         mailer,
         metrics,
-        done_tx,
     };
     let decoder = ViewDecoder::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -136,14 +143,10 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            Some(record) = done_rx.recv() => {
-                agg.sending.remove(&record.workspace_id);
-                agg.log.apply(record);
-            }
-            _ = tick.tick() => {}
+            _ = tick.tick() => agg.on_tick().await,
             Some(Ok(m)) = alerts_stream.next() => {
                 if let Some(Ok(rec)) = m.payload().map(serde_json::from_slice::<AlertRecord>) {
-                    agg.log.apply(rec);
+                    agg.log().apply(rec);
                 }
                 agg.alerts_read.insert(m.partition(), m.offset() + 1);
                 if agg.alerts_until.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
@@ -167,7 +170,7 @@ pub async fn run(
                     };
                     agg.replayed(&tp, m.offset());
                     if let (true, Some(ws)) = (agg.caught_up(), workspace) {
-                        agg.decide(&ws).await?;
+                        agg.decide(&ws).await;
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -193,25 +196,41 @@ pub async fn run(
         }
         // Tracked from rebalance events: asking librdkafka for the assignment is a round trip per call.
         health.set_ready(!agg.owned.is_empty() && agg.caught_up());
-        agg.finish_replay_if_done().await?;
+        agg.finish_replay_if_done().await;
     }
     tracing::info!("aggregator stopped");
     Ok(())
 }
 
 impl Aggregator {
+    fn log(&self) -> std::sync::MutexGuard<'_, AlertLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn span_ms(&self) -> i64 {
+        i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Counts an event toward its workspace's window. An event dated in the future (a producer's clock
+    /// ahead, or a hostile record) counts as happening now: it can neither linger past its day nor be
+    /// dropped.
     fn count(&mut self, v: &crate::events::failure_view::FailureView<'_>, partition: i32) {
         let now = now_ms();
+        let at = v.time_ms.min(now);
         if !v
             .code
             .is_some_and(|c| self.config.aggregate.codes.contains(&c))
-            || !self.windows.add(v.workspace, v.time_ms, now)
+            || !self.windows.add(v.workspace, at, now)
         {
             self.metrics.events_ignored.inc();
             return;
         }
         self.metrics.events_counted.inc();
-        let ws = self.workspaces.entry(v.workspace.to_string()).or_default();
+        let (span, size) = (self.span_ms(), self.config.aggregate.breakdown_size);
+        let ws = match self.workspaces.get_mut(v.workspace) {
+            Some(ws) => ws,
+            None => self.workspaces.entry(v.workspace.to_string()).or_default(),
+        };
         ws.partition = partition;
         if let Some(name) = v.workspace_name {
             if ws.name != name {
@@ -229,8 +248,7 @@ impl Aggregator {
             endpoint_url: v.endpoint_url.unwrap_or_default().to_string(),
             code: v.code.unwrap_or_default(),
         };
-        ws.breakdown
-            .add(key, name, v.time_ms, self.config.aggregate.breakdown_size);
+        ws.breakdown.add(key, name, at, now, span, size);
         self.metrics.workspaces.set(self.workspaces.len() as i64);
     }
 
@@ -316,9 +334,9 @@ impl Aggregator {
     }
 
     /// Once caught up after an assignment, every owned workspace gets a decision.
-    async fn finish_replay_if_done(&mut self) -> anyhow::Result<()> {
+    async fn finish_replay_if_done(&mut self) {
         if !self.caught_up() {
-            return Ok(());
+            return;
         }
         if let Some(started) = self.replay_started.take() {
             self.metrics
@@ -331,19 +349,47 @@ impl Aggregator {
             );
             let all: Vec<String> = self.workspaces.keys().cloned().collect();
             for ws in all {
-                self.decide(&ws).await?;
+                self.decide(&ws).await;
             }
         }
-        Ok(())
     }
 
-    async fn decide(&mut self, workspace: &str) -> anyhow::Result<()> {
+    /// Every 200 ms: decisions that could not be recorded are tried again; once a minute, workspaces whose
+    /// window emptied are forgotten (memory follows the active set).
+    async fn on_tick(&mut self) {
+        if self.caught_up() && !self.undecided.is_empty() {
+            let again: Vec<String> = self.undecided.drain().collect();
+            for ws in again {
+                self.decide(&ws).await;
+            }
+        }
+        if self.last_eviction.elapsed() >= Duration::from_millis(MINUTE_MS as u64) {
+            self.last_eviction = Instant::now();
+            self.evict_idle();
+        }
+    }
+
+    fn evict_idle(&mut self) {
+        let (now, span) = (now_ms(), self.span_ms());
+        self.windows.evict_empty(now);
+        let (windows, senders) = (&self.windows, &self.senders);
+        self.workspaces.retain(|ws, w| {
+            w.breakdown.expire(now, span);
+            windows.contains(ws) || senders.is_sending(ws)
+        });
+        self.metrics.workspaces.set(self.workspaces.len() as i64);
+    }
+
+    /// Decides for one workspace. A decision that cannot be recorded now (Kafka down) is not acted on —
+    /// `pending` must be durable before an email goes out — and is tried again on a later tick.
+    async fn decide(&mut self, workspace: &str) {
         let now = now_ms();
         let threshold = self.config.aggregate.threshold_for(workspace);
         let count = self.windows.count(workspace, now);
-        let quiet = i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX);
-        match self.log.action(workspace, count, threshold, now, quiet) {
-            Action::Nothing => Ok(()),
+        let quiet = self.span_ms();
+        let action = self.log().action(workspace, count, threshold, now, quiet);
+        match action {
+            Action::Nothing => {}
             Action::Alert => {
                 let record = AlertRecord {
                     workspace_id: workspace.to_string(),
@@ -355,79 +401,62 @@ impl Aggregator {
                     sent_at_ms: None,
                     delivered_to: None,
                 };
-                write_record(&self.producer, &self.config.topics.alerts, &record).await?;
+                if let Err(e) =
+                    write_record(&self.producer, &self.config.topics.alerts, &record).await
+                {
+                    tracing::warn!(workspace, error = %e, "cannot record the alert decision yet; deciding again shortly");
+                    self.undecided.insert(workspace.to_string());
+                    return;
+                }
                 tracing::warn!(
                     workspace,
                     count,
                     threshold,
                     "failure threshold crossed; alerting"
                 );
-                self.log.apply(record.clone());
+                self.log().apply(record.clone());
                 self.spawn_send(record, count);
-                Ok(())
             }
             Action::Resend => {
-                if let Some(record) = self.log.get(workspace).cloned() {
+                let pending = self.log().get(workspace).cloned();
+                if let Some(record) = pending {
                     self.spawn_send(record, count);
                 }
-                Ok(())
             }
         }
     }
 
     /// Sends in the background, retrying with backoff until it goes through; then records it as sent.
     fn spawn_send(&mut self, record: AlertRecord, count: u64) {
-        if !self.sending.insert(record.workspace_id.clone()) {
+        if self.senders.is_sending(&record.workspace_id) {
             return;
         }
-        let ws = self.workspaces.get(&record.workspace_id);
+        let (now, span) = (now_ms(), self.span_ms());
+        let ws = self.workspaces.get_mut(&record.workspace_id);
+        let partition = ws.as_ref().map_or(-1, |w| w.partition);
+        let (workspace_name, breakdown) = match ws {
+            Some(w) => (w.name.clone(), w.breakdown.top(now, span)),
+            None => (String::new(), Vec::new()),
+        };
         let content = AlertContent {
             workspace_id: record.workspace_id.clone(),
-            workspace_name: ws.map(|w| w.name.clone()).unwrap_or_default(),
+            workspace_name,
             count,
             threshold: record.threshold,
             window_hours: self.config.aggregate.window.as_secs() / 3600,
-            breakdown: ws.map(|w| w.breakdown.top()).unwrap_or_default(),
+            breakdown,
         };
-        let email = content.render(&self.config.aggregate.links);
-        let (mailer, producer, metrics, done) = (
-            self.mailer.clone(),
-            self.producer.clone(),
-            self.metrics.clone(),
-            self.done_tx.clone(),
-        );
-        let (from, topic) = (
-            self.config.aggregate.from.clone(),
-            self.config.topics.alerts.clone(),
-        );
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_secs(1);
-            loop {
-                match mailer.send(&from, &record.recipients, &email).await {
-                    Ok(to) => {
-                        metrics.alerts_sent.inc();
-                        tracing::info!(workspace = %record.workspace_id, delivered_to = %to, "alert email sent");
-                        let sent = AlertRecord {
-                            status: AlertStatus::Sent,
-                            sent_at_ms: Some(now_ms()),
-                            delivered_to: Some(to),
-                            ..record
-                        };
-                        while let Err(e) = write_record(&producer, &topic, &sent).await {
-                            tracing::warn!(error = %e, "recording the sent alert failed; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        let _ = done.send(sent);
-                        return;
-                    }
-                    Err(e) => {
-                        metrics.send_errors.inc();
-                        tracing::warn!(workspace = %record.workspace_id, error = %e, retry_in = ?backoff, "alert email not sent; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(300));
-                    }
-                }
-            }
+        sender::spawn(sender::Job {
+            email: content.render(&self.config.aggregate.links),
+            record,
+            partition,
+            from: self.config.aggregate.from.clone(),
+            alerts_topic: self.config.topics.alerts.clone(),
+            senders: self.senders.clone(),
+            log: self.log.clone(),
+            mailer: self.mailer.clone(),
+            producer: self.producer.clone(),
+            metrics: self.metrics.clone(),
         });
     }
 }

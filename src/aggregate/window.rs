@@ -91,6 +91,10 @@ impl Windows {
         });
     }
 
+    pub fn contains(&self, workspace: &str) -> bool {
+        self.by_workspace.contains_key(workspace)
+    }
+
     pub fn workspaces(&self) -> usize {
         self.by_workspace.len()
     }

@@ -415,7 +415,10 @@ impl Config {
             ("dispatch.max_id_bytes", d.max_id_bytes),
             ("dispatch.max_field_bytes", d.max_field_bytes),
             ("http.max_url_bytes", self.http.max_url_bytes),
-            ("http.max_request_body_bytes", self.http.max_request_body_bytes),
+            (
+                "http.max_request_body_bytes",
+                self.http.max_request_body_bytes,
+            ),
         ] {
             if v == 0 {
                 p.push(format!("{name} must be at least 1"));

@@ -201,12 +201,13 @@ impl HostHealth {
             .count()
     }
 
-    /// Forgets hosts with nothing in their window and no pause, so memory follows the active host set.
+    /// Forgets hosts with nothing in their window and no pause still running (an expired pause whose host
+    /// was never tried again is dropped too), so memory follows the active host set.
     pub fn evict_idle(&mut self, now_ms: i64) {
         let bucket = now_ms.div_euclid(self.bucket_ms);
         self.hosts.retain(|_, w| {
             w.advance(bucket);
-            w.paused_until.is_some() || w.total() > 0
+            w.paused_until.is_some_and(|u| u > now_ms) || w.total() > 0
         });
     }
 
@@ -307,6 +308,18 @@ mod tests {
         assert_eq!(h.tracked(), 1);
         h.evict_idle(T0 + 61_000);
         assert_eq!(h.tracked(), 0);
+    }
+
+    #[test]
+    fn an_expired_pause_of_a_host_never_tried_again_is_dropped() {
+        let mut h = HostHealth::new(cfg(1));
+        h.record(&key("a"), 503, T0);
+        assert!(h.record(&key("a"), 503, T0).is_some(), "paused");
+        h.evict_idle(T0 + 30_000);
+        assert_eq!(h.tracked(), 1, "the pause still runs");
+        h.evict_idle(T0 + 121_000);
+        assert_eq!(h.tracked(), 0, "pause over and window empty");
+        assert_eq!(h.paused_hosts(T0 + 121_000), 0);
     }
 
     #[test]

@@ -243,7 +243,8 @@ impl Pipeline {
             Err(PublishError::Abandoned(a)) => return Err(a),
             Err(PublishError::Rejected { topic, reason }) => {
                 let mut failure = failure;
-                failure.reason = format!("{}; no retry: {topic} refused it: {reason}", failure.reason);
+                failure.reason =
+                    format!("{}; no retry: {topic} refused it: {reason}", failure.reason);
                 let why = invalid(
                     InvalidKind::Unpublishable,
                     format!("retry record refused by {topic}: {reason}"),
@@ -338,7 +339,7 @@ impl Pipeline {
         result
     }
 
-/// `Err(until)` while the host is paused; logs and counts pause transitions.
+    /// `Err(until)` while the host is paused; logs and counts pause transitions.
     fn host_gate(&self, key: &HostKey) -> Result<(), i64> {
         let now = now_ms();
         let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
@@ -398,4 +399,3 @@ fn paused(until_ms: i64) -> (Attempt, Duration) {
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }
-

@@ -236,7 +236,11 @@ impl Publisher {
             ("hookrelay-failed-at", failed_at.as_str()),
         ];
         let key = record.key.as_deref().unwrap_or_default();
-        let theirs: usize = record.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let theirs: usize = record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
         let ours_len: usize = ours.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
         let whole = record.payload.len() + theirs <= self.room(key, ours_len);
         let mut headers = OwnedHeaders::new();
@@ -249,7 +253,10 @@ impl Publisher {
             }
         }
         for (k, v) in ours {
-            headers = headers.insert(Header { key: k, value: Some(v) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         let dropped = format!(
             "{} value bytes and {} headers not forwarded: too large for a record",

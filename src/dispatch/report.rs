@@ -228,13 +228,20 @@ mod tests {
             None,
         );
         assert_eq!(e.app_group_id.as_deref(), Some("ws"));
-        assert_eq!(e.dispatch_id.as_deref(), Some("s1"), "dispatch_id falls back to the send id");
+        assert_eq!(
+            e.dispatch_id.as_deref(),
+            Some("s1"),
+            "dispatch_id falls back to the send id"
+        );
         assert_eq!(e.user_id, "ext", "user_id falls back to external_user_id");
         assert_eq!(e.host.as_deref(), Some("api.example.com"));
         assert_eq!(e.url_path.as_deref(), Some("/v1/hook"));
         assert_eq!(e.time, 1_700_000_000);
         assert_eq!(e.webhook_duration, Some(1234));
-        assert_eq!(e.webhook_failure_source.as_deref(), Some("External Endpoint"));
+        assert_eq!(
+            e.webhook_failure_source.as_deref(),
+            Some("External Endpoint")
+        );
         assert_eq!(
             (e.campaign_id.as_deref(), e.canvas_name.as_deref()),
             (Some("c"), Some("cv"))
@@ -258,7 +265,9 @@ mod tests {
 
     #[test]
     fn an_event_too_large_for_a_record_is_cut_response_first_and_marked() {
-        let s = send(r#"{"id":"s1","workspace_id":"ws","webhook":{"url":"http://h/p","request_method":"POST"}}"#);
+        let s = send(
+            r#"{"id":"s1","workspace_id":"ws","webhook":{"url":"http://h/p","request_method":"POST"}}"#,
+        );
         let mut f = failure();
         f.raw_response = Some("é".repeat(300_000));
         let e = failure_event(&s, &f, 1, Duration::ZERO, 0, false, Some(5));
@@ -267,14 +276,20 @@ mod tests {
         assert!(encoded(&fitted) <= 100_000);
         assert!(encoded(&fitted) > 90_000, "only as much is cut as needed");
         assert_eq!(fitted.truncated, Some(true));
-        assert_eq!(fitted.endpoint_url.as_deref(), Some("http://h/p"), "the URL is kept");
+        assert_eq!(
+            fitted.endpoint_url.as_deref(),
+            Some("http://h/p"),
+            "the URL is kept"
+        );
         assert!(fitted.raw_response.unwrap().ends_with('…'));
         assert_eq!(fit_event(&e, 10, encoded), None, "nothing fits in 10 bytes");
     }
 
     #[test]
     fn an_event_that_fits_is_left_alone() {
-        let s = send(r#"{"id":"s1","workspace_id":"ws","webhook":{"url":"http://h/p","request_method":"POST"}}"#);
+        let s = send(
+            r#"{"id":"s1","workspace_id":"ws","webhook":{"url":"http://h/p","request_method":"POST"}}"#,
+        );
         let e = failure_event(&s, &failure(), 1, Duration::ZERO, 0, true, None);
         assert_eq!(fit_event(&e, 1_000_000, encoded), Some(e));
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::classify::{Failure, NO_RESPONSE, UNHEALTHY_HOST};
+use super::classify::{Failure, FailureSource};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,7 +101,9 @@ impl RetryPolicy {
         if !failure.retriable {
             return Decision::GiveUp(GiveUpReason::NotRetriable);
         }
-        let unreachable = matches!(failure.status, NO_RESPONSE | UNHEALTHY_HOST);
+        // The long budget is for endpoints that could not be reached (599) or were not tried (598). A 598 or
+        // 599 *answered* by an endpoint is an answer like any 5xx: the ordinary budget.
+        let unreachable = failure.source != FailureSource::ExternalEndpoint;
         let (max_retries, window) = if unreachable {
             (self.unreachable_max_retries, self.unreachable_window)
         } else {
@@ -113,18 +115,26 @@ impl RetryPolicy {
         }
         let base = self.backoff(retry);
         let spread = (u.clamp(0.0, 1.0) * 2.0 - 1.0) * self.jitter;
-        let mut delay = base.mul_f64((1.0 + spread).max(0.0));
-        if let Some(ra) = retry_after {
-            delay = delay.max(ra.min(self.retry_after_cap));
-        }
-        let at = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-        let deadline =
-            first_attempt_ms.saturating_add(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        let delay = base.mul_f64((1.0 + spread).max(0.0));
+        let at = now_ms.saturating_add(millis(delay));
+        let deadline = first_attempt_ms.saturating_add(millis(window));
+        // The window decides *whether* another attempt is due, by the backoff schedule. A Retry-After may then
+        // push that attempt later — past the window's end too, up to the cap — because the endpoint asked for
+        // exactly that; giving up on the spot would turn a polite "come back later" into a final failure.
         if at > deadline {
             return Decision::GiveUp(GiveUpReason::WindowExhausted);
         }
-        Decision::RetryAt(at)
+        match retry_after {
+            Some(ra) => Decision::RetryAt(
+                at.max(now_ms.saturating_add(millis(ra.min(self.retry_after_cap)))),
+            ),
+            None => Decision::RetryAt(at),
+        }
     }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The tier a retry waits in: the longest whose delay fits in `remaining` (so it never waits past its due
@@ -240,8 +250,8 @@ mod tests {
         );
         assert_eq!(
             capped,
-            Decision::GiveUp(GiveUpReason::WindowExhausted),
-            "1 h cap is past the 30 min window"
+            Decision::RetryAt(3_600_000),
+            "capped at 1 h, and honoured although that is past the 30 min window"
         );
         let p = RetryPolicy {
             retry_after_cap: Duration::from_secs(60),
@@ -251,6 +261,55 @@ mod tests {
             p.decide(&failure(503), 1, 0, 0, Some(Duration::from_secs(3600)), 0.5),
             Decision::RetryAt(60_000)
         );
+    }
+
+    #[test]
+    fn a_retry_after_past_the_window_still_gets_its_retry_when_the_backoff_is_due_within_it() {
+        let p = RetryPolicy::default();
+        let min = 60_000;
+        // 20 minutes into a 30-minute window, the next backoff (1 min) is due within it; the endpoint asks
+        // for 45 minutes: the retry happens then, not never.
+        let d = p.decide(
+            &failure(503),
+            2,
+            0,
+            20 * min,
+            Some(Duration::from_secs(45 * 60)),
+            0.5,
+        );
+        assert_eq!(d, Decision::RetryAt(65 * min));
+        // Once the backoff itself falls outside the window, Retry-After does not extend it.
+        let d = p.decide(
+            &failure(503),
+            2,
+            0,
+            29 * min + 30_000,
+            Some(Duration::from_secs(60)),
+            0.5,
+        );
+        assert_eq!(d, Decision::GiveUp(GiveUpReason::WindowExhausted));
+    }
+
+    #[test]
+    fn a_598_or_599_answered_by_an_endpoint_gets_the_ordinary_budget() {
+        let p = RetryPolicy::default();
+        let mut answered = failure(599);
+        answered.source = FailureSource::ExternalEndpoint;
+        assert_eq!(
+            p.decide(&answered, 6, 0, 60_000, None, 0.5),
+            Decision::GiveUp(GiveUpReason::RetriesExhausted)
+        );
+        let unreachable = failure(599);
+        assert!(matches!(
+            p.decide(&unreachable, 6, 0, 60_000, None, 0.5),
+            Decision::RetryAt(_)
+        ));
+        let mut paused = failure(598);
+        paused.source = FailureSource::UnhealthyHost;
+        assert!(matches!(
+            p.decide(&paused, 6, 0, 60_000, None, 0.5),
+            Decision::RetryAt(_)
+        ));
     }
 
     #[test]
@@ -299,7 +358,7 @@ mod tests {
         }
 
         #[test]
-        fn a_retry_is_never_scheduled_past_its_window_nor_before_retry_after(
+        fn a_retry_is_due_within_its_window_unless_retry_after_says_later(
             status in prop::sample::select(vec![408u16, 429, 500, 502, 503, 504, 529, 598, 599]),
             attempts in 1u32..20, first in 0i64..1_000_000, elapsed in 0i64..100_000_000,
             ra in proptest::option::of(0u64..10_000), u in 0.0f64..1.0,
@@ -309,10 +368,11 @@ mod tests {
             let ra = ra.map(Duration::from_secs);
             if let Decision::RetryAt(at) = p.decide(&failure(status), attempts, first, now, ra, u) {
                 let window = if status >= 598 { p.unreachable_window } else { p.window };
-                prop_assert!(at <= first + window.as_millis() as i64);
+                let ra_at = ra.map(|ra| now + ra.min(p.retry_after_cap).as_millis() as i64);
+                prop_assert!(at <= (first + window.as_millis() as i64).max(ra_at.unwrap_or(0)));
                 prop_assert!(at > now);
-                if let Some(ra) = ra {
-                    prop_assert!(at >= now + ra.min(p.retry_after_cap).as_millis() as i64);
+                if let Some(ra_at) = ra_at {
+                    prop_assert!(at >= ra_at);
                 }
             }
         }

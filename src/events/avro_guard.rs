@@ -90,7 +90,9 @@ impl Cursor<'_> {
         // Every item takes at least one byte, except items of `null`, which no hookrelay schema has in a
         // collection; bounding the count by the bytes left covers both.
         if count > self.left() {
-            return Err(Malformed("a collection claims more items than there are bytes"));
+            return Err(Malformed(
+                "a collection claims more items than there are bytes",
+            ));
         }
         Ok(count)
     }
@@ -192,7 +194,9 @@ mod tests {
         b.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);
         assert_eq!(
             check(send_request_schema(), &b),
-            Err(Malformed("a collection claims more items than there are bytes"))
+            Err(Malformed(
+                "a collection claims more items than there are bytes"
+            ))
         );
     }
 

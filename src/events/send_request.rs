@@ -271,7 +271,10 @@ impl SendRequest {
         if let Err(e) = http::Uri::try_from(url.as_str()) {
             return Err(invalid(
                 InvalidKind::InvalidUrl,
-                format!("webhook.url {:?} cannot be sent: {e}", shorten(url.as_str())),
+                format!(
+                    "webhook.url {:?} cannot be sent: {e}",
+                    shorten(url.as_str())
+                ),
             ));
         }
         if !matches!(url.scheme(), "http" | "https") {
@@ -363,7 +366,10 @@ impl SendRequest {
     fn check_identifiers(&self, rules: &Rules) -> Result<(), InvalidSend> {
         for (name, value) in [("id", &self.id), ("workspace_id", &self.workspace_id)] {
             if value.trim().is_empty() {
-                return Err(invalid(InvalidKind::MissingField, format!("{name} is empty")));
+                return Err(invalid(
+                    InvalidKind::MissingField,
+                    format!("{name} is empty"),
+                ));
             }
             if value.len() > rules.max_id_bytes {
                 return Err(invalid(
@@ -385,7 +391,10 @@ impl SendRequest {
         if HeaderValue::from_str(&self.id).is_err() {
             return Err(invalid(
                 InvalidKind::InvalidField,
-                format!("id {:?} is not a valid HTTP header value", shorten(&self.id)),
+                format!(
+                    "id {:?} is not a valid HTTP header value",
+                    shorten(&self.id)
+                ),
             ));
         }
         for (name, value) in self.optional_fields() {
@@ -421,7 +430,10 @@ impl SendRequest {
             ("campaign_id", self.campaign_id.as_ref()),
             ("campaign_name", self.campaign_name.as_ref()),
             ("message_variation_id", self.message_variation_id.as_ref()),
-            ("message_variation_name", self.message_variation_name.as_ref()),
+            (
+                "message_variation_name",
+                self.message_variation_name.as_ref(),
+            ),
             ("canvas_id", self.canvas_id.as_ref()),
             ("canvas_name", self.canvas_name.as_ref()),
             ("canvas_variation_id", self.canvas_variation_id.as_ref()),

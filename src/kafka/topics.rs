@@ -86,10 +86,11 @@ pub fn require(
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = missing_topics(&client, required, left.clamp(
-            Duration::from_millis(200),
-            Duration::from_secs(5),
-        ));
+        let attempt = missing_topics(
+            &client,
+            required,
+            left.clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        );
         let err = match attempt {
             Ok(missing) if missing.is_empty() => return Ok(()),
             Ok(missing) => TopicCheckError::Missing {
@@ -119,7 +120,10 @@ mod tests {
     #[test]
     fn the_message_names_every_missing_topic_and_how_to_create_it() {
         let m = missing_message("k:9092", &["a".into(), "webhook-retries-1m".into()]);
-        assert!(m.starts_with("2 topic(s) missing on k:9092: a, webhook-retries-1m"), "{m}");
+        assert!(
+            m.starts_with("2 topic(s) missing on k:9092: a, webhook-retries-1m"),
+            "{m}"
+        );
         assert!(m.contains("--create --topic webhook-retries-1m"), "{m}");
         assert!(m.contains("hookrelay broker"), "{m}");
     }

@@ -25,7 +25,10 @@ pub struct Health {
 impl Health {
     /// Set by the probe: the required topics the cluster lacks.
     pub fn set_missing_topics(&self, missing: Vec<String>) {
-        *self.missing_topics.lock().unwrap_or_else(|p| p.into_inner()) = missing;
+        *self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = missing;
     }
 
     /// Marks the process as dead for `/healthz` (the first reason wins).
@@ -67,7 +70,10 @@ impl Health {
         if !self.broker.load(Ordering::Relaxed) {
             why.push("no Kafka broker reachable".to_string());
         }
-        let missing = self.missing_topics.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = self
+            .missing_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !missing.is_empty() {
             why.push(format!("topics missing: {}", missing.join(", ")));
         }

@@ -198,98 +198,122 @@ pub fn hookrelay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hookrelay"))
 }
 
-/// A `hookrelay dispatch` child process configured through environment variables.
+/// A `hookrelay` child process (`dispatch` unless said otherwise), configured by a TOML file written from
+/// the test's [`Config`] — the same file an operator would pass with `--config`.
 pub struct ChildDispatcher {
     pub child: Child,
     pub metrics_addr: SocketAddr,
+    _config_file: tempfile::NamedTempFile,
+}
+
+/// The configuration a child process runs with: the test's, with a telemetry listener of its own, the
+/// classic group protocol with a short session (a killed member's partitions move on in seconds) and
+/// loopback receivers allowed.
+pub fn child_config(config: &Config, metrics_addr: SocketAddr) -> Config {
+    let mut c = config.clone();
+    c.kafka.properties.remove("group.protocol");
+    c.kafka
+        .consumer_properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    c.kafka
+        .consumer_properties
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    c.kafka.startup_timeout = Duration::from_secs(10);
+    c.security.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    c.security.any_port = true;
+    c.dispatch.commit_interval = Duration::from_millis(200);
+    c.http.request_timeout = Duration::from_secs(10);
+    c.telemetry.listen = metrics_addr.to_string();
+    c.telemetry.log_level = "info".into();
+    c
+}
+
+/// Writes `config` as a TOML file for `--config`.
+pub fn config_file(config: &Config) -> tempfile::NamedTempFile {
+    use std::io::Write as _;
+    let mut f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    let text = toml::to_string(config).expect("config serialises as TOML");
+    f.write_all(text.as_bytes()).expect("config written");
+    f
+}
+
+/// `hookrelay <subcommand> --config <file>` with a clean environment plus `extra` variables.
+pub fn hookrelay_command(
+    subcommand: &str,
+    file: &tempfile::NamedTempFile,
+    extra: &[(&str, &str)],
+) -> Command {
+    let mut cmd = Command::new(hookrelay_bin());
+    cmd.arg(subcommand)
+        .arg("--config")
+        .arg(file.path())
+        .env_clear()
+        .envs(extra.iter().copied());
+    cmd
 }
 
 impl ChildDispatcher {
-    /// Classic group protocol with a short session, so a killed member's partitions move on in seconds.
     pub fn spawn(config: &Config) -> Self {
         Self::spawn_with(config, &[])
     }
 
-    /// As [`ChildDispatcher::spawn`], with more `HOOKRELAY_*` variables.
+    /// As [`ChildDispatcher::spawn`], with `HOOKRELAY_*` variables on top of the file.
     pub fn spawn_with(config: &Config, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_command("dispatch", config, extra)
+    }
+
+    /// Any long-running subcommand (`dispatch`, `aggregate`) as a child.
+    pub fn spawn_command(subcommand: &str, config: &Config, extra: &[(&str, &str)]) -> Self {
         let metrics_addr = free_port();
-        let fmt = |d: Duration| humantime::format_duration(d).to_string();
-        let c = config;
-        let vars: Vec<(&str, String)> = vec![
-            (
-                "HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS",
-                c.kafka.bootstrap_servers.clone(),
-            ),
-            (
-                "HOOKRELAY_KAFKA__DISPATCH_GROUP_ID",
-                c.kafka.dispatch_group_id.clone(),
-            ),
-            (
-                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
-                "6000".into(),
-            ),
-            (
-                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
-                "500".into(),
-            ),
-            ("HOOKRELAY_TOPICS__SENDS", c.topics.sends.clone()),
-            ("HOOKRELAY_TOPICS__FAILURES", c.topics.failures.clone()),
-            (
-                "HOOKRELAY_TOPICS__RETRY_PREFIX",
-                c.topics.retry_prefix.clone(),
-            ),
-            (
-                "HOOKRELAY_TOPICS__DEAD_LETTERS",
-                c.topics.dead_letters.clone(),
-            ),
-            (
-                "HOOKRELAY_TOPICS__RETRY_TIERS",
-                format!("{:?}", c.topics.retry_tiers),
-            ),
-            (
-                "HOOKRELAY_RETRY__INITIAL_BACKOFF",
-                fmt(c.retry.initial_backoff),
-            ),
-            ("HOOKRELAY_RETRY__MAX_BACKOFF", fmt(c.retry.max_backoff)),
-            ("HOOKRELAY_RETRY__JITTER", c.retry.jitter.to_string()),
-            (
-                "HOOKRELAY_RETRY__MAX_RETRIES",
-                c.retry.max_retries.to_string(),
-            ),
-            (
-                "HOOKRELAY_SECURITY__ALLOW_CIDRS",
-                r#"["127.0.0.0/8", "::1/128"]"#.into(),
-            ),
-            ("HOOKRELAY_SECURITY__ANY_PORT", "true".into()),
-            ("HOOKRELAY_DISPATCH__COMMIT_INTERVAL", "200ms".into()),
-            (
-                "HOOKRELAY_DISPATCH__MAX_IN_FLIGHT",
-                c.dispatch.max_in_flight.to_string(),
-            ),
-            (
-                "HOOKRELAY_DISPATCH__SHUTDOWN_GRACE",
-                fmt(c.dispatch.shutdown_grace),
-            ),
-            (
-                "HOOKRELAY_TELEMETRY__PROBE_INTERVAL",
-                fmt(c.telemetry.probe_interval),
-            ),
-            ("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "10s".into()),
-            ("HOOKRELAY_TELEMETRY__LISTEN", metrics_addr.to_string()),
-            ("HOOKRELAY_TELEMETRY__LOG_LEVEL", "info".into()),
-        ];
-        let mut cmd = Command::new(hookrelay_bin());
-        cmd.arg("dispatch")
-            .env_clear()
-            .envs(vars)
-            .envs(extra.iter().copied())
+        let file = config_file(&child_config(config, metrics_addr));
+        let child = hookrelay_command(subcommand, &file, extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("hookrelay dispatch starts");
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hookrelay starts");
         Self {
             child,
             metrics_addr,
+            _config_file: file,
         }
+    }
+
+    /// Runs `subcommand` to its end (it must end within `deadline`): exit status and standard error.
+    pub fn run_to_end(
+        subcommand: &str,
+        config: &Config,
+        extra: &[(&str, &str)],
+        deadline: Duration,
+    ) -> (std::process::ExitStatus, String) {
+        let file = config_file(&child_config(config, free_port()));
+        let mut child = hookrelay_command(subcommand, &file, extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hookrelay starts");
+        let until = std::time::Instant::now() + deadline;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waits") {
+                break status;
+            }
+            if std::time::Instant::now() > until {
+                let _ = child.kill();
+                panic!("hookrelay {subcommand} did not end within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        use std::io::Read as _;
+        child
+            .stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut err)
+            .expect("stderr read");
+        (status, err)
     }
 
     /// `/metrics` text, or empty while the listener is not up yet.
@@ -501,4 +525,26 @@ pub fn accounted(
     }
     let duplicates = by_id.values().map(|n| n - 1).sum();
     (done, duplicates)
+}
+
+/// Headers holding one header whose name is `name` exactly, bytes that are not UTF-8 included: what any
+/// client can put on the wire, and what rdkafka's safe API cannot write.
+pub fn headers_with_raw_name(name: &[u8], value: &[u8]) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::bindings as rdsys;
+    let headers = rdkafka::message::OwnedHeaders::new();
+    // A `&BorrowedHeaders` is the address of librdkafka's headers object (rdkafka casts it the same way).
+    let ptr = headers.as_borrowed() as *const rdkafka::message::BorrowedHeaders
+        as *mut rdsys::rd_kafka_headers_t;
+    // SAFETY: `ptr` is the live headers object owned by `headers`; name and value are copied by librdkafka.
+    let err = unsafe {
+        rdsys::rd_kafka_header_add(
+            ptr,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            value.as_ptr().cast(),
+            value.len() as isize,
+        )
+    };
+    assert_eq!(err, rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    headers
 }
