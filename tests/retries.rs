@@ -338,6 +338,46 @@ async fn a_drowning_host_is_paused_with_598s_and_resumes_after_the_pause() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_queued_for_a_host_that_gets_paused_get_598_without_reaching_it() {
+    let kafka = Kafka::start_with(1, |c| {
+        c.host_health.threshold = 5;
+        c.host_health.window = Duration::from_secs(60);
+        c.host_health.pause = Duration::from_secs(60);
+        c.dispatch.max_in_flight_per_host = 1;
+    })
+    .without_retries();
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    produce_sends(
+        &kafka.producer(),
+        "q",
+        40,
+        &rx.url("/slow?status=503&delay=50ms"),
+    )
+    .await;
+    let seen = reader
+        .wait_until(Duration::from_secs(30), |o| o.terminal_failures() == 40)
+        .await;
+    let paused = seen
+        .failures
+        .iter()
+        .filter(|e| e.http_status_code == Some(598))
+        .count();
+    assert_eq!(
+        rx.count(),
+        6,
+        "the host got the requests up to the one that paused it, and no queued one after"
+    );
+    assert_eq!(
+        paused, 34,
+        "every queued send was answered with a simulated 598"
+    );
+    dispatcher.stop().await.unwrap();
+    reader.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_host_does_not_hold_up_a_healthy_one() {
     let kafka = Kafka::start_with(1, |c| {
         c.dispatch.max_in_flight = 4;

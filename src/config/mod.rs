@@ -321,6 +321,22 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
+        Self::extract(fig, vars)
+    }
+
+    /// As [`Config::load_from`], with the file's text given (tests, fuzzing).
+    pub fn load_str(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Self::extract(fig, vars)
+    }
+
+    fn extract(
+        mut fig: Figment,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let env_toml = env::env_overrides(vars);
         fig = fig.merge(Toml::string(&env_toml));
         let mut config: Config = fig.extract_lossy().map_err(|e| ConfigError {

@@ -378,12 +378,12 @@ fn spawn(
 }
 
 fn header_i64(record: &Record, name: &str) -> Option<i64> {
-    record
-        .headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
+    record.header(name).and_then(parse_i64)
+}
+
+/// A decimal integer header value; anything else (not UTF-8, not a number, out of range) is `None`.
+pub fn parse_i64(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

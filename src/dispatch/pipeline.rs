@@ -69,13 +69,32 @@ fn admit(record: &Record, rules: &Rules) -> Result<(), InvalidSend> {
     Ok(())
 }
 
+/// A record of the send topic as a send that can go out, or why not. Pure: every byte of the record is
+/// foreign, and this is what the fuzz harness drives.
+pub fn decode_send(
+    record: &Record,
+    rules: &Rules,
+    accept_plain_avro: bool,
+) -> Result<ValidSend, InvalidSend> {
+    admit(record, rules)?;
+    SendRequest::decode(&record.payload, accept_plain_avro)?.validate(rules)
+}
+
+/// A record of a retry tier as a retry record, or why not (its send is validated when it is due).
+pub fn decode_retry(record: &Record, rules: &Rules) -> Result<RetryRecord, InvalidSend> {
+    admit(record, rules)?;
+    RetryRecord::decode(&record.payload).map_err(|e| {
+        invalid(
+            InvalidKind::Undecodable,
+            format!("invalid retry record: {e}"),
+        )
+    })
+}
+
 impl Pipeline {
     /// A fresh send request from the send topic.
     pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
-        let send = match admit(record, &self.rules).and_then(|()| {
-            SendRequest::decode(&record.payload, self.accept_plain_avro)
-                .and_then(|s| s.validate(&self.rules))
-        }) {
+        let send = match decode_send(record, &self.rules, self.accept_plain_avro) {
             Ok(send) => send,
             Err(why) => return self.dead_letter(record, &why).await,
         };
@@ -87,14 +106,7 @@ impl Pipeline {
 
     /// A record from a retry tier, handed over by the consumer once the tier's delay has passed.
     pub async fn process_retry(&self, record: &Record) -> Result<Handled, Abandoned> {
-        let retry = match admit(record, &self.rules).and_then(|()| {
-            RetryRecord::decode(&record.payload).map_err(|e| {
-                invalid(
-                    InvalidKind::Undecodable,
-                    format!("invalid retry record: {e}"),
-                )
-            })
-        }) {
+        let retry = match decode_retry(record, &self.rules) {
             Ok(r) => r,
             Err(why) => return self.dead_letter(record, &why).await,
         };
@@ -111,7 +123,7 @@ impl Pipeline {
                 Err(PublishError::Rejected { .. }) => {}
             }
         }
-        let attempt = retry.attempts + 1;
+        let attempt = retry.attempts.saturating_add(1);
         let send = match retry.send.clone().validate(&self.rules) {
             Ok(send) => send,
             Err(why) => return self.invalid_retry(record, &retry, &why).await,
@@ -140,7 +152,7 @@ impl Pipeline {
             retry_after: None,
         };
         let facts = AttemptFacts {
-            attempt: retry.attempts + 1,
+            attempt: retry.attempts.saturating_add(1),
             duration: Duration::ZERO,
             now_ms: now_ms(),
             terminal: true,
@@ -186,9 +198,6 @@ impl Pipeline {
             workspace: send.request.workspace_id.clone(),
         };
         let (attempt, duration) = self.deliver(&host, send).await;
-        if let Attempt::Response { status, .. } = &attempt {
-            self.host_observe(&host, *status);
-        }
         let outcome = classify(attempt);
         self.metrics.record_outcome(&outcome);
         if matches!(&outcome, Outcome::Failed(f) if f.source == FailureSource::BlockedDestination) {
@@ -336,6 +345,10 @@ impl Pipeline {
         self.metrics
             .request_duration
             .observe(result.1.as_secs_f64());
+        // Counted before the slots are released: the next send waiting for them sees a pause this began.
+        if let Attempt::Response { status, .. } = &result.0 {
+            self.host_observe(host, *status);
+        }
         result
     }
 

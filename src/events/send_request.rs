@@ -454,7 +454,7 @@ fn strip_bom(json: &[u8]) -> &[u8] {
 }
 
 /// At most 100 characters of a value, for error messages (the record itself goes to the dead letter).
-pub(crate) fn shorten(s: &str) -> String {
+pub fn shorten(s: &str) -> String {
     match s.char_indices().nth(100) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),

@@ -49,6 +49,21 @@ impl Record {
     }
 }
 
+/// A header name as text; one that is not UTF-8 is converted lossily and described as an error.
+pub fn header_name(raw: &[u8], idx: usize) -> (String, Option<String>) {
+    match std::str::from_utf8(raw) {
+        Ok(n) => (n.to_string(), None),
+        Err(_) => {
+            let lossy = String::from_utf8_lossy(raw).into_owned();
+            let why = format!(
+                "Kafka header name {:?} (header {idx}) is not valid UTF-8",
+                crate::events::send_request::shorten(&lossy)
+            );
+            (lossy, Some(why))
+        }
+    }
+}
+
 /// Every header of `msg`, never panicking: names that are not UTF-8 are converted lossily and reported.
 fn read_headers(msg: &BorrowedMessage<'_>) -> (Vec<(String, Vec<u8>)>, Option<String>) {
     let mut out = Vec::new();
@@ -79,16 +94,10 @@ fn read_headers(msg: &BorrowedMessage<'_>) -> (Vec<(String, Vec<u8>)>, Option<St
             // SAFETY: `value` points at `size` bytes owned by the message.
             unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec()
         };
-        let name = match std::str::from_utf8(raw_name) {
-            Ok(n) => n.to_string(),
-            Err(_) => {
-                let lossy = String::from_utf8_lossy(raw_name).into_owned();
-                error.get_or_insert_with(|| {
-                    format!("Kafka header name {lossy:?} (header {idx}) is not valid UTF-8")
-                });
-                lossy
-            }
-        };
+        let (name, bad) = header_name(raw_name, idx);
+        if let Some(bad) = bad {
+            error.get_or_insert(bad);
+        }
         out.push((name, value));
     }
     (out, error)
