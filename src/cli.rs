@@ -160,8 +160,10 @@ async fn run_dispatch(config: Config) -> anyhow::Result<()> {
     let metrics = DispatchMetrics::new();
     let health = Health::default();
     let m = metrics.clone();
-    serve_telemetry(&config, Arc::new(move || m.render()), &health, &stop).await?;
-    dispatch::run(&config, metrics, health, stop).await
+    let listener = serve_telemetry(&config, Arc::new(move || m.render()), &health).await?;
+    let result = dispatch::run(&config, metrics, health, stop).await;
+    listener.cancel();
+    result
 }
 
 async fn run_aggregate(config: Config) -> anyhow::Result<()> {
@@ -169,24 +171,27 @@ async fn run_aggregate(config: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::AggregateMetrics::new();
     let health = Health::default();
     let m = metrics.clone();
-    serve_telemetry(&config, Arc::new(move || m.render()), &health, &stop).await?;
-    crate::aggregate::run(&config, metrics, health, stop).await
+    let listener = serve_telemetry(&config, Arc::new(move || m.render()), &health).await?;
+    let result = crate::aggregate::run(&config, metrics, health, stop).await;
+    listener.cancel();
+    result
 }
 
-/// `/metrics`, `/healthz` and `/readyz` on `telemetry.listen`, unless it is empty.
+/// `/metrics`, `/healthz` and `/readyz` on `telemetry.listen`, unless it is empty, until the returned token
+/// is cancelled: they keep answering while the process drains, so an orchestrator sees why it stops.
 async fn serve_telemetry(
     config: &Config,
     render: Arc<dyn Fn() -> String + Send + Sync>,
     health: &Health,
-    stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio_util::sync::CancellationToken> {
+    let stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = config.telemetry.listen_addr() {
-        let bound = telemetry::serve(addr, render, health.clone(), stop.child_token())
+        let bound = telemetry::serve(addr, render, health.clone(), stop.clone())
             .await
             .with_context(|| format!("binding telemetry listener {addr}"))?;
         tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
     }
-    Ok(())
+    Ok(stop)
 }
 
 async fn run_receiver(args: ReceiverArgs) -> anyhow::Result<()> {

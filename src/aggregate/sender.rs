@@ -29,13 +29,22 @@ struct Slot {
 }
 
 /// The senders running in this process, by workspace.
-#[derive(Default)]
 pub(super) struct Senders {
     slots: Mutex<HashMap<String, Slot>>,
     idle: Condvar,
+    /// How many are running, for `/metrics`.
+    running: prometheus::IntGauge,
 }
 
 impl Senders {
+    pub fn new(running: prometheus::IntGauge) -> Self {
+        Self {
+            slots: Mutex::default(),
+            idle: Condvar::new(),
+            running,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -51,6 +60,7 @@ impl Senders {
             return None;
         }
         let stop = CancellationToken::new();
+        self.running.inc();
         slots.insert(
             workspace.to_string(),
             Slot {
@@ -78,7 +88,9 @@ impl Senders {
     }
 
     fn unregister(&self, workspace: &str) {
-        self.lock().remove(workspace);
+        if self.lock().remove(workspace).is_some() {
+            self.running.dec();
+        }
         self.idle.notify_all();
     }
 
@@ -204,7 +216,7 @@ mod tests {
 
     #[test]
     fn stopping_a_partition_stops_only_its_senders_and_waits_for_a_busy_one() {
-        let s = Arc::new(Senders::default());
+        let s = Arc::new(Senders::new(prometheus::IntGauge::new("g", "g").unwrap()));
         let a = s.register("a", 0).unwrap();
         let b = s.register("b", 1).unwrap();
         assert!(s.register("a", 0).is_none(), "one sender per workspace");
@@ -227,7 +239,7 @@ mod tests {
 
     #[test]
     fn the_wait_is_bounded() {
-        let s = Senders::default();
+        let s = Senders::new(prometheus::IntGauge::new("g", "g").unwrap());
         s.register("a", 0).unwrap();
         s.set_busy("a", true);
         assert_eq!(s.stop_partitions(&[0].into(), Duration::from_millis(20)), 1);

@@ -101,7 +101,7 @@ pub async fn run(
     )
     .context("starting the Kafka probe")?;
     let changes = Arc::new(Mutex::new(Changes::default()));
-    let senders = Arc::new(Senders::default());
+    let senders = Arc::new(Senders::new(metrics.alerts_sending.clone()));
     let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
     // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
     cc.set("auto.offset.reset", "earliest");
@@ -140,6 +140,11 @@ pub async fn run(
     let mut stream = consumer.stream();
     let mut alerts_stream = alerts.stream();
     tracing::info!(topic = %config.topics.failures, group = %config.aggregate.group_id, "aggregator started");
+    let stopping = (stop.clone(), health.clone());
+    tokio::spawn(async move {
+        stopping.0.cancelled().await;
+        stopping.1.set_stopping();
+    });
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -29,16 +29,21 @@ pub struct State {
     /// pauses on revocation; so do we).
     pub paused: HashSet<TopicPartition>,
     pub parked: Parking,
+    /// Records given up at shutdown (their outcome could not be made durable): uncommitted, redone by the
+    /// next owner, and no longer worth waiting for.
+    pub abandoned: HashMap<TopicPartition, usize>,
 }
 
 impl State {
-    /// Records of `tp` being worked on now (parked ones wait for time, not for work).
+    /// Records of `tp` being worked on now (parked ones wait for time, abandoned ones for nothing).
     fn in_flight(&self, tp: &TopicPartition) -> usize {
-        self.tracker.pending(tp) - self.parked.len(tp)
+        let idle = self.parked.len(tp) + self.abandoned.get(tp).copied().unwrap_or(0);
+        self.tracker.pending(tp).saturating_sub(idle)
     }
 
     fn total_in_flight(&self) -> usize {
-        self.tracker.total_pending() - self.parked.total()
+        let idle = self.parked.total() + self.abandoned.values().sum::<usize>();
+        self.tracker.total_pending().saturating_sub(idle)
     }
 }
 
@@ -72,6 +77,12 @@ impl Shared {
     /// Called by a pipeline task once the record's outcome is durable.
     pub fn finish(&self, ticket: &Ticket) {
         self.lock().tracker.finish(ticket);
+        self.finished.notify_all();
+    }
+
+    /// Called by a pipeline task whose outcome could not be made durable (shutdown, a fatal producer error).
+    pub fn abandon(&self, ticket: &Ticket) {
+        *self.lock().abandoned.entry(ticket.tp.clone()).or_default() += 1;
         self.finished.notify_all();
     }
 
@@ -133,6 +144,7 @@ impl ConsumerContext for DispatchContext {
                 positions.push((tp.clone(), pos));
             }
             state.paused.remove(tp);
+            state.abandoned.remove(tp);
         }
         shared.update_gauges(&state);
         drop(state);
@@ -370,8 +382,9 @@ fn spawn(
             Work::Fresh(record, ticket) => (ticket, pipeline.process(&record).await),
             Work::Retry(record, ticket) => (ticket, pipeline.process_retry(&record).await),
         };
-        if result.is_ok() {
-            shared.finish(&ticket);
+        match result {
+            Ok(_) => shared.finish(&ticket),
+            Err(_) => shared.abandon(&ticket),
         }
         shared.metrics.pending_records.dec();
     });

@@ -58,10 +58,17 @@ pub async fn run(
         health: health.clone(),
         max_message_bytes: crate::kafka::client::max_message_bytes(&config.kafka),
     });
-    let on_fatal = (fatal.clone(), shutdown.clone());
+    let (on_fatal, stopping) = (
+        (fatal.clone(), shutdown.clone()),
+        (shutdown.clone(), health.clone()),
+    );
     tokio::spawn(async move {
         on_fatal.0.cancelled().await;
         on_fatal.1.cancel();
+    });
+    tokio::spawn(async move {
+        stopping.0.cancelled().await;
+        stopping.1.set_stopping();
     });
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;

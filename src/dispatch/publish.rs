@@ -58,15 +58,20 @@ impl ProduceFault {
     }
 }
 
-/// Sorts a produce error. Pure, so every code's kind is unit-tested.
-pub fn produce_fault(e: &KafkaError) -> ProduceFault {
+/// Sorts a produce error; `producer_failed` is whether librdkafka reports a fatal error on the producer
+/// (an idempotent producer that lost its sequence: the error itself may carry the original broker code).
+/// Pure, so every code's kind is unit-tested.
+pub fn produce_fault(e: &KafkaError, producer_failed: bool) -> ProduceFault {
     use RDKafkaErrorCode as C;
+    if producer_failed {
+        return ProduceFault::Fatal;
+    }
     let code = match e {
         KafkaError::MessageProduction(c) => *c,
         _ => return ProduceFault::Transient,
     };
     match code {
-        C::Fatal | C::Fenced | C::InvalidProducerEpoch | C::ProducerFenced => ProduceFault::Fatal,
+        C::Fatal | C::Fenced | C::ProducerFenced => ProduceFault::Fatal,
         C::MessageSizeTooLarge
         | C::InvalidMessageSize
         | C::MessageBatchTooLarge
@@ -338,7 +343,8 @@ impl Publisher {
                 Ok(_) => break Ok(()),
                 Err((e, _)) => e,
             };
-            let fault = produce_fault(&e);
+            let fatal = self.producer.client().fatal_error();
+            let fault = produce_fault(&e, fatal.is_some());
             self.metrics
                 .produce_errors
                 .with_label_values(&[fault.label()])
@@ -352,10 +358,7 @@ impl Publisher {
                     });
                 }
                 ProduceFault::Fatal => {
-                    let why = self
-                        .producer
-                        .client()
-                        .fatal_error()
+                    let why = fatal
                         .map_or_else(|| e.to_string(), |(code, msg)| format!("{code:?}: {msg}"));
                     tracing::error!(topic, error = %why, "fatal Kafka producer error: the process ends so that it is restarted");
                     self.health.set_fatal(format!("Kafka producer: {why}"));
@@ -387,7 +390,7 @@ mod tests {
     use super::*;
 
     fn fault(c: RDKafkaErrorCode) -> ProduceFault {
-        produce_fault(&KafkaError::MessageProduction(c))
+        produce_fault(&KafkaError::MessageProduction(c), false)
     }
 
     #[test]
@@ -410,12 +413,21 @@ mod tests {
             C::NotEnoughReplicas,
             C::QueueFull,
             C::RequestTimedOut,
+            C::InvalidProducerEpoch,
         ] {
             assert_eq!(fault(c), ProduceFault::Transient, "{c:?}");
         }
         assert_eq!(fault(C::Fatal), ProduceFault::Fatal);
         assert_eq!(
-            produce_fault(&KafkaError::Canceled),
+            produce_fault(
+                &KafkaError::MessageProduction(C::OutOfOrderSequenceNumber),
+                true
+            ),
+            ProduceFault::Fatal,
+            "whatever the code, a producer librdkafka declared failed is fatal"
+        );
+        assert_eq!(
+            produce_fault(&KafkaError::Canceled, false),
             ProduceFault::Transient,
             "anything unknown is retried"
         );

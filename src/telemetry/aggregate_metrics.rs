@@ -16,6 +16,8 @@ pub struct AggregateMetrics {
     pub workspaces: IntGauge,
     pub alerts_sent: IntCounter,
     pub send_errors: IntCounter,
+    /// Alert emails owed and being sent (retried until the SMTP server takes them).
+    pub alerts_sending: IntGauge,
     /// Duration of the last rebuild (replay after an assignment).
     pub rebuild_seconds: Gauge,
     pub kafka: KafkaGauges,
@@ -55,6 +57,13 @@ impl AggregateMetrics {
         .expect("valid metric");
         r.register(Box::new(workspaces.clone()))
             .expect("metric registered once");
+        let alerts_sending = IntGauge::new(
+            "alerts_sending",
+            "Alert emails owed and being sent now (retried until the SMTP server takes them)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(alerts_sending.clone()))
+            .expect("metric registered once");
         let rebuild_seconds =
             Gauge::new("rebuild_seconds", "Duration of the last rebuild from Kafka")
                 .expect("valid metric");
@@ -69,6 +78,7 @@ impl AggregateMetrics {
             workspaces,
             alerts_sent,
             send_errors,
+            alerts_sending,
             rebuild_seconds,
         }
     }

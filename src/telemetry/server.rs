@@ -20,9 +20,16 @@ pub struct Health {
     missing_topics: Arc<Mutex<Vec<String>>>,
     /// Set once, by an error the process cannot recover from (it is then ending so that it is restarted).
     fatal: Arc<Mutex<Option<String>>>,
+    /// The process is draining after SIGTERM/SIGINT.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Health {
+    /// Set when shutdown begins: new work should go elsewhere.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// Set by the probe: the required topics the cluster lacks.
     pub fn set_missing_topics(&self, missing: Vec<String>) {
         *self
@@ -63,6 +70,9 @@ impl Health {
         let mut why = Vec::new();
         if let Some(f) = self.fatal() {
             why.push(format!("fatal error: {f}"));
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            why.push("shutting down".to_string());
         }
         if !self.assigned.load(Ordering::Relaxed) {
             why.push("no partitions assigned (or state still being rebuilt)".to_string());

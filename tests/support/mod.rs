@@ -427,11 +427,13 @@ pub struct Mail {
     pub data: String,
 }
 
-/// A real (minimal) SMTP server on 127.0.0.1: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
+/// A real (minimal) SMTP server on 127.0.0.1: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT. While
+/// refusing, it answers MAIL with `451` (try again later), as a server under maintenance does.
 #[derive(Clone)]
 pub struct SmtpServer {
     pub addr: SocketAddr,
     pub mails: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SmtpServer {
@@ -440,10 +442,13 @@ impl SmtpServer {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mails = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let store = mails.clone();
+        let refuse = refusing.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let store = store.clone();
+                let refuse = refuse.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = sock.into_split();
                     let mut lines = BufReader::new(r).lines();
@@ -455,8 +460,12 @@ impl SmtpServer {
                         {
                             b"250-test-smtp\r\n250 8BITMIME\r\n"
                         } else if upper.starts_with("MAIL FROM:") {
-                            from = line[10..].trim().to_string();
-                            b"250 ok\r\n"
+                            if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                                b"451 4.3.0 try again later\r\n"
+                            } else {
+                                from = line[10..].trim().to_string();
+                                b"250 ok\r\n"
+                            }
                         } else if upper.starts_with("RCPT TO:") {
                             to.push(
                                 line[8..]
@@ -494,7 +503,17 @@ impl SmtpServer {
                 });
             }
         });
-        Self { addr, mails }
+        Self {
+            addr,
+            mails,
+            refusing,
+        }
+    }
+
+    /// Refuses (451) or accepts mail from now on.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing
+            .store(refusing, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Vec<Mail> {
