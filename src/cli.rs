@@ -46,7 +46,8 @@ pub enum Command {
     ///
     /// Reads [topics].sends, executes each webhook, publishes failure events to [topics].failures and
     /// undecodable input to [topics].dead_letters. Offsets are committed only once each record's outcome is
-    /// durable (at least once). SIGINT/SIGTERM lets in-flight sends finish, commits, leaves the group and exits
+    /// durable (at least once). At start-up every topic it uses must exist (it waits up to
+    /// [kafka].startup_timeout, then exits non-zero naming each missing topic and how to create it). SIGINT/SIGTERM lets in-flight sends finish, commits, leaves the group and exits
     /// 0, all within [dispatch].shutdown_grace; unfinished sends stay uncommitted and are redone. Serves
     /// /metrics, /healthz and /readyz (ready: partitions assigned and a broker reachable) on
     /// [telemetry].listen.
@@ -61,8 +62,9 @@ pub enum Command {
     Aggregate,
     /// Run the embedded Kafka-protocol broker (librdkafka's mock cluster), for development and tests.
     ///
-    /// Prints `bootstrap.servers=<host:port,...>` as the first line of standard output, creates the default
-    /// topics, and runs until SIGINT/SIGTERM. Any Kafka client (kcat, confluent-kafka) can use it.
+    /// Prints `bootstrap.servers=<host:port,...>` as the first line of standard output once it has created
+    /// every topic the configuration names (send, failure, dead-letter and alert topics and every retry tier),
+    /// and runs until SIGINT/SIGTERM. Any Kafka client (kcat, confluent-kafka) can use it.
     ///
     /// NOT FOR PRODUCTION: it keeps only about 5 MiB (or 100,000 message sets) per partition and silently
     /// drops older data, so give busy topics more partitions. It has no Admin API, no compaction and no

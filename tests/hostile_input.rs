@@ -173,13 +173,25 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
         OwnedHeaders::new(),
     )
     .await;
+    // A retry whose send no longer passes validation (PATCH is not allowed): its earlier events promised
+    // another attempt, so a terminal failure event closes the story beside the dead letter.
+    let mut patch = send("retry-patch", &url);
+    patch.webhook.request_method = "PATCH".into();
+    let retry = hookrelay::events::RetryRecord {
+        send: patch,
+        attempts: u32::MAX,
+        first_attempt_ms: 0,
+        due_ms: 0,
+        last_status: 503,
+    };
+    produce(&kafka, &tier, &retry.encode(), OwnedHeaders::new()).await;
 
     let mut d = ChildDispatcher::spawn(&kafka.config);
     wait_for(
         "every hostile record is dead-lettered and every valid one delivered",
         Duration::from_secs(60),
         || async {
-            reader.snapshot().dead_letters.len() == cases.len() + 2
+            reader.snapshot().dead_letters.len() == cases.len() + 3
                 && ["before", "with-bom", "odd-header-value", "after"]
                     .iter()
                     .all(|id| {
@@ -209,10 +221,28 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
         );
         assert!(!dl.headers["hookrelay-error"].is_empty(), "{}", c.name);
     }
-    assert!(
-        observed.failures.is_empty(),
-        "no failure event: nothing was attempted"
+    let [event] = &observed.failures[..] else {
+        panic!(
+            "one failure event, for the invalid retry: {:?}",
+            observed.failures
+        )
+    };
+    assert_eq!(event.dispatch_id.as_deref(), Some("dispatch-retry-patch"));
+    assert_eq!(event.is_terminal, Some(true));
+    assert_eq!(
+        event.webhook_failure_source.as_deref(),
+        Some("Invalid Request")
     );
+    assert_eq!(
+        event.attempt,
+        Some(i32::MAX),
+        "the attempt count saturates instead of overflowing"
+    );
+    assert!(observed.dead_letters.iter().any(|dl| dl
+        .headers
+        .get("hookrelay-error-kind")
+        .map(String::as_str)
+        == Some("invalid_method")));
     assert_eq!(
         rx.count(),
         4,

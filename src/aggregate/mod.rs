@@ -2,6 +2,7 @@
 
 pub mod breakdown;
 pub mod config;
+mod decisions;
 pub mod email;
 pub mod mailer;
 mod rebalance;

@@ -16,13 +16,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::breakdown::{Breakdown, Key};
-use super::email::AlertContent;
 use super::mailer::Mailer;
 use super::rebalance::{AggContext, Changes};
-use super::replay::{behind, choose_rebuild, watermarks, write_record, Rebuild};
-use super::sender::{self, Senders};
-use super::state::{Action, AlertLog, AlertRecord, AlertStatus};
-use super::window::{Windows, MINUTE_MS};
+use super::replay::{behind, choose_rebuild, watermarks, Rebuild};
+use super::sender::Senders;
+use super::state::{AlertLog, AlertRecord};
+use super::window::{counted_at, Windows};
 use crate::config::Config;
 use crate::dispatch::retry::now_ms;
 use crate::events::failure_view::ViewDecoder;
@@ -33,34 +32,34 @@ use crate::telemetry::{AggregateMetrics, Health};
 
 /// Per-workspace state for the email.
 #[derive(Default)]
-struct Workspace {
-    name: String,
-    partition: i32,
-    breakdown: Breakdown,
+pub(super) struct Workspace {
+    pub(super) name: String,
+    pub(super) partition: i32,
+    pub(super) breakdown: Breakdown,
 }
 
-struct Aggregator {
-    config: Config,
-    windows: Windows,
-    workspaces: HashMap<String, Workspace>,
+pub(super) struct Aggregator {
+    pub(super) config: Config,
+    pub(super) windows: Windows,
+    pub(super) workspaces: HashMap<String, Workspace>,
     /// Shared with the senders, which read it before every attempt.
-    log: Arc<Mutex<AlertLog>>,
+    pub(super) log: Arc<Mutex<AlertLog>>,
     /// Partitions still replaying, with the offset that ends their replay.
-    replay_until: HashMap<TopicPartition, i64>,
+    pub(super) replay_until: HashMap<TopicPartition, i64>,
     /// Partitions of the failure topic this instance owns.
-    owned: HashSet<TopicPartition>,
+    pub(super) owned: HashSet<TopicPartition>,
     /// Alerts-topic partitions not yet read up to the end they had when last checked.
-    alerts_until: HashMap<i32, i64>,
+    pub(super) alerts_until: HashMap<i32, i64>,
     /// Next offset to read per alerts-topic partition.
-    alerts_read: HashMap<i32, i64>,
-    replay_started: Option<Instant>,
-    senders: Arc<Senders>,
+    pub(super) alerts_read: HashMap<i32, i64>,
+    pub(super) replay_started: Option<Instant>,
+    pub(super) senders: Arc<Senders>,
     /// Workspaces whose decision could not be recorded (Kafka refused the write): decided again on a tick.
-    undecided: HashSet<String>,
-    last_eviction: Instant,
-    producer: FutureProducer,
-    mailer: Arc<Mailer>,
-    metrics: AggregateMetrics,
+    pub(super) undecided: HashSet<String>,
+    pub(super) last_eviction: Instant,
+    pub(super) producer: FutureProducer,
+    pub(super) mailer: Arc<Mailer>,
+    pub(super) metrics: AggregateMetrics,
 }
 
 pub async fn run(
@@ -208,20 +207,18 @@ pub async fn run(
 }
 
 impl Aggregator {
-    fn log(&self) -> std::sync::MutexGuard<'_, AlertLog> {
+    pub(super) fn log(&self) -> std::sync::MutexGuard<'_, AlertLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn span_ms(&self) -> i64 {
+    pub(super) fn span_ms(&self) -> i64 {
         i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Counts an event toward its workspace's window. An event dated in the future (a producer's clock
-    /// ahead, or a hostile record) counts as happening now: it can neither linger past its day nor be
-    /// dropped.
+    /// Counts an event toward its workspace's window (see [`counted_at`] for events dated in the future).
     fn count(&mut self, v: &crate::events::failure_view::FailureView<'_>, partition: i32) {
         let now = now_ms();
-        let at = v.time_ms.min(now);
+        let at = counted_at(v.time_ms, now);
         if !v
             .code
             .is_some_and(|c| self.config.aggregate.codes.contains(&c))
@@ -334,134 +331,7 @@ impl Aggregator {
     }
 
     /// Decisions wait until owned partitions are replayed and every decision recorded so far is known.
-    fn caught_up(&self) -> bool {
+    pub(super) fn caught_up(&self) -> bool {
         self.replay_until.is_empty() && self.alerts_until.is_empty()
-    }
-
-    /// Once caught up after an assignment, every owned workspace gets a decision.
-    async fn finish_replay_if_done(&mut self) {
-        if !self.caught_up() {
-            return;
-        }
-        if let Some(started) = self.replay_started.take() {
-            self.metrics
-                .rebuild_seconds
-                .set(started.elapsed().as_secs_f64());
-            tracing::info!(
-                seconds = started.elapsed().as_secs_f64(),
-                workspaces = self.workspaces.len(),
-                "rebuild done"
-            );
-            let all: Vec<String> = self.workspaces.keys().cloned().collect();
-            for ws in all {
-                self.decide(&ws).await;
-            }
-        }
-    }
-
-    /// Every 200 ms: decisions that could not be recorded are tried again; once a minute, workspaces whose
-    /// window emptied are forgotten (memory follows the active set).
-    async fn on_tick(&mut self) {
-        if self.caught_up() && !self.undecided.is_empty() {
-            let again: Vec<String> = self.undecided.drain().collect();
-            for ws in again {
-                self.decide(&ws).await;
-            }
-        }
-        if self.last_eviction.elapsed() >= Duration::from_millis(MINUTE_MS as u64) {
-            self.last_eviction = Instant::now();
-            self.evict_idle();
-        }
-    }
-
-    fn evict_idle(&mut self) {
-        let (now, span) = (now_ms(), self.span_ms());
-        self.windows.evict_empty(now);
-        let (windows, senders) = (&self.windows, &self.senders);
-        self.workspaces.retain(|ws, w| {
-            w.breakdown.expire(now, span);
-            windows.contains(ws) || senders.is_sending(ws)
-        });
-        self.metrics.workspaces.set(self.workspaces.len() as i64);
-    }
-
-    /// Decides for one workspace. A decision that cannot be recorded now (Kafka down) is not acted on —
-    /// `pending` must be durable before an email goes out — and is tried again on a later tick.
-    async fn decide(&mut self, workspace: &str) {
-        let now = now_ms();
-        let threshold = self.config.aggregate.threshold_for(workspace);
-        let count = self.windows.count(workspace, now);
-        let quiet = self.span_ms();
-        let action = self.log().action(workspace, count, threshold, now, quiet);
-        match action {
-            Action::Nothing => {}
-            Action::Alert => {
-                let record = AlertRecord {
-                    workspace_id: workspace.to_string(),
-                    status: AlertStatus::Pending,
-                    decided_at_ms: now,
-                    count,
-                    threshold,
-                    recipients: self.config.aggregate.recipients_for(workspace),
-                    sent_at_ms: None,
-                    delivered_to: None,
-                };
-                if let Err(e) =
-                    write_record(&self.producer, &self.config.topics.alerts, &record).await
-                {
-                    tracing::warn!(workspace, error = %e, "cannot record the alert decision yet; deciding again shortly");
-                    self.undecided.insert(workspace.to_string());
-                    return;
-                }
-                tracing::warn!(
-                    workspace,
-                    count,
-                    threshold,
-                    "failure threshold crossed; alerting"
-                );
-                self.log().apply(record.clone());
-                self.spawn_send(record, count);
-            }
-            Action::Resend => {
-                let pending = self.log().get(workspace).cloned();
-                if let Some(record) = pending {
-                    self.spawn_send(record, count);
-                }
-            }
-        }
-    }
-
-    /// Sends in the background, retrying with backoff until it goes through; then records it as sent.
-    fn spawn_send(&mut self, record: AlertRecord, count: u64) {
-        if self.senders.is_sending(&record.workspace_id) {
-            return;
-        }
-        let (now, span) = (now_ms(), self.span_ms());
-        let ws = self.workspaces.get_mut(&record.workspace_id);
-        let partition = ws.as_ref().map_or(-1, |w| w.partition);
-        let (workspace_name, breakdown) = match ws {
-            Some(w) => (w.name.clone(), w.breakdown.top(now, span)),
-            None => (String::new(), Vec::new()),
-        };
-        let content = AlertContent {
-            workspace_id: record.workspace_id.clone(),
-            workspace_name,
-            count,
-            threshold: record.threshold,
-            window_hours: self.config.aggregate.window.as_secs() / 3600,
-            breakdown,
-        };
-        sender::spawn(sender::Job {
-            email: content.render(&self.config.aggregate.links),
-            record,
-            partition,
-            from: self.config.aggregate.from.clone(),
-            alerts_topic: self.config.topics.alerts.clone(),
-            senders: self.senders.clone(),
-            log: self.log.clone(),
-            mailer: self.mailer.clone(),
-            producer: self.producer.clone(),
-            metrics: self.metrics.clone(),
-        });
     }
 }

@@ -42,6 +42,12 @@ impl Window {
     }
 }
 
+/// When an event counts: at its own time, or now if it is dated in the future (a producer's clock ahead, or a
+/// hostile record) — so it can neither linger past its day nor be lost.
+pub fn counted_at(event_ms: i64, now_ms: i64) -> i64 {
+    event_ms.min(now_ms)
+}
+
 /// Rolling counts for every workspace seen.
 #[derive(Debug)]
 pub struct Windows {
@@ -132,6 +138,24 @@ mod tests {
         assert_eq!(w.count("other", T0), 0);
         w.evict_empty(T0 + DAY + MINUTE_MS);
         assert_eq!(w.workspaces(), 0);
+    }
+
+    #[test]
+    fn an_event_from_the_future_counts_now_and_expires_a_day_later() {
+        let mut w = Windows::new(DAY);
+        let year_3000 = 32_503_680_000_000;
+        assert!(w.add("ws", counted_at(year_3000, T0), T0));
+        assert_eq!(w.count("ws", T0), 1);
+        assert_eq!(
+            w.count("ws", T0 + DAY),
+            0,
+            "gone after a day, not in the year 3000"
+        );
+        assert_eq!(
+            counted_at(T0 - 5, T0),
+            T0 - 5,
+            "past events keep their time"
+        );
     }
 
     proptest! {

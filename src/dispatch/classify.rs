@@ -216,6 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn a_request_refused_before_sending_or_blocked_is_final() {
+        for source in [
+            FailureSource::InvalidRequest,
+            FailureSource::BlockedDestination,
+        ] {
+            let Outcome::Failed(f) = classify(Attempt::NoResponse {
+                source,
+                error: "x".into(),
+            }) else {
+                panic!()
+            };
+            assert_eq!((f.status, f.retriable), (599, false), "{source}");
+        }
+    }
+
+    #[test]
     fn a_servers_own_reason_phrase_is_kept() {
         let Outcome::Failed(f) = classify(Attempt::Response {
             status: 500,

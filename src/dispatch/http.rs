@@ -181,3 +181,21 @@ fn error_chain(e: &reqwest::Error) -> String {
         None => joined,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_the_client_cannot_build_is_an_invalid_request_not_a_connection_error() {
+        let e = reqwest::Client::new()
+            .get("http://[::1")
+            .build()
+            .expect_err("an unparseable URL cannot be built");
+        assert!(e.is_builder());
+        let Attempt::NoResponse { source, .. } = no_response(&e) else {
+            panic!("no response expected")
+        };
+        assert_eq!(source, FailureSource::InvalidRequest);
+    }
+}

@@ -6,6 +6,7 @@ pub mod failure_view;
 pub mod framing;
 pub mod retry_record;
 pub mod send_request;
+pub mod validation;
 
 pub use failure::FailureEvent;
 pub use framing::Frame;

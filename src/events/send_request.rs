@@ -1,17 +1,15 @@
-//! The send request: decoding from JSON or Avro and validation into something that can be sent.
-//!
-//! Anything that fails here is an [`InvalidSend`], which the dispatcher turns into a dead letter: the reason
-//! travels with the original bytes so a human can fix the producer and replay.
+//! The send request as producers write it, decoded from JSON or Avro. What may be sent is decided in
+//! [`validation`](super::validation); anything refused is an [`InvalidSend`], which the dispatcher turns into
+//! a dead letter: the reason travels with the original bytes so a human can fix the producer and replay.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::{Deserialize, Deserializer, Serialize};
-use url::Url;
 
 use super::framing::Frame;
 use super::send_request_schema;
+pub use super::validation::{invalid, shorten, InvalidKind, InvalidSend, Rules, ValidSend};
 
 /// A send request as producers write it (DESIGN §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,115 +62,6 @@ pub struct Webhook {
     pub request_headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub body: Option<String>,
-}
-
-/// A send request that passed validation, with its URL, method and headers parsed once.
-#[derive(Debug, Clone)]
-pub struct ValidSend {
-    pub request: SendRequest,
-    pub url: Url,
-    pub method: Method,
-    pub headers: HeaderMap,
-}
-
-/// Why a record cannot be dispatched. `kind` is a bounded label for metrics; `detail` is for humans.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidSend {
-    pub kind: InvalidKind,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum InvalidKind {
-    Undecodable,
-    MissingField,
-    /// An identifier that cannot travel where it must go (`id` is the `webhook-id` header).
-    InvalidField,
-    InvalidUrl,
-    InvalidMethod,
-    InvalidHeader,
-    TooLarge,
-    /// The outcome could not be written where it belongs (the broker refused it for good).
-    Unpublishable,
-}
-
-/// What a send must satisfy to be dispatched.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    /// Upper case.
-    pub allowed_methods: Vec<String>,
-    pub max_body_bytes: usize,
-    pub max_headers: usize,
-    pub max_header_bytes: usize,
-    pub max_url_bytes: usize,
-    /// Largest record (as consumed) that is decoded at all.
-    pub max_record_bytes: usize,
-    /// Longest `id` and `workspace_id`.
-    pub max_id_bytes: usize,
-    /// Longest optional identifier or name (campaign, Canvas, user…).
-    pub max_field_bytes: usize,
-}
-
-impl Rules {
-    pub fn from_config(c: &crate::config::Config) -> Self {
-        Self {
-            allowed_methods: c.dispatch.allowed_methods.clone(),
-            max_body_bytes: c.http.max_request_body_bytes,
-            max_headers: c.http.max_request_headers,
-            max_header_bytes: c.http.max_request_header_bytes,
-            max_url_bytes: c.http.max_url_bytes,
-            max_record_bytes: c.dispatch.max_record_bytes,
-            max_id_bytes: c.dispatch.max_id_bytes,
-            max_field_bytes: c.dispatch.max_field_bytes,
-        }
-    }
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Self::from_config(&crate::config::Config::default())
-    }
-}
-
-impl InvalidKind {
-    pub const ALL: [InvalidKind; 8] = [
-        InvalidKind::Undecodable,
-        InvalidKind::MissingField,
-        InvalidKind::InvalidField,
-        InvalidKind::InvalidUrl,
-        InvalidKind::InvalidMethod,
-        InvalidKind::InvalidHeader,
-        InvalidKind::TooLarge,
-        InvalidKind::Unpublishable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidKind::Undecodable => "undecodable",
-            InvalidKind::MissingField => "missing_field",
-            InvalidKind::InvalidField => "invalid_field",
-            InvalidKind::Unpublishable => "unpublishable",
-            InvalidKind::InvalidUrl => "invalid_url",
-            InvalidKind::InvalidMethod => "invalid_method",
-            InvalidKind::InvalidHeader => "invalid_header",
-            InvalidKind::TooLarge => "too_large",
-        }
-    }
-}
-
-impl fmt::Display for InvalidSend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind.as_str(), self.detail)
-    }
-}
-
-impl std::error::Error for InvalidSend {}
-
-pub(crate) fn invalid(kind: InvalidKind, detail: impl Into<String>) -> InvalidSend {
-    InvalidSend {
-        kind,
-        detail: detail.into(),
-    }
 }
 
 impl SendRequest {
@@ -242,223 +131,10 @@ impl SendRequest {
             .expect("send request fits its schema");
         apache_avro::to_avro_datum(send_request_schema(), value).expect("send request encodes")
     }
-
-    /// Checks everything the dispatcher relies on: whatever passes can be sent as an HTTP request and
-    /// reported in a failure event that fits in Kafka.
-    pub fn validate(self, rules: &Rules) -> Result<ValidSend, InvalidSend> {
-        let allowed_methods = &rules.allowed_methods;
-        self.check_identifiers(rules)?;
-        if self.webhook.url.trim().is_empty() {
-            return Err(invalid(InvalidKind::MissingField, "webhook.url is empty"));
-        }
-        if self.webhook.url.len() > rules.max_url_bytes {
-            return Err(invalid(
-                InvalidKind::TooLarge,
-                format!(
-                    "webhook.url of {} bytes is longer than {}",
-                    self.webhook.url.len(),
-                    rules.max_url_bytes
-                ),
-            ));
-        }
-        let url = Url::parse(&self.webhook.url).map_err(|e| {
-            invalid(
-                InvalidKind::InvalidUrl,
-                format!("webhook.url {:?}: {e}", shorten(&self.webhook.url)),
-            )
-        })?;
-        // The HTTP client sends an `http::Uri`, which refuses some URLs the WHATWG parser accepts.
-        if let Err(e) = http::Uri::try_from(url.as_str()) {
-            return Err(invalid(
-                InvalidKind::InvalidUrl,
-                format!(
-                    "webhook.url {:?} cannot be sent: {e}",
-                    shorten(url.as_str())
-                ),
-            ));
-        }
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(
-                InvalidKind::InvalidUrl,
-                format!("webhook.url scheme {:?} is not http or https", url.scheme()),
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid(InvalidKind::InvalidUrl, "webhook.url has no host"));
-        }
-        let method_name = self.webhook.request_method.to_ascii_uppercase();
-        if !allowed_methods.contains(&method_name) {
-            return Err(invalid(
-                InvalidKind::InvalidMethod,
-                format!(
-                    "webhook.request_method {:?} is not one of {}",
-                    self.webhook.request_method,
-                    allowed_methods.join(", ")
-                ),
-            ));
-        }
-        let method = Method::from_bytes(method_name.as_bytes())
-            .map_err(|_| invalid(InvalidKind::InvalidMethod, "unparseable method"))?;
-        let given = self.webhook.request_headers.iter().flatten();
-        if given.clone().count() > rules.max_headers {
-            return Err(invalid(
-                InvalidKind::TooLarge,
-                format!("more than {} request headers", rules.max_headers),
-            ));
-        }
-        let header_bytes: usize = given.clone().map(|(k, v)| k.len() + v.len()).sum();
-        if header_bytes > rules.max_header_bytes {
-            return Err(invalid(
-                InvalidKind::TooLarge,
-                format!(
-                    "request headers take {header_bytes} bytes, more than {}",
-                    rules.max_header_bytes
-                ),
-            ));
-        }
-        let body_len = self.webhook.body.as_ref().map_or(0, String::len);
-        if body_len > rules.max_body_bytes {
-            return Err(invalid(
-                InvalidKind::TooLarge,
-                format!(
-                    "body of {body_len} bytes is larger than {}",
-                    rules.max_body_bytes
-                ),
-            ));
-        }
-        let mut headers = HeaderMap::new();
-        for (name, value) in given {
-            if let Some(why) = crate::security::headers::refused(name) {
-                return Err(invalid(
-                    InvalidKind::InvalidHeader,
-                    format!("header {name:?} {why}"),
-                ));
-            }
-            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                invalid(
-                    InvalidKind::InvalidHeader,
-                    format!("header name {name:?} is not valid"),
-                )
-            })?;
-            let v = HeaderValue::from_str(value).map_err(|_| {
-                invalid(
-                    InvalidKind::InvalidHeader,
-                    format!(
-                        "header {name:?} has an invalid value (control characters such as CR/LF?)"
-                    ),
-                )
-            })?;
-            headers.append(n, v);
-        }
-        Ok(ValidSend {
-            request: self,
-            url,
-            method,
-            headers,
-        })
-    }
 }
-
-impl SendRequest {
-    /// `id` and `workspace_id` are required and short; `id` travels as the `webhook-id` header, so it must be
-    /// a valid header value; no identifier may carry control characters (they end up in headers, keys, logs
-    /// and emails); optional identifiers and names are bounded so that a failure event always fits.
-    fn check_identifiers(&self, rules: &Rules) -> Result<(), InvalidSend> {
-        for (name, value) in [("id", &self.id), ("workspace_id", &self.workspace_id)] {
-            if value.trim().is_empty() {
-                return Err(invalid(
-                    InvalidKind::MissingField,
-                    format!("{name} is empty"),
-                ));
-            }
-            if value.len() > rules.max_id_bytes {
-                return Err(invalid(
-                    InvalidKind::TooLarge,
-                    format!(
-                        "{name} of {} bytes is longer than {}",
-                        value.len(),
-                        rules.max_id_bytes
-                    ),
-                ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(invalid(
-                    InvalidKind::InvalidField,
-                    format!("{name} {:?} contains control characters", shorten(value)),
-                ));
-            }
-        }
-        if HeaderValue::from_str(&self.id).is_err() {
-            return Err(invalid(
-                InvalidKind::InvalidField,
-                format!(
-                    "id {:?} is not a valid HTTP header value",
-                    shorten(&self.id)
-                ),
-            ));
-        }
-        for (name, value) in self.optional_fields() {
-            let Some(value) = value else { continue };
-            if value.len() > rules.max_field_bytes {
-                return Err(invalid(
-                    InvalidKind::TooLarge,
-                    format!(
-                        "{name} of {} bytes is longer than {}",
-                        value.len(),
-                        rules.max_field_bytes
-                    ),
-                ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(invalid(
-                    InvalidKind::InvalidField,
-                    format!("{name} {:?} contains control characters", shorten(value)),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The optional identifiers and names copied onto failure events.
-    fn optional_fields(&self) -> [(&'static str, Option<&String>); 16] {
-        [
-            ("workspace_name", self.workspace_name.as_ref()),
-            ("user_id", self.user_id.as_ref()),
-            ("external_user_id", self.external_user_id.as_ref()),
-            ("dispatch_id", self.dispatch_id.as_ref()),
-            ("send_id", self.send_id.as_ref()),
-            ("campaign_id", self.campaign_id.as_ref()),
-            ("campaign_name", self.campaign_name.as_ref()),
-            ("message_variation_id", self.message_variation_id.as_ref()),
-            (
-                "message_variation_name",
-                self.message_variation_name.as_ref(),
-            ),
-            ("canvas_id", self.canvas_id.as_ref()),
-            ("canvas_name", self.canvas_name.as_ref()),
-            ("canvas_variation_id", self.canvas_variation_id.as_ref()),
-            ("canvas_variation_name", self.canvas_variation_name.as_ref()),
-            ("canvas_step_id", self.canvas_step_id.as_ref()),
-            ("canvas_step_name", self.canvas_step_name.as_ref()),
-            (
-                "canvas_step_message_variation_id",
-                self.canvas_step_message_variation_id.as_ref(),
-            ),
-        ]
-    }
-}
-
 /// A UTF-8 byte-order mark some producers put before JSON.
 fn strip_bom(json: &[u8]) -> &[u8] {
     json.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(json)
-}
-
-/// At most 100 characters of a value, for error messages (the record itself goes to the dead letter).
-pub fn shorten(s: &str) -> String {
-    match s.char_indices().nth(100) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
 }
 
 /// Accepts epoch milliseconds (number) or an RFC 3339 string.
@@ -513,7 +189,7 @@ mod tests {
         let send = SendRequest::decode(GOOD.as_bytes(), false).unwrap();
         assert_eq!(send.created_at, Some(1_767_319_445_000));
         let v = send.validate(&methods()).unwrap();
-        assert_eq!(v.method, Method::POST);
+        assert_eq!(v.method, http::Method::POST);
         assert_eq!(v.headers["x-trace"], "t");
     }
 

@@ -1,0 +1,155 @@
+//! Validation of the whole configuration: every problem is collected and reported together, so an operator
+//! fixes a bad deployment in one round trip instead of one per typo.
+
+use std::time::Duration;
+
+use super::{Config, ConfigError, EventEncoding, KNOWN_METHODS};
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers is empty".to_string());
+        }
+        if self.kafka.dispatch_group_id.trim().is_empty() {
+            p.push("kafka.dispatch_group_id is empty".to_string());
+        }
+        for (name, topic) in [
+            ("topics.sends", &self.topics.sends),
+            ("topics.failures", &self.topics.failures),
+            ("topics.dead_letters", &self.topics.dead_letters),
+            ("topics.alerts", &self.topics.alerts),
+        ] {
+            if let Err(why) = check_topic_name(topic) {
+                p.push(format!("{name} {why}"));
+            }
+        }
+        for t in &self.topics.retry_tiers {
+            match humantime::parse_duration(t) {
+                Ok(d) if !d.is_zero() => {
+                    if let Err(why) = check_topic_name(&format!("{}-{t}", self.topics.retry_prefix))
+                    {
+                        p.push(format!("retry tier topic for {t:?} {why}"));
+                    }
+                }
+                _ => p.push(format!(
+                    "topics.retry_tiers: {t:?} is not a positive duration like \"5m\""
+                )),
+            }
+        }
+        if self.topics.retry_tiers.is_empty() {
+            p.push("topics.retry_tiers is empty".into());
+        }
+        self.retry.validate(&mut p);
+        self.aggregate.validate(&mut p);
+        if let Err(problems) = crate::security::signing::Signer::from_config(&self.signing) {
+            p.extend(problems);
+        }
+        if !self.security.ssrf_guard {
+            tracing::warn!(
+                "security.ssrf_guard is off: webhooks may reach private and loopback addresses"
+            );
+        }
+        self.host_health.validate(&mut p);
+        if self.dispatch.max_in_flight_per_host == 0 {
+            p.push("dispatch.max_in_flight_per_host must be at least 1".into());
+        }
+        if self.topics.sends == self.topics.failures
+            || self.topics.sends == self.topics.dead_letters
+        {
+            p.push("topics.sends must differ from topics.failures and topics.dead_letters".into());
+        }
+        let d = &self.dispatch;
+        if d.max_in_flight == 0 {
+            p.push("dispatch.max_in_flight must be at least 1".into());
+        }
+        if d.max_pending_per_partition == 0 {
+            p.push("dispatch.max_pending_per_partition must be at least 1".into());
+        }
+        if d.commit_interval.is_zero() {
+            p.push("dispatch.commit_interval must be positive".into());
+        }
+        if d.allowed_methods.is_empty() {
+            p.push("dispatch.allowed_methods is empty".into());
+        }
+        for m in &d.allowed_methods {
+            if !KNOWN_METHODS.contains(&m.as_str()) {
+                p.push(format!(
+                    "dispatch.allowed_methods: unknown method {m:?} (known: {})",
+                    KNOWN_METHODS.join(", ")
+                ));
+            }
+        }
+        for (name, v) in [
+            ("dispatch.max_record_bytes", d.max_record_bytes),
+            ("dispatch.max_id_bytes", d.max_id_bytes),
+            ("dispatch.max_field_bytes", d.max_field_bytes),
+            ("http.max_url_bytes", self.http.max_url_bytes),
+            (
+                "http.max_request_body_bytes",
+                self.http.max_request_body_bytes,
+            ),
+        ] {
+            if v == 0 {
+                p.push(format!("{name} must be at least 1"));
+            }
+        }
+        let h = &self.http;
+        if h.request_timeout.is_zero() {
+            p.push("http.request_timeout must be positive".into());
+        }
+        if h.connect_timeout.is_zero() {
+            p.push("http.connect_timeout must be positive".into());
+        }
+        if h.user_agent.is_empty() || http::HeaderValue::from_str(&h.user_agent).is_err() {
+            p.push("http.user_agent must be a non-empty, valid header value".into());
+        }
+        if self.events.encoding == EventEncoding::Confluent && self.events.schema_id.is_none() {
+            p.push("events.encoding = \"confluent\" needs events.schema_id".into());
+        }
+        let t = &self.telemetry;
+        if !t.listen.is_empty() && t.listen_addr().is_none() {
+            p.push(format!(
+                "telemetry.listen {:?} is not an address like 0.0.0.0:9090 (empty disables it)",
+                t.listen
+            ));
+        }
+        if t.probe_interval < Duration::from_millis(100) {
+            p.push("telemetry.probe_interval must be at least 100ms".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
+            p.push(format!(
+                "telemetry.log_level {:?} is not a valid filter",
+                t.log_level
+            ));
+        }
+        if !(1..=16).contains(&self.broker.brokers) {
+            p.push("broker.brokers must be between 1 and 16".into());
+        }
+        if !(1..=1024).contains(&self.broker.partitions) {
+            p.push("broker.partitions must be between 1 and 1024".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+}
+
+/// Kafka's own rules for topic names.
+fn check_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("is empty or reserved");
+    }
+    if name.len() > 249 {
+        return Err("is longer than 249 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err("may only contain ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
