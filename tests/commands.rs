@@ -165,6 +165,24 @@ async fn every_subcommand_runs_as_a_process_with_the_documented_arguments() {
     .unwrap();
     assert!(missing.is_empty(), "the broker lacks {missing:?}");
 
+    // aggregate (like dispatch, tested in operations.rs) refuses to start without its topics, naming them.
+    let out = run(
+        &["aggregate"],
+        &[
+            ("HOOKRELAY_KAFKA__BOOTSTRAP_SERVERS", &bootstrap),
+            ("HOOKRELAY_KAFKA__STARTUP_TIMEOUT", "1s"),
+            ("HOOKRELAY_TOPICS__ALERTS", "no-such-alerts"),
+            ("HOOKRELAY_TELEMETRY__LISTEN", ""),
+        ],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "aggregate exits non-zero without its topics"
+    );
+    assert!(err.contains("--create --topic no-such-alerts "), "{err}");
+
     // receiver: as docker-compose.yml runs it, and as the README does.
     let compose_rx = free_port().to_string();
     let mut receiver_compose = Process::start(

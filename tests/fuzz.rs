@@ -172,9 +172,6 @@ fn fuzz(name: &str, seed: u64, seeds: &[Vec<u8>], mut decode: impl FnMut(&[u8]))
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut worst = (0usize, 0usize); // (peak, input length)
-                                      // Quiet panics: a caught one is reported below with its input.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     for i in 0..n {
         let input = if i < seeds.len() {
             seeds[i].clone()
@@ -184,12 +181,10 @@ fn fuzz(name: &str, seed: u64, seeds: &[Vec<u8>], mut decode: impl FnMut(&[u8]))
         };
         let (result, peak) = peak_during(|| catch_unwind(AssertUnwindSafe(|| decode(&input))));
         if result.is_err() {
-            std::panic::set_hook(hook);
             panic!("{name}: panicked on input {i}: {}", hex(&input));
         }
         let bound = ALLOC_PER_BYTE * input.len() + ALLOC_BASE;
         if peak > bound {
-            std::panic::set_hook(hook);
             panic!(
                 "{name}: allocated {peak} bytes for a {}-byte input (bound {bound}): {}",
                 input.len(),
@@ -200,7 +195,6 @@ fn fuzz(name: &str, seed: u64, seeds: &[Vec<u8>], mut decode: impl FnMut(&[u8]))
             worst = (peak, input.len());
         }
     }
-    std::panic::set_hook(hook);
     eprintln!(
         "fuzz {name}: {n} inputs in {:.1?}, no panic; largest allocation {} bytes (for {} input bytes)",
         started.elapsed(),
