@@ -20,10 +20,11 @@ use support::{produce_sends, wait_for, ChildDispatcher, Kafka, SmtpServer};
 
 const MINUTES_3: Duration = Duration::from_secs(180);
 
-/// A dispatcher child whose killed predecessor's partitions move on within about four seconds (the
+/// A `subcommand` child whose killed predecessor's partitions move on within about four seconds (the
 /// embedded broker delays a first join by 3 s, so a shorter session would expire while joining).
-fn dispatcher(kafka: &Kafka) -> ChildDispatcher {
-    ChildDispatcher::spawn_with(
+fn child(subcommand: &str, kafka: &Kafka) -> ChildDispatcher {
+    ChildDispatcher::spawn_command(
+        subcommand,
         &kafka.config,
         &[
             (
@@ -37,6 +38,10 @@ fn dispatcher(kafka: &Kafka) -> ChildDispatcher {
             ("HOOKRELAY_TELEMETRY__LOG_LEVEL", "warn"),
         ],
     )
+}
+
+fn dispatcher(kafka: &Kafka) -> ChildDispatcher {
+    child("dispatch", kafka)
 }
 
 /// Produces `n` sends: every fifth answered 503 once and then 200 (a retry delivers it), every seventh 404
@@ -59,6 +64,26 @@ async fn produce_mix(kafka: &Kafka, rx: &Receiver, n: usize, delay_ms: u64) -> V
         ids.push(id);
     }
     ids
+}
+
+/// An embedded broker (4 send partitions) with `n` sends of the mix waiting, a receiver, and a reader of
+/// the failure and dead-letter topics; dispatchers get 8 requests in flight.
+async fn backlog(n: usize, delay_ms: u64) -> (Kafka, Receiver, OutputReader, Vec<String>) {
+    let mut kafka = Kafka::start(4);
+    kafka.config.dispatch.max_in_flight = 8;
+    let rx = support::receiver().await;
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let ids = produce_mix(&kafka, &rx, n, delay_ms).await;
+    (kafka, rx, reader, ids)
+}
+
+async fn under_way(rx: &Receiver, requests: u64) {
+    wait_for(
+        "the stream is under way",
+        Duration::from_secs(60),
+        || async { rx.count() >= requests },
+    )
+    .await;
 }
 
 /// What became of the sends.
@@ -127,11 +152,7 @@ async fn settle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sigkills_of_a_dispatcher_mid_stream_lose_nothing() {
-    let mut kafka = Kafka::start(4);
-    kafka.config.dispatch.max_in_flight = 8;
-    let rx = support::receiver().await;
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let ids = produce_mix(&kafka, &rx, 2_000, 40).await;
+    let (kafka, rx, reader, ids) = backlog(2_000, 40).await;
     for i in 0..20u64 {
         let mut d = dispatcher(&kafka);
         let before = rx.count();
@@ -160,11 +181,7 @@ async fn twenty_sigkills_of_a_dispatcher_mid_stream_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_down_for_ten_seconds_mid_stream_loses_nothing() {
-    let mut kafka = Kafka::start(4);
-    kafka.config.dispatch.max_in_flight = 8;
-    let rx = support::receiver().await;
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let ids = produce_mix(&kafka, &rx, 1_500, 20).await;
+    let (kafka, rx, reader, ids) = backlog(1_500, 20).await;
     // librdkafka's default session (45 s) outlives the outage, as it would in production; with a session
     // shorter than the outage the group is rebuilt and every uncommitted send is redone (at least once).
     let _d = ChildDispatcher::spawn_with(
@@ -181,12 +198,7 @@ async fn the_broker_down_for_ten_seconds_mid_stream_loses_nothing() {
             ("HOOKRELAY_TELEMETRY__LOG_LEVEL", "warn"),
         ],
     );
-    wait_for(
-        "the stream is under way",
-        Duration::from_secs(60),
-        || async { rx.count() >= 200 },
-    )
-    .await;
+    under_way(&rx, 200).await;
     kafka.broker.mock().broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     kafka.broker.mock().broker_up(1).unwrap();
@@ -217,18 +229,9 @@ async fn request_errors_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_errors_for_ten_seconds_lose_nothing() {
-    let mut kafka = Kafka::start(4);
-    kafka.config.dispatch.max_in_flight = 8;
-    let rx = support::receiver().await;
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let ids = produce_mix(&kafka, &rx, 1_500, 20).await;
+    let (kafka, rx, reader, ids) = backlog(1_500, 20).await;
     let d = dispatcher(&kafka);
-    wait_for(
-        "the stream is under way",
-        Duration::from_secs(60),
-        || async { rx.count() >= 200 },
-    )
-    .await;
+    under_way(&rx, 200).await;
     // Every Produce request (failure events, retry records, dead letters) fails for 10 s.
     request_errors_for(
         &kafka,
@@ -263,18 +266,9 @@ async fn produce_errors_for_ten_seconds_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_and_commit_errors_and_leader_moves_lose_nothing() {
-    let mut kafka = Kafka::start_with(4, |_| {});
-    kafka.config.dispatch.max_in_flight = 8;
-    let rx = support::receiver().await;
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let ids = produce_mix(&kafka, &rx, 1_200, 20).await;
+    let (kafka, rx, reader, ids) = backlog(1_200, 20).await;
     let d = dispatcher(&kafka);
-    wait_for(
-        "the stream is under way",
-        Duration::from_secs(60),
-        || async { rx.count() >= 100 },
-    )
-    .await;
+    under_way(&rx, 100).await;
     let errs = [
         (
             RDKafkaApiKey::Fetch,
@@ -489,21 +483,7 @@ fn emails_per_workspace(smtp: &SmtpServer, workspaces: &[String]) -> Vec<usize> 
 }
 
 fn aggregator(kafka: &Kafka) -> ChildDispatcher {
-    ChildDispatcher::spawn_command(
-        "aggregate",
-        &kafka.config,
-        &[
-            (
-                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
-                "4000",
-            ),
-            (
-                "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
-                "300",
-            ),
-            ("HOOKRELAY_TELEMETRY__LOG_LEVEL", "warn"),
-        ],
-    )
+    child("aggregate", kafka)
 }
 
 async fn metric_sum(procs: &[&ChildDispatcher], series: &str) -> f64 {

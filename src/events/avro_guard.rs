@@ -19,7 +19,7 @@ pub struct Malformed(pub &'static str);
 
 /// Checks that `body` is exactly one datum of `schema`, with every length and count within the bytes present.
 pub fn check(schema: &Schema, body: &[u8]) -> Result<(), Malformed> {
-    let mut r = Cursor { buf: body, pos: 0 };
+    let mut r = Cursor::new(body);
     walk(schema, &mut r, 0)?;
     if r.pos != body.len() {
         return Err(Malformed("trailing bytes after the record"));
@@ -27,12 +27,27 @@ pub fn check(schema: &Schema, body: &[u8]) -> Result<(), Malformed> {
     Ok(())
 }
 
-struct Cursor<'a> {
+/// Reads Avro's primitive encodings from a byte slice, never past its end (shared with the failure-event
+/// reader).
+pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed from the input.
+    pub(crate) fn str(&mut self) -> Result<&'a str, Malformed> {
+        let n = self.len()?;
+        let start = self.pos;
+        self.skip(n)?;
+        std::str::from_utf8(&self.buf[start..self.pos])
+            .map_err(|_| Malformed("a string is not UTF-8"))
+    }
+
     fn left(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -45,14 +60,14 @@ impl Cursor<'_> {
         Ok(())
     }
 
-    fn byte(&mut self) -> Result<u8, Malformed> {
+    pub(crate) fn byte(&mut self) -> Result<u8, Malformed> {
         let b = *self.buf.get(self.pos).ok_or(Malformed("truncated"))?;
         self.pos += 1;
         Ok(b)
     }
 
     /// Zig-zag varint (Avro int and long); more than ten bytes is malformed.
-    fn long(&mut self) -> Result<i64, Malformed> {
+    pub(crate) fn long(&mut self) -> Result<i64, Malformed> {
         let mut n: u64 = 0;
         for shift in (0..70).step_by(7) {
             let b = self.byte()?;
@@ -128,14 +143,7 @@ fn walk(schema: &Schema, r: &mut Cursor<'_>, depth: usize) -> Result<(), Malform
             let n = r.len()?;
             r.skip(n)
         }
-        Schema::String | Schema::Uuid => {
-            let n = r.len()?;
-            let start = r.pos;
-            r.skip(n)?;
-            std::str::from_utf8(&r.buf[start..r.pos])
-                .map(|_| ())
-                .map_err(|_| Malformed("a string is not UTF-8"))
-        }
+        Schema::String | Schema::Uuid => r.str().map(|_| ()),
         Schema::Fixed(f) => r.skip(f.size),
         Schema::Decimal(d) => walk(&d.inner, r, depth + 1),
         Schema::Enum(e) => {

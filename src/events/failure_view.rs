@@ -4,6 +4,7 @@
 
 use apache_avro::schema::{RecordSchema, Schema};
 
+use super::avro_guard::Cursor;
 use super::failure_schema;
 use super::framing::Frame;
 
@@ -111,7 +112,7 @@ impl ViewDecoder {
             | Frame::Unframed(body) => body,
             Frame::Json(_) => return Err(Malformed("JSON, not Avro")),
         };
-        let mut r = Reader { buf: body, pos: 0 };
+        let mut r = Cursor::new(body);
         let mut v = FailureView::default();
         let mut time_s = None;
         let mut time_ms = None;
@@ -164,42 +165,9 @@ enum Value<'a> {
     Str(&'a str),
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, Malformed> {
-        let b = *self.buf.get(self.pos).ok_or(Malformed("truncated"))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    /// Zig-zag varint, as Avro encodes int and long.
-    fn long(&mut self) -> Result<i64, Malformed> {
-        let mut n: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok((n >> 1) as i64 ^ -((n & 1) as i64));
-            }
-        }
-        Err(Malformed("varint too long"))
-    }
-
-    fn str(&mut self) -> Result<&'a str, Malformed> {
-        let len = usize::try_from(self.long()?).map_err(|_| Malformed("negative length"))?;
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|e| *e <= self.buf.len())
-            .ok_or(Malformed("truncated"))?;
-        let s = std::str::from_utf8(&self.buf[self.pos..end])
-            .map_err(|_| Malformed("invalid UTF-8"))?;
-        self.pos = end;
-        Ok(s)
+impl From<super::avro_guard::Malformed> for Malformed {
+    fn from(m: super::avro_guard::Malformed) -> Self {
+        Malformed(m.0)
     }
 }
 

@@ -232,6 +232,7 @@ impl SendRequest {
             headers,
         })
     }
+
     /// `id` and `workspace_id` are required and short; `id` travels as the `webhook-id` header, so it must be
     /// a valid header value; no identifier may carry control characters (they end up in headers, keys, logs
     /// and emails); optional identifiers and names are bounded so that a failure event always fits.
@@ -243,22 +244,7 @@ impl SendRequest {
                     format!("{name} is empty"),
                 ));
             }
-            if value.len() > rules.max_id_bytes {
-                return Err(invalid(
-                    InvalidKind::TooLarge,
-                    format!(
-                        "{name} of {} bytes is longer than {}",
-                        value.len(),
-                        rules.max_id_bytes
-                    ),
-                ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(invalid(
-                    InvalidKind::InvalidField,
-                    format!("{name} {:?} contains control characters", shorten(value)),
-                ));
-            }
+            check_field(name, value, rules.max_id_bytes)?;
         }
         if HeaderValue::from_str(&self.id).is_err() {
             return Err(invalid(
@@ -270,22 +256,8 @@ impl SendRequest {
             ));
         }
         for (name, value) in self.optional_fields() {
-            let Some(value) = value else { continue };
-            if value.len() > rules.max_field_bytes {
-                return Err(invalid(
-                    InvalidKind::TooLarge,
-                    format!(
-                        "{name} of {} bytes is longer than {}",
-                        value.len(),
-                        rules.max_field_bytes
-                    ),
-                ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(invalid(
-                    InvalidKind::InvalidField,
-                    format!("{name} {:?} contains control characters", shorten(value)),
-                ));
+            if let Some(value) = value {
+                check_field(name, value, rules.max_field_bytes)?;
             }
         }
         Ok(())
@@ -318,6 +290,23 @@ impl SendRequest {
             ),
         ]
     }
+}
+
+/// A field no longer than `max` bytes and free of control characters.
+fn check_field(name: &str, value: &str, max: usize) -> Result<(), InvalidSend> {
+    if value.len() > max {
+        return Err(invalid(
+            InvalidKind::TooLarge,
+            format!("{name} of {} bytes is longer than {max}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            InvalidKind::InvalidField,
+            format!("{name} {:?} contains control characters", shorten(value)),
+        ));
+    }
+    Ok(())
 }
 
 /// At most 100 characters of a value, for error messages (the record itself goes to the dead letter).
