@@ -305,12 +305,13 @@ async fn a_failure_event_the_broker_refuses_for_good_becomes_a_dead_letter() {
     let rx = support::receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    // The dispatcher's first Produce request — the failure event of this 404 — is refused as too large
-    // (the embedded broker's request errors hit whichever client asks next, so the dispatcher starts after).
+    // The dispatcher's first two Produce requests — the failure event of this 404, then its dead letter in
+    // full — are refused as too large (the embedded broker's request errors hit whichever client asks next,
+    // so the dispatcher starts after); the dead letter then goes bare.
     produce_sends(&producer, "refused", 1, &rx.url("/hook?status=404")).await;
     kafka.broker.mock().request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2],
     );
     let d = dispatcher(&kafka);
     reader
@@ -333,10 +334,16 @@ async fn a_failure_event_the_broker_refuses_for_good_becomes_a_dead_letter() {
         "{:?}",
         dl.headers
     );
+    assert!(
+        dl.payload.is_empty()
+            && dl.headers["hookrelay-dropped"].contains("the whole record was refused"),
+        "a dead letter refused in full goes bare: {:?}",
+        dl.headers
+    );
     assert_eq!(
         d.metric("hookrelay_produce_errors_total{kind=\"permanent\"}")
             .await,
-        Some(1.0)
+        Some(2.0)
     );
     wait_for(
         "every offset is committed",
@@ -352,7 +359,7 @@ async fn a_failure_event_the_broker_refuses_for_good_becomes_a_dead_letter() {
     };
     report(
         "a failure event refused for good",
-        "one Produce answered MESSAGE_TOO_LARGE: the send is dead-lettered (`unpublishable`) and the partition moves on",
+        "two Produce requests answered MESSAGE_TOO_LARGE: the failure event is replaced by a dead letter (`unpublishable`), which goes bare when refused in full; the partition moves on",
         &t,
         "—",
     );

@@ -272,11 +272,12 @@ fn dashboards_and_alert_rules_use_only_metrics_hookrelay_exposes() {
         .set(0);
     dispatch.retries_scheduled.with_label_values(&["10s"]).inc();
     dispatch.request_duration.observe(0.1);
+    dispatch.kafka.show_missing(&["t".into()], &[]);
+    let aggregate = hookrelay::telemetry::AggregateMetrics::new();
+    aggregate.kafka.show_missing(&["t".into()], &[]);
     let exposed: HashSet<String> = metric_names(&dispatch.render())
         .into_iter()
-        .chain(metric_names(
-            &hookrelay::telemetry::AggregateMetrics::new().render(),
-        ))
+        .chain(metric_names(&aggregate.render()))
         .collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in [

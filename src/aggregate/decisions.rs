@@ -62,6 +62,10 @@ impl Aggregator {
     /// Decides for one workspace. A decision that cannot be recorded now (Kafka down) is not acted on —
     /// `pending` must be durable before an email goes out — and is tried again on a later tick.
     pub(super) async fn decide(&mut self, workspace: &str) {
+        self.apply_revocations();
+        if !self.workspaces.contains_key(workspace) {
+            return; // not ours (any more)
+        }
         let now = now_ms();
         let threshold = self.config.aggregate.threshold_for(workspace);
         let count = self.windows.count(workspace, now);
@@ -111,12 +115,12 @@ impl Aggregator {
             return;
         }
         let (now, span) = (now_ms(), self.span_ms());
-        let ws = self.workspaces.get_mut(&record.workspace_id);
-        let partition = ws.as_ref().map_or(-1, |w| w.partition);
-        let (workspace_name, breakdown) = match ws {
-            Some(w) => (w.name.clone(), w.breakdown.top(now, span)),
-            None => (String::new(), Vec::new()),
+        // Only for a workspace this instance owns: its sender must stop with the partition.
+        let Some(ws) = self.workspaces.get_mut(&record.workspace_id) else {
+            return;
         };
+        let partition = ws.partition;
+        let (workspace_name, breakdown) = (ws.name.clone(), ws.breakdown.top(now, span));
         let content = AlertContent {
             workspace_id: record.workspace_id.clone(),
             workspace_name,

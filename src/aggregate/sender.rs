@@ -23,6 +23,9 @@ use crate::telemetry::AggregateMetrics;
 
 struct Slot {
     partition: i32,
+    /// Which registration this is: a stopped sender whose partition came back is replaced, and the old
+    /// task must not then touch its successor's slot.
+    generation: u64,
     stop: CancellationToken,
     /// In an SMTP attempt, or recording one that succeeded.
     busy: bool,
@@ -32,6 +35,7 @@ struct Slot {
 pub(super) struct Senders {
     slots: Mutex<HashMap<String, Slot>>,
     idle: Condvar,
+    generations: std::sync::atomic::AtomicU64,
     /// How many are running, for `/metrics`.
     running: prometheus::IntGauge,
 }
@@ -41,6 +45,7 @@ impl Senders {
         Self {
             slots: Mutex::default(),
             idle: Condvar::new(),
+            generations: std::sync::atomic::AtomicU64::new(0),
             running,
         }
     }
@@ -53,29 +58,35 @@ impl Senders {
         self.lock().contains_key(workspace)
     }
 
-    /// Registers a sender; `None` if one already runs for the workspace.
-    fn register(&self, workspace: &str, partition: i32) -> Option<CancellationToken> {
+    /// Registers a sender; `None` if one already runs for the workspace (a stopped one is replaced).
+    fn register(&self, workspace: &str, partition: i32) -> Option<(CancellationToken, u64)> {
         let mut slots = self.lock();
-        if slots.contains_key(workspace) {
+        if slots.get(workspace).is_some_and(|s| !s.stop.is_cancelled()) {
             return None;
         }
         let stop = CancellationToken::new();
-        self.running.inc();
-        slots.insert(
-            workspace.to_string(),
-            Slot {
-                partition,
-                stop: stop.clone(),
-                busy: false,
-            },
-        );
-        Some(stop)
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = Slot {
+            partition,
+            generation,
+            stop: stop.clone(),
+            busy: false,
+        };
+        if slots.insert(workspace.to_string(), slot).is_none() {
+            self.running.inc();
+        }
+        Some((stop, generation))
     }
 
-    /// Marks the start (`true`) or end of an attempt; starting fails once the sender was stopped.
-    fn set_busy(&self, workspace: &str, busy: bool) -> bool {
+    /// Marks the start (`true`) or end of an attempt; starting fails once the sender was stopped or replaced.
+    fn set_busy(&self, workspace: &str, generation: u64, busy: bool) -> bool {
         let mut slots = self.lock();
-        let Some(slot) = slots.get_mut(workspace) else {
+        let Some(slot) = slots
+            .get_mut(workspace)
+            .filter(|s| s.generation == generation)
+        else {
             return false;
         };
         if busy && slot.stop.is_cancelled() {
@@ -87,10 +98,16 @@ impl Senders {
         true
     }
 
-    fn unregister(&self, workspace: &str) {
-        if self.lock().remove(workspace).is_some() {
+    fn unregister(&self, workspace: &str, generation: u64) {
+        let mut slots = self.lock();
+        if slots
+            .get(workspace)
+            .is_some_and(|s| s.generation == generation)
+        {
+            slots.remove(workspace);
             self.running.dec();
         }
+        drop(slots);
         self.idle.notify_all();
     }
 
@@ -144,16 +161,16 @@ fn already_sent(log: &Mutex<AlertLog>, record: &AlertRecord) -> bool {
 /// Starts a sender for the job's workspace unless one runs already.
 pub(super) fn spawn(job: Job) {
     let ws = job.record.workspace_id.clone();
-    let Some(stop) = job.senders.register(&ws, job.partition) else {
+    let Some((stop, generation)) = job.senders.register(&ws, job.partition) else {
         return;
     };
     tokio::spawn(async move {
-        run(&job, &stop).await;
-        job.senders.unregister(&ws);
+        run(&job, &stop, generation).await;
+        job.senders.unregister(&ws, generation);
     });
 }
 
-async fn run(job: &Job, stop: &CancellationToken) {
+async fn run(job: &Job, stop: &CancellationToken, generation: u64) {
     let ws = job.record.workspace_id.as_str();
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -161,7 +178,7 @@ async fn run(job: &Job, stop: &CancellationToken) {
             tracing::info!(workspace = ws, "alert already sent by another instance");
             return;
         }
-        if !job.senders.set_busy(ws, true) {
+        if !job.senders.set_busy(ws, generation, true) {
             tracing::info!(
                 workspace = ws,
                 "partition revoked: its new owner sends the alert"
@@ -190,11 +207,11 @@ async fn run(job: &Job, stop: &CancellationToken) {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .apply(sent);
-                job.senders.set_busy(ws, false);
+                job.senders.set_busy(ws, generation, false);
                 return;
             }
             Err(e) => {
-                job.senders.set_busy(ws, false);
+                job.senders.set_busy(ws, generation, false);
                 job.metrics.send_errors.inc();
                 tracing::warn!(workspace = ws, error = %e, retry_in = ?backoff, "alert email not sent; retrying");
                 tokio::select! {
@@ -214,34 +231,52 @@ async fn run(job: &Job, stop: &CancellationToken) {
 mod tests {
     use super::*;
 
+    fn senders() -> Senders {
+        Senders::new(prometheus::IntGauge::new("g", "g").unwrap())
+    }
+
     #[test]
     fn stopping_a_partition_stops_only_its_senders_and_waits_for_a_busy_one() {
-        let s = Arc::new(Senders::new(prometheus::IntGauge::new("g", "g").unwrap()));
-        let a = s.register("a", 0).unwrap();
-        let b = s.register("b", 1).unwrap();
+        let s = Arc::new(senders());
+        let (a, ga) = s.register("a", 0).unwrap();
+        let (b, gb) = s.register("b", 1).unwrap();
         assert!(s.register("a", 0).is_none(), "one sender per workspace");
-        assert!(s.set_busy("a", true));
+        assert!(s.set_busy("a", ga, true));
         let s2 = s.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            s2.set_busy("a", false);
+            s2.set_busy("a", ga, false);
         });
         let still_busy = s.stop_partitions(&[0].into(), Duration::from_secs(5));
         t.join().unwrap();
         assert_eq!(still_busy, 0, "waited for the attempt to end");
         assert!(a.is_cancelled() && !b.is_cancelled());
         assert!(
-            !s.set_busy("a", true),
+            !s.set_busy("a", ga, true),
             "a stopped sender starts no new attempt"
         );
-        assert!(s.set_busy("b", true));
+        assert!(s.set_busy("b", gb, true));
+    }
+
+    #[test]
+    fn a_stopped_sender_is_replaced_when_its_partition_comes_back_and_leaves_its_successor_alone() {
+        let s = senders();
+        let (_, old) = s.register("a", 0).unwrap();
+        s.stop_partitions(&[0].into(), Duration::ZERO);
+        let (_, new) = s.register("a", 0).expect("a stopped sender is replaced");
+        assert!(!s.set_busy("a", old, true), "the old task cannot act");
+        s.unregister("a", old);
+        assert!(s.is_sending("a"), "nor remove its successor");
+        assert_eq!(s.running.get(), 1);
+        s.unregister("a", new);
+        assert_eq!(s.running.get(), 0);
     }
 
     #[test]
     fn the_wait_is_bounded() {
-        let s = Senders::new(prometheus::IntGauge::new("g", "g").unwrap());
-        s.register("a", 0).unwrap();
-        s.set_busy("a", true);
+        let s = senders();
+        let (_, g) = s.register("a", 0).unwrap();
+        s.set_busy("a", g, true);
         assert_eq!(s.stop_partitions(&[0].into(), Duration::from_millis(20)), 1);
     }
 }

@@ -54,6 +54,8 @@ pub(super) struct Aggregator {
     pub(super) alerts_read: HashMap<i32, i64>,
     pub(super) replay_started: Option<Instant>,
     pub(super) senders: Arc<Senders>,
+    /// Assignment changes recorded by the rebalance callback.
+    pub(super) changes: Arc<Mutex<Changes>>,
     /// Workspaces whose decision could not be recorded (Kafka refused the write): decided again on a tick.
     pub(super) undecided: HashSet<String>,
     pub(super) last_eviction: Instant,
@@ -128,6 +130,7 @@ pub async fn run(
         replay_until: HashMap::new(),
         replay_started: None,
         senders,
+        changes: changes.clone(),
         undecided: HashSet::new(),
         last_eviction: Instant::now(),
         producer,
@@ -181,16 +184,9 @@ pub async fn run(
                 None => break,
             },
         }
-        let (assigned, revoked) = {
-            let mut c = changes.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                std::mem::take(&mut c.assigned),
-                std::mem::take(&mut c.revoked),
-            )
-        };
-        if !revoked.is_empty() {
-            agg.revoke(&revoked);
-        }
+        agg.apply_revocations();
+        let assigned =
+            std::mem::take(&mut changes.lock().unwrap_or_else(|p| p.into_inner()).assigned);
         if !assigned.is_empty() {
             agg.assign(&consumer, assigned).await;
             let marks = watermarks(&alerts, &config.topics.alerts)
@@ -318,15 +314,29 @@ impl Aggregator {
         );
     }
 
-    fn revoke(&mut self, tps: &[TopicPartition]) {
-        let gone: HashSet<i32> = tps.iter().map(|tp| tp.partition).collect();
-        for tp in tps {
+    /// Forgets the workspaces of partitions revoked since the last call. Called before anything decides: a
+    /// revocation may have happened inside any poll of the consumer, and nothing may be decided or sent for
+    /// a workspace another instance now owns.
+    pub(super) fn apply_revocations(&mut self) {
+        let revoked = std::mem::take(
+            &mut self
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .revoked,
+        );
+        if revoked.is_empty() {
+            return;
+        }
+        let gone: HashSet<i32> = revoked.iter().map(|tp| tp.partition).collect();
+        for tp in &revoked {
             self.replay_until.remove(tp);
             self.owned.remove(tp);
         }
         self.workspaces.retain(|_, w| !gone.contains(&w.partition));
         let keep: HashSet<String> = self.workspaces.keys().cloned().collect();
         self.windows.retain(|ws| keep.contains(ws));
+        self.undecided.retain(|ws| keep.contains(ws));
         self.metrics.workspaces.set(self.workspaces.len() as i64);
     }
 

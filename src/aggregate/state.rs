@@ -44,10 +44,13 @@ pub struct AlertLog {
 }
 
 impl AlertLog {
-    /// Folds a record read from (or written to) the alerts topic; the latest decision per workspace wins.
+    /// Folds a record read from (or written to) the alerts topic; the latest decision per workspace wins, and
+    /// for the same decision `sent` wins over `pending` (a sender may record `sent` before the alerts tail
+    /// has delivered its own `pending`: the log must never step back).
     pub fn apply(&mut self, record: AlertRecord) {
+        let rank = |r: &AlertRecord| (r.decided_at_ms, r.status == AlertStatus::Sent);
         match self.latest.get(&record.workspace_id) {
-            Some(cur) if cur.decided_at_ms > record.decided_at_ms => {}
+            Some(cur) if rank(cur) >= rank(&record) => {}
             _ => {
                 self.latest.insert(record.workspace_id.clone(), record);
             }
@@ -66,8 +69,14 @@ impl AlertLog {
         now_ms: i64,
         quiet_ms: i64,
     ) -> Action {
-        match self.latest.get(workspace) {
-            Some(r) if now_ms - r.decided_at_ms < quiet_ms => match r.status {
+        // A decision dated more than a quiet period ahead (a hostile or corrupt record) cannot silence a
+        // workspace for ever: it is ignored.
+        let current = |r: &&AlertRecord| {
+            let age = now_ms.saturating_sub(r.decided_at_ms);
+            age < quiet_ms && age > quiet_ms.saturating_neg()
+        };
+        match self.latest.get(workspace).filter(current) {
+            Some(r) => match r.status {
                 AlertStatus::Pending => Action::Resend,
                 AlertStatus::Sent => Action::Nothing,
             },
@@ -111,6 +120,25 @@ mod tests {
             "a day later it may alert again"
         );
         assert_eq!(log.action("ws", 5, 10, 100 + DAY, DAY), Action::Nothing);
+    }
+
+    #[test]
+    fn a_pending_record_read_after_its_sent_record_does_not_step_back() {
+        let mut log = AlertLog::default();
+        log.apply(record(AlertStatus::Sent, 100));
+        log.apply(record(AlertStatus::Pending, 100));
+        assert_eq!(log.get("ws").unwrap().status, AlertStatus::Sent);
+        assert_eq!(log.action("ws", 50, 10, 200, DAY), Action::Nothing);
+    }
+
+    #[test]
+    fn records_dated_absurdly_never_panic_nor_silence_a_workspace() {
+        let mut log = AlertLog::default();
+        log.apply(record(AlertStatus::Sent, i64::MAX));
+        assert_eq!(log.action("ws", 50, 10, 1_000, DAY), Action::Alert);
+        let mut log = AlertLog::default();
+        log.apply(record(AlertStatus::Sent, i64::MIN));
+        assert_eq!(log.action("ws", 50, 10, i64::MAX, DAY), Action::Alert);
     }
 
     #[test]

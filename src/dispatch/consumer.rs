@@ -82,7 +82,12 @@ impl Shared {
 
     /// Called by a pipeline task whose outcome could not be made durable (shutdown, a fatal producer error).
     pub fn abandon(&self, ticket: &Ticket) {
-        *self.lock().abandoned.entry(ticket.tp.clone()).or_default() += 1;
+        let mut state = self.lock();
+        // A ticket of an earlier assignment no longer counts among the partition's pending records.
+        if state.tracker.is_current(ticket) {
+            *state.abandoned.entry(ticket.tp.clone()).or_default() += 1;
+        }
+        drop(state);
         self.finished.notify_all();
     }
 

@@ -110,6 +110,8 @@ pub struct HostHealth {
     hosts: HashMap<HostKey, Window>,
     /// Records since idle hosts were last swept out.
     since_sweep: u32,
+    /// A sweep ran since [`HostHealth::take_swept`] was last asked (it may have dropped expired pauses).
+    swept: bool,
 }
 
 impl HostHealth {
@@ -121,6 +123,7 @@ impl HostHealth {
             bucket_ms,
             hosts: HashMap::new(),
             since_sweep: 0,
+            swept: false,
         }
     }
 
@@ -204,11 +207,17 @@ impl HostHealth {
     /// Forgets hosts with nothing in their window and no pause still running (an expired pause whose host
     /// was never tried again is dropped too), so memory follows the active host set.
     pub fn evict_idle(&mut self, now_ms: i64) {
+        self.swept = true;
         let bucket = now_ms.div_euclid(self.bucket_ms);
         self.hosts.retain(|_, w| {
             w.advance(bucket);
             w.paused_until.is_some_and(|u| u > now_ms) || w.total() > 0
         });
+    }
+
+    /// Whether a sweep ran since the last call (the caller then refreshes its paused-hosts gauge).
+    pub fn take_swept(&mut self) -> bool {
+        std::mem::take(&mut self.swept)
     }
 
     pub fn tracked(&self) -> usize {

@@ -272,8 +272,11 @@ impl Pipeline {
             next_attempt_at_ms: Some(due_ms),
             ..facts
         };
-        if let Err(why) = self.publish_failure(record, send, &failure, facts).await? {
-            return self.dead_letter(record, &why).await;
+        if let Err(mut why) = self.publish_failure(record, send, &failure, facts).await? {
+            // The retry is durable, so the send goes on; the dead letter only keeps the event's news.
+            why.detail
+                .push_str("; the retry is scheduled: do not redrive this record");
+            self.publisher.dead_letter(record, &why).await?;
         }
         Ok(Handled::Retrying {
             status: failure.status,
@@ -368,6 +371,11 @@ impl Pipeline {
         let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = health.record(key, status, now) {
             self.note_transition(key, t, health.paused_hosts(now));
+        }
+        if health.take_swept() {
+            self.metrics
+                .paused_hosts
+                .set(health.paused_hosts(now) as i64);
         }
     }
 

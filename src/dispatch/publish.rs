@@ -169,16 +169,18 @@ impl Publisher {
             });
         let key = event.app_group_id.as_deref().unwrap_or_default();
         let room = self.room(key.as_bytes(), 160);
-        let Some(fitted) = fit_event(event, room, |e| e.encode(encoding, schema_id).len()) else {
-            return Err(PublishError::Rejected {
-                topic: self.topics.failures.clone(),
-                reason: format!("the failure event cannot be cut to fit in {room} bytes"),
-            });
-        };
-        if fitted.truncated == Some(true) {
+        let mut payload = event.encode(encoding, schema_id);
+        if payload.len() > room {
+            let Some(fitted) = fit_event(event, room, |e| e.encode(encoding, schema_id).len())
+            else {
+                return Err(PublishError::Rejected {
+                    topic: self.topics.failures.clone(),
+                    reason: format!("the failure event cannot be cut to fit in {room} bytes"),
+                });
+            };
             self.metrics.truncated_events.inc();
+            payload = fitted.encode(encoding, schema_id);
         }
-        let payload = fitted.encode(encoding, schema_id);
         self.produce(&self.topics.failures, key.as_bytes(), &payload, headers)
             .await?;
         let terminal = if event.is_terminal == Some(false) {
@@ -224,8 +226,9 @@ impl Publisher {
     }
 
     /// Forwards an undecodable or invalid record unchanged, saying why and where it came from. The last
-    /// resort, so it never gives up: a record too large for the dead-letter topic is forwarded without its
-    /// value (its coordinates say where to find it); one refused for another reason (the topic is gone, no
+    /// resort, so it never gives up: a record too large for a record of its own, or refused by the broker,
+    /// is forwarded bare — without key, value and original headers, `hookrelay-dropped` saying what was left
+    /// out (its coordinates find the original). A bare letter refused too (the topic is gone, no
     /// authorisation) is retried, visibly (`hookrelay_stalled_outcomes`, an error log), until it goes through.
     pub async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<(), Abandoned> {
         let reason = why.to_string();
@@ -241,51 +244,57 @@ impl Publisher {
             ("hookrelay-failed-at", failed_at.as_str()),
         ];
         let key = record.key.as_deref().unwrap_or_default();
-        let theirs: usize = record
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 8)
-            .sum();
+        let size = |h: &[(String, Vec<u8>)]| -> usize {
+            h.iter().map(|(k, v)| k.len() + v.len() + 8).sum()
+        };
         let ours_len: usize = ours.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        let whole = record.payload.len() + theirs <= self.room(key, ours_len);
-        let mut headers = OwnedHeaders::new();
-        if whole {
-            for (k, v) in &record.headers {
+        let fits = key.len() + record.payload.len() + size(&record.headers)
+            <= self.room(&[], ours_len + 200);
+        let mut dropped = (!fits).then(|| "too large for a Kafka record".to_string());
+        let mut wait = Duration::from_secs(1);
+        let mut stalled = false;
+        let result = loop {
+            let mut headers = OwnedHeaders::new();
+            if dropped.is_none() {
+                for (k, v) in &record.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+            }
+            for (k, v) in ours {
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v),
                 });
             }
-        }
-        for (k, v) in ours {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let dropped = format!(
-            "{} value bytes and {} headers not forwarded: too large for a record",
-            record.payload.len(),
-            record.headers.len()
-        );
-        let (payload, headers) = if whole {
-            (record.payload.as_slice(), headers)
-        } else {
-            let h = headers.insert(Header {
-                key: "hookrelay-dropped",
-                value: Some(&dropped),
-            });
-            (&[][..], h)
-        };
-        let mut wait = Duration::from_secs(1);
-        let mut stalled = false;
-        let result = loop {
+            let note;
+            let (key, payload) = match &dropped {
+                None => (key, record.payload.as_slice()),
+                Some(because) => {
+                    note = format!(
+                        "{} key bytes, {} value bytes and {} headers not forwarded: {because}",
+                        key.len(),
+                        record.payload.len(),
+                        record.headers.len()
+                    );
+                    headers = headers.insert(Header {
+                        key: "hookrelay-dropped",
+                        value: Some(&note),
+                    });
+                    (&[][..], &[][..])
+                }
+            };
             match self
-                .produce(&self.topics.dead_letters, key, payload, headers.clone())
+                .produce(&self.topics.dead_letters, key, payload, headers)
                 .await
             {
                 Ok(()) => break Ok(()),
                 Err(PublishError::Abandoned(a)) => break Err(a),
+                Err(PublishError::Rejected { reason, .. }) if dropped.is_none() => {
+                    dropped = Some(format!("the whole record was refused: {reason}"));
+                }
                 Err(PublishError::Rejected { topic, reason }) => {
                     if !stalled {
                         stalled = true;

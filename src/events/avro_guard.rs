@@ -19,12 +19,55 @@ pub struct Malformed(pub &'static str);
 
 /// Checks that `body` is exactly one datum of `schema`, with every length and count within the bytes present.
 pub fn check(schema: &Schema, body: &[u8]) -> Result<(), Malformed> {
+    match missing_trailing_fields(schema, body)? {
+        0 => Ok(()),
+        _ => Err(Malformed("truncated")),
+    }
+}
+
+/// As [`check`], but a record written with an older version of `schema` — one that lacked some of its
+/// trailing optional fields (schemas here only grow that way) — is accepted too: returns how many trailing
+/// fields are missing, each to be read as null (a single `0` byte, the union's null branch).
+pub fn missing_trailing_fields(schema: &Schema, body: &[u8]) -> Result<usize, Malformed> {
     let mut r = Cursor::new(body);
-    walk(schema, &mut r, 0)?;
+    let missing = match schema {
+        Schema::Record(RecordSchema { fields, .. }) => {
+            let mut missing = 0;
+            for (i, f) in fields.iter().enumerate() {
+                if r.left() == 0 && i > 0 && fields[i..].iter().all(|f| is_optional(&f.schema)) {
+                    missing = fields.len() - i;
+                    break;
+                }
+                walk(&f.schema, &mut r, 1)?;
+            }
+            missing
+        }
+        other => {
+            walk(other, &mut r, 0)?;
+            0
+        }
+    };
     if r.pos != body.len() {
         return Err(Malformed("trailing bytes after the record"));
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// A union whose first branch is null: what a field added to a schema later must be.
+pub fn is_optional(schema: &Schema) -> bool {
+    matches!(schema, Schema::Union(u) if matches!(u.variants().first(), Some(Schema::Null)))
+}
+
+/// `body` with `missing` null branches appended, for a record from an older writer (see
+/// [`missing_trailing_fields`]); borrowed unchanged when nothing is missing.
+pub fn complete(body: &[u8], missing: usize) -> std::borrow::Cow<'_, [u8]> {
+    if missing == 0 {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut v = Vec::with_capacity(body.len() + missing);
+    v.extend_from_slice(body);
+    v.resize(body.len() + missing, 0);
+    std::borrow::Cow::Owned(v)
 }
 
 /// Reads Avro's primitive encodings from a byte slice, never past its end (shared with the failure-event
@@ -37,6 +80,10 @@ pub(crate) struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
+    }
+
+    pub(crate) fn is_at_end(&self) -> bool {
+        self.pos == self.buf.len()
     }
 
     /// A length-prefixed UTF-8 string, borrowed from the input.

@@ -75,12 +75,13 @@ impl FailureEvent {
         framing::frame(encoding, schema_id, schema_fingerprint(), &body)
     }
 
-    /// Reads any framing hookrelay writes; bare binary is assumed when nothing else matches.
+    /// Reads any framing hookrelay writes, by this version or an earlier one; bare binary is assumed when
+    /// nothing else matches.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut body = match Frame::detect(bytes) {
+        let body = match Frame::detect(bytes) {
             Frame::Confluent { body, .. } => body,
             Frame::SingleObject { fingerprint, body } => {
-                if fingerprint != schema_fingerprint() {
+                if !known_fingerprints().contains(&fingerprint) {
                     return Err(DecodeError::ForeignSchema);
                 }
                 body
@@ -88,11 +89,20 @@ impl FailureEvent {
             Frame::Unframed(body) => body,
             Frame::Json(_) => return Err(DecodeError::NotAvro),
         };
-        // Lengths are checked against the bytes present before apache-avro allocates for them.
-        super::avro_guard::check(failure_schema(), body)?;
-        let value = apache_avro::from_avro_datum(failure_schema(), &mut body, None)?;
+        // Lengths are checked against the bytes present before apache-avro allocates for them; an event from
+        // an earlier version lacks the newest optional fields, read as null.
+        let missing = super::avro_guard::missing_trailing_fields(failure_schema(), body)?;
+        let body = super::avro_guard::complete(body, missing);
+        let value = apache_avro::from_avro_datum(failure_schema(), &mut &body[..], None)?;
         Ok(apache_avro::from_value(&value)?)
     }
+}
+
+/// This version's fingerprint and those of earlier versions of the schema.
+fn known_fingerprints() -> &'static [[u8; 8]] {
+    use std::sync::OnceLock;
+    static FPS: OnceLock<Vec<[u8; 8]>> = OnceLock::new();
+    FPS.get_or_init(|| super::compatible_fingerprints(super::FAILURE_SCHEMA_JSON))
 }
 
 fn schema_fingerprint() -> [u8; 8] {
@@ -162,6 +172,32 @@ mod tests {
             hookrelay_version: s("0.1.0"),
             truncated: Some(true),
         }
+    }
+
+    #[test]
+    fn an_event_written_before_the_newest_optional_field_existed_still_reads() {
+        // The previous version of the schema ended before `truncated`: its binary is this version's without
+        // the last byte (the null branch), and single-object frames carry that version's fingerprint.
+        let fps = crate::events::compatible_fingerprints(crate::events::FAILURE_SCHEMA_JSON);
+        assert!(fps.len() > 1, "earlier versions are known");
+        let event = full();
+        let mut body = event.encode(EventEncoding::Binary, None);
+        // truncated = Some(true) is the last field: union branch 1 (zig-zag 2), then true (1).
+        assert_eq!((body.pop(), body.pop()), (Some(1), Some(2)));
+        let mut old = vec![0xC3, 0x01];
+        old.extend(fps[1]);
+        old.extend(&body);
+        let read = FailureEvent::decode(&old).expect("an older event reads");
+        assert_eq!(read.truncated, None);
+        assert_eq!(read.hookrelay_version, event.hookrelay_version);
+        let view = crate::events::failure_view::ViewDecoder::new()
+            .decode(&old)
+            .expect("the fast reader too");
+        assert_eq!(view.code, Some(503));
+        assert!(
+            FailureEvent::decode(&old[..old.len() - 1]).is_err(),
+            "a cut inside a field is not"
+        );
     }
 
     #[test]

@@ -116,7 +116,16 @@ impl ViewDecoder {
         let mut v = FailureView::default();
         let mut time_s = None;
         let mut time_ms = None;
-        for (kind, slot) in &self.fields {
+        for (i, (kind, slot)) in self.fields.iter().enumerate() {
+            // An event from an earlier version ends before the newest optional fields: they are null.
+            if r.is_at_end()
+                && i > 0
+                && self.fields[i..]
+                    .iter()
+                    .all(|(k, _)| matches!(k, Kind::Optional(_)))
+            {
+                break;
+            }
             let value = match kind {
                 Kind::Int | Kind::Long => Value::Num(r.long()?),
                 Kind::Str => Value::Str(r.str()?),

@@ -36,3 +36,32 @@ pub fn send_request_schema() -> &'static apache_avro::Schema {
             .expect("schemas/send_request.avsc is valid")
     })
 }
+
+/// Fingerprints of `schema_json` and of each older version of it, i.e. without one or more of its trailing
+/// optional fields (schemas here only grow by appending optional fields), so that single-object records
+/// written before an upgrade still read.
+pub fn compatible_fingerprints(schema_json: &str) -> Vec<[u8; 8]> {
+    let mut out = Vec::new();
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(schema_json) else {
+        return out;
+    };
+    loop {
+        let Ok(schema) = apache_avro::Schema::parse(&json) else {
+            return out;
+        };
+        out.push(framing::fingerprint(&schema));
+        let Some(fields) = json.get_mut("fields").and_then(|f| f.as_array_mut()) else {
+            return out;
+        };
+        let optional_last = fields.last().is_some_and(|f| {
+            f.get("type")
+                .and_then(|t| t.as_array())
+                .and_then(|t| t.first())
+                .is_some_and(|t| t == "null")
+        });
+        if fields.len() < 2 || !optional_last {
+            return out;
+        }
+        fields.pop();
+    }
+}

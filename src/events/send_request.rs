@@ -78,7 +78,7 @@ impl SendRequest {
             }),
             Frame::Confluent { body, .. } => Self::from_avro(body),
             Frame::SingleObject { fingerprint, body } => {
-                if fingerprint != super::framing::fingerprint(send_request_schema()) {
+                if !known_fingerprints().contains(&fingerprint) {
                     return Err(invalid(
                         InvalidKind::Undecodable,
                         "Avro single-object record with an unknown schema fingerprint",
@@ -94,33 +94,21 @@ impl SendRequest {
         }
     }
 
-    fn from_avro(mut body: &[u8]) -> Result<Self, InvalidSend> {
-        // Lengths and counts are checked against the bytes present before apache-avro allocates for them.
-        super::avro_guard::check(send_request_schema(), body).map_err(|e| {
+    fn from_avro(body: &[u8]) -> Result<Self, InvalidSend> {
+        let undecodable = |e: &dyn fmt::Display| {
             invalid(
                 InvalidKind::Undecodable,
                 format!("invalid Avro send request: {e}"),
             )
-        })?;
-        let value =
-            apache_avro::from_avro_datum(send_request_schema(), &mut body, None).map_err(|e| {
-                invalid(
-                    InvalidKind::Undecodable,
-                    format!("invalid Avro send request: {e}"),
-                )
-            })?;
-        if !body.is_empty() {
-            return Err(invalid(
-                InvalidKind::Undecodable,
-                format!("invalid Avro send request: {} trailing bytes", body.len()),
-            ));
-        }
-        apache_avro::from_value(&value).map_err(|e| {
-            invalid(
-                InvalidKind::Undecodable,
-                format!("invalid Avro send request: {e}"),
-            )
-        })
+        };
+        // Lengths and counts are checked against the bytes present before apache-avro allocates for them; a
+        // record from a producer with an earlier schema lacks the newest optional fields, read as null.
+        let missing = super::avro_guard::missing_trailing_fields(send_request_schema(), body)
+            .map_err(|e| undecodable(&e))?;
+        let body = super::avro_guard::complete(body, missing);
+        let value = apache_avro::from_avro_datum(send_request_schema(), &mut &body[..], None)
+            .map_err(|e| undecodable(&e))?;
+        apache_avro::from_value(&value).map_err(|e| undecodable(&e))
     }
 
     /// Encodes as bare Avro binary with `schemas/send_request.avsc` (producers, tests, the load harness).
@@ -135,6 +123,13 @@ impl SendRequest {
 /// A UTF-8 byte-order mark some producers put before JSON.
 fn strip_bom(json: &[u8]) -> &[u8] {
     json.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(json)
+}
+
+/// Fingerprints of the send-request schema and its earlier versions.
+fn known_fingerprints() -> &'static [[u8; 8]] {
+    use std::sync::OnceLock;
+    static FPS: OnceLock<Vec<[u8; 8]>> = OnceLock::new();
+    FPS.get_or_init(|| super::compatible_fingerprints(super::SEND_REQUEST_SCHEMA_JSON))
 }
 
 /// Accepts epoch milliseconds (number) or an RFC 3339 string.

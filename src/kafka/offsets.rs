@@ -119,6 +119,13 @@ impl OffsetTracker {
         true
     }
 
+    /// Whether `ticket` belongs to the current assignment of its partition.
+    pub fn is_current(&self, ticket: &Ticket) -> bool {
+        self.partitions
+            .get(&ticket.tp)
+            .is_some_and(|p| p.epoch == ticket.epoch)
+    }
+
     /// Records registered but not finished.
     pub fn pending(&self, tp: &TopicPartition) -> usize {
         self.partitions.get(tp).map_or(0, |p| p.window.len())

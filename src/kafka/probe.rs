@@ -164,7 +164,7 @@ pub fn start(
                         if missing.is_empty() {
                             tracing::info!("every required topic exists again");
                         } else {
-                            tracing::error!(missing = %missing.join(", "), "required Kafka topics are missing: records that need them wait (see hookrelay_topic_missing and /readyz)");
+                            tracing::error!(missing = %missing.join(", "), "required Kafka topics are missing: nothing is read from them, and writes to them fail after librdkafka's topic.metadata.propagation.max.ms (30 s) and are dead-lettered (see hookrelay_topic_missing and /readyz)");
                         }
                     }
                     health.set_missing_topics(missing.clone());
