@@ -15,10 +15,10 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::parking::{ready_at, Parked, Parking};
+use super::parking::{Parked, Parking};
 use super::pipeline::Pipeline;
 use super::retry::now_ms;
-use crate::events::retry_record::DUE_HEADER;
+use super::tiers::{ready_at, Tiers, DUE_HEADER};
 use crate::kafka::{OffsetTracker, Record, Ticket, TopicPartition};
 use crate::telemetry::{DispatchMetrics, Health};
 
@@ -212,8 +212,7 @@ fn single(tp: &TopicPartition) -> TopicPartitionList {
 
 pub struct LoopSettings {
     pub max_pending_per_partition: usize,
-    /// Retry tier topics and their delays.
-    pub tiers: HashMap<String, Duration>,
+    pub tiers: Tiers,
     pub commit_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -282,7 +281,7 @@ pub fn poll_loop(
                 };
                 let record = Record::from_message(&msg, tp);
                 drop(msg);
-                let work = match settings.tiers.get(&*record.tp.topic) {
+                let work = match settings.tiers.delay_of(&record.tp.topic) {
                     None => Work::Fresh(record, ticket),
                     Some(delay) => {
                         let now = now_ms();

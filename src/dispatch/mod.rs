@@ -3,14 +3,17 @@
 
 pub mod classify;
 pub mod consumer;
+pub mod delivery;
 pub mod host_health;
 pub mod http;
 pub mod limits;
 pub mod parking;
 pub mod pipeline;
+pub mod plan;
 pub mod publish;
 pub mod report;
 pub mod retry;
+pub mod tiers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +28,10 @@ use crate::config::Config;
 use crate::kafka::client::{consumer_config, producer_config};
 use crate::telemetry::{DispatchMetrics, Health};
 use consumer::{DispatchContext, LoopSettings, Shared};
+use delivery::Delivery;
 use pipeline::Pipeline;
 use publish::{Publisher, PublisherParts};
+use tiers::Tiers;
 
 /// Runs a dispatcher until `shutdown` is cancelled and its work is drained or handed off.
 pub async fn run(
@@ -72,20 +77,24 @@ pub async fn run(
     });
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
+    let tiers = Tiers::from_config(&config.topics);
     let pipeline = Arc::new(Pipeline {
-        executor: http::Executor::new(&config.http, &config.security, signer)
-            .context("creating the HTTP client")?,
+        delivery: Delivery {
+            executor: http::Executor::new(&config.http, &config.security, signer)
+                .context("creating the HTTP client")?,
+            metrics: metrics.clone(),
+            limiter: Arc::new(Semaphore::new(config.dispatch.max_in_flight)),
+            host_limits: limits::HostLimits::new(config.dispatch.max_in_flight_per_host),
+            host_health: std::sync::Mutex::new(host_health::HostHealth::new(
+                config.host_health.clone(),
+            )),
+        },
         publisher,
         metrics: metrics.clone(),
         rules: crate::events::Rules::from_config(config),
         accept_plain_avro: config.dispatch.accept_plain_avro,
-        limiter: Arc::new(Semaphore::new(config.dispatch.max_in_flight)),
-        host_limits: limits::HostLimits::new(config.dispatch.max_in_flight_per_host),
-        host_health: std::sync::Mutex::new(host_health::HostHealth::new(
-            config.host_health.clone(),
-        )),
         retry: config.retry.clone(),
-        tiers: config.topics.retry_tier_topics(),
+        tiers: tiers.clone(),
     });
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
@@ -110,16 +119,15 @@ pub async fn run(
         consumer_config(&config.kafka, &config.kafka.dispatch_group_id)
             .create_with_context(DispatchContext { shared })
             .context("creating the Kafka consumer")?;
-    let tiers = config.topics.retry_tier_topics();
     let mut topics: Vec<&str> = vec![&config.topics.sends];
-    topics.extend(tiers.iter().map(|(t, _)| t.as_str()));
+    topics.extend(tiers.topics());
     consumer
         .subscribe(&topics)
         .with_context(|| format!("subscribing to {}", topics.join(", ")))?;
     tracing::info!(topic = %config.topics.sends, group = %config.kafka.dispatch_group_id, "dispatcher started");
     let settings = LoopSettings {
         max_pending_per_partition: config.dispatch.max_pending_per_partition,
-        tiers: tiers.into_iter().collect(),
+        tiers,
         commit_interval: config.dispatch.commit_interval,
         shutdown_grace: config.dispatch.shutdown_grace,
     };

@@ -17,13 +17,6 @@ pub struct Parked {
     pub ready_at_ms: i64,
 }
 
-/// When a retry record read from a tier with `tier_delay_ms` is ready: once the tier's delay has passed
-/// since it was written, or once it is due, whichever comes first (a record that is not due by then hops on
-/// to a shorter tier).
-pub fn ready_at(written_ms: i64, tier_delay_ms: i64, due_ms: i64) -> i64 {
-    due_ms.min(written_ms.saturating_add(tier_delay_ms))
-}
-
 #[derive(Debug, Default)]
 pub struct Parking {
     queues: HashMap<TopicPartition, VecDeque<Parked>>,
@@ -115,11 +108,5 @@ mod tests {
         let out: Vec<i64> = p.take_ready(500).iter().map(|x| x.ticket.offset).collect();
         assert_eq!(out, vec![1, 2], "in offset order");
         assert!(p.is_empty());
-    }
-
-    #[test]
-    fn a_record_is_ready_after_its_tier_delay_or_when_due_if_sooner() {
-        assert_eq!(ready_at(1_000, 60_000, 500_000), 61_000);
-        assert_eq!(ready_at(1_000, 60_000, 20_000), 20_000);
     }
 }

@@ -1,21 +1,24 @@
-//! One record's journey: decode → validate → execute → classify → publish what must be published.
-//! Returns only once the outcome is durable, which is what allows the caller to mark the offset done.
+//! One record's journey: decode → gate → deliver → plan → apply. Returns only once the outcome is durable,
+//! which is what allows the caller to mark the offset done.
+//!
+//! What happens to a send is decided by [`plan`](super::plan::plan), which is pure; this module does the
+//! I/O around it and handles what Kafka refuses for good (the outcome then goes to a dead letter, never
+//! nowhere).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::classify::{classify, Attempt, Failure, FailureSource, Outcome, NO_RESPONSE};
-use super::host_health::{HostHealth, HostKey, Transition};
-use super::http::Executor;
-use super::limits::HostLimits;
+use super::classify::{Failure, FailureSource, NO_RESPONSE};
+use super::delivery::Delivery;
+use super::host_health::HostKey;
+use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
 use super::publish::{Abandoned, PublishError, Publisher};
 use super::report::{event_for, AttemptFacts, Target};
-use super::retry::{now_ms, parse_retry_after, pick_tier, Decision, RetryPolicy};
+use super::retry::{now_ms, RetryPolicy};
+use super::tiers::Tiers;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
-use crate::events::{RetryRecord, Rules, SendRequest, ValidSend};
+use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, ValidSend};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -37,18 +40,13 @@ pub enum Handled {
 }
 
 pub struct Pipeline {
-    pub executor: Executor,
+    pub delivery: Delivery,
     pub publisher: Publisher,
     pub metrics: DispatchMetrics,
     pub rules: Rules,
     pub accept_plain_avro: bool,
-    /// Global limit on webhook requests in flight.
-    pub limiter: Arc<Semaphore>,
-    pub host_limits: HostLimits,
-    pub host_health: Mutex<HostHealth>,
     pub retry: RetryPolicy,
-    /// Retry tier topics and their delays, shortest first.
-    pub tiers: Vec<(String, Duration)>,
+    pub tiers: Tiers,
 }
 
 /// What a record is before anything is decoded: refused if its headers cannot be read or it is too large.
@@ -112,7 +110,7 @@ impl Pipeline {
         };
         let now = now_ms();
         if retry.due_ms > now {
-            let topic = self.tier_topic(retry.due_ms, now).to_string();
+            let topic = self.tiers.topic_for(retry.due_ms, now).to_string();
             match self.publisher.retry(&topic, &retry).await {
                 Ok(()) => {
                     self.metrics.retry_hops.inc();
@@ -158,7 +156,14 @@ impl Pipeline {
             terminal: true,
             next_attempt_at_ms: None,
         };
-        let event = event_for(&retry.send, Target::unparsed(&retry.send), &failure, facts);
+        let id = uuid::Uuid::new_v4().to_string();
+        let event = event_for(
+            &retry.send,
+            Target::unparsed(&retry.send),
+            &failure,
+            facts,
+            id,
+        );
         match self.publisher.failure(&event).await {
             Ok(()) | Err(PublishError::Rejected { .. }) => {}
             Err(PublishError::Abandoned(a)) => return Err(a),
@@ -179,119 +184,109 @@ impl Pipeline {
         Ok(Handled::DeadLettered)
     }
 
-    /// The tier topic a retry due at `due_ms` waits in (see [`pick_tier`]).
-    fn tier_topic(&self, due_ms: i64, now_ms: i64) -> &str {
-        let remaining = Duration::from_millis(u64::try_from(due_ms - now_ms).unwrap_or(0));
-        &self.tiers[pick_tier(self.tiers.iter().map(|(_, d)| *d), remaining)].0
-    }
-
-    /// One attempt of a send: unless its host is paused, an HTTP request; then the outcome made durable.
+    /// One attempt of a send: delivered (or gated), planned, and the plan made durable.
     async fn attempt(
         &self,
         record: &Record,
         send: &ValidSend,
-        attempt_no: u32,
+        number: u32,
         first_attempt_ms: i64,
     ) -> Result<Handled, Abandoned> {
         let host = HostKey {
             host: send.url.host_str().unwrap_or_default().to_string(),
             workspace: send.request.workspace_id.clone(),
         };
-        let (attempt, duration) = self.deliver(&host, send).await;
-        let outcome = classify(attempt);
-        self.metrics.record_outcome(&outcome);
-        if matches!(&outcome, Outcome::Failed(f) if f.source == FailureSource::BlockedDestination) {
-            self.metrics.blocked_destinations.inc();
-        }
-        let failure = match outcome {
-            Outcome::Delivered { status } => {
-                tracing::debug!(status, attempt = attempt_no, "delivered");
+        let (wire, duration) = self.delivery.deliver(&host, send).await;
+        let attempted = Attempted {
+            send,
+            number,
+            first_attempt_ms,
+            wire,
+            duration,
+        };
+        let now = Circumstances {
+            now_ms: now_ms(),
+            jitter: rand::random(),
+            event_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let policy = Policy {
+            retry: &self.retry,
+            tiers: &self.tiers,
+        };
+        let plan = plan(&attempted, now, policy);
+        self.metrics.record_plan(&plan);
+        self.apply(record, plan, number).await
+    }
+
+    /// Makes a plan durable. What Kafka refuses for good ends in a dead letter that says so.
+    async fn apply(&self, record: &Record, plan: Plan, number: u32) -> Result<Handled, Abandoned> {
+        match plan {
+            Plan::Delivered { status } => {
+                tracing::debug!(status, attempt = number, "delivered");
                 self.metrics.sends.with_label_values(&["delivered"]).inc();
-                if attempt_no > 1 {
+                if number > 1 {
                     self.metrics.delivered_after_retry.inc();
                 }
-                return Ok(Handled::Delivered);
+                Ok(Handled::Delivered)
             }
-            Outcome::Failed(f) => f,
-        };
-        let now = now_ms();
-        let retry_after = failure
-            .retry_after
-            .as_deref()
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let decision = self.retry.decide(
-            &failure,
-            attempt_no,
-            first_attempt_ms,
-            now,
-            retry_after,
-            rand::random(),
-        );
-        tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, ?decision, "webhook failed");
-        let facts = AttemptFacts {
-            attempt: attempt_no,
-            duration,
-            now_ms: now,
-            terminal: true,
-            next_attempt_at_ms: None,
-        };
-        let Decision::RetryAt(due_ms) = decision else {
-            return self.give_up(record, send, &failure, facts).await;
-        };
-        let retry = RetryRecord {
-            send: send.request.clone(),
-            attempts: attempt_no,
-            first_attempt_ms,
-            due_ms,
-            last_status: failure.status,
-        };
-        let topic = self.tier_topic(due_ms, now).to_string();
-        // The retry record first: the failure event then tells the truth about whether one is scheduled.
-        match self.publisher.retry(&topic, &retry).await {
-            Ok(()) => {}
-            Err(PublishError::Abandoned(a)) => return Err(a),
-            Err(PublishError::Rejected { topic, reason }) => {
-                let mut failure = failure;
-                failure.reason =
-                    format!("{}; no retry: {topic} refused it: {reason}", failure.reason);
-                let why = invalid(
-                    InvalidKind::Unpublishable,
-                    format!("retry record refused by {topic}: {reason}"),
-                );
-                // The dead letter keeps the send whether or not the terminal event went through.
-                let _refused = self.publish_failure(record, send, &failure, facts).await?;
-                return self.dead_letter(record, &why).await;
+            Plan::GiveUp {
+                failure,
+                reason,
+                event,
+            } => {
+                tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, give_up = reason.as_str(), "webhook failed for good");
+                self.give_up(record, &failure, &event).await
+            }
+            Plan::Retry {
+                failure,
+                topic,
+                record: retry,
+                mut event,
+            } => {
+                tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, due_ms = retry.due_ms, "webhook failed; retry scheduled");
+                // The retry record first: the failure event then tells the truth about whether one is scheduled.
+                match self.publisher.retry(&topic, &retry).await {
+                    Ok(()) => {}
+                    Err(PublishError::Abandoned(a)) => return Err(a),
+                    Err(PublishError::Rejected { topic, reason }) => {
+                        let no_retry = format!("no retry: {topic} refused it: {reason}");
+                        event.is_terminal = Some(true);
+                        event.next_attempt_at = None;
+                        event.error_reason = Some(format!("{}; {no_retry}", failure.reason));
+                        // The dead letter keeps the send whether or not the terminal event went through.
+                        let _refused = self.publish(record, &failure, &event).await?;
+                        let why = invalid(
+                            InvalidKind::Unpublishable,
+                            format!("retry record {no_retry}"),
+                        );
+                        return self.dead_letter(record, &why).await;
+                    }
+                }
+                self.metrics
+                    .retries_scheduled
+                    .with_label_values(&[topic.as_str()])
+                    .inc();
+                if let Err(mut why) = self.publish(record, &failure, &event).await? {
+                    // The retry is durable, so the send goes on; the dead letter only keeps the event's news.
+                    why.detail
+                        .push_str("; the retry is scheduled: do not redrive this record");
+                    self.publisher.dead_letter(record, &why).await?;
+                }
+                Ok(Handled::Retrying {
+                    status: failure.status,
+                })
             }
         }
-        self.metrics
-            .retries_scheduled
-            .with_label_values(&[topic.as_str()])
-            .inc();
-        let facts = AttemptFacts {
-            terminal: false,
-            next_attempt_at_ms: Some(due_ms),
-            ..facts
-        };
-        if let Err(mut why) = self.publish_failure(record, send, &failure, facts).await? {
-            // The retry is durable, so the send goes on; the dead letter only keeps the event's news.
-            why.detail
-                .push_str("; the retry is scheduled: do not redrive this record");
-            self.publisher.dead_letter(record, &why).await?;
-        }
-        Ok(Handled::Retrying {
-            status: failure.status,
-        })
     }
 
     /// The last attempt failed: a terminal failure event (or, if the broker refuses it, a dead letter).
     async fn give_up(
         &self,
         record: &Record,
-        send: &ValidSend,
         failure: &Failure,
-        facts: AttemptFacts,
+        event: &FailureEvent,
     ) -> Result<Handled, Abandoned> {
-        if let Err(why) = self.publish_failure(record, send, failure, facts).await? {
+        if let Err(why) = self.publish(record, failure, event).await? {
             return self.dead_letter(record, &why).await;
         }
         self.metrics.sends.with_label_values(&["failed"]).inc();
@@ -300,17 +295,15 @@ impl Pipeline {
         })
     }
 
-    /// Publishes the attempt's failure event; `Ok(Err(why))` when the broker refused it for good, for the
-    /// caller to dead-letter the record with that reason.
-    async fn publish_failure(
+    /// Publishes a failure event; `Ok(Err(why))` when the broker refused it for good, for the caller to
+    /// dead-letter the record with that reason.
+    async fn publish(
         &self,
         record: &Record,
-        send: &ValidSend,
         failure: &Failure,
-        facts: AttemptFacts,
+        event: &FailureEvent,
     ) -> Result<Result<(), InvalidSend>, Abandoned> {
-        let event = event_for(&send.request, Target::of(send), failure, facts);
-        match self.publisher.failure(&event).await {
+        match self.publisher.failure(event).await {
             Ok(()) => Ok(Ok(())),
             Err(PublishError::Abandoned(a)) => Err(a),
             Err(PublishError::Rejected { topic, reason }) => {
@@ -319,83 +312,13 @@ impl Pipeline {
                     InvalidKind::Unpublishable,
                     format!(
                         "failure event ({} {}, attempt {}) refused by {topic}: {reason}",
-                        failure.status, failure.source, facts.attempt
+                        failure.status,
+                        failure.source,
+                        event.attempt.unwrap_or_default()
                     ),
                 )))
             }
         }
-    }
-
-    /// The HTTP attempt, unless the host is paused: then a simulated 598 without touching the network. The
-    /// pause is checked again once the send has its slots, so work queued before a pause does not reach
-    /// the host after it.
-    async fn deliver(&self, host: &HostKey, send: &ValidSend) -> (Attempt, Duration) {
-        if let Err(until_ms) = self.host_gate(host) {
-            return paused(until_ms);
-        }
-        let _host_slot = self.host_limits.acquire(&host.host).await;
-        let _slot = self
-            .limiter
-            .acquire()
-            .await
-            .expect("limiter is never closed");
-        if let Err(until_ms) = self.host_gate(host) {
-            return paused(until_ms);
-        }
-        self.metrics.in_flight.inc();
-        let result = self.executor.execute(send).await;
-        self.metrics.in_flight.dec();
-        self.metrics
-            .request_duration
-            .observe(result.1.as_secs_f64());
-        // Counted before the slots are released: the next send waiting for them sees a pause this began.
-        if let Attempt::Response { status, .. } = &result.0 {
-            self.host_observe(host, *status);
-        }
-        result
-    }
-
-    /// `Err(until)` while the host is paused; logs and counts pause transitions.
-    fn host_gate(&self, key: &HostKey) -> Result<(), i64> {
-        let now = now_ms();
-        let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
-        let (state, transition) = health.check(key, now);
-        if let Some(t) = transition {
-            self.note_transition(key, t, health.paused_hosts(now));
-        }
-        state
-    }
-
-    fn host_observe(&self, key: &HostKey, status: u16) {
-        let now = now_ms();
-        let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = health.record(key, status, now) {
-            self.note_transition(key, t, health.paused_hosts(now));
-        }
-        if health.take_swept() {
-            self.metrics
-                .paused_hosts
-                .set(health.paused_hosts(now) as i64);
-        }
-    }
-
-    fn note_transition(&self, key: &HostKey, t: Transition, paused_now: usize) {
-        self.metrics.paused_hosts.set(paused_now as i64);
-        let label = match t {
-            Transition::Paused { until_ms, count } => {
-                tracing::warn!(host = %key.host, workspace = %key.workspace, count, until = %rfc3339(until_ms), "host unhealthy: pausing sends (598)");
-                "paused"
-            }
-            Transition::PauseExtended { until_ms, count } => {
-                tracing::warn!(host = %key.host, workspace = %key.workspace, count, until = %rfc3339(until_ms), "host still unhealthy: pause extended");
-                "extended"
-            }
-            Transition::Resumed => {
-                tracing::info!(host = %key.host, workspace = %key.workspace, "host healthy again: resuming sends");
-                "resumed"
-            }
-        };
-        self.metrics.host_pauses.with_label_values(&[label]).inc();
     }
 }
 
@@ -407,16 +330,4 @@ fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
         host = send.url.host_str().unwrap_or_default(),
         attempt
     )
-}
-
-fn paused(until_ms: i64) -> (Attempt, Duration) {
-    let attempt = Attempt::NoResponse {
-        source: FailureSource::UnhealthyHost,
-        error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
-    };
-    (attempt, Duration::ZERO)
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }

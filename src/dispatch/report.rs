@@ -46,7 +46,8 @@ pub struct AttemptFacts {
     pub next_attempt_at_ms: Option<i64>,
 }
 
-/// The Currents-style event for one failed attempt of a validated send.
+/// The Currents-style event for one failed attempt of a validated send, with a fresh id (benchmarks and
+/// tests; the dispatcher goes through [`plan`](super::plan::plan)).
 pub fn failure_event(
     send: &ValidSend,
     failure: &Failure,
@@ -63,15 +64,17 @@ pub fn failure_event(
         terminal,
         next_attempt_at_ms,
     };
-    event_for(&send.request, Target::of(send), failure, facts)
+    let id = uuid::Uuid::new_v4().to_string();
+    event_for(&send.request, Target::of(send), failure, facts, id)
 }
 
-/// The Currents-style event for one failed attempt.
+/// The Currents-style event for one failed attempt; `id` is the event's own (consumers dedupe on it).
 pub fn event_for(
     r: &SendRequest,
     target: Target<'_>,
     failure: &Failure,
     facts: AttemptFacts,
+    id: String,
 ) -> FailureEvent {
     let clamp = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
     FailureEvent {
@@ -87,7 +90,7 @@ pub fn event_for(
         dispatch_id: Some(r.dispatch_id.clone().unwrap_or_else(|| r.id.clone())),
         external_user_id: r.external_user_id.clone(),
         host: target.host.map(str::to_string),
-        id: uuid::Uuid::new_v4().to_string(),
+        id,
         message_variation_id: r.message_variation_id.clone(),
         raw_response: failure.raw_response.clone(),
         retry_count: Some(clamp(u64::from(facts.attempt))),

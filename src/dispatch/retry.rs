@@ -66,6 +66,23 @@ pub enum GiveUpReason {
     WindowExhausted,
 }
 
+impl GiveUpReason {
+    pub const ALL: [GiveUpReason; 3] = [
+        GiveUpReason::NotRetriable,
+        GiveUpReason::RetriesExhausted,
+        GiveUpReason::WindowExhausted,
+    ];
+
+    /// A bounded label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::NotRetriable => "not_retriable",
+            GiveUpReason::RetriesExhausted => "retries_exhausted",
+            GiveUpReason::WindowExhausted => "window_exhausted",
+        }
+    }
+}
+
 impl RetryPolicy {
     pub fn validate(&self, problems: &mut Vec<String>) {
         if self.initial_backoff.is_zero() {
@@ -135,15 +152,6 @@ impl RetryPolicy {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The tier a retry waits in: the longest whose delay fits in `remaining` (so it never waits past its due
-/// time), or the shortest when none fits. `tiers` is sorted shortest first and not empty.
-pub fn pick_tier(
-    mut tiers: impl DoubleEndedIterator<Item = Duration> + ExactSizeIterator,
-    remaining: Duration,
-) -> usize {
-    tiers.rposition(|d| d <= remaining).unwrap_or(0)
 }
 
 /// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now`. Dates in the past mean 0.
@@ -310,16 +318,6 @@ mod tests {
             p.decide(&paused, 6, 0, 60_000, None, 0.5),
             Decision::RetryAt(_)
         ));
-    }
-
-    #[test]
-    fn a_retry_waits_in_the_longest_tier_that_fits() {
-        let tiers = [10, 60, 300].map(Duration::from_secs);
-        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(5)), 0);
-        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(10)), 0);
-        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(59)), 0);
-        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(61)), 1);
-        assert_eq!(pick_tier(tiers.into_iter(), Duration::from_secs(7200)), 2);
     }
 
     #[test]

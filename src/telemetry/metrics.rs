@@ -4,7 +4,9 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::KafkaGauges;
-use crate::dispatch::classify::Outcome;
+use crate::dispatch::classify::FailureSource;
+use crate::dispatch::plan::Plan;
+use crate::dispatch::retry::GiveUpReason;
 use crate::events::send_request::InvalidKind;
 
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct DispatchMetrics {
     pub parked_records: IntGauge,
     /// Sends refused by the SSRF guard or port policy (never sent).
     pub blocked_destinations: IntCounter,
+    /// Sends given up, by reason: not retriable, retries exhausted, window exhausted.
+    pub give_ups: IntCounterVec,
     /// Reachability, and lag and committed offset per owned partition.
     pub kafka: KafkaGauges,
 }
@@ -229,6 +233,13 @@ impl DispatchMetrics {
                 "blocked_destinations_total",
                 "Sends refused by the SSRF guard or port policy (never sent)",
             ),
+            give_ups: counter_vec(
+                &r,
+                "give_ups_total",
+                "Sends given up after a failed attempt, by reason",
+                "reason",
+                &GiveUpReason::ALL.map(GiveUpReason::as_str),
+            ),
             request_duration,
             produce_errors,
             kafka: KafkaGauges::register(&r),
@@ -236,14 +247,22 @@ impl DispatchMetrics {
         }
     }
 
-    pub fn record_outcome(&self, outcome: &Outcome) {
-        let status = match outcome {
-            Outcome::Delivered { status } => *status,
-            Outcome::Failed(f) => f.status,
-        };
+    /// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
+    pub fn record_plan(&self, plan: &Plan) {
         self.attempts
-            .with_label_values(&[status_class(status)])
+            .with_label_values(&[status_class(plan.status())])
             .inc();
+        match plan {
+            Plan::GiveUp {
+                failure, reason, ..
+            } => {
+                self.give_ups.with_label_values(&[reason.as_str()]).inc();
+                if failure.source == FailureSource::BlockedDestination {
+                    self.blocked_destinations.inc();
+                }
+            }
+            Plan::Delivered { .. } | Plan::Retry { .. } => {}
+        }
     }
 
     /// Prometheus text format.
