@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::receiver::{parse_mix, Mix, Receiver, Script};
 use crate::telemetry::{self, DispatchMetrics, Health};
-use crate::{bench, demo, dispatch, kafka, shutdown};
+use crate::tools::receiver::{parse_mix, Mix, Receiver, Script};
+use crate::tools::{bench, demo};
+use crate::{dispatch, kafka, shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,7 +88,7 @@ pub enum Command {
     ///
     /// Sends are JSON, spread over --workspaces workspaces and the given --url endpoints, with campaign and
     /// Canvas fields filled in. Runs until --count or SIGINT/SIGTERM.
-    Produce(crate::produce::ProduceArgs),
+    Produce(crate::tools::produce::ProduceArgs),
     /// Validate the configuration and print the effective values (credentials redacted).
     CheckConfig,
 }
@@ -146,7 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receiver(args) => runtime()?.block_on(run_receiver(args)),
         Command::Demo(args) => demo::run(config, args),
         Command::Bench(args) => bench::run(config, args),
-        Command::Produce(args) => runtime()?.block_on(crate::produce::run(config, args)),
+        Command::Produce(args) => runtime()?.block_on(crate::tools::produce::run(config, args)),
     }
 }
 
@@ -224,7 +225,8 @@ fn run_broker(mut config: Config, args: BrokerArgs) -> anyhow::Result<()> {
     config.validate()?;
     // The mock cluster is not Send: it stays on this thread while a small runtime waits for a signal.
     let broker = kafka::EmbeddedBroker::start(config.broker.brokers)?;
-    let topics = broker.create_default_topics(&config.topics, config.broker.partitions)?;
+    let p = config.broker.partitions;
+    let topics = broker.create_topics(&config.topics, p, p)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

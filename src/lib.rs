@@ -4,16 +4,13 @@
 #![deny(unsafe_code)]
 
 pub mod aggregate;
-pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod dispatch;
 pub mod events;
 pub mod kafka;
-pub mod local;
-pub mod produce;
-pub mod receiver;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tools;

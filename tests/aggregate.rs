@@ -8,7 +8,7 @@ use std::time::Duration;
 use hookrelay::aggregate::config::SmtpSecurity;
 use hookrelay::config::{Config, EventEncoding};
 use hookrelay::events::FailureEvent;
-use hookrelay::local::LocalAggregator;
+use hookrelay::tools::harness::LocalAggregator;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{free_port, wait_for, Kafka, Mail, SmtpServer};
 
@@ -411,10 +411,12 @@ async fn a_new_aggregator_process_after_an_alert_sends_no_second_email() {
         "the decision is in the alerts topic",
         Duration::from_secs(20),
         || async {
-            let reader =
-                hookrelay::local::assign_all(&kafka.config.kafka, &kafka.config.topics.alerts)
-                    .await
-                    .unwrap();
+            let reader = hookrelay::kafka::reader::assign_all(
+                &kafka.config.kafka,
+                &kafka.config.topics.alerts,
+            )
+            .await
+            .unwrap();
             let marks = tokio::task::block_in_place(|| {
                 use rdkafka::consumer::Consumer;
                 (0..2)

@@ -423,7 +423,8 @@ async fn the_readme_kcat_walk_through_retries_a_503_to_delivery() {
         );
         let mut c = hookrelay::config::Config::default();
         c.kafka.bootstrap_servers = bootstrap.clone();
-        let producer = hookrelay::local::SendProducer::new(&c.kafka, "webhook-sends").unwrap();
+        let producer =
+            hookrelay::tools::harness::SendProducer::new(&c.kafka, "webhook-sends").unwrap();
         for line in lines.lines() {
             producer.raw(b"ws", line.as_bytes()).await.unwrap();
         }

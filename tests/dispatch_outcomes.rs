@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
-use hookrelay::local::OutputReader;
-use hookrelay::receiver::{Receiver, Script};
+use hookrelay::tools::harness::OutputReader;
+use hookrelay::tools::receiver::{Receiver, Script};
 use support::{full_send, produce_sends, receiver, send, wait_for, Dispatcher, Kafka};
 
 const BRAZE_FAILURE: &str =
@@ -317,9 +317,10 @@ async fn failure_events_decode_with_brazes_schema_as_the_reader_schema() {
     let kafka = Kafka::start(1).without_retries();
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
-    let consumer = hookrelay::local::assign_all(&kafka.config.kafka, &kafka.config.topics.failures)
-        .await
-        .unwrap();
+    let consumer =
+        hookrelay::kafka::reader::assign_all(&kafka.config.kafka, &kafka.config.topics.failures)
+            .await
+            .unwrap();
     let producer = kafka.producer();
     producer
         .json(&full_send("braze", "ws-braze", &rx.url("/x?status=500")))

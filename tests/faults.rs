@@ -13,8 +13,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hookrelay::local::{Observed, OutputReader};
-use hookrelay::receiver::Receiver;
+use hookrelay::tools::harness::{Observed, OutputReader};
+use hookrelay::tools::receiver::Receiver;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::{produce_sends, wait_for, ChildDispatcher, Kafka, SmtpServer};
 

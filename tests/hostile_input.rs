@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use hookrelay::local::OutputReader;
+use hookrelay::tools::harness::OutputReader;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{send, wait_for, ChildDispatcher, Kafka};

@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use hookrelay::local::OutputReader;
-use hookrelay::receiver::{Receiver, Script};
+use hookrelay::tools::harness::OutputReader;
+use hookrelay::tools::receiver::{Receiver, Script};
 use support::{accounted, produce_sends, send, wait_for, ChildDispatcher, Kafka};
 
 const SECONDS_30: Duration = Duration::from_secs(30);

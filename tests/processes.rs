@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hookrelay::local::OutputReader;
-use hookrelay::receiver::{Receiver, Script};
+use hookrelay::tools::harness::OutputReader;
+use hookrelay::tools::receiver::{Receiver, Script};
 use support::{accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
 
 async fn slow_receiver(latency_ms: u64) -> Receiver {

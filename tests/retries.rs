@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use hookrelay::events::FailureEvent;
-use hookrelay::local::OutputReader;
-use hookrelay::receiver::Receiver;
+use hookrelay::tools::harness::OutputReader;
+use hookrelay::tools::receiver::Receiver;
 use support::{
     free_port, produce_sends, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka,
 };

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use hookrelay::local::OutputReader;
 use hookrelay::security::signing::{parse_secret, sign};
 use hookrelay::security::SecurityConfig;
+use hookrelay::tools::harness::OutputReader;
 use support::{raw_http_server, receiver, send, wait_for, Dispatcher, Kafka, RawBehaviour};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

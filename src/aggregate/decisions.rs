@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use super::email::AlertContent;
-use super::replay::write_record;
 use super::sender;
 use super::service::Aggregator;
 use super::state::{Action, AlertRecord, AlertStatus};
 use super::window::MINUTE_MS;
-use crate::dispatch::retry::now_ms;
+use crate::clock::now_ms;
+use crate::kafka::reader::write_json;
 
 impl Aggregator {
     /// Once caught up after an assignment, every owned workspace gets a decision.
@@ -84,8 +84,13 @@ impl Aggregator {
                     sent_at_ms: None,
                     delivered_to: None,
                 };
-                if let Err(e) =
-                    write_record(&self.producer, &self.config.topics.alerts, &record).await
+                if let Err(e) = write_json(
+                    &self.producer,
+                    &self.config.topics.alerts,
+                    workspace,
+                    &record,
+                )
+                .await
                 {
                     tracing::warn!(workspace, error = %e, "cannot record the alert decision yet; deciding again shortly");
                     self.undecided.insert(workspace.to_string());

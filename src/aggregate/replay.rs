@@ -1,12 +1,7 @@
-//! Where a replay starts and ends, and writing alert decisions: the Kafka side of the aggregator.
+//! Where a replay starts and ends: which partitions are behind, and whether to seek to the window's start
+//! or scan. Pure; the Kafka calls are in [`kafka::reader`](crate::kafka::reader).
 
 use std::collections::HashMap;
-use std::time::Duration;
-
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
-use super::state::AlertRecord;
 
 /// Partitions whose end is past what has been read: `(partition, end offset)`.
 pub(super) fn behind(
@@ -18,46 +13,6 @@ pub(super) fn behind(
         .filter(|(p, (lo, hi))| hi > read_up_to.get(p).unwrap_or(lo))
         .map(|(p, (_, hi))| (*p, *hi))
         .collect()
-}
-
-pub(super) async fn watermarks<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-    topic: &str,
-) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
-    let md = tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-    })?;
-    let mut out = HashMap::new();
-    for p in md
-        .topics()
-        .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default()
-    {
-        let wm = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-        })?;
-        out.insert(p.id(), wm);
-    }
-    Ok(out)
-}
-
-pub(super) async fn write_record(
-    producer: &FutureProducer,
-    topic: &str,
-    record: &AlertRecord,
-) -> anyhow::Result<()> {
-    let payload = serde_json::to_vec(record)?;
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(record.workspace_id.as_bytes())
-                .payload(&payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
-    Ok(())
 }
 
 /// How a newly assigned partition set is replayed.

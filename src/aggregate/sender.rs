@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::email::Rendered;
 use super::mailer::Mailer;
-use super::replay::write_record;
 use super::state::{AlertLog, AlertRecord, AlertStatus};
-use crate::dispatch::retry::now_ms;
+use crate::clock::now_ms;
+use crate::kafka::reader::write_json;
 use crate::telemetry::AggregateMetrics;
 
 struct Slot {
@@ -199,7 +199,9 @@ async fn run(job: &Job, stop: &CancellationToken, generation: u64) {
                     delivered_to: Some(to),
                     ..job.record.clone()
                 };
-                while let Err(e) = write_record(&job.producer, &job.alerts_topic, &sent).await {
+                while let Err(e) =
+                    write_json(&job.producer, &job.alerts_topic, &sent.workspace_id, &sent).await
+                {
                     tracing::warn!(error = %e, "recording the sent alert failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

@@ -18,16 +18,16 @@ use tokio_util::sync::CancellationToken;
 use super::breakdown::{Breakdown, Key};
 use super::mailer::Mailer;
 use super::rebalance::{AggContext, Changes};
-use super::replay::{behind, choose_rebuild, watermarks, Rebuild};
+use super::replay::{behind, choose_rebuild, Rebuild};
 use super::sender::Senders;
 use super::state::{AlertLog, AlertRecord};
 use super::window::{counted_at, Windows};
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::dispatch::retry::now_ms;
 use crate::events::failure_view::ViewDecoder;
 use crate::kafka::client::{consumer_config, producer_config};
+use crate::kafka::reader::{assign_all, watermarks};
 use crate::kafka::TopicPartition;
-use crate::local::assign_all;
 use crate::telemetry::{AggregateMetrics, Health};
 
 /// Per-workspace state for the email.

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::parking::{Parked, Parking};
 use super::pipeline::Pipeline;
-use super::retry::now_ms;
 use super::tiers::{ready_at, Tiers, DUE_HEADER};
+use crate::clock::now_ms;
 use crate::kafka::{OffsetTracker, Record, Ticket, TopicPartition};
 use crate::telemetry::{DispatchMetrics, Health};
 

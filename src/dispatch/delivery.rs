@@ -10,7 +10,7 @@ use super::classify::{Attempt, FailureSource};
 use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
 use super::limits::HostLimits;
-use super::retry::now_ms;
+use crate::clock::now_ms;
 use crate::events::ValidSend;
 use crate::telemetry::DispatchMetrics;
 

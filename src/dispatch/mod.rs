@@ -10,7 +10,6 @@ pub mod limits;
 pub mod parking;
 pub mod pipeline;
 pub mod plan;
-pub mod publish;
 pub mod report;
 pub mod retry;
 pub mod tiers;
@@ -26,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka::client::{consumer_config, producer_config};
+use crate::kafka::publish::{Publisher, PublisherParts};
 use crate::telemetry::{DispatchMetrics, Health};
 use consumer::{DispatchContext, LoopSettings, Shared};
 use delivery::Delivery;
 use pipeline::Pipeline;
-use publish::{Publisher, PublisherParts};
 use tiers::Tiers;
 
 /// Runs a dispatcher until `shutdown` is cancelled and its work is drained or handed off.

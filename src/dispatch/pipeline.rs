@@ -13,12 +13,13 @@ use super::classify::{Failure, FailureSource, NO_RESPONSE};
 use super::delivery::Delivery;
 use super::host_health::HostKey;
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
-use super::publish::{Abandoned, PublishError, Publisher};
 use super::report::{event_for, AttemptFacts, Target};
-use super::retry::{now_ms, RetryPolicy};
+use super::retry::RetryPolicy;
 use super::tiers::Tiers;
+use crate::clock::now_ms;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
 use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, ValidSend};
+use crate::kafka::publish::{Abandoned, PublishError, Publisher};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 

@@ -3,6 +3,7 @@
 pub mod avro_guard;
 pub mod failure;
 pub mod failure_view;
+pub mod fitting;
 pub mod framing;
 pub mod retry_record;
 pub mod send_request;

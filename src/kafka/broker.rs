@@ -32,15 +32,23 @@ impl EmbeddedBroker {
         Ok(self.cluster.create_topic(name, partitions, 1)?)
     }
 
-    /// Creates every topic the configuration names, retry tiers included, each with `partitions` partitions.
-    pub fn create_default_topics(
+    /// Creates every topic the configuration names, retry tiers included: the send topic with
+    /// `send_partitions` partitions, every other with `partitions`. The one way topics are made, for
+    /// `hookrelay broker`, the tools and the tests.
+    pub fn create_topics(
         &self,
         topics: &TopicsConfig,
+        send_partitions: i32,
         partitions: i32,
     ) -> Result<Vec<String>, BrokerError> {
         let names = topics.all();
         for name in &names {
-            self.create_topic(name, partitions)?;
+            let n = if *name == topics.sends {
+                send_partitions
+            } else {
+                partitions
+            };
+            self.create_topic(name, n)?;
         }
         Ok(names)
     }

@@ -4,6 +4,8 @@ pub mod broker;
 pub mod client;
 pub mod offsets;
 pub mod probe;
+pub mod publish;
+pub mod reader;
 pub mod record;
 pub mod topics;
 

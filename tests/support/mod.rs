@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hookrelay::config::Config;
-use hookrelay::events::send_request::Webhook;
 use hookrelay::events::SendRequest;
 use hookrelay::kafka::EmbeddedBroker;
-use hookrelay::local::local_config;
+use hookrelay::tools::examples::ExampleSend;
+use hookrelay::tools::harness::local_config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 
@@ -41,20 +41,15 @@ impl Kafka {
         config.telemetry.probe_interval = Duration::from_millis(300);
         adjust(&mut config);
         broker
-            .create_topic(&config.topics.sends, send_partitions)
+            .create_topics(&config.topics, send_partitions, 2)
             .unwrap();
-        broker.create_topic(&config.topics.failures, 3).unwrap();
-        broker.create_topic(&config.topics.dead_letters, 1).unwrap();
-        broker.create_topic(&config.topics.alerts, 2).unwrap();
-        for (tier, _) in config.topics.retry_tier_topics() {
-            broker.create_topic(&tier, 2).unwrap();
-        }
         Self { broker, config }
     }
 
     /// A producer of send requests to this broker's send topic.
-    pub fn producer(&self) -> hookrelay::local::SendProducer {
-        hookrelay::local::SendProducer::new(&self.config.kafka, &self.config.topics.sends).unwrap()
+    pub fn producer(&self) -> hookrelay::tools::harness::SendProducer {
+        hookrelay::tools::harness::SendProducer::new(&self.config.kafka, &self.config.topics.sends)
+            .unwrap()
     }
 
     /// Every failure final: one failure event per failing send.
@@ -103,11 +98,11 @@ impl Kafka {
 }
 
 #[allow(unused_imports)]
-pub use hookrelay::local::LocalDispatcher as Dispatcher;
+pub use hookrelay::tools::harness::LocalDispatcher as Dispatcher;
 
 /// A receiver on an ephemeral loopback port answering 200 unless a request's query says otherwise.
-pub async fn receiver() -> hookrelay::receiver::Receiver {
-    use hookrelay::receiver::{Receiver, Script};
+pub async fn receiver() -> hookrelay::tools::receiver::Receiver {
+    use hookrelay::tools::receiver::{Receiver, Script};
     Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
         .await
         .unwrap()
@@ -134,40 +129,17 @@ where
 
 /// A send request with every identifier filled in, derived from `id`.
 pub fn full_send(id: &str, workspace: &str, url: &str) -> SendRequest {
-    let f = |field: &str| Some(format!("{field}-{id}"));
-    SendRequest {
-        id: id.to_string(),
-        workspace_id: workspace.to_string(),
-        workspace_name: Some(format!("Workspace <{workspace}> & co")),
-        user_id: f("user"),
-        external_user_id: f("ext"),
-        dispatch_id: f("dispatch"),
-        send_id: f("send"),
-        campaign_id: f("campaign"),
-        campaign_name: f("Campaign name"),
-        message_variation_id: f("mv"),
-        message_variation_name: f("MV name"),
-        canvas_id: f("canvas"),
-        canvas_name: f("Canvas name"),
-        canvas_variation_id: f("cv"),
-        canvas_variation_name: f("CV name"),
-        canvas_step_id: f("step"),
-        canvas_step_name: f("Step name"),
-        canvas_step_message_variation_id: f("smv"),
-        webhook: Webhook {
-            url: url.to_string(),
-            request_method: "POST".into(),
-            request_headers: Some([("x-test".to_string(), id.to_string())].into()),
-            body: Some(format!(r#"{{"id":"{id}"}}"#)),
-        },
-        created_at: Some(1_700_000_000_000),
-    }
+    ExampleSend::new(id, workspace, url)
+        .every_identifier()
+        .header("x-test", id)
+        .body(format!(r#"{{"id":"{id}"}}"#))
+        .created_at(1_700_000_000_000)
+        .build()
 }
 
-/// A bare send: only what is required.
 /// Produces `n` sends with ids `<prefix>0`, `<prefix>1`, …, all to `url`.
 pub async fn produce_sends(
-    producer: &hookrelay::local::SendProducer,
+    producer: &hookrelay::tools::harness::SendProducer,
     prefix: &str,
     n: usize,
     url: &str,
@@ -180,6 +152,7 @@ pub async fn produce_sends(
     }
 }
 
+/// A send of workspace `ws` with every identifier but the workspace name.
 pub fn send(id: &str, url: &str) -> SendRequest {
     let mut s = full_send(id, "ws", url);
     s.workspace_name = None;
@@ -524,8 +497,8 @@ impl SmtpServer {
 /// Which sends are accounted for — delivered (the receiver answered 2xx) or reported (a failure event) — and
 /// how many requests repeated an earlier one.
 pub fn accounted(
-    rx: &hookrelay::receiver::Receiver,
-    observed: &hookrelay::local::Observed,
+    rx: &hookrelay::tools::receiver::Receiver,
+    observed: &hookrelay::tools::harness::Observed,
 ) -> (std::collections::HashSet<String>, usize) {
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut done = std::collections::HashSet::new();

@@ -11,12 +11,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
-use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::local::{
+use crate::tools::examples::ExampleSend;
+use crate::tools::harness::{
     with_embedded_broker, LocalAggregator, LocalDispatcher, OutputReader, SendProducer,
 };
-use crate::receiver::{Receiver, Script};
+use crate::tools::receiver::{Receiver, Script};
 use report::Report;
 
 #[derive(Debug, Args)]
@@ -286,35 +286,20 @@ fn traffic(i: u32, rng: &mut StdRng, e: &Endpoints) -> Traffic {
         ),
     };
     let (ws_id, ws_name) = WORKSPACES[ws];
-    let send = SendRequest {
-        id: format!("send-{i:06}"),
-        workspace_id: ws_id.into(),
-        workspace_name: Some(ws_name.into()),
-        user_id: Some(format!("user-{}", rng.random_range(1..5000))),
-        external_user_id: None,
-        dispatch_id: Some(format!("dispatch-{}", i / 100)),
-        send_id: None,
-        campaign_id: campaign.map(|c| format!("cmp_{}", c.to_lowercase().replace(' ', "_"))),
-        campaign_name: campaign.map(str::to_string),
-        message_variation_id: campaign.map(|_| "variant_a".into()),
-        message_variation_name: campaign.map(|_| "Variant A".into()),
-        canvas_id: canvas.map(|c| format!("cnv_{}", c.to_lowercase().replace(' ', "_"))),
-        canvas_name: canvas.map(str::to_string),
-        canvas_variation_id: None,
-        canvas_variation_name: None,
-        canvas_step_id: canvas.map(|_| "step_1".into()),
-        canvas_step_name: canvas.map(|_| "Day 1".into()),
-        canvas_step_message_variation_id: None,
-        webhook: Webhook {
-            url,
-            request_method: "POST".into(),
-            request_headers: Some(
-                [("content-type".to_string(), "application/json".to_string())].into(),
-            ),
-            body: Some(format!(r#"{{"event":"demo","n":{i}}}"#)),
-        },
-        created_at: Some(chrono::Utc::now().timestamp_millis()),
-    };
+    let slug = |name: &str| name.to_lowercase().replace(' ', "_");
+    let mut send = ExampleSend::new(format!("send-{i:06}"), ws_id, url)
+        .workspace_name(ws_name)
+        .user(format!("user-{}", rng.random_range(1..5000)))
+        .dispatch_id(format!("dispatch-{}", i / 100))
+        .json_body(format!(r#"{{"event":"demo","n":{i}}}"#))
+        .created_at(crate::clock::now_ms());
+    if let Some(c) = campaign {
+        send = send.campaign(format!("cmp_{}", slug(c)), c);
+    }
+    if let Some(c) = canvas {
+        send = send.canvas(format!("cnv_{}", slug(c)), c);
+    }
+    let send = send.build();
     if i % 5 == 0 {
         Traffic::Avro(send)
     } else {

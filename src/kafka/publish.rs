@@ -14,8 +14,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
-use super::report::fit_event;
 use crate::config::{EventEncoding, EventsConfig, TopicsConfig};
+use crate::events::fitting::fit_event;
 use crate::events::retry_record::DUE_HEADER;
 use crate::events::send_request::InvalidSend;
 use crate::events::{FailureEvent, RetryRecord};
@@ -347,7 +347,7 @@ impl Publisher {
                 .key(key)
                 .payload(payload)
                 .headers(headers.clone())
-                .timestamp(crate::dispatch::retry::now_ms());
+                .timestamp(crate::clock::now_ms());
             let e = match self.producer.send(rec, Duration::from_secs(30)).await {
                 Ok(_) => break Ok(()),
                 Err((e, _)) => e,

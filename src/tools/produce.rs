@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::config::Config;
-use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::local::SendProducer;
 use crate::shutdown;
+use crate::tools::examples::ExampleSend;
+use crate::tools::harness::SendProducer;
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
@@ -32,40 +32,24 @@ pub struct ProduceArgs {
 pub fn generated_send(n: u64, args: &ProduceArgs) -> SendRequest {
     let ws = n % u64::from(args.workspaces.max(1)) + 1;
     let url = &args.urls[(n % args.urls.len() as u64) as usize];
-    let (campaign, canvas) = if n % 2 == 0 {
-        (Some(format!("cmp_{}", n % 5)), None)
+    let send = ExampleSend::new(
+        format!("gen-{}-{n}", std::process::id()),
+        format!("ws_{ws}"),
+        url,
+    )
+    .workspace_name(format!("Workspace {ws}"))
+    .user(format!("user-{}", n % 10_000))
+    .dispatch_id(format!("dispatch-{}", n / 100))
+    .json_body(format!(r#"{{"event":"generated","n":{n}}}"#))
+    .created_at(crate::clock::now_ms());
+    let send = if n % 2 == 0 {
+        let c = format!("cmp_{}", n % 5);
+        send.campaign(&c, format!("Campaign {c}"))
     } else {
-        (None, Some(format!("cnv_{}", n % 3)))
+        let c = format!("cnv_{}", n % 3);
+        send.canvas(&c, format!("Canvas {c}"))
     };
-    SendRequest {
-        id: format!("gen-{}-{n}", std::process::id()),
-        workspace_id: format!("ws_{ws}"),
-        workspace_name: Some(format!("Workspace {ws}")),
-        user_id: Some(format!("user-{}", n % 10_000)),
-        external_user_id: None,
-        dispatch_id: Some(format!("dispatch-{}", n / 100)),
-        send_id: None,
-        campaign_name: campaign.as_ref().map(|c| format!("Campaign {c}")),
-        message_variation_id: campaign.as_ref().map(|_| "variant_a".into()),
-        message_variation_name: None,
-        campaign_id: campaign,
-        canvas_name: canvas.as_ref().map(|c| format!("Canvas {c}")),
-        canvas_step_id: canvas.as_ref().map(|_| "step_1".into()),
-        canvas_id: canvas,
-        canvas_variation_id: None,
-        canvas_variation_name: None,
-        canvas_step_name: None,
-        canvas_step_message_variation_id: None,
-        webhook: Webhook {
-            url: url.clone(),
-            request_method: "POST".into(),
-            request_headers: Some(
-                [("content-type".to_string(), "application/json".to_string())].into(),
-            ),
-            body: Some(format!(r#"{{"event":"generated","n":{n}}}"#)),
-        },
-        created_at: Some(chrono::Utc::now().timestamp_millis()),
-    }
+    send.build()
 }
 
 pub async fn run(config: Config, args: ProduceArgs) -> anyhow::Result<()> {

@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, KafkaConfig};
 use crate::events::{FailureEvent, SendRequest};
-use crate::kafka::client::{producer_config, reader_config};
+use crate::kafka::client::producer_config;
 use crate::kafka::EmbeddedBroker;
 use crate::telemetry::{DispatchMetrics, Health};
 
@@ -54,10 +52,7 @@ where
 {
     let broker = EmbeddedBroker::start(1)?;
     let topics = &config.topics;
-    broker.create_topic(&topics.sends, send_partitions)?;
-    for t in topics.all().iter().filter(|t| **t != topics.sends) {
-        broker.create_topic(t, send_partitions.max(3))?;
-    }
+    broker.create_topics(topics, send_partitions, send_partitions.max(3))?;
     let local = local_config(&broker.bootstrap_servers());
     config.kafka = local.kafka;
     config.telemetry.listen = local.telemetry.listen;
@@ -276,7 +271,7 @@ impl OutputReader {
             (&config.topics.failures, true),
             (&config.topics.dead_letters, false),
         ] {
-            let consumer = assign_all(&config.kafka, topic).await?;
+            let consumer = crate::kafka::reader::assign_all(&config.kafka, topic).await?;
             let observed = observed.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -335,24 +330,4 @@ impl OutputReader {
     pub fn stop(&self) {
         self.stop.cancel();
     }
-}
-
-/// A group-less consumer assigned every partition of `topic` from the beginning.
-pub async fn assign_all(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = reader_config(kafka).create().context("creating reader")?;
-    let topic_owned = topic.to_string();
-    let (consumer, partitions) = tokio::task::spawn_blocking(move || {
-        let md = consumer.fetch_metadata(Some(&topic_owned), Duration::from_secs(10));
-        let n = md.map(|m| m.topics().first().map_or(0, |t| t.partitions().len()));
-        (consumer, n)
-    })
-    .await?;
-    let partitions = partitions.with_context(|| format!("reading metadata of {topic}"))?;
-    anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(consumer)
 }

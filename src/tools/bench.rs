@@ -15,10 +15,10 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 use crate::config::Config;
-use crate::events::send_request::Webhook;
 use crate::events::SendRequest;
-use crate::local::{with_embedded_broker, LocalDispatcher, SendProducer};
-use crate::receiver::{Receiver, Script};
+use crate::tools::examples::ExampleSend;
+use crate::tools::harness::{with_embedded_broker, LocalDispatcher, SendProducer};
+use crate::tools::receiver::{Receiver, Script};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -157,33 +157,12 @@ fn received_ids(r: &Receiver) -> usize {
 }
 
 fn bench_send(i: u32, url: &str, body: &str) -> SendRequest {
-    SendRequest {
-        id: format!("bench-{i}"),
-        workspace_id: format!("ws_{}", i % 16),
-        workspace_name: None,
-        user_id: Some(format!("u{i}")),
-        external_user_id: None,
-        dispatch_id: None,
-        send_id: None,
-        campaign_id: Some("cmp_bench".into()),
-        campaign_name: Some("Bench".into()),
-        message_variation_id: None,
-        message_variation_name: None,
-        canvas_id: None,
-        canvas_name: None,
-        canvas_variation_id: None,
-        canvas_variation_name: None,
-        canvas_step_id: None,
-        canvas_step_name: None,
-        canvas_step_message_variation_id: None,
-        webhook: Webhook {
-            url: url.to_string(),
-            request_method: "POST".into(),
-            request_headers: None,
-            body: Some(body.to_string()),
-        },
-        created_at: Some(chrono::Utc::now().timestamp_millis()),
-    }
+    ExampleSend::new(format!("bench-{i}"), format!("ws_{}", i % 16), url)
+        .user(format!("u{i}"))
+        .campaign("cmp_bench", "Bench")
+        .body(body)
+        .created_at(crate::clock::now_ms())
+        .build()
 }
 
 /// Requests per second `wrk` gets from the receiver on its own; `None` when wrk is not installed.
@@ -246,7 +225,7 @@ async fn rebuild(config: Config, events: u32) -> anyhow::Result<String> {
     let mut cfg = config.clone();
     cfg.aggregate.threshold = u64::MAX;
     let started = Instant::now();
-    let agg = crate::local::LocalAggregator::spawn(&cfg);
+    let agg = crate::tools::harness::LocalAggregator::spawn(&cfg);
     let seen =
         |m: &crate::telemetry::AggregateMetrics| m.events_counted.get() + m.events_ignored.get();
     while !(agg.health.is_ready() && seen(&agg.metrics) >= u64::from(events)) {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::dispatch::classify::canonical_reason;
-use crate::local::Observed;
+use crate::tools::harness::Observed;
 
 pub struct Report {
     pub sent: u64,
@@ -155,7 +155,7 @@ mod tests {
             host_pauses: 0,
             observed: Observed {
                 failures: vec![event(503, false), event(503, false), event(404, true)],
-                dead_letters: vec![crate::local::DeadLetter {
+                dead_letters: vec![crate::tools::harness::DeadLetter {
                     payload: vec![],
                     headers: Default::default(),
                 }],

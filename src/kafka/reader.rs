@@ -1,0 +1,76 @@
+//! Reading a topic from outside any group, and writing small JSON records: what the aggregator needs to tail
+//! the alerts topic and to know where its replay ends, and what the tools use to read outputs back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::client::reader_config;
+use crate::config::KafkaConfig;
+
+/// A group-less consumer assigned every partition of `topic` from the beginning.
+pub async fn assign_all(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = reader_config(kafka).create().context("creating reader")?;
+    let topic_owned = topic.to_string();
+    let (consumer, partitions) = tokio::task::spawn_blocking(move || {
+        let md = consumer.fetch_metadata(Some(&topic_owned), Duration::from_secs(10));
+        let n = md.map(|m| m.topics().first().map_or(0, |t| t.partitions().len()));
+        (consumer, n)
+    })
+    .await?;
+    let partitions = partitions.with_context(|| format!("reading metadata of {topic}"))?;
+    anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// The low and high watermark of every partition of `topic`.
+pub async fn watermarks<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
+    let md = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
+    let mut out = HashMap::new();
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let wm = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+        })?;
+        out.insert(p.id(), wm);
+    }
+    Ok(out)
+}
+
+/// Writes `value` as JSON under `key` and waits for the broker's acknowledgement.
+pub async fn write_json(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let payload = serde_json::to_vec(value)?;
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
+    Ok(())
+}
