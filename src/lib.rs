@@ -1,4 +1,34 @@
-//! hookrelay: a Kafka-native webhook dispatcher. See `DESIGN.md` and the README.
+//! hookrelay: a Kafka-native webhook dispatcher. The README says what it does and how to run it;
+//! `ARCHITECTURE.md` follows one send and one failure event through this code.
+//!
+//! # Layout
+//!
+//! A line per module: what it owns, and what of hookrelay it may import (every module may use `clock`
+//! and `config`). Pure modules — no I/O, no clock, no randomness: time and draws are arguments — are marked
+//! *pure*; the lints ban reading the clock outside `clock`.
+//!
+//! - [`events`]: the data contracts. Send requests (decoding, validation), failure events (Avro writer, the
+//!   full and the fast reader, cutting to fit), retry records, framing, the Avro length guard. *Pure.*
+//!   Imports `security::headers` (header rules).
+//! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, host health, the **plan**
+//!   (what happens after an attempt) — *pure*; delivery (gate, slots, HTTP), the pipeline (decode → gate →
+//!   deliver → plan → apply) and the consumer thread (offset tracking, backpressure, parked retries).
+//!   Imports `events`, `kafka`, `security`, `telemetry`.
+//! - [`aggregate`]: `hookrelay aggregate`. Windows, breakdown, alert log, email rendering — *pure*; the
+//!   mailer, alert senders, decisions and the service loop. Imports `events`, `kafka`, `telemetry`.
+//! - [`kafka`]: everything that talks to librdkafka: client settings, the start-up topic check, the probe,
+//!   records (headers read safely), offset tracking, the publisher of outcomes, readers, the embedded
+//!   broker. Imports `events`, `telemetry`.
+//! - [`security`]: the SSRF guard (with its resolver), webhook signatures, request-header rules.
+//! - [`telemetry`]: typed metrics, `/metrics` `/healthz` `/readyz`, logging. Imports plain data types only
+//!   (`events`' dead-letter kinds, `kafka`'s partition offsets).
+//! - [`config`]: one typed configuration, loaded from TOML and the environment and validated at once. Imports
+//!   each section's type from the module that owns it.
+//! - [`clock`]: the wall clock, read in one place.
+//! - [`shutdown`]: SIGINT/SIGTERM as a cancellation token.
+//! - [`cli`]: the subcommands, parsing and wiring; `main.rs` only calls it.
+//! - [`tools`]: development tools — demo, load harness, scripted receiver, traffic generator, in-process
+//!   harness, example sends. Imports anything; **nothing in the product imports it**.
 // `deny`, not `forbid`: one module (`kafka::record`) reads Kafka header names through librdkafka's C API,
 // because rdkafka's safe accessors panic on names that are not UTF-8. Everything else is safe code.
 #![deny(unsafe_code)]

@@ -1,4 +1,5 @@
-//! What an HTTP attempt means, exactly as Braze documents it (DESIGN §3). Pure: no I/O, no clock.
+//! What an HTTP attempt means, exactly as Braze documents it (README, "Delivery semantics"). Pure: no I/O,
+//! no clock.
 
 use std::fmt;
 

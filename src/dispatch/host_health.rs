@@ -1,4 +1,5 @@
-//! Unhealthy-host detection, as Braze documents it (DESIGN §3). Pure: time is an argument.
+//! Unhealthy-host detection, as Braze documents it (ARCHITECTURE.md, "Unhealthy hosts"). Pure: time is an
+//! argument.
 //!
 //! Per (host, workspace) — not per path — responses with a "drowning" status (408, 429, 502, 503, 504, 529)
 //! are counted in a moving window. Above the threshold the host is paused: attempts get a simulated 598

@@ -21,6 +21,7 @@ use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
 use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, ValidSend};
 use crate::kafka::publish::{Abandoned, PublishError, Publisher};
 use crate::kafka::Record;
+use crate::telemetry::metrics::status_class;
 use crate::telemetry::DispatchMetrics;
 
 /// What became of a record in this pass.
@@ -215,7 +216,7 @@ impl Pipeline {
             tiers: &self.tiers,
         };
         let plan = plan(&attempted, now, policy);
-        self.metrics.record_plan(&plan);
+        count(&self.metrics, &plan);
         self.apply(record, plan, number).await
     }
 
@@ -319,6 +320,23 @@ impl Pipeline {
                     ),
                 )))
             }
+        }
+    }
+}
+
+/// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
+fn count(metrics: &DispatchMetrics, plan: &Plan) {
+    metrics
+        .attempts
+        .with_label_values(&[status_class(plan.status())])
+        .inc();
+    if let Plan::GiveUp {
+        failure, reason, ..
+    } = plan
+    {
+        metrics.give_ups.with_label_values(&[reason.as_str()]).inc();
+        if failure.source == FailureSource::BlockedDestination {
+            metrics.blocked_destinations.inc();
         }
     }
 }

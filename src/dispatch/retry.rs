@@ -1,4 +1,4 @@
-//! When to try a failed send again (DESIGN §3). Pure: the clock and the random draw are arguments.
+//! When to try a failed send again (README, "Retries"). Pure: the clock and the random draw are arguments.
 //!
 //! Braze retries 408, 429 and 5xx up to 5 times within 30 minutes with exponential backoff; when the endpoint
 //! cannot be reached at all (599, or 598 while the host is paused) it keeps trying for up to 24 hours.
@@ -332,6 +332,18 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn every_give_up_reason_has_its_metric_label() {
+        let m = crate::telemetry::DispatchMetrics::new();
+        let text = m.render();
+        for r in GiveUpReason::ALL {
+            assert!(
+                text.contains(&format!("reason=\"{}\"", r.as_str())),
+                "{r:?}"
+            );
+        }
     }
 
     proptest! {

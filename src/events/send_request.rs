@@ -11,7 +11,7 @@ use super::framing::Frame;
 use super::send_request_schema;
 pub use super::validation::{invalid, shorten, InvalidKind, InvalidSend, Rules, ValidSend};
 
-/// A send request as producers write it (DESIGN §2).
+/// A send request as producers write it (README, "Send requests"; `schemas/send_request.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendRequest {
     pub id: String,

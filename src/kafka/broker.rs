@@ -1,7 +1,8 @@
 //! `hookrelay broker`: librdkafka's mock cluster, reachable over TCP by any Kafka client.
 //!
 //! For development and tests only. It keeps about 5 MiB (or 100,000 message sets) per partition and silently
-//! drops older data, has no Admin API, no compaction and no `offsets_for_times` (DESIGN §7).
+//! drops older data, has no Admin API, no compaction and no `offsets_for_times` (ARCHITECTURE.md, "The
+//! embedded broker").
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;

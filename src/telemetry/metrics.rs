@@ -4,9 +4,6 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::KafkaGauges;
-use crate::dispatch::classify::FailureSource;
-use crate::dispatch::plan::Plan;
-use crate::dispatch::retry::GiveUpReason;
 use crate::events::send_request::InvalidKind;
 
 #[derive(Clone)]
@@ -238,30 +235,13 @@ impl DispatchMetrics {
                 "give_ups_total",
                 "Sends given up after a failed attempt, by reason",
                 "reason",
-                &GiveUpReason::ALL.map(GiveUpReason::as_str),
+                // `dispatch::retry::GiveUpReason::as_str` of each reason (a test there keeps them in step).
+                &["not_retriable", "retries_exhausted", "window_exhausted"],
             ),
             request_duration,
             produce_errors,
             kafka: KafkaGauges::register(&r),
             registry: r,
-        }
-    }
-
-    /// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
-    pub fn record_plan(&self, plan: &Plan) {
-        self.attempts
-            .with_label_values(&[status_class(plan.status())])
-            .inc();
-        match plan {
-            Plan::GiveUp {
-                failure, reason, ..
-            } => {
-                self.give_ups.with_label_values(&[reason.as_str()]).inc();
-                if failure.source == FailureSource::BlockedDestination {
-                    self.blocked_destinations.inc();
-                }
-            }
-            Plan::Delivered { .. } | Plan::Retry { .. } => {}
         }
     }
 
