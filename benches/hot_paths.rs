@@ -23,6 +23,28 @@ fn methods() -> Rules {
     Rules::default()
 }
 
+/// A validated send and a 503 failure of it, for the event benchmarks.
+fn send_and_failure() -> (
+    hookrelay::events::ValidSend,
+    hookrelay::dispatch::classify::Failure,
+) {
+    let send = SendRequest::decode(SEND.as_bytes(), false)
+        .unwrap()
+        .validate(&methods())
+        .unwrap();
+    let attempt = Attempt::Response {
+        status: 503,
+        reason: None,
+        body: "upstream unavailable".into(),
+        content_length: Some(20),
+        retry_after: None,
+    };
+    let Outcome::Failed(failure) = classify(attempt) else {
+        unreachable!()
+    };
+    (send, failure)
+}
+
 fn bench(c: &mut Criterion) {
     let methods = methods();
     let mut g = c.benchmark_group("per_record");
@@ -89,8 +111,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| FailureEvent::decode(black_box(&encoded)).unwrap())
     });
     g.finish();
+}
 
-    // Aggregator ingest: read the fields it needs and count the event in its workspace's 24 h window.
+/// Aggregator ingest: read the fields it needs and count the event in its workspace's 24 h window.
+fn aggregate_ingest(c: &mut Criterion) {
+    let (send, failure) = send_and_failure();
     let mut g = c.benchmark_group("aggregate_ingest");
     const EVENTS: usize = 10_000;
     g.throughput(Throughput::Elements(EVENTS as u64));
@@ -138,7 +163,9 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+}
 
+fn offset_tracking(c: &mut Criterion) {
     let mut g = c.benchmark_group("offset_tracking");
     const N: i64 = 10_000;
     g.throughput(Throughput::Elements(N as u64));
@@ -165,5 +192,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, aggregate_ingest, offset_tracking);
 criterion_main!(benches);

@@ -13,6 +13,9 @@
 //! HOOKRELAY_FUZZ_INPUTS=1000000 cargo test --release --test fuzz -- --nocapture --test-threads 2
 //! ```
 
+// The harness times its runs and reads its input count from the environment.
+#![allow(clippy::disallowed_methods)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,7 +49,9 @@ fn note(delta: isize) {
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only sizes are counted, in
-// thread-locals with const initialisers (which never allocate).
+// thread-locals with const initialisers (which never allocate). A global allocator cannot be written
+// without `unsafe`.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size() as isize);

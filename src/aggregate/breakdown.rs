@@ -132,14 +132,6 @@ impl Breakdown {
         v.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
         v
     }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -185,7 +177,7 @@ mod tests {
         for i in 0..10_000 {
             b.add(key(&format!("https://unique/{i}"), 500), "C", 1, 1, DAY, 5);
         }
-        assert_eq!(b.len(), 5);
+        assert_eq!(b.top(1, DAY).len(), 5);
         assert_eq!(b.top(1, DAY)[0].0.endpoint_url, "https://heavy");
         assert_eq!(b.top(1, DAY)[0].1.count, 100);
     }

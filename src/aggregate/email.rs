@@ -95,22 +95,33 @@ impl AlertContent {
         }
     }
 
-    pub fn render(&self, links: &LinkTemplates) -> Rendered {
-        let name = if self.workspace_name.is_empty() {
+    fn display_name(&self) -> &str {
+        if self.workspace_name.is_empty() {
             &self.workspace_id
         } else {
             &self.workspace_name
-        };
+        }
+    }
+
+    pub fn render(&self, links: &LinkTemplates) -> Rendered {
         let subject = format!(
-            "[hookrelay] Webhook errors in {name}: {} failures in the last {} hours",
-            self.count, self.window_hours
+            "[hookrelay] Webhook errors in {}: {} failures in the last {} hours",
+            self.display_name(),
+            self.count,
+            self.window_hours
         );
         let activity = fill(&links.activity_log, &self.workspace_id, None);
-        let docs = links.docs.clone();
+        Rendered {
+            subject,
+            text: self.text(links, &activity),
+            html: self.html(links, &activity),
+        }
+    }
 
+    fn text(&self, links: &LinkTemplates, activity: &str) -> String {
         let mut text = format!(
-            "Webhooks of workspace {name} ({}) failed {} times in the last {} hours (alert threshold {}).\n\n",
-            self.workspace_id, self.count, self.window_hours, self.threshold
+            "Webhooks of workspace {} ({}) failed {} times in the last {} hours (alert threshold {}).\n\n",
+            self.display_name(), self.workspace_id, self.count, self.window_hours, self.threshold
         );
         let _ = writeln!(text, "Most frequent errors:");
         for (k, e) in &self.breakdown {
@@ -135,11 +146,17 @@ impl AlertContent {
         }
         let _ = write!(
             text,
-            "\nMessage activity log: {activity}\nWhat these errors mean: {docs}\n\n\
-             You get at most one of these emails per workspace per day.\n"
+            "\nMessage activity log: {activity}\nWhat these errors mean: {}\n\n\
+             You get at most one of these emails per workspace per day.\n",
+            links.docs
         );
+        text
+    }
 
+    /// The same in HTML, every value from a failure event escaped.
+    fn html(&self, links: &LinkTemplates, activity: &str) -> String {
         let h = escape_html;
+        let name = self.display_name();
         let mut rows = String::new();
         for (k, e) in &self.breakdown {
             let message = match self.message_link(links, k) {
@@ -156,7 +173,7 @@ impl AlertContent {
                 h(&when(e.last_seen_ms))
             );
         }
-        let html = format!(
+        format!(
             "<!doctype html><html><body>\
              <h2>Webhook errors in {}</h2>\
              <p>Webhooks of workspace <b>{}</b> ({}) failed <b>{}</b> times in the last {} hours \
@@ -171,14 +188,9 @@ impl AlertContent {
             self.count,
             self.window_hours,
             self.threshold,
-            h(&activity),
-            h(&docs)
-        );
-        Rendered {
-            subject,
-            text,
-            html,
-        }
+            h(activity),
+            h(&links.docs)
+        )
     }
 }
 

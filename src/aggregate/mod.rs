@@ -1,10 +1,10 @@
 //! `hookrelay aggregate`: rolling 24-hour failure counts per workspace and alert emails.
 
-pub mod breakdown;
+pub(crate) mod breakdown;
 pub mod config;
 mod decisions;
-pub mod email;
-pub mod mailer;
+pub(crate) mod email;
+pub(crate) mod mailer;
 mod rebalance;
 mod replay;
 mod sender;

@@ -7,6 +7,9 @@
 //! next owner then finds either `sent` or a `pending` decision nobody is working on. Before every attempt
 //! the sender also reads the alert log: if another instance recorded the email as sent, it stops.
 
+// A revocation waits for a sender against a deadline.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! again from the start of retention (older events fall outside the window by event time), and no alert
 //! decision is made until that replay has caught up. Decisions live in the alerts topic.
 
+// The service loop times its rebuild and its housekeeping.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -76,17 +79,9 @@ pub async fn run(
     })
     .await
     .context("topic check panicked")??;
-    let producer: FutureProducer = producer_config(&config.kafka)
-        .create()
-        .context("creating the alerts producer")?;
-    let mailer = Arc::new(Mailer::new(&config.aggregate).context("setting up mail")?);
     // The alerts topic is tailed for as long as the aggregator runs: another instance's decisions must be
     // known before this one decides for a workspace it takes over.
     let alerts = assign_all(&config.kafka, &config.topics.alerts).await?;
-    let alerts_until = behind(
-        &watermarks(&alerts, &config.topics.alerts).await?,
-        &HashMap::new(),
-    );
     // Nothing is committed here (state is rebuilt by replaying), so only reachability is probed.
     let report = crate::kafka::probe::Report {
         health: health.clone(),
@@ -101,42 +96,8 @@ pub async fn run(
         stop.clone(),
     )
     .context("starting the Kafka probe")?;
-    let changes = Arc::new(Mutex::new(Changes::default()));
-    let senders = Arc::new(Senders::new(metrics.alerts_sending.clone()));
-    let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
-    // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
-    cc.set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer<AggContext> = cc
-        .create_with_context(AggContext {
-            changes: changes.clone(),
-            senders: senders.clone(),
-            // An SMTP attempt and the record of it: what a revoked sender may need to finish.
-            revoke_grace: config.aggregate.smtp.timeout + Duration::from_secs(10),
-        })
-        .context("creating the consumer")?;
-    consumer
-        .subscribe(&[&config.topics.failures])
-        .context("subscribing to the failure topic")?;
-    let mut agg = Aggregator {
-        windows: Windows::new(
-            i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
-        ),
-        config: config.clone(),
-        workspaces: HashMap::new(),
-        log: Arc::new(Mutex::new(AlertLog::default())),
-        alerts_until,
-        alerts_read: HashMap::new(),
-        owned: HashSet::new(),
-        replay_until: HashMap::new(),
-        replay_started: None,
-        senders,
-        changes: changes.clone(),
-        undecided: HashSet::new(),
-        last_eviction: Instant::now(),
-        producer,
-        mailer,
-        metrics,
-    };
+    let mut agg = Aggregator::new(config, metrics, &alerts).await?;
+    let consumer = agg.subscribe()?;
     let decoder = ViewDecoder::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stream = consumer.stream();
@@ -151,42 +112,21 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => agg.on_tick().await,
-            Some(Ok(m)) = alerts_stream.next() => {
-                if let Some(Ok(rec)) = m.payload().map(serde_json::from_slice::<AlertRecord>) {
-                    agg.log().apply(rec);
-                }
-                agg.alerts_read.insert(m.partition(), m.offset() + 1);
-                if agg.alerts_until.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-                    agg.alerts_until.remove(&m.partition());
-                }
-            }
+            Some(Ok(m)) = alerts_stream.next() => agg.on_alert_record(&m),
             msg = stream.next() => match msg {
-                Some(Ok(m)) => {
-                    let tp = TopicPartition::new(m.topic(), m.partition());
-                    let workspace = match m.payload().map(|b| decoder.decode(b)) {
-                        Some(Ok(view)) => {
-                            agg.count(&view, tp.partition);
-                            Some(view.workspace.to_string())
-                        }
-                        Some(Err(e)) => {
-                            agg.metrics.undecodable.inc();
-                            tracing::warn!(offset = m.offset(), error = %e, "skipping undecodable failure event");
-                            None
-                        }
-                        None => None,
-                    };
-                    agg.replayed(&tp, m.offset());
-                    if let (true, Some(ws)) = (agg.caught_up(), workspace) {
-                        agg.decide(&ws).await;
-                    }
-                }
+                Some(Ok(m)) => agg.on_failure_event(&m, &decoder).await,
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => break,
             },
         }
         agg.apply_revocations();
-        let assigned =
-            std::mem::take(&mut changes.lock().unwrap_or_else(|p| p.into_inner()).assigned);
+        let assigned = std::mem::take(
+            &mut agg
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .assigned,
+        );
         if !assigned.is_empty() {
             agg.assign(&consumer, assigned).await;
             let marks = watermarks(&alerts, &config.topics.alerts)
@@ -200,6 +140,98 @@ pub async fn run(
     }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+impl Aggregator {
+    async fn new(
+        config: &Config,
+        metrics: AggregateMetrics,
+        alerts: &StreamConsumer,
+    ) -> anyhow::Result<Self> {
+        let alerts_until = behind(
+            &watermarks(alerts, &config.topics.alerts).await?,
+            &HashMap::new(),
+        );
+        Ok(Aggregator {
+            windows: Windows::new(
+                i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
+            ),
+            config: config.clone(),
+            workspaces: HashMap::new(),
+            log: Arc::new(Mutex::new(AlertLog::default())),
+            alerts_until,
+            alerts_read: HashMap::new(),
+            owned: HashSet::new(),
+            replay_until: HashMap::new(),
+            replay_started: None,
+            senders: Arc::new(Senders::new(metrics.alerts_sending.clone())),
+            changes: Arc::new(Mutex::new(Changes::default())),
+            undecided: HashSet::new(),
+            last_eviction: Instant::now(),
+            producer: producer_config(&config.kafka)
+                .create()
+                .context("creating the alerts producer")?,
+            mailer: Arc::new(Mailer::new(&config.aggregate).context("setting up mail")?),
+            metrics,
+        })
+    }
+
+    /// The group consumer of the failure topic, whose rebalance callback stops the senders of revoked
+    /// partitions.
+    fn subscribe(&self) -> anyhow::Result<StreamConsumer<AggContext>> {
+        let config = &self.config;
+        let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
+        // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
+        cc.set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer<AggContext> = cc
+            .create_with_context(AggContext {
+                changes: self.changes.clone(),
+                senders: self.senders.clone(),
+                // An SMTP attempt and the record of it: what a revoked sender may need to finish.
+                revoke_grace: config.aggregate.smtp.timeout + Duration::from_secs(10),
+            })
+            .context("creating the consumer")?;
+        consumer
+            .subscribe(&[&config.topics.failures])
+            .context("subscribing to the failure topic")?;
+        Ok(consumer)
+    }
+
+    /// A decision read from the alerts topic (this instance's or another's).
+    fn on_alert_record(&mut self, m: &BorrowedMessage<'_>) {
+        if let Some(Ok(rec)) = m.payload().map(serde_json::from_slice::<AlertRecord>) {
+            self.log().apply(rec);
+        }
+        self.alerts_read.insert(m.partition(), m.offset() + 1);
+        if self
+            .alerts_until
+            .get(&m.partition())
+            .is_some_and(|end| m.offset() + 1 >= *end)
+        {
+            self.alerts_until.remove(&m.partition());
+        }
+    }
+
+    /// A failure event: counted, and once caught up, decided on.
+    async fn on_failure_event(&mut self, m: &BorrowedMessage<'_>, decoder: &ViewDecoder) {
+        let tp = TopicPartition::new(m.topic(), m.partition());
+        let workspace = match m.payload().map(|b| decoder.decode(b)) {
+            Some(Ok(view)) => {
+                self.count(&view, tp.partition);
+                Some(view.workspace.to_string())
+            }
+            Some(Err(e)) => {
+                self.metrics.undecodable.inc();
+                tracing::warn!(offset = m.offset(), error = %e, "skipping undecodable failure event");
+                None
+            }
+            None => None,
+        };
+        self.replayed(&tp, m.offset());
+        if let (true, Some(ws)) = (self.caught_up(), workspace) {
+            self.decide(&ws).await;
+        }
+    }
 }
 
 impl Aggregator {

@@ -23,6 +23,9 @@ use crate::dispatch::host_health::HostHealthConfig;
 use crate::dispatch::retry::RetryPolicy;
 use crate::security::{SecurityConfig, SigningConfig};
 
+/// What `check-config` prints instead of a credential.
+pub const REDACTED: &str = "<redacted>";
+
 /// HTTP methods hookrelay knows how to send; which of them are accepted is configured.
 pub const KNOWN_METHODS: [&str; 5] = ["POST", "PUT", "DELETE", "GET", "PATCH"];
 
@@ -304,6 +307,8 @@ pub struct ConfigError {
 
 impl Config {
     /// Defaults, then the TOML file, then `HOOKRELAY_<SECTION>__<KEY>` variables; then validation.
+    // The one place the process environment is read.
+    #[allow(clippy::disallowed_methods)]
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, std::env::vars())
     }
@@ -323,6 +328,32 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         Self::extract(fig, vars)
+    }
+
+    /// The effective configuration as TOML that can be saved and used as a config file, with every
+    /// credential (secret-looking librdkafka properties, signing secrets, the SMTP password) replaced by
+    /// `<redacted>`.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut c = self.clone();
+        let redact = |m: &mut std::collections::BTreeMap<String, String>| {
+            for (k, v) in m.iter_mut() {
+                if is_secret_property(k) {
+                    *v = REDACTED.into();
+                }
+            }
+        };
+        redact(&mut c.kafka.properties);
+        redact(&mut c.kafka.consumer_properties);
+        redact(&mut c.kafka.producer_properties);
+        for secrets in c.signing.secrets.values_mut() {
+            for s in secrets.iter_mut() {
+                *s = REDACTED.into();
+            }
+        }
+        if !c.aggregate.smtp.password.is_empty() {
+            c.aggregate.smtp.password = REDACTED.into();
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
 
     /// As [`Config::load_from`], with the file's text given (tests, fuzzing).
@@ -444,6 +475,28 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("swordfish"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn the_printed_configuration_loads_back_with_its_credentials_redacted() {
+        let mut c = Config::default();
+        c.kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        c.kafka
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        c.aggregate.smtp.password = "swordfish".into();
+        c.dispatch.max_in_flight = 7;
+        let text = c.to_toml_redacted();
+        assert!(
+            !text.contains("hunter2") && !text.contains("swordfish"),
+            "{text}"
+        );
+        let back = Config::load_str(&text, Vec::<(String, String)>::new()).expect("loads back");
+        assert_eq!(back.dispatch.max_in_flight, 7);
+        assert_eq!(back.kafka.properties["sasl.password"], REDACTED);
+        assert_eq!(back.kafka.properties["security.protocol"], "SASL_SSL");
     }
 
     #[test]

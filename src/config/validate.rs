@@ -8,40 +8,12 @@ use super::{Config, ConfigError, EventEncoding, KNOWN_METHODS};
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            p.push("kafka.bootstrap_servers is empty".to_string());
-        }
-        if self.kafka.dispatch_group_id.trim().is_empty() {
-            p.push("kafka.dispatch_group_id is empty".to_string());
-        }
-        for (name, topic) in [
-            ("topics.sends", &self.topics.sends),
-            ("topics.failures", &self.topics.failures),
-            ("topics.dead_letters", &self.topics.dead_letters),
-            ("topics.alerts", &self.topics.alerts),
-        ] {
-            if let Err(why) = check_topic_name(topic) {
-                p.push(format!("{name} {why}"));
-            }
-        }
-        for t in &self.topics.retry_tiers {
-            match humantime::parse_duration(t) {
-                Ok(d) if !d.is_zero() => {
-                    if let Err(why) = check_topic_name(&format!("{}-{t}", self.topics.retry_prefix))
-                    {
-                        p.push(format!("retry tier topic for {t:?} {why}"));
-                    }
-                }
-                _ => p.push(format!(
-                    "topics.retry_tiers: {t:?} is not a positive duration like \"5m\""
-                )),
-            }
-        }
-        if self.topics.retry_tiers.is_empty() {
-            p.push("topics.retry_tiers is empty".into());
-        }
+        self.validate_kafka_and_topics(&mut p);
+        self.validate_dispatch(&mut p);
+        self.validate_http_and_telemetry(&mut p);
         self.retry.validate(&mut p);
         self.aggregate.validate(&mut p);
+        self.host_health.validate(&mut p);
         if let Err(problems) = crate::security::signing::Signer::from_config(&self.signing) {
             p.extend(problems);
         }
@@ -50,21 +22,78 @@ impl Config {
                 "security.ssrf_guard is off: webhooks may reach private and loopback addresses"
             );
         }
-        self.host_health.validate(&mut p);
-        if self.dispatch.max_in_flight_per_host == 0 {
-            p.push("dispatch.max_in_flight_per_host must be at least 1".into());
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
         }
-        if self.topics.sends == self.topics.failures
-            || self.topics.sends == self.topics.dead_letters
-        {
+    }
+
+    fn validate_kafka_and_topics(&self, p: &mut Vec<String>) {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers is empty".to_string());
+        }
+        if self.kafka.dispatch_group_id.trim().is_empty() {
+            p.push("kafka.dispatch_group_id is empty".to_string());
+        }
+        let t = &self.topics;
+        for (name, topic) in [
+            ("topics.sends", &t.sends),
+            ("topics.failures", &t.failures),
+            ("topics.dead_letters", &t.dead_letters),
+            ("topics.alerts", &t.alerts),
+        ] {
+            if let Err(why) = check_topic_name(topic) {
+                p.push(format!("{name} {why}"));
+            }
+        }
+        for tier in &t.retry_tiers {
+            match humantime::parse_duration(tier) {
+                Ok(d) if !d.is_zero() => {
+                    if let Err(why) = check_topic_name(&format!("{}-{tier}", t.retry_prefix)) {
+                        p.push(format!("retry tier topic for {tier:?} {why}"));
+                    }
+                }
+                _ => p.push(format!(
+                    "topics.retry_tiers: {tier:?} is not a positive duration like \"5m\""
+                )),
+            }
+        }
+        if t.retry_tiers.is_empty() {
+            p.push("topics.retry_tiers is empty".into());
+        }
+        if t.sends == t.failures || t.sends == t.dead_letters {
             p.push("topics.sends must differ from topics.failures and topics.dead_letters".into());
         }
-        let d = &self.dispatch;
-        if d.max_in_flight == 0 {
-            p.push("dispatch.max_in_flight must be at least 1".into());
+        if !(1..=16).contains(&self.broker.brokers) {
+            p.push("broker.brokers must be between 1 and 16".into());
         }
-        if d.max_pending_per_partition == 0 {
-            p.push("dispatch.max_pending_per_partition must be at least 1".into());
+        if !(1..=1024).contains(&self.broker.partitions) {
+            p.push("broker.partitions must be between 1 and 1024".into());
+        }
+    }
+
+    fn validate_dispatch(&self, p: &mut Vec<String>) {
+        let d = &self.dispatch;
+        for (name, v) in [
+            ("dispatch.max_in_flight", d.max_in_flight),
+            ("dispatch.max_in_flight_per_host", d.max_in_flight_per_host),
+            (
+                "dispatch.max_pending_per_partition",
+                d.max_pending_per_partition,
+            ),
+            ("dispatch.max_record_bytes", d.max_record_bytes),
+            ("dispatch.max_id_bytes", d.max_id_bytes),
+            ("dispatch.max_field_bytes", d.max_field_bytes),
+            ("http.max_url_bytes", self.http.max_url_bytes),
+            (
+                "http.max_request_body_bytes",
+                self.http.max_request_body_bytes,
+            ),
+        ] {
+            if v == 0 {
+                p.push(format!("{name} must be at least 1"));
+            }
         }
         if d.commit_interval.is_zero() {
             p.push("dispatch.commit_interval must be positive".into());
@@ -80,20 +109,9 @@ impl Config {
                 ));
             }
         }
-        for (name, v) in [
-            ("dispatch.max_record_bytes", d.max_record_bytes),
-            ("dispatch.max_id_bytes", d.max_id_bytes),
-            ("dispatch.max_field_bytes", d.max_field_bytes),
-            ("http.max_url_bytes", self.http.max_url_bytes),
-            (
-                "http.max_request_body_bytes",
-                self.http.max_request_body_bytes,
-            ),
-        ] {
-            if v == 0 {
-                p.push(format!("{name} must be at least 1"));
-            }
-        }
+    }
+
+    fn validate_http_and_telemetry(&self, p: &mut Vec<String>) {
         let h = &self.http;
         if h.request_timeout.is_zero() {
             p.push("http.request_timeout must be positive".into());
@@ -122,17 +140,6 @@ impl Config {
                 "telemetry.log_level {:?} is not a valid filter",
                 t.log_level
             ));
-        }
-        if !(1..=16).contains(&self.broker.brokers) {
-            p.push("broker.brokers must be between 1 and 16".into());
-        }
-        if !(1..=1024).contains(&self.broker.partitions) {
-            p.push("broker.partitions must be between 1 and 1024".into());
-        }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems: p })
         }
     }
 }

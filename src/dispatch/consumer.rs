@@ -5,6 +5,9 @@
 //! partitions finish their work: that callback runs inside `poll`, on this thread, and nothing async waits
 //! on it.
 
+// The consumer thread measures the commit interval, the rebalance grace and the shutdown drain.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -233,120 +236,168 @@ pub fn poll_loop(
     shutdown: CancellationToken,
 ) -> Option<Instant> {
     let shared = consumer.context().shared.clone();
-    let resume_below = (settings.max_pending_per_partition / 2).max(1);
+    let run = Loop {
+        consumer: &consumer,
+        shared: &shared,
+        pipeline: &pipeline,
+        runtime: &runtime,
+        settings: &settings,
+    };
     let mut last_commit = Instant::now();
     let mut ticks: u64 = 0;
-    let mut drain_until: Option<Instant> = None;
-    let mut grace_ends: Option<Instant> = None;
+    let mut drain: Option<(Instant, Instant)> = None; // (drain until, grace ends)
     loop {
-        if shutdown.is_cancelled() && drain_until.is_none() {
-            let now = Instant::now();
-            grace_ends = Some(now + settings.shutdown_grace);
-            drain_until = Some(now + drain_budget(settings.shutdown_grace));
-            shared.stopping.store(true, Ordering::Relaxed);
-            if let Ok(assignment) = consumer.assignment() {
-                let _ = consumer.pause(&assignment);
-            }
-            tracing::info!(
-                pending = shared.lock().total_in_flight(),
-                "stopping: draining in-flight sends"
-            );
+        if shutdown.is_cancelled() && drain.is_none() {
+            drain = Some(run.begin_drain());
         }
-        if let Some(until) = drain_until {
-            // Parked retries are not waited for: they stay uncommitted and are read again.
-            let pending = shared.lock().total_in_flight();
-            if pending == 0 || Instant::now() >= until {
-                if pending > 0 {
-                    tracing::warn!(pending, "shutdown grace expired; unfinished sends stay uncommitted and will be redone by the next owner");
-                }
+        if let Some((until, _)) = drain {
+            if run.drained_or_out_of_time(until) {
                 break;
             }
         }
         match consumer.poll(Duration::from_millis(50)) {
             // While draining, new records are neither started nor committed: the next owner gets them.
-            Some(Ok(msg)) if drain_until.is_none() => {
-                let tp = TopicPartition::new(msg.topic(), msg.partition());
-                let ticket = {
-                    let mut state = shared.lock();
-                    let Some(ticket) = state.tracker.start(&tp, msg.offset()) else {
-                        continue;
-                    };
-                    if state.tracker.pending(&tp) >= settings.max_pending_per_partition
-                        && state.paused.insert(tp.clone())
-                    {
-                        let _ = consumer.pause(&single(&tp));
-                        shared.update_gauges(&state);
-                    }
-                    ticket
-                };
-                let record = Record::from_message(&msg, tp);
-                drop(msg);
-                let work = match settings.tiers.delay_of(&record.tp.topic) {
-                    None => Work::Fresh(record, ticket),
-                    Some(delay) => {
-                        let now = now_ms();
-                        let due = header_i64(&record, DUE_HEADER).unwrap_or(now);
-                        let written = record.timestamp_ms.unwrap_or(now);
-                        let tp = record.tp.clone();
-                        let p = Parked {
-                            ready_at_ms: ready_at(
-                                written,
-                                i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
-                                due,
-                            ),
-                            record,
-                            ticket,
-                        };
-                        let mut state = shared.lock();
-                        match state.parked.park_or_pass(p, now) {
-                            Some(p) => Work::Retry(p.record, p.ticket),
-                            None => {
-                                shared.metrics.parked_records.inc();
-                                if state.paused.insert(tp.clone()) {
-                                    let _ = consumer.pause(&single(&tp));
-                                    shared.update_gauges(&state);
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                };
-                spawn(&runtime, &pipeline, &shared, work);
-            }
-            Some(Ok(_)) => {}
+            Some(Ok(msg)) if drain.is_none() => run.take(msg),
+            Some(Ok(_)) | None => {}
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            None => {}
         }
-        let ready = shared.lock().parked.take_ready(now_ms());
-        for p in ready {
-            shared.metrics.parked_records.dec();
-            spawn(
-                &runtime,
-                &pipeline,
-                &shared,
-                Work::Retry(p.record, p.ticket),
-            );
-        }
-        resume_drained(&consumer, &shared, resume_below);
+        run.release_ready_retries();
+        resume_drained(
+            &consumer,
+            &shared,
+            (settings.max_pending_per_partition / 2).max(1),
+        );
         if last_commit.elapsed() >= settings.commit_interval {
             ticks += 1;
-            let positions = {
-                let mut state = shared.lock();
-                // Now and then every position is sent again, in case a partition-level error went unseen.
-                if ticks % 10 == 0 {
-                    state.tracker.recommit_all();
-                }
-                state.tracker.take_commits()
-            };
-            commit_positions(&consumer, &shared, &positions);
+            // Now and then every position is sent again, in case a partition-level error went unseen.
+            run.commit(ticks % 10 == 0);
             last_commit = Instant::now();
         }
     }
-    let positions = shared.lock().tracker.take_commits();
-    commit_positions(&consumer, &shared, &positions);
+    run.commit(false);
     // Dropping the consumer leaves the group; its revoke callback commits once more, without waiting.
     drop(consumer);
-    grace_ends
+    drain.map(|(_, grace_ends)| grace_ends)
+}
+
+/// What one turn of the consumer loop works with.
+struct Loop<'a> {
+    consumer: &'a BaseConsumer<DispatchContext>,
+    shared: &'a Arc<Shared>,
+    pipeline: &'a Arc<Pipeline>,
+    runtime: &'a tokio::runtime::Handle,
+    settings: &'a LoopSettings,
+}
+
+impl Loop<'_> {
+    /// Stops taking records and pauses everything; returns when the drain and the whole grace end.
+    fn begin_drain(&self) -> (Instant, Instant) {
+        let now = Instant::now();
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        tracing::info!(
+            pending = self.shared.lock().total_in_flight(),
+            "stopping: draining in-flight sends"
+        );
+        let grace = self.settings.shutdown_grace;
+        (now + drain_budget(grace), now + grace)
+    }
+
+    /// Whether the drain is over: nothing in flight, or out of time (parked retries are not waited for:
+    /// they stay uncommitted and are read again).
+    fn drained_or_out_of_time(&self, until: Instant) -> bool {
+        let pending = self.shared.lock().total_in_flight();
+        let over = pending == 0 || Instant::now() >= until;
+        if over && pending > 0 {
+            tracing::warn!(pending, "shutdown grace expired; unfinished sends stay uncommitted and will be redone by the next owner");
+        }
+        over
+    }
+
+    /// Registers a consumed record and starts its work, or parks it if it is a retry not ready yet.
+    fn take(&self, msg: rdkafka::message::BorrowedMessage<'_>) {
+        let (shared, consumer) = (self.shared, self.consumer);
+        let tp = TopicPartition::new(msg.topic(), msg.partition());
+        let ticket = {
+            let mut state = shared.lock();
+            let Some(ticket) = state.tracker.start(&tp, msg.offset()) else {
+                return;
+            };
+            if state.tracker.pending(&tp) >= self.settings.max_pending_per_partition
+                && state.paused.insert(tp.clone())
+            {
+                let _ = consumer.pause(&single(&tp));
+                shared.update_gauges(&state);
+            }
+            ticket
+        };
+        let record = Record::from_message(&msg, tp);
+        drop(msg);
+        let Some(delay) = self.settings.tiers.delay_of(&record.tp.topic) else {
+            return spawn(
+                self.runtime,
+                self.pipeline,
+                shared,
+                Work::Fresh(record, ticket),
+            );
+        };
+        let now = now_ms();
+        let due = header_i64(&record, DUE_HEADER).unwrap_or(now);
+        let written = record.timestamp_ms.unwrap_or(now);
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let tp = record.tp.clone();
+        let parked = Parked {
+            ready_at_ms: ready_at(written, delay_ms, due),
+            record,
+            ticket,
+        };
+        let mut state = shared.lock();
+        match state.parked.park_or_pass(parked, now) {
+            Some(p) => {
+                drop(state);
+                spawn(
+                    self.runtime,
+                    self.pipeline,
+                    shared,
+                    Work::Retry(p.record, p.ticket),
+                );
+            }
+            None => {
+                shared.metrics.parked_records.inc();
+                if state.paused.insert(tp.clone()) {
+                    let _ = consumer.pause(&single(&tp));
+                    shared.update_gauges(&state);
+                }
+            }
+        }
+    }
+
+    /// Hands on parked retries that have become ready.
+    fn release_ready_retries(&self) {
+        let ready = self.shared.lock().parked.take_ready(now_ms());
+        for p in ready {
+            self.shared.metrics.parked_records.dec();
+            spawn(
+                self.runtime,
+                self.pipeline,
+                self.shared,
+                Work::Retry(p.record, p.ticket),
+            );
+        }
+    }
+
+    fn commit(&self, everything: bool) {
+        let positions = {
+            let mut state = self.shared.lock();
+            if everything {
+                state.tracker.recommit_all();
+            }
+            state.tracker.take_commits()
+        };
+        commit_positions(self.consumer, self.shared, &positions);
+    }
 }
 
 fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, resume_below: usize) {

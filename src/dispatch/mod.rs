@@ -3,16 +3,16 @@
 
 pub mod classify;
 pub mod consumer;
-pub mod delivery;
-pub mod host_health;
-pub mod http;
-pub mod limits;
-pub mod parking;
+pub(crate) mod delivery;
+pub(crate) mod host_health;
+pub(crate) mod http;
+pub(crate) mod limits;
+pub(crate) mod parking;
 pub mod pipeline;
-pub mod plan;
+pub(crate) mod plan;
 pub mod report;
 pub mod retry;
-pub mod tiers;
+pub(crate) mod tiers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,32 +52,71 @@ pub async fn run(
     let publish_stop = CancellationToken::new();
     // Cancelled by a fatal producer error: the process drains what it can and exits non-zero.
     let fatal = CancellationToken::new();
+    watch(&fatal, &shutdown, &health);
     let publisher = Publisher::new(PublisherParts {
         producer: producer.clone(),
         topics: config.topics.clone(),
         events: config.events.clone(),
         metrics: metrics.clone(),
         shutdown: publish_stop.clone(),
-        fatal: fatal.clone(),
+        fatal,
         health: health.clone(),
         max_message_bytes: crate::kafka::client::max_message_bytes(&config.kafka),
     });
-    let (on_fatal, stopping) = (
-        (fatal.clone(), shutdown.clone()),
-        (shutdown.clone(), health.clone()),
-    );
+    let tiers = Tiers::from_config(&config.topics);
+    let pipeline = Arc::new(pipeline(config, publisher, &metrics, tiers.clone())?);
+    let shared = Arc::new(Shared::new(
+        config.dispatch.rebalance_grace,
+        metrics.clone(),
+        health.clone(),
+    ));
+    start_probe(config, &shared, &metrics, &health, &shutdown)?;
+    let consumer = subscribe(config, shared, &tiers)?;
+    let settings = LoopSettings {
+        max_pending_per_partition: config.dispatch.max_pending_per_partition,
+        tiers,
+        commit_interval: config.dispatch.commit_interval,
+        shutdown_grace: config.dispatch.shutdown_grace,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let stop = shutdown.clone();
+    let grace_ends = tokio::task::spawn_blocking(move || {
+        consumer::poll_loop(consumer, pipeline, runtime, settings, stop)
+    })
+    .await
+    .context("consumer thread panicked")?;
+    publish_stop.cancel();
+    flush(&producer, grace_ends);
+    if let Some(why) = health.fatal() {
+        anyhow::bail!("stopped after a fatal error: {why}");
+    }
+    tracing::info!("dispatcher stopped");
+    Ok(())
+}
+
+/// A fatal producer error stops the dispatcher; any stop makes it unready.
+fn watch(fatal: &CancellationToken, shutdown: &CancellationToken, health: &Health) {
+    let (fatal, stop) = (fatal.clone(), shutdown.clone());
     tokio::spawn(async move {
-        on_fatal.0.cancelled().await;
-        on_fatal.1.cancel();
+        fatal.cancelled().await;
+        stop.cancel();
     });
+    let (stop, health) = (shutdown.clone(), health.clone());
     tokio::spawn(async move {
-        stopping.0.cancelled().await;
-        stopping.1.set_stopping();
+        stop.cancelled().await;
+        health.set_stopping();
     });
+}
+
+fn pipeline(
+    config: &Config,
+    publisher: Publisher,
+    metrics: &DispatchMetrics,
+    tiers: Tiers,
+) -> anyhow::Result<Pipeline> {
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
-    let tiers = Tiers::from_config(&config.topics);
-    let pipeline = Arc::new(Pipeline {
+    Ok(Pipeline {
         delivery: Delivery {
             executor: http::Executor::new(&config.http, &config.security, signer)
                 .context("creating the HTTP client")?,
@@ -93,13 +132,17 @@ pub async fn run(
         rules: crate::events::Rules::from_config(config),
         accept_plain_avro: config.dispatch.accept_plain_avro,
         retry: config.retry.clone(),
-        tiers: tiers.clone(),
-    });
-    let shared = Arc::new(Shared::new(
-        config.dispatch.rebalance_grace,
-        metrics.clone(),
-        health.clone(),
-    ));
+        tiers,
+    })
+}
+
+fn start_probe(
+    config: &Config,
+    shared: &Arc<Shared>,
+    metrics: &DispatchMetrics,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let owned = shared.clone();
     let report = crate::kafka::probe::Report {
         health: health.clone(),
@@ -113,7 +156,14 @@ pub async fn run(
         report,
         shutdown.clone(),
     )
-    .context("starting the Kafka probe")?;
+    .context("starting the Kafka probe")
+}
+
+fn subscribe(
+    config: &Config,
+    shared: Arc<Shared>,
+    tiers: &Tiers,
+) -> anyhow::Result<BaseConsumer<DispatchContext>> {
     let consumer: BaseConsumer<DispatchContext> =
         consumer_config(&config.kafka, &config.kafka.dispatch_group_id)
             .create_with_context(DispatchContext { shared })
@@ -124,22 +174,13 @@ pub async fn run(
         .subscribe(&topics)
         .with_context(|| format!("subscribing to {}", topics.join(", ")))?;
     tracing::info!(topic = %config.topics.sends, group = %config.kafka.dispatch_group_id, "dispatcher started");
-    let settings = LoopSettings {
-        max_pending_per_partition: config.dispatch.max_pending_per_partition,
-        tiers,
-        commit_interval: config.dispatch.commit_interval,
-        shutdown_grace: config.dispatch.shutdown_grace,
-    };
-    let runtime = tokio::runtime::Handle::current();
-    let stop = shutdown.clone();
-    let grace_ends = tokio::task::spawn_blocking(move || {
-        consumer::poll_loop(consumer, pipeline, runtime, settings, stop)
-    })
-    .await
-    .context("consumer thread panicked")?;
-    publish_stop.cancel();
-    // Outcomes not yet acknowledged belong to uncommitted records, which the next owner redoes; the flush
-    // only has to fit in what is left of the grace.
+    Ok(consumer)
+}
+
+/// Outcomes not yet acknowledged belong to uncommitted records, which the next owner redoes; the flush only
+/// has to fit in what is left of the grace.
+#[allow(clippy::disallowed_methods)] // what is left of a deadline
+fn flush(producer: &FutureProducer, grace_ends: Option<Instant>) {
     let flush_for = grace_ends.map_or(Duration::from_secs(10), |t| {
         t.saturating_duration_since(Instant::now())
             .max(Duration::from_millis(500))
@@ -147,9 +188,4 @@ pub async fn run(
     if let Err(e) = producer.flush(flush_for) {
         tracing::warn!(error = %e, "producer not flushed within the shutdown grace; unacknowledged outcomes will be redone");
     }
-    if let Some(why) = health.fatal() {
-        anyhow::bail!("stopped after a fatal error: {why}");
-    }
-    tracing::info!("dispatcher stopped");
-    Ok(())
 }

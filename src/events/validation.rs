@@ -121,25 +121,48 @@ impl SendRequest {
     /// Checks everything the dispatcher relies on: whatever passes can be sent as an HTTP request and
     /// reported in a failure event that fits in Kafka.
     pub fn validate(self, rules: &Rules) -> Result<ValidSend, InvalidSend> {
-        let allowed_methods = &rules.allowed_methods;
         self.check_identifiers(rules)?;
-        if self.webhook.url.trim().is_empty() {
+        let url = self.check_url(rules)?;
+        let method = self.check_method(rules)?;
+        let body_len = self.webhook.body.as_ref().map_or(0, String::len);
+        if body_len > rules.max_body_bytes {
+            return Err(invalid(
+                InvalidKind::TooLarge,
+                format!(
+                    "body of {body_len} bytes is larger than {}",
+                    rules.max_body_bytes
+                ),
+            ));
+        }
+        let headers = self.check_headers(rules)?;
+        Ok(ValidSend {
+            request: self,
+            url,
+            method,
+            headers,
+        })
+    }
+
+    /// An http(s) URL with a host, within the length limit, that the HTTP client can send.
+    fn check_url(&self, rules: &Rules) -> Result<Url, InvalidSend> {
+        let text = &self.webhook.url;
+        if text.trim().is_empty() {
             return Err(invalid(InvalidKind::MissingField, "webhook.url is empty"));
         }
-        if self.webhook.url.len() > rules.max_url_bytes {
+        if text.len() > rules.max_url_bytes {
             return Err(invalid(
                 InvalidKind::TooLarge,
                 format!(
                     "webhook.url of {} bytes is longer than {}",
-                    self.webhook.url.len(),
+                    text.len(),
                     rules.max_url_bytes
                 ),
             ));
         }
-        let url = Url::parse(&self.webhook.url).map_err(|e| {
+        let url = Url::parse(text).map_err(|e| {
             invalid(
                 InvalidKind::InvalidUrl,
-                format!("webhook.url {:?}: {e}", shorten(&self.webhook.url)),
+                format!("webhook.url {:?}: {e}", shorten(text)),
             )
         })?;
         // The HTTP client sends an `http::Uri`, which refuses some URLs the WHATWG parser accepts.
@@ -161,19 +184,27 @@ impl SendRequest {
         if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid(InvalidKind::InvalidUrl, "webhook.url has no host"));
         }
-        let method_name = self.webhook.request_method.to_ascii_uppercase();
-        if !allowed_methods.contains(&method_name) {
+        Ok(url)
+    }
+
+    fn check_method(&self, rules: &Rules) -> Result<Method, InvalidSend> {
+        let name = self.webhook.request_method.to_ascii_uppercase();
+        if !rules.allowed_methods.contains(&name) {
             return Err(invalid(
                 InvalidKind::InvalidMethod,
                 format!(
                     "webhook.request_method {:?} is not one of {}",
                     self.webhook.request_method,
-                    allowed_methods.join(", ")
+                    rules.allowed_methods.join(", ")
                 ),
             ));
         }
-        let method = Method::from_bytes(method_name.as_bytes())
-            .map_err(|_| invalid(InvalidKind::InvalidMethod, "unparseable method"))?;
+        Method::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(InvalidKind::InvalidMethod, "unparseable method"))
+    }
+
+    /// Within the count and size limits, none that hookrelay sets itself, every name and value valid.
+    fn check_headers(&self, rules: &Rules) -> Result<HeaderMap, InvalidSend> {
         let given = self.webhook.request_headers.iter().flatten();
         if given.clone().count() > rules.max_headers {
             return Err(invalid(
@@ -188,16 +219,6 @@ impl SendRequest {
                 format!(
                     "request headers take {header_bytes} bytes, more than {}",
                     rules.max_header_bytes
-                ),
-            ));
-        }
-        let body_len = self.webhook.body.as_ref().map_or(0, String::len);
-        if body_len > rules.max_body_bytes {
-            return Err(invalid(
-                InvalidKind::TooLarge,
-                format!(
-                    "body of {body_len} bytes is larger than {}",
-                    rules.max_body_bytes
                 ),
             ));
         }
@@ -225,12 +246,7 @@ impl SendRequest {
             })?;
             headers.append(n, v);
         }
-        Ok(ValidSend {
-            request: self,
-            url,
-            method,
-            headers,
-        })
+        Ok(headers)
     }
 
     /// `id` and `workspace_id` are required and short; `id` travels as the `webhook-id` header, so it must be

@@ -1,10 +1,10 @@
 //! Kafka plumbing shared by every subcommand: client settings, offset tracking, the embedded broker.
 
-pub mod broker;
+pub(crate) mod broker;
 pub mod client;
-pub mod offsets;
-pub mod probe;
-pub mod publish;
+pub(crate) mod offsets;
+pub(crate) mod probe;
+pub(crate) mod publish;
 pub mod reader;
 pub mod record;
 pub mod topics;

@@ -231,18 +231,7 @@ impl Publisher {
     /// out (its coordinates find the original). A bare letter refused too (the topic is gone, no
     /// authorisation) is retried, visibly (`hookrelay_stalled_outcomes`, an error log), until it goes through.
     pub async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<(), Abandoned> {
-        let reason = why.to_string();
-        let partition = record.tp.partition.to_string();
-        let offset = record.offset.to_string();
-        let failed_at = chrono::Utc::now().to_rfc3339();
-        let ours = [
-            ("hookrelay-error", reason.as_str()),
-            ("hookrelay-error-kind", why.kind.as_str()),
-            ("hookrelay-original-topic", &*record.tp.topic),
-            ("hookrelay-original-partition", partition.as_str()),
-            ("hookrelay-original-offset", offset.as_str()),
-            ("hookrelay-failed-at", failed_at.as_str()),
-        ];
+        let ours = why_headers(record, why);
         let key = record.key.as_deref().unwrap_or_default();
         let size = |h: &[(String, Vec<u8>)]| -> usize {
             h.iter().map(|(k, v)| k.len() + v.len() + 8).sum()
@@ -254,40 +243,14 @@ impl Publisher {
         let mut wait = Duration::from_secs(1);
         let mut stalled = false;
         let result = loop {
-            let mut headers = OwnedHeaders::new();
-            if dropped.is_none() {
-                for (k, v) in &record.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-            }
-            for (k, v) in ours {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
-            let note;
-            let (key, payload) = match &dropped {
-                None => (key, record.payload.as_slice()),
-                Some(because) => {
-                    note = format!(
-                        "{} key bytes, {} value bytes and {} headers not forwarded: {because}",
-                        key.len(),
-                        record.payload.len(),
-                        record.headers.len()
-                    );
-                    headers = headers.insert(Header {
-                        key: "hookrelay-dropped",
-                        value: Some(&note),
-                    });
-                    (&[][..], &[][..])
-                }
-            };
+            let letter = Letter::of(record, &ours, dropped.as_deref());
             match self
-                .produce(&self.topics.dead_letters, key, payload, headers)
+                .produce(
+                    &self.topics.dead_letters,
+                    letter.key,
+                    letter.payload,
+                    letter.headers,
+                )
                 .await
             {
                 Ok(()) => break Ok(()),
@@ -391,6 +354,73 @@ impl Publisher {
             self.metrics.stalled_outcomes.dec();
         }
         result
+    }
+}
+
+/// The headers that say why a record is a dead letter and where it came from.
+fn why_headers(record: &Record, why: &InvalidSend) -> Vec<(&'static str, String)> {
+    let failed_at = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms())
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    vec![
+        ("hookrelay-error", why.to_string()),
+        ("hookrelay-error-kind", why.kind.as_str().to_string()),
+        ("hookrelay-original-topic", record.tp.topic.to_string()),
+        (
+            "hookrelay-original-partition",
+            record.tp.partition.to_string(),
+        ),
+        ("hookrelay-original-offset", record.offset.to_string()),
+        ("hookrelay-failed-at", failed_at),
+    ]
+}
+
+/// A dead letter as written: the record with its headers and ours, or bare — without the original key,
+/// value and headers — with `hookrelay-dropped` saying what was left out and why.
+struct Letter<'a> {
+    key: &'a [u8],
+    payload: &'a [u8],
+    headers: OwnedHeaders,
+}
+
+impl<'a> Letter<'a> {
+    fn of(record: &'a Record, ours: &[(&str, String)], dropped: Option<&str>) -> Self {
+        let mut headers = OwnedHeaders::new();
+        if dropped.is_none() {
+            for (k, v) in &record.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+        }
+        for (k, v) in ours {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let Some(because) = dropped else {
+            return Self {
+                key: record.key.as_deref().unwrap_or_default(),
+                payload: &record.payload,
+                headers,
+            };
+        };
+        let note = format!(
+            "{} key bytes, {} value bytes and {} headers not forwarded: {because}",
+            record.key.as_ref().map_or(0, Vec::len),
+            record.payload.len(),
+            record.headers.len()
+        );
+        Self {
+            key: &[],
+            payload: &[],
+            headers: headers.insert(Header {
+                key: "hookrelay-dropped",
+                value: Some(&note),
+            }),
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! What keeps a webhook dispatcher from being turned against the network it runs in or the receivers it
 //! calls: the SSRF guard, Standard Webhooks signatures and hygiene of tenant-supplied headers.
 
-pub mod headers;
+pub(crate) mod headers;
 pub mod signing;
-pub mod ssrf;
+pub(crate) mod ssrf;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,10 +1,10 @@
 //! Metrics, health endpoints and logging.
 
-pub mod aggregate_metrics;
-pub mod kafka_gauges;
-pub mod logging;
+pub(crate) mod aggregate_metrics;
+pub(crate) mod kafka_gauges;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod server;
+pub(crate) mod server;
 
 pub use aggregate_metrics::AggregateMetrics;
 pub use kafka_gauges::KafkaGauges;

@@ -103,17 +103,7 @@ async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     dispatcher.stop().await?;
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
-    let mut last_ms = started_ms;
-    let mut seen = 0u64;
-    for r in receiver.requests() {
-        let Some(created) = r.webhook_id.as_ref().and_then(|id| produced.get(id)) else {
-            continue;
-        };
-        latency.saturating_record(u64::try_from(r.at_unix_ms - created).unwrap_or(0).max(1));
-        last_ms = last_ms.max(r.at_unix_ms);
-        seen += 1;
-    }
+    let (latency, last_ms, seen) = latencies(&receiver, &produced, started_ms)?;
     anyhow::ensure!(
         seen >= u64::from(args.sends),
         "only {seen} of {} sends arrived before the deadline",
@@ -150,6 +140,26 @@ async fn bench(config: Config, args: BenchArgs) -> anyhow::Result<String> {
         None => out += "receiver ceiling: not measured (wrk not installed, or --no-wrk)\n",
     }
     Ok(out)
+}
+
+/// Latency from produced to received per send, the last arrival, and how many requests arrived.
+fn latencies(
+    receiver: &Receiver,
+    produced: &HashMap<String, i64>,
+    started_ms: i64,
+) -> anyhow::Result<(Histogram<u64>, i64, u64)> {
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    let mut last_ms = started_ms;
+    let mut seen = 0u64;
+    for r in receiver.requests() {
+        let Some(created) = r.webhook_id.as_ref().and_then(|id| produced.get(id)) else {
+            continue;
+        };
+        latency.saturating_record(u64::try_from(r.at_unix_ms - created).unwrap_or(0).max(1));
+        last_ms = last_ms.max(r.at_unix_ms);
+        seen += 1;
+    }
+    Ok((latency, last_ms, seen))
 }
 
 fn received_ids(r: &Receiver) -> usize {

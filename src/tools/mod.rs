@@ -2,6 +2,9 @@
 //! generator, the in-process harness the tests and tools share, and example send requests. The dispatcher
 //! and the aggregator never import anything from here.
 
+// Tools measure and print wall-clock time and read their own environment.
+#![allow(clippy::disallowed_methods)]
+
 pub mod bench;
 pub mod demo;
 pub mod examples;

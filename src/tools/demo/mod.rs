@@ -83,85 +83,117 @@ fn demo_timings(config: &mut Config) {
 }
 
 async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> {
-    let latency = |ms| Script {
-        mix: vec![(200, 1)],
-        latency: Duration::from_millis(ms),
-        latency_jitter: Duration::from_millis(ms * 2),
-        record_requests: false,
-        ..Script::default()
-    };
-    let any_port: SocketAddr = "127.0.0.1:0".parse()?;
-    let endpoints = Endpoints {
-        healthy: Receiver::start(
-            any_port,
-            Script {
-                mix: vec![(200, 97), (500, 3)],
-                ..latency(5)
-            },
-        )
-        .await?,
-        flaky: Receiver::start(
-            any_port,
-            Script {
-                mix: vec![
-                    (200, 70),
-                    (503, 6),
-                    (429, 3),
-                    (404, 6),
-                    (400, 6),
-                    (302, 5),
-                    (502, 4),
-                ],
-                ..latency(10)
-            },
-        )
-        .await?,
-        auth: Receiver::start(
-            any_port,
-            Script {
-                mix: vec![(401, 2), (403, 1)],
-                ..latency(3)
-            },
-        )
-        .await?,
-        overloaded: Receiver::start(
-            any_port,
-            Script {
-                mix: vec![(503, 1)],
-                ..latency(5)
-            },
-        )
-        .await?,
-        unreachable: closed_port().await?,
-    };
+    let endpoints = Endpoints::start().await?;
     let dispatcher = LocalDispatcher::spawn(&config);
     let aggregator = LocalAggregator::spawn(&config);
     let metrics = dispatcher.metrics.clone();
     let reader = OutputReader::start(&config).await?;
-    let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
     let started = Instant::now();
     let started_wall = std::time::SystemTime::now();
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let progress = {
-        let (metrics, reader) = (metrics.clone(), reader.clone());
-        let total = args.sends;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let o = reader.snapshot();
-                eprintln!(
-                    "[{:>5.1}s] of {total} sends: delivered {} · failure events {} · dead-lettered {} · in flight {}",
-                    started.elapsed().as_secs_f64(),
-                    metrics.sends.with_label_values(&["delivered"]).get(),
-                    o.failures.len(),
-                    o.dead_letters.len(),
-                    metrics.pending_records.get(),
-                );
-            }
+    let progress = show_progress(metrics.clone(), reader.clone(), args.sends, started);
+    let sent = produce_traffic(&config, &args, &endpoints).await?;
+    let observed = reader
+        .wait_until(args.deadline, |o| {
+            metrics.sends.with_label_values(&["delivered"]).get()
+                + o.terminal_failures() as u64
+                + o.dead_letters.len() as u64
+                >= sent
         })
+        .await;
+    let elapsed = started.elapsed();
+    progress.abort();
+    dispatcher.stop().await?;
+    reader.stop();
+    let alerts = settle_aggregator(&aggregator, observed.failures.len() as u64).await;
+    aggregator.stop().await?;
+    let report = Report {
+        sent,
+        delivered: metrics.sends.with_label_values(&["delivered"]).get(),
+        delivered_after_retry: metrics.delivered_after_retry.get(),
+        host_pauses: metrics.host_pauses.with_label_values(&["paused"]).get()
+            + metrics.host_pauses.with_label_values(&["extended"]).get(),
+        observed,
+        elapsed,
+        receivers: [
+            ("healthy", endpoints.healthy.count()),
+            ("flaky", endpoints.flaky.count()),
+            ("auth", endpoints.auth.count()),
+            ("overloaded", endpoints.overloaded.count()),
+        ],
     };
+    let mut text = report.render();
+    text.push_str(&alert_summary(&config, alerts, started_wall));
+    Ok((text, report.adds_up()))
+}
+
+impl Endpoints {
+    /// The scripted receivers: healthy, flaky, failing auth, overloaded; and a closed port.
+    async fn start() -> anyhow::Result<Self> {
+        let latency = |ms| Script {
+            mix: vec![(200, 1)],
+            latency: Duration::from_millis(ms),
+            latency_jitter: Duration::from_millis(ms * 2),
+            record_requests: false,
+            ..Script::default()
+        };
+        let receiver = |mix: Vec<(u16, u32)>, ms| {
+            Receiver::start(
+                "127.0.0.1:0".parse().expect("an address"),
+                Script { mix, ..latency(ms) },
+            )
+        };
+        let flaky = vec![
+            (200, 70),
+            (503, 6),
+            (429, 3),
+            (404, 6),
+            (400, 6),
+            (302, 5),
+            (502, 4),
+        ];
+        Ok(Self {
+            healthy: receiver(vec![(200, 97), (500, 3)], 5).await?,
+            flaky: receiver(flaky, 10).await?,
+            auth: receiver(vec![(401, 2), (403, 1)], 3).await?,
+            overloaded: receiver(vec![(503, 1)], 5).await?,
+            unreachable: closed_port().await?,
+        })
+    }
+}
+
+/// A progress line a second until aborted.
+fn show_progress(
+    metrics: crate::telemetry::DispatchMetrics,
+    reader: OutputReader,
+    total: u32,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let o = reader.snapshot();
+            eprintln!(
+                "[{:>5.1}s] of {total} sends: delivered {} · failure events {} · dead-lettered {} · in flight {}",
+                started.elapsed().as_secs_f64(),
+                metrics.sends.with_label_values(&["delivered"]).get(),
+                o.failures.len(),
+                o.dead_letters.len(),
+                metrics.pending_records.get(),
+            );
+        }
+    })
+}
+
+/// Produces the planned traffic; returns how many records went out.
+async fn produce_traffic(
+    config: &Config,
+    args: &DemoArgs,
+    endpoints: &Endpoints,
+) -> anyhow::Result<u64> {
+    let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
     let planned: Vec<Traffic> = (0..args.sends)
-        .map(|i| traffic(i, &mut rng, &endpoints))
+        .map(|i| traffic(i, &mut rng, endpoints))
         .collect();
     let sent = futures::stream::iter(planned)
         .map(|t| {
@@ -179,21 +211,13 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?
-        .len() as u64;
-    let observed = reader
-        .wait_until(args.deadline, |o| {
-            metrics.sends.with_label_values(&["delivered"]).get()
-                + o.terminal_failures() as u64
-                + o.dead_letters.len() as u64
-                >= sent
-        })
-        .await;
-    let elapsed = started.elapsed();
-    progress.abort();
-    dispatcher.stop().await?;
-    reader.stop();
-    // The aggregator reads the same failure events; give it until it has counted them all and mailed.
-    let failures = observed.failures.len() as u64;
+        .len();
+    Ok(sent as u64)
+}
+
+/// The aggregator reads the same failure events: gives it until it has counted them all and mailed (30 s
+/// at most). Returns the alerts it sent.
+async fn settle_aggregator(aggregator: &LocalAggregator, failures: u64) -> u64 {
     let am = aggregator.metrics.clone();
     let until = tokio::time::Instant::now() + Duration::from_secs(30);
     while (am.events_counted.get() + am.events_ignored.get() < failures
@@ -202,27 +226,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let alerts = am.alerts_sent.get();
-    aggregator.stop().await?;
-    let delivered = metrics.sends.with_label_values(&["delivered"]).get();
-    let report = Report {
-        sent,
-        delivered,
-        delivered_after_retry: metrics.delivered_after_retry.get(),
-        host_pauses: metrics.host_pauses.with_label_values(&["paused"]).get()
-            + metrics.host_pauses.with_label_values(&["extended"]).get(),
-        observed,
-        elapsed,
-        receivers: [
-            ("healthy", endpoints.healthy.count()),
-            ("flaky", endpoints.flaky.count()),
-            ("auth", endpoints.auth.count()),
-            ("overloaded", endpoints.overloaded.count()),
-        ],
-    };
-    let mut text = report.render();
-    text.push_str(&alert_summary(&config, alerts, started_wall));
-    Ok((text, report.adds_up()))
+    am.alerts_sent.get()
 }
 
 enum Traffic {

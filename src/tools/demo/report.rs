@@ -61,16 +61,7 @@ impl Report {
             "dead-lettered (undecodable or invalid)",
             self.dead(),
         );
-        let mut reasons = BTreeMap::<String, u64>::new();
-        for d in &self.observed.dead_letters {
-            let kind = d
-                .headers
-                .get("hookrelay-error-kind")
-                .cloned()
-                .unwrap_or_default();
-            *reasons.entry(kind).or_default() += 1;
-        }
-        for (reason, n) in reasons {
+        for (reason, n) in self.dead_letters_by_reason() {
             row(&mut t, 4, &reason, n);
         }
         let retried = self.observed.failures.len() as u64 - self.failed();
@@ -89,6 +80,27 @@ impl Report {
             "host pauses (unhealthy host, 598 while paused)",
             self.host_pauses,
         );
+        self.footer(&mut t);
+        t
+    }
+}
+
+impl Report {
+    fn dead_letters_by_reason(&self) -> BTreeMap<String, u64> {
+        let mut reasons = BTreeMap::<String, u64>::new();
+        for d in &self.observed.dead_letters {
+            let kind = d
+                .headers
+                .get("hookrelay-error-kind")
+                .cloned()
+                .unwrap_or_default();
+            *reasons.entry(kind).or_default() += 1;
+        }
+        reasons
+    }
+
+    /// Elapsed time, rate, what the receivers saw, and whether the numbers add up.
+    fn footer(&self, t: &mut String) {
         let _ = writeln!(
             t,
             "  {:<44}{:>8.1}",
@@ -117,7 +129,6 @@ impl Report {
             self.delivered + self.failed() + self.dead(),
             self.sent
         );
-        t
     }
 }
 

@@ -1,16 +1,14 @@
 //! The aggregator end to end: failure events in the embedded broker, a real SMTP server inside the test.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{free_port, wait_for, Kafka, Mail, SmtpServer};
 use hookrelay::aggregate::config::SmtpSecurity;
 use hookrelay::config::{Config, EventEncoding};
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::LocalAggregator;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{free_port, wait_for, Kafka, Mail, SmtpServer};
 
 const HOUR: i64 = 3_600_000;
 
@@ -151,6 +149,11 @@ async fn emails_once_at_the_threshold_per_workspace_and_never_below_it() {
         mails_for(&smtp, "ws-low")[0].to,
         vec!["admin@company.example", "second-admin@company.example"],
         "without subscribers, every company admin does"
+    );
+    assert_eq!(
+        mails_for(&smtp, "ws-low")[0].from,
+        "<alerts@company.example>",
+        "from aggregate.from"
     );
     agg.stop().await.unwrap();
 }
@@ -351,7 +354,7 @@ fn aggregator_process(
 ) -> (std::process::Child, std::net::SocketAddr) {
     let c = &kafka.config;
     let listen = free_port();
-    let child = std::process::Command::new(support::hookrelay_bin())
+    let child = std::process::Command::new(crate::support::hookrelay_bin())
         .arg("aggregate")
         .env_clear()
         .env(

@@ -1,17 +1,15 @@
 //! Every subcommand of the built binary as a separate process, with the arguments the README and
 //! docker-compose.yml give it, and the README's kcat walk-through step for step: what a newcomer runs.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{free_port, hookrelay_bin, wait_for};
 use hookrelay::config::TopicsConfig;
 use rdkafka::consumer::BaseConsumer;
-use support::{free_port, hookrelay_bin, wait_for};
 
 const SECONDS_60: Duration = Duration::from_secs(60);
 
@@ -145,7 +143,22 @@ async fn every_subcommand_runs_as_a_process_with_the_documented_arguments() {
             "check-config {file}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("configuration is valid"));
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(printed.starts_with("# configuration is valid"), "{printed}");
+        // What it prints is a config file: saved and read back, it is valid and prints the same.
+        let saved = dir.path().join("effective.toml");
+        std::fs::write(&saved, &printed).unwrap();
+        let again = run(
+            &["check-config", "--config", saved.to_str().unwrap()],
+            &env,
+            dir.path(),
+        );
+        assert!(
+            again.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&again.stdout), printed, "{file}");
     }
 
     // broker: first line, and every topic the configuration names exists — retry tiers included.
@@ -354,7 +367,7 @@ async fn every_subcommand_runs_as_a_process_with_the_documented_arguments() {
 /// produced and read by this test's own Kafka client, and everything else is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_kcat_walk_through_retries_a_503_to_delivery() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let block = readme
         .split("### Trying it by hand with kcat")
         .nth(1)

@@ -1,18 +1,16 @@
 //! What the dispatcher does with each kind of response and each kind of bad input, end to end against the
 //! embedded broker and real HTTP servers on 127.0.0.1.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{full_send, produce_sends, receiver, send, wait_for, Dispatcher, Kafka};
 use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::{Receiver, Script};
-use support::{full_send, produce_sends, receiver, send, wait_for, Dispatcher, Kafka};
 
 const BRAZE_FAILURE: &str =
-    include_str!("../schemas/reference/users.messages.webhook.Failure.avsc");
+    include_str!("../../schemas/reference/users.messages.webhook.Failure.avsc");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
@@ -178,7 +176,7 @@ async fn connection_refused_and_timeouts_are_599_with_their_source() {
     let mut kafka = Kafka::start(1).without_retries();
     kafka.config.http.request_timeout = Duration::from_millis(500);
     let rx = receiver().await;
-    let closed = support::free_port();
+    let closed = crate::support::free_port();
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();

@@ -1,14 +1,12 @@
 //! The SSRF guard, port policy, signatures and hard limits, end to end. Every destination here is on
 //! loopback: the guard's job is to refuse it, and if it failed nothing would leave the machine.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{raw_http_server, receiver, send, wait_for, Dispatcher, Kafka, RawBehaviour};
 use hookrelay::security::signing::{parse_secret, sign};
 use hookrelay::security::SecurityConfig;
 use hookrelay::tools::harness::OutputReader;
-use support::{raw_http_server, receiver, send, wait_for, Dispatcher, Kafka, RawBehaviour};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_in_every_form_is_refused_by_default_without_a_request() {

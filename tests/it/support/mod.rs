@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: an embedded broker per test, in-process and child-process
 //! dispatchers, send requests with every identifier filled in, and waiting on conditions with a deadline.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -521,6 +520,8 @@ pub fn accounted(
 
 /// Headers holding one header whose name is `name` exactly, bytes that are not UTF-8 included: what any
 /// client can put on the wire, and what rdkafka's safe API cannot write.
+// Unsafe: librdkafka's C API is the only way to write a header name that is not UTF-8.
+#[allow(unsafe_code)]
 pub fn headers_with_raw_name(name: &[u8], value: &[u8]) -> rdkafka::message::OwnedHeaders {
     use rdkafka::bindings as rdsys;
     let headers = rdkafka::message::OwnedHeaders::new();

@@ -5,18 +5,16 @@
 //! collects:
 //!
 //! ```sh
-//! cargo nextest run --test faults --no-capture 2>&1 | grep '^RELIABILITY'
+//! cargo nextest run --test it faults:: --no-capture 2>&1 | grep '^RELIABILITY'
 //! ```
-
-mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::{produce_sends, wait_for, ChildDispatcher, Kafka, SmtpServer};
 use hookrelay::tools::harness::{Observed, OutputReader};
 use hookrelay::tools::receiver::Receiver;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use support::{produce_sends, wait_for, ChildDispatcher, Kafka, SmtpServer};
 
 const MINUTES_3: Duration = Duration::from_secs(180);
 
@@ -58,7 +56,7 @@ async fn produce_mix(kafka: &Kafka, rx: &Receiver, n: usize, delay_ms: u64) -> V
         } else {
             rx.url(&format!("/hook?delay={delay_ms}ms"))
         };
-        let mut s = support::send(&id, &url);
+        let mut s = crate::support::send(&id, &url);
         s.workspace_id = format!("ws{}", i % 5);
         producer.json(&s).await.unwrap();
         ids.push(id);
@@ -71,7 +69,7 @@ async fn produce_mix(kafka: &Kafka, rx: &Receiver, n: usize, delay_ms: u64) -> V
 async fn backlog(n: usize, delay_ms: u64) -> (Kafka, Receiver, OutputReader, Vec<String>) {
     let mut kafka = Kafka::start(4);
     kafka.config.dispatch.max_in_flight = 8;
-    let rx = support::receiver().await;
+    let rx = crate::support::receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let ids = produce_mix(&kafka, &rx, n, delay_ms).await;
     (kafka, rx, reader, ids)
@@ -302,7 +300,7 @@ async fn fetch_and_commit_errors_and_leader_moves_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_event_the_broker_refuses_for_good_becomes_a_dead_letter() {
     let kafka = Kafka::start(1).without_retries();
-    let rx = support::receiver().await;
+    let rx = crate::support::receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
     // The dispatcher's first two Produce requests — the failure event of this 404, then its dead letter in
@@ -369,7 +367,7 @@ async fn a_failure_event_the_broker_refuses_for_good_becomes_a_dead_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_producer_error_fails_healthz_ends_the_process_and_a_restart_finishes() {
     let kafka = Kafka::start(1).without_retries();
-    let rx = support::receiver().await;
+    let rx = crate::support::receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let mut d = dispatcher(&kafka);
     let producer = kafka.producer();

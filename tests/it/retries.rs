@@ -1,17 +1,15 @@
 //! Durable retries, Retry-After, unhealthy-host pauses and per-host isolation, end to end against the
 //! embedded broker and scripted receivers. Durations are shortened through config; nothing sleeps and hopes.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use crate::support::{
+    free_port, produce_sends, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka,
+};
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::Receiver;
-use support::{
-    free_port, produce_sends, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka,
-};
 
 fn events_for<'a>(events: &'a [FailureEvent], id: &str) -> Vec<&'a FailureEvent> {
     let mut v: Vec<&FailureEvent> = events

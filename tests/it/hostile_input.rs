@@ -2,14 +2,12 @@
 //! dead-lettered with its reason (or delivered, when it is in fact a valid send), the process stays up and
 //! the partition moves on — no poison pill.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{send, wait_for, ChildDispatcher, Kafka};
 use hookrelay::tools::harness::OutputReader;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{send, wait_for, ChildDispatcher, Kafka};
 
 /// Produces one record with the given headers to `topic`.
 async fn produce(kafka: &Kafka, topic: &str, payload: &[u8], headers: OwnedHeaders) {
@@ -63,7 +61,7 @@ fn json(id: &str, url: &str) -> Vec<u8> {
 async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_moves_on() {
     let mut kafka = Kafka::start(1).without_retries();
     kafka.config.dispatch.max_record_bytes = 64 * 1024;
-    let rx = support::receiver().await;
+    let rx = crate::support::receiver().await;
     let url = rx.url("/hook");
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let single_object = {
@@ -144,7 +142,7 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
         Case {
             name: "header name that is not UTF-8",
             payload: json("bad-header-name", &url),
-            headers: support::headers_with_raw_name(b"trace\xff\xfeid", b"1"),
+            headers: crate::support::headers_with_raw_name(b"trace\xff\xfeid", b"1"),
             kind: "invalid_header",
         },
     ];

@@ -1,14 +1,12 @@
 //! hookrelay as an operator sees it: `/metrics` values after real traffic, `/readyz` following assignment
 //! and the broker, and SIGTERM under load.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::support::{accounted, produce_sends, send, wait_for, ChildDispatcher, Kafka};
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::{Receiver, Script};
-use support::{accounted, produce_sends, send, wait_for, ChildDispatcher, Kafka};
 
 const SECONDS_30: Duration = Duration::from_secs(30);
 
@@ -61,7 +59,7 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     for (tier, _) in kafka.config.topics.retry_tier_topics() {
         kafka.broker.create_topic(&tier, 2).unwrap();
     }
-    let rx = support::receiver().await;
+    let rx = crate::support::receiver().await;
     let d = ChildDispatcher::spawn(&kafka.config);
     wait_for("/readyz turns ready once assigned", SECONDS_30, || async {
         readyz_says(&d, 200, "ready").await

@@ -1,16 +1,14 @@
 //! The `hookrelay` binary as operators run it: killed mid-stream, sharing a consumer group, stopped with
 //! SIGTERM, and its command-line contract (broker line, config errors).
 
-mod support;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::{Receiver, Script};
-use support::{accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
 
 async fn slow_receiver(latency_ms: u64) -> Receiver {
     let script = Script {
@@ -212,8 +210,8 @@ fn every_subcommand_has_help() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_generates_sends_a_dispatcher_delivers() {
     let kafka = Kafka::start(2);
-    let rx = support::receiver().await;
-    let d = support::Dispatcher::spawn(&kafka.config);
+    let rx = crate::support::receiver().await;
+    let d = crate::support::Dispatcher::spawn(&kafka.config);
     let status = Command::new(hookrelay_bin())
         .args(["produce", "--count", "20", "--rate", "500", "--url"])
         .arg(rx.url("/generated"))
