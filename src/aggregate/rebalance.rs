@@ -17,6 +17,18 @@ pub(super) struct Changes {
     pub revoked: Vec<TopicPartition>,
 }
 
+impl Changes {
+    /// Partitions assigned since the last call.
+    pub fn take_assigned(changes: &Mutex<Changes>) -> Vec<TopicPartition> {
+        std::mem::take(&mut changes.lock().unwrap_or_else(|p| p.into_inner()).assigned)
+    }
+
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(changes: &Mutex<Changes>) -> Vec<TopicPartition> {
+        std::mem::take(&mut changes.lock().unwrap_or_else(|p| p.into_inner()).revoked)
+    }
+}
+
 pub(super) struct AggContext {
     pub changes: Arc<Mutex<Changes>>,
     pub senders: Arc<super::sender::Senders>,

@@ -73,12 +73,7 @@ pub async fn run(
     health: Health,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (kafka, required) = (config.kafka.clone(), config.topics.aggregate_topics());
-    tokio::task::spawn_blocking(move || {
-        crate::kafka::topics::require(&kafka, &required, kafka.startup_timeout)
-    })
-    .await
-    .context("topic check panicked")??;
+    crate::kafka::topics::require_at_start(&config.kafka, config.topics.aggregate_topics()).await?;
     // The alerts topic is tailed for as long as the aggregator runs: another instance's decisions must be
     // known before this one decides for a workspace it takes over.
     let alerts = assign_all(&config.kafka, &config.topics.alerts).await?;
@@ -120,13 +115,7 @@ pub async fn run(
             },
         }
         agg.apply_revocations();
-        let assigned = std::mem::take(
-            &mut agg
-                .changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .assigned,
-        );
+        let assigned = Changes::take_assigned(&agg.changes);
         if !assigned.is_empty() {
             agg.assign(&consumer, assigned).await;
             let marks = watermarks(&alerts, &config.topics.alerts)
@@ -350,13 +339,7 @@ impl Aggregator {
     /// revocation may have happened inside any poll of the consumer, and nothing may be decided or sent for
     /// a workspace another instance now owns.
     pub(super) fn apply_revocations(&mut self) {
-        let revoked = std::mem::take(
-            &mut self
-                .changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .revoked,
-        );
+        let revoked = Changes::take_revoked(&self.changes);
         if revoked.is_empty() {
             return;
         }

@@ -39,12 +39,7 @@ pub async fn run(
     health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (kafka, required) = (config.kafka.clone(), config.topics.dispatch_topics());
-    tokio::task::spawn_blocking(move || {
-        crate::kafka::topics::require(&kafka, &required, kafka.startup_timeout)
-    })
-    .await
-    .context("topic check panicked")??;
+    crate::kafka::topics::require_at_start(&config.kafka, config.topics.dispatch_topics()).await?;
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
         .context("creating the Kafka producer")?;

@@ -116,6 +116,15 @@ pub fn require(
     }
 }
 
+/// [`require`], on a blocking thread (it waits on metadata requests), for the processes' async start-up.
+pub async fn require_at_start(kafka: &KafkaConfig, required: Vec<String>) -> anyhow::Result<()> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || require(&kafka, &required, kafka.startup_timeout))
+        .await
+        .map_err(|e| anyhow::anyhow!("topic check panicked: {e}"))??;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,18 +62,25 @@ fn counter_vec(
     c
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+pub(super) fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+pub(super) fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+/// A registry's metrics in Prometheus text format.
+pub(super) fn render(registry: &Registry) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_default()
 }
 
 pub const STATUS_CLASSES: [&str; 6] = ["2xx", "3xx", "4xx", "5xx", "598", "599"];
@@ -239,9 +246,7 @@ impl DispatchMetrics {
 
     /// Prometheus text format.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        render(&self.registry)
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::{full_send, produce_sends, receiver, send, wait_for, Dispatcher, Kafka};
+use crate::support::{
+    full_send, produce_one, produce_sends, receiver, rig, stop, wait_for, Dispatcher, Kafka,
+};
 use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::OutputReader;
@@ -14,19 +16,9 @@ const BRAZE_FAILURE: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
-    let kafka = Kafka::start(1);
-    let rx = receiver().await;
-    let dispatcher = Dispatcher::spawn(&kafka.config);
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = kafka.producer();
-    producer
-        .json(&send("ok-1", &rx.url("/hook?status=200")))
-        .await
-        .unwrap();
-    producer
-        .json(&send("ok-2", &rx.url("/hook?status=204")))
-        .await
-        .unwrap();
+    let (kafka, rx, dispatcher, reader, producer) = rig(Kafka::start(1)).await;
+    produce_one(&producer, "ok-1", &rx.url("/hook?status=200")).await;
+    produce_one(&producer, "ok-2", &rx.url("/hook?status=204")).await;
 
     wait_for(
         "both offsets are committed",
@@ -57,11 +49,7 @@ async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
-    let kafka = Kafka::start(3).without_retries();
-    let rx = receiver().await;
-    let dispatcher = Dispatcher::spawn(&kafka.config);
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = kafka.producer();
+    let (_kafka, rx, dispatcher, reader, producer) = rig(Kafka::start(3).without_retries()).await;
     let codes = [
         302, 400, 401, 403, 404, 405, 408, 409, 429, 500, 502, 503, 504, 529,
     ];
@@ -164,11 +152,7 @@ async fn every_failing_status_gives_one_event_with_every_identifier_copied() {
         Some("Site Is Overloaded")
     );
     assert_eq!(rx.count(), codes.len() as u64, "redirects are not followed");
-    dispatcher
-        .stop()
-        .await
-        .expect("the dispatcher stops cleanly");
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,18 +164,9 @@ async fn connection_refused_and_timeouts_are_599_with_their_source() {
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    producer
-        .json(&send("refused", &format!("http://{closed}/hook")))
-        .await
-        .unwrap();
-    producer
-        .json(&send("slow", &rx.url("/hook?delay=5s")))
-        .await
-        .unwrap();
-    producer
-        .json(&send("hang", &rx.url("/hook?hang=1")))
-        .await
-        .unwrap();
+    produce_one(&producer, "refused", &format!("http://{closed}/hook")).await;
+    produce_one(&producer, "slow", &rx.url("/hook?delay=5s")).await;
+    produce_one(&producer, "hang", &rx.url("/hook?hang=1")).await;
 
     let seen = reader
         .wait_until(Duration::from_secs(20), |o| o.failures.len() >= 3)
@@ -224,11 +199,7 @@ async fn connection_refused_and_timeouts_are_599_with_their_source() {
             .contains("refused"),
         "{refused:?}"
     );
-    dispatcher
-        .stop()
-        .await
-        .expect("the dispatcher stops cleanly");
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,10 +227,7 @@ async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_
     for (_, payload) in &bad {
         producer.raw(b"key-1", payload).await.unwrap();
     }
-    producer
-        .json(&send("after-the-bad-ones", &url))
-        .await
-        .unwrap();
+    produce_one(&producer, "after-the-bad-ones", &url).await;
 
     let seen = reader
         .wait_until(Duration::from_secs(20), |o| {
@@ -303,11 +271,7 @@ async fn invalid_input_is_dead_lettered_with_its_reason_and_later_records_still_
         || async { kafka.committed(1).await.get(&0) == Some(&(bad.len() as i64 + 1)) },
     )
     .await;
-    dispatcher
-        .stop()
-        .await
-        .expect("the dispatcher stops cleanly");
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

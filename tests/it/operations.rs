@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::support::{accounted, produce_sends, send, wait_for, ChildDispatcher, Kafka};
+use crate::support::{accounted, produce_one, produce_sends, wait_for, ChildDispatcher, Kafka};
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::{Receiver, Script};
 
@@ -76,7 +76,7 @@ async fn metrics_and_readiness_follow_assignment_traffic_and_the_broker() {
     for i in 0..12 {
         let status = if i % 4 == 0 { 500 } else { 200 };
         let url = rx.url(&format!("/hook?status={status}"));
-        producer.json(&send(&format!("m{i}"), &url)).await.unwrap();
+        produce_one(&producer, &format!("m{i}"), &url).await;
     }
     producer.raw(b"k1", b"not json").await.unwrap();
     producer.raw(b"k2", b"\x00\x01").await.unwrap();
@@ -200,7 +200,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
     for (i, id) in ids.iter().enumerate() {
         let status = if i % 5 == 0 { 503 } else { 200 };
         let url = rx.url(&format!("/hook?status={status}"));
-        producer.json(&send(id, &url)).await.unwrap();
+        produce_one(&producer, id, &url).await;
     }
 
     let mut first = ChildDispatcher::spawn(&kafka.config);

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::support::{
-    free_port, produce_sends, receiver, send, wait_for, ChildDispatcher, Dispatcher, Kafka,
+    free_port, produce_one, produce_sends, receiver, rig, stop, wait_for, ChildDispatcher,
+    Dispatcher, Kafka,
 };
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::OutputReader;
@@ -30,15 +31,8 @@ fn arrivals(rx: &Receiver, id: &str) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_503_with_backoff_until_delivered_on_the_third_attempt() {
-    let kafka = Kafka::start(1);
-    let rx = receiver().await;
-    let dispatcher = Dispatcher::spawn(&kafka.config);
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = kafka.producer();
-    producer
-        .json(&send("flaky", &rx.url("/hook?seq=503,503,200")))
-        .await
-        .unwrap();
+    let (_kafka, rx, dispatcher, reader, producer) = rig(Kafka::start(1)).await;
+    produce_one(&producer, "flaky", &rx.url("/hook?seq=503,503,200")).await;
 
     wait_for("the send is delivered", Duration::from_secs(30), || async {
         dispatcher.delivered() == 1
@@ -67,21 +61,13 @@ async fn retries_503_with_backoff_until_delivered_on_the_third_attempt() {
         "exponential backoff: {times:?}"
     );
     assert_eq!(dispatcher.metrics.delivered_after_retry.get(), 1);
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_is_reported_once_as_terminal_and_never_retried() {
-    let kafka = Kafka::start(1);
-    let rx = receiver().await;
-    let dispatcher = Dispatcher::spawn(&kafka.config);
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = kafka.producer();
-    producer
-        .json(&send("gone", &rx.url("/hook?status=404")))
-        .await
-        .unwrap();
+    let (kafka, rx, dispatcher, reader, producer) = rig(Kafka::start(1)).await;
+    produce_one(&producer, "gone", &rx.url("/hook?status=404")).await;
 
     let seen = reader
         .wait_until(Duration::from_secs(20), |o| !o.failures.is_empty())
@@ -118,8 +104,7 @@ async fn a_404_is_reported_once_as_terminal_and_never_retried() {
         .sum();
     assert_eq!(scheduled, 0);
     assert_eq!(rx.count(), 1);
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,18 +120,17 @@ async fn retry_after_in_seconds_or_as_an_http_date_sets_the_earliest_next_attemp
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    producer
-        .json(&send("ra-secs", &rx.url("/hook?seq=429,200&retry_after=2")))
-        .await
-        .unwrap();
+    produce_one(
+        &producer,
+        "ra-secs",
+        &rx.url("/hook?seq=429,200&retry_after=2"),
+    )
+    .await;
     let query = format!(
         "/hook?seq=503,200&retry_after={}",
         date.replace(' ', "%20").replace(',', "%2C")
     );
-    producer
-        .json(&send("ra-date", &rx.url(&query)))
-        .await
-        .unwrap();
+    produce_one(&producer, "ra-date", &rx.url(&query)).await;
 
     wait_for(
         "both are delivered on their second attempt",
@@ -181,14 +165,8 @@ async fn exhausted_retries_end_terminal_and_unreachable_endpoints_get_the_longer
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    producer
-        .json(&send("down", &rx.url("/hook?status=503")))
-        .await
-        .unwrap();
-    producer
-        .json(&send("nowhere", &format!("http://{closed}/hook")))
-        .await
-        .unwrap();
+    produce_one(&producer, "down", &rx.url("/hook?status=503")).await;
+    produce_one(&producer, "nowhere", &format!("http://{closed}/hook")).await;
 
     let seen = reader
         .wait_until(Duration::from_secs(60), |o| {
@@ -215,8 +193,7 @@ async fn exhausted_retries_end_terminal_and_unreachable_endpoints_get_the_longer
         assert!(earlier.iter().all(|e| e.is_terminal == Some(false)));
     }
     assert!(nowhere.iter().all(|e| e.http_status_code == Some(599)));
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,10 +207,7 @@ async fn pending_retries_survive_a_killed_dispatcher() {
     let producer = kafka.producer();
     let ids: Vec<String> = (0..60).map(|i| format!("r{i:03}")).collect();
     for id in &ids {
-        producer
-            .json(&send(id, &rx.url("/hook?seq=503,200")))
-            .await
-            .unwrap();
+        produce_one(&producer, id, &rx.url("/hook?seq=503,200")).await;
     }
     let mut first = ChildDispatcher::spawn(&kafka.config);
     wait_for(
@@ -331,8 +305,7 @@ async fn a_drowning_host_is_paused_with_598s_and_resumes_after_the_pause() {
             .get()
             >= 1
     );
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,8 +344,7 @@ async fn sends_queued_for_a_host_that_gets_paused_get_598_without_reaching_it() 
         paused, 34,
         "every queued send was answered with a simulated 598"
     );
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,6 +378,5 @@ async fn a_hanging_host_does_not_hold_up_a_healthy_one() {
         2,
         "the hanging host holds only its own two slots"
     );
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::{raw_http_server, receiver, send, wait_for, Dispatcher, Kafka, RawBehaviour};
+use crate::support::{
+    produce_one, raw_http_server, receiver, rig, stop, wait_for, Dispatcher, Kafka, RawBehaviour,
+};
 use hookrelay::security::signing::{parse_secret, sign};
 use hookrelay::security::SecurityConfig;
 use hookrelay::tools::harness::OutputReader;
@@ -29,7 +31,7 @@ async fn loopback_in_every_form_is_refused_by_default_without_a_request() {
         format!("http://localhost:{port}/name"),
     ];
     for (i, url) in urls.iter().enumerate() {
-        producer.json(&send(&format!("b{i}"), url)).await.unwrap();
+        produce_one(&producer, &format!("b{i}"), url).await;
     }
     let seen = reader
         .wait_until(Duration::from_secs(20), |o| o.failures.len() >= urls.len())
@@ -59,8 +61,7 @@ async fn loopback_in_every_form_is_refused_by_default_without_a_request() {
         dispatcher.metrics.blocked_destinations.get(),
         urls.len() as u64
     );
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,21 +79,14 @@ async fn allow_lists_admit_exactly_the_listed_addresses_and_ports() {
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    producer
-        .json(&send("listed", &rx.url("/ok")))
-        .await
-        .unwrap();
-    producer
-        .json(&send("other-port", &other.url("/ok")))
-        .await
-        .unwrap();
-    producer
-        .json(&send(
-            "other-address",
-            &format!("http://127.0.0.2:{port}/ok"),
-        ))
-        .await
-        .unwrap();
+    produce_one(&producer, "listed", &rx.url("/ok")).await;
+    produce_one(&producer, "other-port", &other.url("/ok")).await;
+    produce_one(
+        &producer,
+        "other-address",
+        &format!("http://127.0.0.2:{port}/ok"),
+    )
+    .await;
     wait_for(
         "the listed destination is delivered",
         Duration::from_secs(20),
@@ -118,8 +112,7 @@ async fn allow_lists_admit_exactly_the_listed_addresses_and_ports() {
         "{reasons:?}"
     );
     assert_eq!((rx.count(), other.count()), (1, 0));
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,10 +129,7 @@ async fn webhooks_are_signed_with_every_active_secret() {
     let rx = receiver().await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let producer = kafka.producer();
-    producer
-        .json(&send("signed-1", &rx.url("/hook")))
-        .await
-        .unwrap();
+    produce_one(&producer, "signed-1", &rx.url("/hook")).await;
     wait_for("the webhook arrives", Duration::from_secs(20), || async {
         rx.count() == 1
     })
@@ -166,14 +156,8 @@ async fn an_endless_response_body_is_read_only_up_to_the_cap() {
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    producer
-        .json(&send("endless-500", &format!("http://{failing}/")))
-        .await
-        .unwrap();
-    producer
-        .json(&send("endless-200", &format!("http://{fine}/")))
-        .await
-        .unwrap();
+    produce_one(&producer, "endless-500", &format!("http://{failing}/")).await;
+    produce_one(&producer, "endless-200", &format!("http://{fine}/")).await;
     // Well before the 60 s timeout: the body is not waited for beyond the cap.
     let seen = reader
         .wait_until(Duration::from_secs(15), |o| !o.failures.is_empty())
@@ -191,8 +175,7 @@ async fn an_endless_response_body_is_read_only_up_to_the_cap() {
         || async { dispatcher.delivered() == 1 },
     )
     .await;
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,10 +189,7 @@ async fn headers_sent_slowly_hit_the_request_timeout() {
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
-    producer
-        .json(&send("dribble", &format!("http://{slow}/")))
-        .await
-        .unwrap();
+    produce_one(&producer, "dribble", &format!("http://{slow}/")).await;
     let seen = reader
         .wait_until(Duration::from_secs(20), |o| !o.failures.is_empty())
         .await;
@@ -220,25 +200,19 @@ async fn headers_sent_slowly_hit_the_request_timeout() {
         e.webhook_duration.unwrap() >= 2_000 && e.webhook_duration.unwrap() < 5_000,
         "{e:?}"
     );
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_is_never_followed() {
-    let kafka = Kafka::start(1).without_retries();
-    let rx = receiver().await;
-    let dispatcher = Dispatcher::spawn(&kafka.config);
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = kafka.producer();
+    let (_kafka, rx, dispatcher, reader, producer) = rig(Kafka::start(1).without_retries()).await;
     let target = rx.url("/elsewhere");
-    producer
-        .json(&send(
-            "moved",
-            &rx.url(&format!("/old?status=307&location={target}")),
-        ))
-        .await
-        .unwrap();
+    produce_one(
+        &producer,
+        "moved",
+        &rx.url(&format!("/old?status=307&location={target}")),
+    )
+    .await;
     let seen = reader
         .wait_until(Duration::from_secs(20), |o| !o.failures.is_empty())
         .await;
@@ -250,6 +224,5 @@ async fn a_redirect_is_never_followed() {
             .collect::<Vec<_>>(),
         vec!["/old".to_string()]
     );
-    dispatcher.stop().await.unwrap();
-    reader.stop();
+    stop(dispatcher, reader).await;
 }

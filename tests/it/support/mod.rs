@@ -136,6 +136,40 @@ pub fn full_send(id: &str, workspace: &str, url: &str) -> SendRequest {
         .build()
 }
 
+/// Produces one send (`send(id, url)`).
+pub async fn produce_one(producer: &hookrelay::tools::harness::SendProducer, id: &str, url: &str) {
+    producer.json(&send(id, url)).await.unwrap();
+}
+
+/// An embedded broker, a receiver, an in-process dispatcher, a reader of what it publishes and a producer:
+/// the stage most tests play on.
+pub async fn rig(
+    kafka: Kafka,
+) -> (
+    Kafka,
+    hookrelay::tools::receiver::Receiver,
+    Dispatcher,
+    hookrelay::tools::harness::OutputReader,
+    hookrelay::tools::harness::SendProducer,
+) {
+    let rx = receiver().await;
+    let dispatcher = Dispatcher::spawn(&kafka.config);
+    let reader = hookrelay::tools::harness::OutputReader::start(&kafka.config)
+        .await
+        .unwrap();
+    let producer = kafka.producer();
+    (kafka, rx, dispatcher, reader, producer)
+}
+
+/// Stops the in-process dispatcher (it must stop cleanly) and the reader.
+pub async fn stop(dispatcher: Dispatcher, reader: hookrelay::tools::harness::OutputReader) {
+    dispatcher
+        .stop()
+        .await
+        .expect("the dispatcher stops cleanly");
+    reader.stop();
+}
+
 /// Produces `n` sends with ids `<prefix>0`, `<prefix>1`, …, all to `url`.
 pub async fn produce_sends(
     producer: &hookrelay::tools::harness::SendProducer,
