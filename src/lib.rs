@@ -11,14 +11,16 @@
 //!   full and the fast reader, cutting to fit), retry records, framing, the Avro length guard. *Pure.*
 //!   Imports `security::headers` (header rules).
 //! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, host health, the **plan**
-//!   (what happens after an attempt) — *pure*; delivery (gate, slots, HTTP), the pipeline (decode → gate →
-//!   deliver → plan → apply) and the consumer thread (offset tracking, backpressure, parked retries).
-//!   Imports `events`, `kafka`, `security`, `telemetry`.
+//!   (what happens after an attempt) — *pure*; delivery (gate, slots, HTTP) and the pipeline (decode → gate
+//!   → deliver → plan → apply), which the consumer thread hands records to. Imports `events`, `kafka`,
+//!   `security`, `telemetry`.
 //! - [`aggregate`]: `hookrelay aggregate`. Windows, breakdown, alert log, email rendering — *pure*; the
 //!   mailer, alert senders, decisions and the service loop. Imports `events`, `kafka`, `telemetry`.
-//! - [`kafka`]: everything that talks to librdkafka: client settings, the start-up topic check, the probe,
-//!   records (headers read safely), offset tracking, the publisher of outcomes, readers, the embedded
-//!   broker. Imports `events`, `telemetry`.
+//! - [`kafka`]: everything that talks to librdkafka, behind a small surface: client settings, the start-up
+//!   topic check, the probe, records (headers read safely), the dispatcher's consumer thread (offset
+//!   tracking, backpressure, parked retries; it hands records to a `consumer::Handler`), a rebalance
+//!   callback for async loops, the publisher of outcomes, readers, the embedded broker. Imports `events`,
+//!   `telemetry` — never `dispatch` or `aggregate`.
 //! - [`security`]: the SSRF guard (with its resolver), webhook signatures, request-header rules.
 //! - [`telemetry`]: typed metrics, `/metrics` `/healthz` `/readyz`, logging. Imports plain data types only
 //!   (`events`' dead-letter kinds, `kafka`'s partition offsets).

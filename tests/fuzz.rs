@@ -335,7 +335,7 @@ fn kafka_headers() {
         let (name, error) = hookrelay::kafka::record::header_name(name, 0);
         let mut r = record(&payload, vec![(name, value.to_vec())]);
         r.header_error = error;
-        let _ = hookrelay::dispatch::consumer::parse_i64(value);
+        let _ = hookrelay::kafka::consumer::parse_i64(value);
         let _ = decode_send(&r, &rules, false);
         let _ = decode_retry(&r, &rules);
     });

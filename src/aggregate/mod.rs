@@ -5,7 +5,6 @@ pub mod config;
 mod decisions;
 pub(crate) mod email;
 pub(crate) mod mailer;
-mod rebalance;
 mod replay;
 mod sender;
 pub mod service;

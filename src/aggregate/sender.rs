@@ -35,7 +35,7 @@ struct Slot {
 }
 
 /// The senders running in this process, by workspace.
-pub(super) struct Senders {
+pub(crate) struct Senders {
     slots: Mutex<HashMap<String, Slot>>,
     idle: Condvar,
     generations: std::sync::atomic::AtomicU64,

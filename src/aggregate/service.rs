@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::breakdown::{Breakdown, Key};
 use super::mailer::Mailer;
-use super::rebalance::{AggContext, Changes};
 use super::replay::{behind, choose_rebuild, Rebuild};
 use super::sender::Senders;
 use super::state::{AlertLog, AlertRecord};
@@ -30,6 +29,7 @@ use crate::config::Config;
 use crate::events::failure_view::ViewDecoder;
 use crate::kafka::client::{consumer_config, producer_config};
 use crate::kafka::reader::{assign_all, watermarks};
+use crate::kafka::rebalance::{Changes, RecordingContext};
 use crate::kafka::TopicPartition;
 use crate::telemetry::{AggregateMetrics, Health};
 
@@ -131,6 +131,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Before revoked partitions go to another instance, their alert senders stop: the new owner must not find a
+/// `pending` alert that this instance is still about to send.
+fn stop_senders(senders: Arc<Senders>, grace: Duration) -> crate::kafka::rebalance::OnRevoke {
+    Box::new(move |partitions| {
+        let still_busy = senders.stop_partitions(partitions, grace);
+        if still_busy > 0 {
+            tracing::warn!(
+                still_busy,
+                "alert senders of revoked partitions did not finish within the grace"
+            );
+        }
+    })
+}
+
 impl Aggregator {
     async fn new(
         config: &Config,
@@ -167,17 +181,19 @@ impl Aggregator {
 
     /// The group consumer of the failure topic, whose rebalance callback stops the senders of revoked
     /// partitions.
-    fn subscribe(&self) -> anyhow::Result<StreamConsumer<AggContext>> {
+    fn subscribe(&self) -> anyhow::Result<StreamConsumer<RecordingContext>> {
         let config = &self.config;
         let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
         // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
         cc.set("auto.offset.reset", "earliest");
-        let consumer: StreamConsumer<AggContext> = cc
-            .create_with_context(AggContext {
+        let consumer: StreamConsumer<RecordingContext> = cc
+            .create_with_context(RecordingContext {
                 changes: self.changes.clone(),
-                senders: self.senders.clone(),
-                // An SMTP attempt and the record of it: what a revoked sender may need to finish.
-                revoke_grace: config.aggregate.smtp.timeout + Duration::from_secs(10),
+                on_revoke: stop_senders(
+                    self.senders.clone(),
+                    // An SMTP attempt and the record of it: what a revoked sender may need to finish.
+                    config.aggregate.smtp.timeout + Duration::from_secs(10),
+                ),
             })
             .context("creating the consumer")?;
         consumer
@@ -283,7 +299,11 @@ impl Aggregator {
 
     /// Starts the replay of newly assigned partitions: from the first event of the window when the broker
     /// can say where that is (offsets for times), from the beginning of retention otherwise.
-    async fn assign(&mut self, consumer: &StreamConsumer<AggContext>, tps: Vec<TopicPartition>) {
+    async fn assign(
+        &mut self,
+        consumer: &StreamConsumer<RecordingContext>,
+        tps: Vec<TopicPartition>,
+    ) {
         let topic = self.config.topics.failures.clone();
         self.owned.extend(tps.iter().cloned());
         let marks = watermarks(consumer, &topic).await.unwrap_or_default();

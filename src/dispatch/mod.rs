@@ -2,12 +2,10 @@
 //! committed only once each outcome is durable.
 
 pub mod classify;
-pub mod consumer;
 pub(crate) mod delivery;
 pub(crate) mod host_health;
 pub(crate) mod http;
 pub(crate) mod limits;
-pub(crate) mod parking;
 pub mod pipeline;
 pub(crate) mod plan;
 pub mod report;
@@ -25,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka::client::{consumer_config, producer_config};
+use crate::kafka::consumer::{self, DispatchContext, LoopSettings, Shared};
 use crate::kafka::publish::{Publisher, PublisherParts};
 use crate::telemetry::{DispatchMetrics, Health};
-use consumer::{DispatchContext, LoopSettings, Shared};
 use delivery::Delivery;
 use pipeline::Pipeline;
 use tiers::Tiers;
@@ -69,14 +67,20 @@ pub async fn run(
     let consumer = subscribe(config, shared, &tiers)?;
     let settings = LoopSettings {
         max_pending_per_partition: config.dispatch.max_pending_per_partition,
-        tiers,
+        tier_delays: tiers.delays(),
         commit_interval: config.dispatch.commit_interval,
         shutdown_grace: config.dispatch.shutdown_grace,
     };
     let runtime = tokio::runtime::Handle::current();
     let stop = shutdown.clone();
     let grace_ends = tokio::task::spawn_blocking(move || {
-        consumer::poll_loop(consumer, pipeline, runtime, settings, stop)
+        consumer::poll_loop(
+            consumer,
+            pipeline as Arc<dyn consumer::Handler>,
+            runtime,
+            settings,
+            stop,
+        )
     })
     .await
     .context("consumer thread panicked")?;

@@ -341,6 +341,23 @@ fn count(metrics: &DispatchMetrics, plan: &Plan) {
     }
 }
 
+/// The consumer thread hands its records here.
+impl crate::kafka::consumer::Handler for Pipeline {
+    fn handle(
+        self: std::sync::Arc<Self>,
+        kind: crate::kafka::consumer::Kind,
+        record: Record,
+    ) -> futures::future::BoxFuture<'static, bool> {
+        Box::pin(async move {
+            let result = match kind {
+                crate::kafka::consumer::Kind::Fresh => self.process(&record).await,
+                crate::kafka::consumer::Kind::Retry => self.process_retry(&record).await,
+            };
+            result.is_ok()
+        })
+    }
+}
+
 fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
     tracing::info_span!(
         "send",

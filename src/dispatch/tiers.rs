@@ -4,11 +4,10 @@
 //! written to the longest tier whose delay fits its remaining wait, read back once the tier's delay has
 //! passed since it was written (or once it is due, if sooner), and then either sent — when due — or hopped
 //! on to a shorter tier. So it is never sent early, and at most the shortest tier's delay late. Records
-//! carry their due time in the `hookrelay-due-ms` header, so a tier consumer knows it without decoding them.
+//! carry their due time in the `hookrelay-due-ms` header, so the consumer thread (`kafka::consumer`) knows
+//! it without decoding them.
 
 use std::time::Duration;
-
-pub use crate::events::retry_record::DUE_HEADER;
 
 /// The configured tiers, shortest first. Never empty (configuration validation refuses that).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +46,11 @@ impl Tiers {
     pub fn topics(&self) -> impl Iterator<Item = &str> {
         self.tiers.iter().map(|(t, _)| t.as_str())
     }
-}
 
-/// When a retry record read from a tier with `tier_delay_ms` may be handed on: once the tier's delay has
-/// passed since it was written, or once it is due, whichever comes first (a record not due by then hops on
-/// to a shorter tier).
-pub fn ready_at(written_ms: i64, tier_delay_ms: i64, due_ms: i64) -> i64 {
-    due_ms.min(written_ms.saturating_add(tier_delay_ms))
+    /// Each tier topic with its delay.
+    pub fn delays(&self) -> std::collections::HashMap<String, Duration> {
+        self.tiers.iter().cloned().collect()
+    }
 }
 
 #[cfg(test)]
@@ -89,11 +86,5 @@ mod tests {
             tiers().topics().collect::<Vec<_>>(),
             ["t-10s", "t-1m", "t-5m"]
         );
-    }
-
-    #[test]
-    fn a_record_is_ready_after_its_tier_delay_or_when_due_if_sooner() {
-        assert_eq!(ready_at(1_000, 60_000, 500_000), 61_000);
-        assert_eq!(ready_at(1_000, 60_000, 20_000), 20_000);
     }
 }

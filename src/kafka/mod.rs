@@ -2,10 +2,13 @@
 
 pub(crate) mod broker;
 pub mod client;
+pub mod consumer;
 pub(crate) mod offsets;
+pub(crate) mod parking;
 pub(crate) mod probe;
 pub(crate) mod publish;
 pub mod reader;
+pub mod rebalance;
 pub mod record;
 pub mod topics;
 

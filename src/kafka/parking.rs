@@ -7,7 +7,14 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::kafka::{Record, Ticket, TopicPartition};
+use super::{Record, Ticket, TopicPartition};
+
+/// When a retry record read from a tier with `tier_delay_ms` may be handed on: once the tier's delay has
+/// passed since it was written, or once it is due, whichever comes first (a record not due by then hops on
+/// to a shorter tier).
+pub fn ready_at(written_ms: i64, tier_delay_ms: i64, due_ms: i64) -> i64 {
+    due_ms.min(written_ms.saturating_add(tier_delay_ms))
+}
 
 #[derive(Debug)]
 pub struct Parked {
@@ -90,6 +97,12 @@ mod tests {
             },
             ready_at_ms,
         }
+    }
+
+    #[test]
+    fn a_record_is_ready_after_its_tier_delay_or_when_due_if_sooner() {
+        assert_eq!(ready_at(1_000, 60_000, 500_000), 61_000);
+        assert_eq!(ready_at(1_000, 60_000, 20_000), 20_000);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The consumer thread: polls, hands records to the async pipeline, applies backpressure, commits the
-//! positions the [`OffsetTracker`] proves safe, and settles revoked partitions before letting them go.
+//! The dispatcher's consumer thread: polls the send topic and the retry tiers, hands records to a
+//! [`Handler`] (the pipeline), parks retries that are not ready, applies backpressure, commits the positions
+//! the [`OffsetTracker`] proves safe, and settles revoked partitions before letting them go.
 //!
 //! It is a plain thread around a `BaseConsumer` so that the rebalance callback may block while revoked
 //! partitions finish their work: that callback runs inside `poll`, on this thread, and nothing async waits
@@ -18,12 +19,29 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::parking::{Parked, Parking};
-use super::pipeline::Pipeline;
-use super::tiers::{ready_at, Tiers, DUE_HEADER};
+use futures::future::BoxFuture;
+
+use super::parking::{ready_at, Parked, Parking};
+use super::{OffsetTracker, Record, Ticket, TopicPartition};
 use crate::clock::now_ms;
-use crate::kafka::{OffsetTracker, Record, Ticket, TopicPartition};
+use crate::events::retry_record::DUE_HEADER;
 use crate::telemetry::{DispatchMetrics, Health};
+
+/// What a consumed record is to its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// From the send topic.
+    Fresh,
+    /// From a retry tier, handed over once the tier's delay has passed.
+    Retry,
+}
+
+/// What the consumer thread hands records to (the dispatcher's pipeline). The future resolves once the
+/// record's outcome is durable (`true`: its offset may be committed) or abandoned (`false`: it stays
+/// uncommitted and is redone by the partition's next owner).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, kind: Kind, record: Record) -> BoxFuture<'static, bool>;
+}
 
 #[derive(Default)]
 pub struct State {
@@ -215,7 +233,8 @@ fn single(tp: &TopicPartition) -> TopicPartitionList {
 
 pub struct LoopSettings {
     pub max_pending_per_partition: usize,
-    pub tiers: Tiers,
+    /// Retry tier topics and their delays: their records wait (parked) until ready.
+    pub tier_delays: HashMap<String, Duration>,
     pub commit_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -230,7 +249,7 @@ pub fn drain_budget(grace: Duration) -> Duration {
 /// when the whole shutdown grace ends (`None` if the loop ended without a shutdown).
 pub fn poll_loop(
     consumer: BaseConsumer<DispatchContext>,
-    pipeline: Arc<Pipeline>,
+    handler: Arc<dyn Handler>,
     runtime: tokio::runtime::Handle,
     settings: LoopSettings,
     shutdown: CancellationToken,
@@ -239,7 +258,7 @@ pub fn poll_loop(
     let run = Loop {
         consumer: &consumer,
         shared: &shared,
-        pipeline: &pipeline,
+        handler: &handler,
         runtime: &runtime,
         settings: &settings,
     };
@@ -284,7 +303,7 @@ pub fn poll_loop(
 struct Loop<'a> {
     consumer: &'a BaseConsumer<DispatchContext>,
     shared: &'a Arc<Shared>,
-    pipeline: &'a Arc<Pipeline>,
+    handler: &'a Arc<dyn Handler>,
     runtime: &'a tokio::runtime::Handle,
     settings: &'a LoopSettings,
 }
@@ -335,10 +354,10 @@ impl Loop<'_> {
         };
         let record = Record::from_message(&msg, tp);
         drop(msg);
-        let Some(delay) = self.settings.tiers.delay_of(&record.tp.topic) else {
+        let Some(&delay) = self.settings.tier_delays.get(&*record.tp.topic) else {
             return spawn(
                 self.runtime,
-                self.pipeline,
+                self.handler,
                 shared,
                 Work::Fresh(record, ticket),
             );
@@ -359,7 +378,7 @@ impl Loop<'_> {
                 drop(state);
                 spawn(
                     self.runtime,
-                    self.pipeline,
+                    self.handler,
                     shared,
                     Work::Retry(p.record, p.ticket),
                 );
@@ -381,7 +400,7 @@ impl Loop<'_> {
             self.shared.metrics.parked_records.dec();
             spawn(
                 self.runtime,
-                self.pipeline,
+                self.handler,
                 self.shared,
                 Work::Retry(p.record, p.ticket),
             );
@@ -426,20 +445,21 @@ enum Work {
 
 fn spawn(
     runtime: &tokio::runtime::Handle,
-    pipeline: &Arc<Pipeline>,
+    handler: &Arc<dyn Handler>,
     shared: &Arc<Shared>,
     work: Work,
 ) {
-    let (pipeline, shared) = (pipeline.clone(), shared.clone());
+    let (handler, shared) = (handler.clone(), shared.clone());
     shared.metrics.pending_records.inc();
     runtime.spawn(async move {
         let (ticket, result) = match work {
-            Work::Fresh(record, ticket) => (ticket, pipeline.process(&record).await),
-            Work::Retry(record, ticket) => (ticket, pipeline.process_retry(&record).await),
+            Work::Fresh(record, ticket) => (ticket, handler.handle(Kind::Fresh, record).await),
+            Work::Retry(record, ticket) => (ticket, handler.handle(Kind::Retry, record).await),
         };
-        match result {
-            Ok(_) => shared.finish(&ticket),
-            Err(_) => shared.abandon(&ticket),
+        if result {
+            shared.finish(&ticket);
+        } else {
+            shared.abandon(&ticket);
         }
         shared.metrics.pending_records.dec();
     });

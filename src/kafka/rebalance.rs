@@ -1,18 +1,19 @@
-//! The aggregator's rebalance callback: it only records what changed, for the main loop to act on (the
-//! replay after an assignment is async work that cannot run inside librdkafka's callback).
+//! A rebalance callback for an async consumer loop (the aggregator's): it records what changed, for the
+//! loop to act on — the replay after an assignment is async work that cannot run inside librdkafka's
+//! callback — and, before revoked partitions go to another member, runs a caller's hook that may block
+//! (bounded) until the work tied to them has stopped.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
 
-use crate::kafka::TopicPartition;
+use super::TopicPartition;
 
 /// Assignment changes, handed from the rebalance callback to the main loop.
 #[derive(Default)]
-pub(super) struct Changes {
+pub struct Changes {
     pub assigned: Vec<TopicPartition>,
     pub revoked: Vec<TopicPartition>,
 }
@@ -29,37 +30,31 @@ impl Changes {
     }
 }
 
-pub(super) struct AggContext {
+/// Called with the partition numbers about to be revoked; it may block, up to a bound of its own.
+pub type OnRevoke = Box<dyn Fn(&HashSet<i32>) + Send + Sync>;
+
+pub struct RecordingContext {
     pub changes: Arc<Mutex<Changes>>,
-    pub senders: Arc<super::sender::Senders>,
-    /// How long a revocation waits for a sender in the middle of an attempt.
-    pub revoke_grace: Duration,
+    pub on_revoke: OnRevoke,
 }
 
-impl ClientContext for AggContext {}
+impl ClientContext for RecordingContext {}
 
-impl ConsumerContext for AggContext {
-    /// Before revoked partitions go to another instance, their alert senders stop: the new owner must not
-    /// find a `pending` alert that this instance is still about to send. This blocks the consumer's poll for
-    /// at most `revoke_grace`, which is what the group waits for anyway.
+impl ConsumerContext for RecordingContext {
+    /// Runs the revoke hook before the partitions are given up, so whoever gets them next does not find work
+    /// this member is still doing. It blocks the consumer's poll, which the group waits for anyway.
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
         let partitions: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let wait = || self.senders.stop_partitions(&partitions, self.revoke_grace);
-        // Inside the async runtime, let its other tasks (the senders among them) run on other threads.
-        let still_busy = match tokio::runtime::Handle::try_current() {
+        let wait = || (self.on_revoke)(&partitions);
+        // Inside the async runtime, let its other tasks run on other threads meanwhile.
+        match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
+                tokio::task::block_in_place(wait);
             }
             _ => wait(),
-        };
-        if still_busy > 0 {
-            tracing::warn!(
-                still_busy,
-                "alert senders of revoked partitions did not finish within the grace"
-            );
         }
     }
 
