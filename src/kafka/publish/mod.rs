@@ -9,12 +9,17 @@
 
 use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventEncoding, EventsConfig, TopicsConfig};
+mod fault;
+mod letter;
+
+pub use fault::{produce_fault, ProduceFault};
+use letter::{why_headers, Letter};
+
 use crate::events::fitting::fit_event;
 use crate::events::retry_record::DUE_HEADER;
 use crate::events::send_request::InvalidSend;
@@ -35,60 +40,6 @@ pub enum PublishError {
     /// The broker (or librdkafka) refused the record for good; retrying it unchanged cannot help.
     #[error("{topic} refused the record: {reason}")]
     Rejected { topic: String, reason: String },
-}
-
-/// What a produce error means for the record that hit it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProduceFault {
-    /// Retry the same record later.
-    Transient,
-    /// The record will never be accepted as it is.
-    Permanent,
-    /// The producer cannot go on; the process must restart.
-    Fatal,
-}
-
-impl ProduceFault {
-    pub fn label(self) -> &'static str {
-        match self {
-            ProduceFault::Transient => "transient",
-            ProduceFault::Permanent => "permanent",
-            ProduceFault::Fatal => "fatal",
-        }
-    }
-}
-
-/// Sorts a produce error; `producer_failed` is whether librdkafka reports a fatal error on the producer
-/// (an idempotent producer that lost its sequence: the error itself may carry the original broker code).
-/// Pure, so every code's kind is unit-tested.
-pub fn produce_fault(e: &KafkaError, producer_failed: bool) -> ProduceFault {
-    use RDKafkaErrorCode as C;
-    if producer_failed {
-        return ProduceFault::Fatal;
-    }
-    let code = match e {
-        KafkaError::MessageProduction(c) => *c,
-        _ => return ProduceFault::Transient,
-    };
-    match code {
-        C::Fatal | C::Fenced | C::ProducerFenced => ProduceFault::Fatal,
-        C::MessageSizeTooLarge
-        | C::InvalidMessageSize
-        | C::MessageBatchTooLarge
-        | C::InvalidMessage
-        | C::UnknownTopic
-        | C::UnknownPartition
-        | C::UnknownTopicOrPartition
-        | C::InvalidTopic
-        | C::TopicAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::PolicyViolation
-        | C::InvalidRecord
-        | C::InvalidArgument
-        | C::InvalidRequiredAcks
-        | C::UnsupportedForMessageFormat => ProduceFault::Permanent,
-        _ => ProduceFault::Transient,
-    }
 }
 
 /// Full Avro name of the failure schema, as written into the `hookrelay-schema` header.
@@ -354,121 +305,5 @@ impl Publisher {
             self.metrics.stalled_outcomes.dec();
         }
         result
-    }
-}
-
-/// The headers that say why a record is a dead letter and where it came from.
-fn why_headers(record: &Record, why: &InvalidSend) -> Vec<(&'static str, String)> {
-    let failed_at = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms())
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default();
-    vec![
-        ("hookrelay-error", why.to_string()),
-        ("hookrelay-error-kind", why.kind.as_str().to_string()),
-        ("hookrelay-original-topic", record.tp.topic.to_string()),
-        (
-            "hookrelay-original-partition",
-            record.tp.partition.to_string(),
-        ),
-        ("hookrelay-original-offset", record.offset.to_string()),
-        ("hookrelay-failed-at", failed_at),
-    ]
-}
-
-/// A dead letter as written: the record with its headers and ours, or bare — without the original key,
-/// value and headers — with `hookrelay-dropped` saying what was left out and why.
-struct Letter<'a> {
-    key: &'a [u8],
-    payload: &'a [u8],
-    headers: OwnedHeaders,
-}
-
-impl<'a> Letter<'a> {
-    fn of(record: &'a Record, ours: &[(&str, String)], dropped: Option<&str>) -> Self {
-        let mut headers = OwnedHeaders::new();
-        if dropped.is_none() {
-            for (k, v) in &record.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
-        }
-        for (k, v) in ours {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let Some(because) = dropped else {
-            return Self {
-                key: record.key.as_deref().unwrap_or_default(),
-                payload: &record.payload,
-                headers,
-            };
-        };
-        let note = format!(
-            "{} key bytes, {} value bytes and {} headers not forwarded: {because}",
-            record.key.as_ref().map_or(0, Vec::len),
-            record.payload.len(),
-            record.headers.len()
-        );
-        Self {
-            key: &[],
-            payload: &[],
-            headers: headers.insert(Header {
-                key: "hookrelay-dropped",
-                value: Some(&note),
-            }),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fault(c: RDKafkaErrorCode) -> ProduceFault {
-        produce_fault(&KafkaError::MessageProduction(c), false)
-    }
-
-    #[test]
-    fn produce_errors_are_sorted_into_transient_permanent_and_fatal() {
-        use RDKafkaErrorCode as C;
-        for c in [
-            C::MessageSizeTooLarge,
-            C::UnknownTopicOrPartition,
-            C::UnknownTopic,
-            C::TopicAuthorizationFailed,
-            C::InvalidRecord,
-        ] {
-            assert_eq!(fault(c), ProduceFault::Permanent, "{c:?}");
-        }
-        for c in [
-            C::MessageTimedOut,
-            C::BrokerTransportFailure,
-            C::NotLeaderForPartition,
-            C::LeaderNotAvailable,
-            C::NotEnoughReplicas,
-            C::QueueFull,
-            C::RequestTimedOut,
-            C::InvalidProducerEpoch,
-        ] {
-            assert_eq!(fault(c), ProduceFault::Transient, "{c:?}");
-        }
-        assert_eq!(fault(C::Fatal), ProduceFault::Fatal);
-        assert_eq!(
-            produce_fault(
-                &KafkaError::MessageProduction(C::OutOfOrderSequenceNumber),
-                true
-            ),
-            ProduceFault::Fatal,
-            "whatever the code, a producer librdkafka declared failed is fatal"
-        );
-        assert_eq!(
-            produce_fault(&KafkaError::Canceled, false),
-            ProduceFault::Transient,
-            "anything unknown is retried"
-        );
     }
 }

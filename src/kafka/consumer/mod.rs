@@ -9,23 +9,26 @@
 // The consumer thread measures the commit interval, the rebalance grace and the shutdown drain.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use futures::future::BoxFuture;
 
-use super::parking::{ready_at, Parked, Parking};
-use super::{OffsetTracker, Record, Ticket, TopicPartition};
+mod shared;
+
+use shared::{commit_positions, single};
+pub use shared::{DispatchContext, Shared};
+
+use super::parking::{ready_at, Parked};
+use super::{Record, Ticket, TopicPartition};
 use crate::clock::now_ms;
 use crate::events::retry_record::DUE_HEADER;
-use crate::telemetry::{DispatchMetrics, Health};
 
 /// What a consumed record is to its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,194 +44,6 @@ pub enum Kind {
 /// uncommitted and is redone by the partition's next owner).
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, kind: Kind, record: Record) -> BoxFuture<'static, bool>;
-}
-
-#[derive(Default)]
-pub struct State {
-    pub tracker: OffsetTracker,
-    /// Partitions this thread paused, for backpressure or while retry records wait (librdkafka forgets
-    /// pauses on revocation; so do we).
-    pub paused: HashSet<TopicPartition>,
-    pub parked: Parking,
-    /// Records given up at shutdown (their outcome could not be made durable): uncommitted, redone by the
-    /// next owner, and no longer worth waiting for.
-    pub abandoned: HashMap<TopicPartition, usize>,
-}
-
-impl State {
-    /// Records of `tp` being worked on now (parked ones wait for time, abandoned ones for nothing).
-    fn in_flight(&self, tp: &TopicPartition) -> usize {
-        let idle = self.parked.len(tp) + self.abandoned.get(tp).copied().unwrap_or(0);
-        self.tracker.pending(tp).saturating_sub(idle)
-    }
-
-    fn total_in_flight(&self) -> usize {
-        let idle = self.parked.total() + self.abandoned.values().sum::<usize>();
-        self.tracker.total_pending().saturating_sub(idle)
-    }
-}
-
-/// What the consumer thread, the pipeline tasks and the rebalance callback share.
-pub struct Shared {
-    state: Mutex<State>,
-    finished: Condvar,
-    stopping: AtomicBool,
-    rebalance_grace: Duration,
-    metrics: DispatchMetrics,
-    health: Health,
-}
-
-impl Shared {
-    pub fn new(rebalance_grace: Duration, metrics: DispatchMetrics, health: Health) -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            finished: Condvar::new(),
-            stopping: AtomicBool::new(false),
-            rebalance_grace,
-            metrics,
-            health,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere must not stop offsets being tracked; the state stays consistent per operation.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Called by a pipeline task once the record's outcome is durable.
-    pub fn finish(&self, ticket: &Ticket) {
-        self.lock().tracker.finish(ticket);
-        self.finished.notify_all();
-    }
-
-    /// Called by a pipeline task whose outcome could not be made durable (shutdown, a fatal producer error).
-    pub fn abandon(&self, ticket: &Ticket) {
-        let mut state = self.lock();
-        // A ticket of an earlier assignment no longer counts among the partition's pending records.
-        if state.tracker.is_current(ticket) {
-            *state.abandoned.entry(ticket.tp.clone()).or_default() += 1;
-        }
-        drop(state);
-        self.finished.notify_all();
-    }
-
-    /// Partitions assigned here now.
-    pub fn assigned(&self) -> Vec<TopicPartition> {
-        self.lock().tracker.assigned().cloned().collect()
-    }
-
-    fn update_gauges(&self, state: &State) {
-        let assigned = state.tracker.assigned().count();
-        self.metrics.assigned_partitions.set(assigned as i64);
-        self.metrics
-            .paused_partitions
-            .set(state.paused.len() as i64);
-        self.health.set_ready(assigned > 0);
-    }
-}
-
-pub struct DispatchContext {
-    pub shared: Arc<Shared>,
-}
-
-impl ClientContext for DispatchContext {}
-
-impl ConsumerContext for DispatchContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        let revoked: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| TopicPartition::new(e.topic(), e.partition()))
-            .collect();
-        let shared = &self.shared;
-        let mut state = shared.lock();
-        // Give in-flight work on the revoked partitions a chance to finish, so the next owner redoes little.
-        if !shared.stopping.load(Ordering::Relaxed) {
-            let deadline = Instant::now() + shared.rebalance_grace;
-            while revoked.iter().any(|tp| state.in_flight(tp) > 0) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = shared
-                    .finished
-                    .wait_timeout(state, left)
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
-        }
-        let mut positions = Vec::new();
-        let mut unfinished = 0;
-        for tp in &revoked {
-            unfinished += state.tracker.pending(tp);
-            let dropped = state.parked.remove(tp);
-            shared.metrics.parked_records.sub(dropped as i64);
-            if let Some(pos) = state.tracker.revoke(tp) {
-                positions.push((tp.clone(), pos));
-            }
-            state.paused.remove(tp);
-            state.abandoned.remove(tp);
-        }
-        shared.update_gauges(&state);
-        drop(state);
-        tracing::info!(partitions = revoked.len(), unfinished, "partitions revoked");
-        if !consumer.assignment_lost() {
-            commit_positions(consumer, shared, &positions);
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let mut state = self.shared.lock();
-            for e in tpl.elements() {
-                state
-                    .tracker
-                    .assign(TopicPartition::new(e.topic(), e.partition()));
-            }
-            self.shared.update_gauges(&state);
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
-        }
-    }
-}
-
-/// Commits synchronously so that a failure is seen: the positions are then handed out again next tick
-/// (with nothing else moving they would otherwise never be sent again). One round trip per interval.
-fn commit_positions(
-    consumer: &BaseConsumer<DispatchContext>,
-    shared: &Shared,
-    positions: &[(TopicPartition, i64)],
-) {
-    if positions.is_empty() {
-        return;
-    }
-    match consumer.commit(&to_tpl(positions), CommitMode::Sync) {
-        Ok(()) => shared.metrics.commits.with_label_values(&["ok"]).inc(),
-        Err(e) => {
-            shared.metrics.commits.with_label_values(&["error"]).inc();
-            tracing::warn!(error = %e, partitions = positions.len(), "offset commit failed; retrying next interval");
-            let mut state = shared.lock();
-            for (tp, pos) in positions {
-                state.tracker.commit_failed(tp, *pos);
-            }
-        }
-    }
-}
-
-fn to_tpl(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (tp, pos) in positions {
-        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*pos));
-    }
-    tpl
-}
-
-fn single(tp: &TopicPartition) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&tp.topic, tp.partition);
-    tpl
 }
 
 pub struct LoopSettings {
