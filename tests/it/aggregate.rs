@@ -16,6 +16,14 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A real SMTP server and an embedded broker whose aggregator alerts at `threshold`.
+async fn with_smtp(threshold: u64) -> (SmtpServer, Kafka) {
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    let mut kafka = Kafka::start(1);
+    configure(&mut kafka, smtp.addr.port(), threshold);
+    (smtp, kafka)
+}
+
 fn configure(kafka: &mut Kafka, smtp_port: u16, threshold: u64) {
     let a = &mut kafka.config.aggregate;
     a.threshold = threshold;
@@ -98,9 +106,7 @@ async fn settled(agg: &LocalAggregator, events: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emails_once_at_the_threshold_per_workspace_and_never_below_it() {
-    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut kafka = Kafka::start(1);
-    configure(&mut kafka, smtp.addr.port(), 20);
+    let (smtp, mut kafka) = with_smtp(20).await;
     kafka.config.aggregate.thresholds.insert("ws-low".into(), 5);
     kafka
         .config
@@ -160,9 +166,7 @@ async fn emails_once_at_the_threshold_per_workspace_and_never_below_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_email_names_everything_and_escapes_html() {
-    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut kafka = Kafka::start(1);
-    configure(&mut kafka, smtp.addr.port(), 3);
+    let (smtp, kafka) = with_smtp(3).await;
     let at = now_ms() - 2 * HOUR;
     produce(&kafka.config, many("ws-html", 3, 503, at)).await;
     let agg = LocalAggregator::spawn(&kafka.config);
@@ -220,9 +224,7 @@ async fn the_email_names_everything_and_escapes_html() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_an_alert_does_not_alert_again_and_a_restart_before_rebuilds_the_count() {
-    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut kafka = Kafka::start(1);
-    configure(&mut kafka, smtp.addr.port(), 20);
+    let (smtp, kafka) = with_smtp(20).await;
     let now = now_ms();
     produce(&kafka.config, many("ws-alerted", 20, 503, now)).await;
     produce(&kafka.config, many("ws-pending", 15, 503, now)).await;
@@ -269,9 +271,7 @@ async fn a_restart_after_an_alert_does_not_alert_again_and_a_restart_before_rebu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
-    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut kafka = Kafka::start(1);
-    configure(&mut kafka, smtp.addr.port(), 10);
+    let (smtp, kafka) = with_smtp(10).await;
     let now = now_ms();
     let workspaces: Vec<String> = (0..6).map(|i| format!("ws-{i}")).collect();
     let a = LocalAggregator::spawn(&kafka.config);
@@ -395,9 +395,7 @@ async fn scrape(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_aggregator_process_after_an_alert_sends_no_second_email() {
-    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
-    let mut kafka = Kafka::start(1);
-    configure(&mut kafka, smtp.addr.port(), 10);
+    let (smtp, kafka) = with_smtp(10).await;
     produce(&kafka.config, many("ws-proc", 10, 503, now_ms())).await;
     let (mut first, first_metrics) = aggregator_process(&kafka, smtp.addr.port());
     wait_for(

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crate::support::{accounted, produce_one, produce_sends, wait_for, ChildDispatcher, Kafka};
+use crate::support::{
+    accounted, all_accounted, produce_one, produce_sends, wait_for, ChildDispatcher, Kafka,
+};
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::{Receiver, Script};
 
@@ -225,15 +227,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
     );
 
     let _second = ChildDispatcher::spawn(&kafka.config);
-    wait_for(
-        "after a restart every send is delivered or reported",
-        Duration::from_secs(90),
-        || async { accounted(&rx, &reader.snapshot()).0.len() == ids.len() },
-    )
-    .await;
-    let (done, redone) = accounted(&rx, &reader.snapshot());
-    let missing: Vec<&String> = ids.iter().filter(|id| !done.contains(*id)).collect();
-    assert!(missing.is_empty(), "missing sends: {missing:?}");
+    let redone = all_accounted(&rx, &reader, &ids).await;
     eprintln!(
         "SIGTERM test: exit after {took:?} (grace {grace:?}); {} of {} sends done before, {redone} requests redone after the restart",
         done_before.len(),

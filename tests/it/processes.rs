@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
+use crate::support::{all_accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
 use hookrelay::tools::harness::OutputReader;
 use hookrelay::tools::receiver::{Receiver, Script};
 
@@ -58,15 +58,7 @@ async fn a_dispatcher_killed_mid_stream_loses_nothing_after_a_restart() {
     );
 
     let _second = ChildDispatcher::spawn(&kafka.config);
-    wait_for(
-        "every send is delivered or reported",
-        Duration::from_secs(90),
-        || async { accounted(&rx, &reader.snapshot()).0.len() == ids.len() },
-    )
-    .await;
-    let (done, duplicates) = accounted(&rx, &reader.snapshot());
-    let missing: Vec<&String> = ids.iter().filter(|id| !done.contains(*id)).collect();
-    assert!(missing.is_empty(), "missing sends: {missing:?}");
+    let duplicates = all_accounted(&rx, &reader, &ids).await;
     eprintln!("crash test: {} sends, {before_restart} requests before SIGKILL, {duplicates} duplicate requests after restart", ids.len());
     wait_for(
         "the restarted dispatcher commits every offset",
@@ -111,13 +103,7 @@ async fn two_dispatchers_share_partitions_and_a_stopped_one_hands_over_with_noth
         || async { b.metric("hookrelay_assigned_partitions").await == Some(4.0) },
     )
     .await;
-    wait_for(
-        "every send is delivered or reported",
-        Duration::from_secs(90),
-        || async { accounted(&rx, &reader.snapshot()).0.len() == ids.len() },
-    )
-    .await;
-    let (_, duplicates) = accounted(&rx, &reader.snapshot());
+    let duplicates = all_accounted(&rx, &reader, &ids).await;
     eprintln!(
         "hand-over test: {} sends, {duplicates} duplicate requests",
         ids.len()

@@ -527,6 +527,25 @@ impl SmtpServer {
     }
 }
 
+/// Waits (90 s at most) until every send of `ids` is delivered or reported, asserts none is missing, and
+/// returns how many requests repeated an earlier one.
+pub async fn all_accounted(
+    rx: &hookrelay::tools::receiver::Receiver,
+    reader: &hookrelay::tools::harness::OutputReader,
+    ids: &[String],
+) -> usize {
+    wait_for(
+        "every send is delivered or reported",
+        Duration::from_secs(90),
+        || async { accounted(rx, &reader.snapshot()).0.len() == ids.len() },
+    )
+    .await;
+    let (done, duplicates) = accounted(rx, &reader.snapshot());
+    let missing: Vec<&String> = ids.iter().filter(|id| !done.contains(*id)).collect();
+    assert!(missing.is_empty(), "missing sends: {missing:?}");
+    duplicates
+}
+
 /// Which sends are accounted for — delivered (the receiver answered 2xx) or reported (a failure event) — and
 /// how many requests repeated an earlier one.
 pub fn accounted(
