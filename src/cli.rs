@@ -144,9 +144,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Broker(args) => run_broker(config, args),
         Command::CheckConfig => {
+            let text = config
+                .to_toml_redacted()
+                .context("printing the configuration as TOML")?;
             println!(
-                "# configuration is valid; the effective values follow (credentials redacted)\n{}",
-                config.to_toml_redacted()
+                "# configuration is valid; the effective values follow (credentials redacted)\n{text}"
             );
             Ok(())
         }

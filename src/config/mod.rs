@@ -333,7 +333,7 @@ impl Config {
     /// The effective configuration as TOML that can be saved and used as a config file, with every
     /// credential (secret-looking librdkafka properties, signing secrets, the SMTP password) replaced by
     /// `<redacted>`.
-    pub fn to_toml_redacted(&self) -> String {
+    pub fn to_toml_redacted(&self) -> Result<String, toml::ser::Error> {
         let mut c = self.clone();
         let redact = |m: &mut std::collections::BTreeMap<String, String>| {
             for (k, v) in m.iter_mut() {
@@ -353,7 +353,7 @@ impl Config {
         if !c.aggregate.smtp.password.is_empty() {
             c.aggregate.smtp.password = REDACTED.into();
         }
-        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+        toml::to_string(&c)
     }
 
     /// As [`Config::load_from`], with the file's text given (tests, fuzzing).
@@ -478,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn the_printed_configuration_loads_back_with_its_credentials_redacted() {
+    fn the_printed_configuration_redacts_credentials_and_loads_back_once_they_are_put_back() {
         let mut c = Config::default();
         c.kafka
             .properties
@@ -488,14 +488,30 @@ mod tests {
             .insert("security.protocol".into(), "SASL_SSL".into());
         c.aggregate.smtp.password = "swordfish".into();
         c.dispatch.max_in_flight = 7;
-        let text = c.to_toml_redacted();
+        c.signing.secrets.insert(
+            "ws".into(),
+            vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+        );
+        let text = c.to_toml_redacted().unwrap();
         assert!(
             !text.contains("hunter2") && !text.contains("swordfish"),
             "{text}"
         );
+        assert!(!text.contains("MfKQ9r8G"), "{text}");
+        let refused = Config::load_str(&text, Vec::<(String, String)>::new()).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("redacted by check-config: put the secret back"),
+            "{refused}"
+        );
+        let text = text.replace(REDACTED, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
         let back = Config::load_str(&text, Vec::<(String, String)>::new()).expect("loads back");
         assert_eq!(back.dispatch.max_in_flight, 7);
-        assert_eq!(back.kafka.properties["sasl.password"], REDACTED);
+        assert_eq!(
+            back.kafka.properties["sasl.password"],
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        );
         assert_eq!(back.kafka.properties["security.protocol"], "SASL_SSL");
     }
 

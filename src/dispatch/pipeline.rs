@@ -51,6 +51,11 @@ pub struct Pipeline {
     pub tiers: Tiers,
 }
 
+/// `give_ups_total` reasons beside the plan's: a retry the tier refused to hold, and a scheduled retry that
+/// no longer passes validation.
+const GIVE_UP_RETRY_REFUSED: &str = "retry_refused";
+const GIVE_UP_NO_LONGER_VALID: &str = "no_longer_valid";
+
 /// What a record is before anything is decoded: refused if its headers cannot be read or it is too large.
 fn admit(record: &Record, rules: &Rules) -> Result<(), InvalidSend> {
     if let Some(why) = &record.header_error {
@@ -158,6 +163,10 @@ impl Pipeline {
             terminal: true,
             next_attempt_at_ms: None,
         };
+        self.metrics
+            .give_ups
+            .with_label_values(&[GIVE_UP_NO_LONGER_VALID])
+            .inc();
         let id = uuid::Uuid::new_v4().to_string();
         let event = event_for(
             &retry.send,
@@ -259,8 +268,12 @@ impl Pipeline {
                         let _refused = self.publish(record, &failure, &event).await?;
                         let why = invalid(
                             InvalidKind::Unpublishable,
-                            format!("retry record {no_retry}"),
+                            format!("retry record refused by {topic}: {reason}"),
                         );
+                        self.metrics
+                            .give_ups
+                            .with_label_values(&[GIVE_UP_RETRY_REFUSED])
+                            .inc();
                         return self.dead_letter(record, &why).await;
                     }
                 }

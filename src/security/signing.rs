@@ -18,6 +18,9 @@ pub struct Signer {
 
 /// Decodes `whsec_<base64>` (the prefix is optional, as in the reference libraries).
 pub fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
+    if secret == crate::config::REDACTED {
+        return Err("was redacted by check-config: put the secret back".into());
+    }
     let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
     match STANDARD.decode(b64) {
         Ok(key) if !key.is_empty() => Ok(key),

@@ -234,8 +234,15 @@ impl DispatchMetrics {
                 "give_ups_total",
                 "Sends given up after a failed attempt, by reason",
                 "reason",
-                // `dispatch::retry::GiveUpReason::as_str` of each reason (a test there keeps them in step).
-                &["not_retriable", "retries_exhausted", "window_exhausted"],
+                // `dispatch::retry::GiveUpReason::as_str` of each (a test there keeps them in step), and the
+                // pipeline's own two.
+                &[
+                    "not_retriable",
+                    "retries_exhausted",
+                    "window_exhausted",
+                    "retry_refused",
+                    "no_longer_valid",
+                ],
             ),
             request_duration,
             produce_errors,
