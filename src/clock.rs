@@ -4,6 +4,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// UNIX milliseconds as RFC 3339, for logs and headers (the number itself if it is out of range).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
+}
+
 /// UNIX milliseconds now.
 #[allow(clippy::disallowed_methods)]
 pub fn now_ms() -> i64 {

@@ -10,7 +10,7 @@ use super::classify::{Attempt, FailureSource};
 use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
 use super::limits::HostLimits;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, rfc3339};
 use crate::events::ValidSend;
 use crate::telemetry::DispatchMetrics;
 
@@ -103,8 +103,4 @@ fn paused(until_ms: i64) -> (Attempt, Duration) {
         error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
     };
     (attempt, Duration::ZERO)
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }

@@ -8,9 +8,7 @@ use crate::kafka::Record;
 
 /// The headers that say why a record is a dead letter and where it came from.
 pub(super) fn why_headers(record: &Record, why: &InvalidSend) -> Vec<(&'static str, String)> {
-    let failed_at = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms())
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default();
+    let failed_at = crate::clock::rfc3339(crate::clock::now_ms());
     vec![
         ("hookrelay-error", why.to_string()),
         ("hookrelay-error-kind", why.kind.as_str().to_string()),
