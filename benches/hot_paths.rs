@@ -142,7 +142,7 @@ fn aggregate_ingest(c: &mut Criterion) {
             |mut windows| {
                 for bytes in &events {
                     let v = decoder.decode(bytes).unwrap();
-                    windows.add(v.workspace, v.time_ms, now);
+                    windows.add(v.workspace, 0, v.time_ms, now);
                 }
                 windows
             },
@@ -155,7 +155,12 @@ fn aggregate_ingest(c: &mut Criterion) {
             |mut windows| {
                 for bytes in &events {
                     let e = FailureEvent::decode(bytes).unwrap();
-                    windows.add(e.app_group_id.as_deref().unwrap(), e.time_ms.unwrap(), now);
+                    windows.add(
+                        e.app_group_id.as_deref().unwrap(),
+                        0,
+                        e.time_ms.unwrap(),
+                        now,
+                    );
                 }
                 windows
             },

@@ -35,6 +35,9 @@ create webhook-failures "$failures" --config retention.ms=259200000
 create webhook-dead-letters 3 --config retention.ms=1209600000
 # Alert decisions, one per workspace and window: compacted, so the latest decision per workspace stays.
 create webhook-alerts 3 --config cleanup.policy=compact
+# The aggregator's checkpoints: compacted, so the latest state per partition and workspace stays. Records
+# are placed by failure-topic partition, so as many partitions as the failure topic spreads the restore.
+create webhook-aggregate-state "$failures" --config cleanup.policy=compact
 # Retry tiers ([topics].retry_tiers): consumed by the dispatchers; records wait here until due. Retention
 # must comfortably exceed the longest tier (2h).
 for tier in 10s 1m 5m 30m 2h; do

@@ -106,6 +106,55 @@ impl Breakdown {
         self.rows.insert(key, row);
     }
 
+    /// Every row as it stands, for a checkpoint: key, message name, last seen, and (slot, count) oldest first.
+    pub fn saved(&self) -> impl Iterator<Item = (&Key, &str, i64, Vec<(i64, u32)>)> {
+        self.rows.iter().map(|(k, r)| {
+            let slots = r.slots.iter().copied().collect();
+            (k, r.message_name.as_str(), r.last_seen_ms, slots)
+        })
+    }
+
+    /// Puts back a row from a checkpoint. The slots are foreign bytes and may come in any order. A row
+    /// already present (a workspace seen on two partitions) keeps the larger count per slot, so an email
+    /// never overstates.
+    #[allow(clippy::too_many_arguments)] // the checkpointed row, and the window it must fit
+    pub fn restore(
+        &mut self,
+        key: Key,
+        name: &str,
+        last_seen_ms: i64,
+        slots: &[(i64, u32)],
+        now_ms: i64,
+        span_ms: i64,
+        capacity: usize,
+    ) {
+        if !self.rows.contains_key(&key) && self.rows.len() >= capacity.max(1) {
+            return; // full: the rows already here were restored first and are as good
+        }
+        let row = self.rows.entry(key).or_insert_with(|| Row {
+            message_name: name.to_string(),
+            slots: VecDeque::new(),
+            total: 0,
+            last_seen_ms,
+        });
+        for &(slot, n) in slots {
+            match row.slots.binary_search_by_key(&slot, |(s, _)| *s) {
+                Ok(i) if row.slots[i].1 < n => {
+                    row.total += u64::from(n - row.slots[i].1);
+                    row.slots[i].1 = n;
+                }
+                Ok(_) => {}
+                Err(i) => {
+                    row.slots.insert(i, (slot, n));
+                    row.total += u64::from(n);
+                }
+            }
+        }
+        row.last_seen_ms = row.last_seen_ms.max(last_seen_ms);
+        row.expire(now_ms, span_ms);
+        self.rows.retain(|_, r| r.total > 0);
+    }
+
     /// Drops what fell out of the window, and rows left empty.
     pub fn expire(&mut self, now_ms: i64, span_ms: i64) {
         self.rows.retain(|_, r| {
@@ -202,6 +251,38 @@ mod tests {
         assert_eq!(later[0].0.endpoint_url, "https://new");
     }
 
+    #[test]
+    fn a_saved_row_restores_to_the_same_entry() {
+        let mut b = Breakdown::default();
+        for i in 0..30 {
+            b.add(
+                key("https://a", 503),
+                "Spring",
+                T0 + i * 60_000,
+                T0 + DAY / 2,
+                DAY,
+                5,
+            );
+        }
+        b.add(key("https://b", 404), "Spring", T0, T0 + DAY / 2, DAY, 5);
+        let mut restored = Breakdown::default();
+        for (k, name, last, mut slots) in b.saved() {
+            slots.reverse();
+            restored.restore(k.clone(), name, last, &slots, T0 + DAY / 2, DAY, 5);
+        }
+        assert_eq!(restored.top(T0 + DAY / 2, DAY), b.top(T0 + DAY / 2, DAY));
+        let (k, name, last, slots) = {
+            let (k, n, l, s) = b.saved().next().unwrap();
+            (k.clone(), n.to_string(), l, s)
+        };
+        restored.restore(k.clone(), &name, last, &slots, T0 + DAY / 2, DAY, 5);
+        assert_eq!(
+            restored.top(T0 + DAY / 2, DAY),
+            b.top(T0 + DAY / 2, DAY),
+            "restoring the same row twice does not double it"
+        );
+    }
+
     proptest::proptest! {
         /// A row never exceeds what the window itself counts for the same events.
         #[test]
@@ -213,7 +294,7 @@ mod tests {
             let mut w = super::super::window::Windows::new(DAY);
             let mut b = Breakdown::default();
             for o in &offsets {
-                if w.add("ws", T0 + o, now) {
+                if w.add("ws", 0, T0 + o, now) {
                     b.add(key("https://a", 500), "C", T0 + o, now, DAY, 5);
                 }
             }

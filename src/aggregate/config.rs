@@ -24,6 +24,10 @@ pub struct AggregateConfig {
     pub codes: Vec<i32>,
     /// Entries (message × endpoint × code) listed in an email, and tracked per workspace.
     pub breakdown_size: usize,
+    /// How often owned workspaces' windows are checkpointed to the state topic. A new owner replays about
+    /// this much of the failure topic after restoring.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// Workspace id → subscribed addresses.
     pub recipients: BTreeMap<String, Vec<String>>,
     /// Everyone alerted for a workspace without subscribers.
@@ -46,6 +50,7 @@ impl Default for AggregateConfig {
                 400, 401, 403, 404, 405, 408, 409, 429, 500, 502, 503, 504, 598, 599,
             ],
             breakdown_size: 20,
+            checkpoint_interval: Duration::from_secs(30),
             recipients: BTreeMap::new(),
             company_admins: vec!["admin@example.com".into()],
             from: "hookrelay <hookrelay@localhost>".into(),
@@ -75,6 +80,9 @@ impl AggregateConfig {
     pub fn validate(&self, problems: &mut Vec<String>) {
         if self.threshold == 0 {
             problems.push("aggregate.threshold must be at least 1".into());
+        }
+        if self.checkpoint_interval < Duration::from_millis(100) {
+            problems.push("aggregate.checkpoint_interval must be at least 100ms".into());
         }
         if self.window < Duration::from_secs(60) {
             problems.push("aggregate.window must be at least 1m".into());

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use super::email::AlertContent;
 use super::sender;
 use super::service::Aggregator;
@@ -30,9 +32,7 @@ impl Aggregator {
                 "rebuild done"
             );
             let all: Vec<String> = self.workspaces.keys().cloned().collect();
-            for ws in all {
-                self.decide(&ws).await;
-            }
+            self.decide_many(all).await;
         }
     }
 
@@ -41,9 +41,7 @@ impl Aggregator {
     pub(super) async fn on_tick(&mut self) {
         if self.caught_up() && !self.undecided.is_empty() {
             let again: Vec<String> = self.undecided.drain().collect();
-            for ws in again {
-                self.decide(&ws).await;
-            }
+            self.decide_many(again).await;
         }
         if self.last_eviction.elapsed() >= Duration::from_millis(MINUTE_MS as u64) {
             self.last_eviction = Instant::now();
@@ -54,66 +52,104 @@ impl Aggregator {
     fn evict_idle(&mut self) {
         let (now, span) = (now_ms(), self.span_ms());
         self.windows.evict_empty(now);
-        let (windows, senders) = (&self.windows, &self.senders);
+        let (windows, senders, dirty) = (&self.windows, &self.senders, &mut self.dirty);
         self.workspaces.retain(|ws, w| {
             w.breakdown.expire(now, span);
-            windows.contains(ws) || senders.is_sending(ws)
+            let keep = windows.contains(ws) || senders.is_sending(ws);
+            if !keep {
+                // Its checkpoint record becomes a tombstone at the next checkpoint.
+                dirty.entry(w.partition).or_default().insert(ws.clone());
+            }
+            keep
         });
         self.metrics.workspaces.set(self.workspaces.len() as i64);
     }
 
-    /// Decides for one workspace. A decision that cannot be recorded now (Kafka down) is not acted on —
-    /// `pending` must be durable before an email goes out — and is tried again on a later tick.
+    /// Decides for one workspace.
     pub(super) async fn decide(&mut self, workspace: &str) {
         self.apply_revocations();
         if !self.workspaces.contains_key(workspace) {
             return; // not ours (any more)
         }
         let now = now_ms();
-        let threshold = self.config.aggregate.threshold_for(workspace);
         let count = self.windows.count(workspace, now);
-        let quiet = self.span_ms();
-        let action = self.log().action(workspace, count, threshold, now, quiet);
-        match action {
-            Action::Nothing => {}
-            Action::Alert => {
-                let record = AlertRecord {
-                    workspace_id: workspace.to_string(),
+        let action = self.log().action(
+            workspace,
+            count,
+            self.config.aggregate.threshold_for(workspace),
+            now,
+            self.span_ms(),
+        );
+        if action != Action::Nothing {
+            self.decide_many(vec![workspace.to_string()]).await;
+        }
+    }
+
+    /// Decides for many workspaces at once (after a rebuild, thousands may be over the threshold): every
+    /// `pending` record is written, concurrently, and only those the alerts topic acknowledged get an email.
+    /// A decision that cannot be recorded now (Kafka down) is not acted on — `pending` must be durable
+    /// before an email goes out — and is tried again on a later tick.
+    pub(super) async fn decide_many(&mut self, workspaces: Vec<String>) {
+        self.apply_revocations();
+        let now = now_ms();
+        let mut new = Vec::new();
+        for ws in workspaces {
+            if !self.workspaces.contains_key(&ws) {
+                continue; // not ours (any more)
+            }
+            let threshold = self.config.aggregate.threshold_for(&ws);
+            let count = self.windows.count(&ws, now);
+            let action = self
+                .log()
+                .action(&ws, count, threshold, now, self.span_ms());
+            match action {
+                Action::Nothing => {}
+                Action::Alert => new.push(AlertRecord {
+                    recipients: self.config.aggregate.recipients_for(&ws),
+                    workspace_id: ws,
                     status: AlertStatus::Pending,
                     decided_at_ms: now,
                     count,
                     threshold,
-                    recipients: self.config.aggregate.recipients_for(workspace),
                     sent_at_ms: None,
                     delivered_to: None,
-                };
-                if let Err(e) = write_json(
-                    &self.producer,
-                    &self.config.topics.alerts,
-                    workspace,
-                    &record,
-                )
-                .await
-                {
-                    tracing::warn!(workspace, error = %e, "cannot record the alert decision yet; deciding again shortly");
-                    self.undecided.insert(workspace.to_string());
-                    return;
-                }
-                tracing::warn!(
-                    workspace,
-                    count,
-                    threshold,
-                    "failure threshold crossed; alerting"
-                );
-                self.log().apply(record.clone());
-                self.spawn_send(record, count);
-            }
-            Action::Resend => {
-                let pending = self.log().get(workspace).cloned();
-                if let Some(record) = pending {
-                    self.spawn_send(record, count);
+                }),
+                Action::Resend => {
+                    let pending = self.log().get(&ws).cloned();
+                    if let Some(record) = pending {
+                        self.spawn_send(record, count);
+                    }
                 }
             }
+        }
+        let (producer, topic) = (&self.producer, self.config.topics.alerts.as_str());
+        let written: Vec<(AlertRecord, bool)> = futures::stream::iter(new)
+            .map(|record| async move {
+                let r = write_json(producer, topic, &record.workspace_id, &record).await;
+                if let Err(e) = &r {
+                    tracing::warn!(workspace = %record.workspace_id, error = %e, "cannot record the alert decision yet; deciding again shortly");
+                }
+                (record, r.is_ok())
+            })
+            .buffer_unordered(1_024)
+            .collect()
+            .await;
+        // Revocations that happened while writing: nothing is sent for a workspace no longer ours.
+        self.apply_revocations();
+        for (record, ok) in written {
+            if !ok {
+                self.undecided.insert(record.workspace_id);
+                continue;
+            }
+            tracing::warn!(
+                workspace = %record.workspace_id,
+                count = record.count,
+                threshold = record.threshold,
+                "failure threshold crossed; alerting"
+            );
+            self.log().apply(record.clone());
+            let count = record.count;
+            self.spawn_send(record, count);
         }
     }
 

@@ -1,7 +1,8 @@
 //! The aggregator process: consume failure events in a group, keep each owned workspace's rolling count,
-//! and alert once per quiet period. There is no database: on every assignment the owned partitions are read
-//! again from the start of retention (older events fall outside the window by event time), and no alert
-//! decision is made until that replay has caught up. Decisions live in the alerts topic.
+//! and alert once per quiet period. There is no database: the state of each partition is checkpointed to a
+//! compacted state topic; a new owner restores the checkpoint and replays the events after it (the whole
+//! window when there is no usable checkpoint), and decides nothing until that has caught up. Decisions live
+//! in the alerts topic.
 
 // The service loop times its rebuild and its housekeeping.
 #![allow(clippy::disallowed_methods)]
@@ -12,31 +13,34 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::breakdown::{Breakdown, Key};
+use super::checkpoint::Skips;
+use super::checkpointing::{Gate, Unwritten};
 use super::mailer::Mailer;
-use super::replay::{behind, choose_rebuild, Rebuild};
+use super::replay::behind;
+use super::restore::{Assignment, Restorer};
 use super::sender::Senders;
 use super::state::{AlertLog, AlertRecord};
 use super::window::{counted_at, Windows};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::events::failure_view::ViewDecoder;
+use crate::events::failure_view::{FailureView, ViewDecoder};
 use crate::kafka::client::{consumer_config, producer_config};
+use crate::kafka::feed::{Changes, Feed, Feeder, Fetched, Hooks, OnRevoke};
 use crate::kafka::reader::{assign_all, watermarks};
-use crate::kafka::rebalance::{Changes, RecordingContext};
-use crate::kafka::TopicPartition;
 use crate::telemetry::{AggregateMetrics, Health};
 
 /// Per-workspace state for the email.
 #[derive(Default)]
 pub(super) struct Workspace {
     pub(super) name: String,
+    /// The partition its events arrive on (the last seen): its alert sender stops with it.
     pub(super) partition: i32,
     pub(super) breakdown: Breakdown,
 }
@@ -47,17 +51,27 @@ pub(super) struct Aggregator {
     pub(super) workspaces: HashMap<String, Workspace>,
     /// Shared with the senders, which read it before every attempt.
     pub(super) log: Arc<Mutex<AlertLog>>,
-    /// Partitions still replaying, with the offset that ends their replay.
-    pub(super) replay_until: HashMap<TopicPartition, i64>,
     /// Partitions of the failure topic this instance owns.
-    pub(super) owned: HashSet<TopicPartition>,
+    pub(super) owned: HashSet<i32>,
+    /// Partitions still rebuilding, with the offset that ends their replay.
+    pub(super) replay_until: HashMap<i32, i64>,
+    /// Next offset to read per owned partition: what a checkpoint covers.
+    pub(super) position: HashMap<i32, i64>,
+    /// Per partition restored from a checkpoint cut short, the events its workspaces already hold.
+    pub(super) skips: HashMap<i32, Skips>,
+    /// Workspaces changed since the last checkpoint, per partition.
+    pub(super) dirty: HashMap<i32, HashSet<String>>,
+    pub(super) checkpoint: Option<JoinHandle<Unwritten>>,
+    pub(super) last_checkpoint: Instant,
+    pub(super) gate: Arc<Gate>,
+    pub(super) state_partitions: i32,
     /// Alerts-topic partitions not yet read up to the end they had when last checked.
     pub(super) alerts_until: HashMap<i32, i64>,
     /// Next offset to read per alerts-topic partition.
     pub(super) alerts_read: HashMap<i32, i64>,
     pub(super) replay_started: Option<Instant>,
     pub(super) senders: Arc<Senders>,
-    /// Assignment changes recorded by the rebalance callback.
+    /// Revocations recorded by the rebalance callback.
     pub(super) changes: Arc<Mutex<Changes>>,
     /// Workspaces whose decision could not be recorded (Kafka refused the write): decided again on a tick.
     pub(super) undecided: HashSet<String>,
@@ -77,7 +91,7 @@ pub async fn run(
     // The alerts topic is tailed for as long as the aggregator runs: another instance's decisions must be
     // known before this one decides for a workspace it takes over.
     let alerts = assign_all(&config.kafka, &config.topics.alerts).await?;
-    // Nothing is committed here (state is rebuilt by replaying), so only reachability is probed.
+    // Nothing is committed here (state is checkpointed and replayed), so only reachability is probed.
     let report = crate::kafka::probe::Report {
         health: health.clone(),
         gauges: metrics.kafka.clone(),
@@ -92,10 +106,10 @@ pub async fn run(
     )
     .context("starting the Kafka probe")?;
     let mut agg = Aggregator::new(config, metrics, &alerts).await?;
-    let consumer = agg.subscribe()?;
+    let mut feeder = agg.subscribe()?;
+    agg.changes = feeder.changes.clone();
     let decoder = ViewDecoder::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut stream = consumer.stream();
     let mut alerts_stream = alerts.stream();
     tracing::info!(topic = %config.topics.failures, group = %config.aggregate.group_id, "aggregator started");
     let stopping = (stop.clone(), health.clone());
@@ -106,34 +120,38 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tick.tick() => agg.on_tick().await,
+            _ = tick.tick() => {
+                agg.on_tick().await;
+                agg.checkpoint_if_due();
+            }
             Some(Ok(m)) = alerts_stream.next() => agg.on_alert_record(&m),
-            msg = stream.next() => match msg {
-                Some(Ok(m)) => agg.on_failure_event(&m, &decoder).await,
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            feed = feeder.rx.recv() => match feed {
+                Some(Feed::Records(batch)) => agg.on_records(batch, &decoder).await,
+                Some(Feed::Assigned(a)) => {
+                    agg.install(a);
+                    let marks = watermarks(&alerts, &config.topics.alerts)
+                        .await
+                        .unwrap_or_default();
+                    agg.alerts_until.extend(behind(&marks, &agg.alerts_read));
+                }
                 None => break,
             },
         }
         agg.apply_revocations();
-        let assigned = Changes::take_assigned(&agg.changes);
-        if !assigned.is_empty() {
-            agg.assign(&consumer, assigned).await;
-            let marks = watermarks(&alerts, &config.topics.alerts)
-                .await
-                .unwrap_or_default();
-            agg.alerts_until.extend(behind(&marks, &agg.alerts_read));
-        }
         // Tracked from rebalance events: asking librdkafka for the assignment is a round trip per call.
         health.set_ready(!agg.owned.is_empty() && agg.caught_up());
         agg.finish_replay_if_done().await;
     }
+    agg.final_checkpoint().await;
+    feeder.stop().await;
     tracing::info!("aggregator stopped");
     Ok(())
 }
 
-/// Before revoked partitions go to another instance, their alert senders stop: the new owner must not find a
-/// `pending` alert that this instance is still about to send.
-fn stop_senders(senders: Arc<Senders>, grace: Duration) -> crate::kafka::rebalance::OnRevoke {
+/// Before revoked partitions go to another instance, their alert senders stop — the new owner must not find
+/// a `pending` alert that this instance is still about to send — and their checkpoint write, if one is in
+/// progress, ends.
+fn revoke_hook(senders: Arc<Senders>, gate: Arc<Gate>, grace: Duration) -> OnRevoke {
     Box::new(move |partitions| {
         let still_busy = senders.stop_partitions(partitions, grace);
         if still_busy > 0 {
@@ -141,6 +159,9 @@ fn stop_senders(senders: Arc<Senders>, grace: Duration) -> crate::kafka::rebalan
                 still_busy,
                 "alert senders of revoked partitions did not finish within the grace"
             );
+        }
+        if !gate.revoke(partitions, Duration::from_secs(35)) {
+            tracing::warn!("a checkpoint of revoked partitions was still being written after 35 s");
         }
     })
 }
@@ -155,6 +176,15 @@ impl Aggregator {
             &watermarks(alerts, &config.topics.alerts).await?,
             &HashMap::new(),
         );
+        let state_partitions = watermarks(alerts, &config.topics.aggregate_state)
+            .await
+            .map(|m| m.len() as i32)
+            .context("reading the state topic's partitions")?;
+        anyhow::ensure!(
+            state_partitions > 0,
+            "topic {} has no partitions",
+            config.topics.aggregate_state
+        );
         Ok(Aggregator {
             windows: Windows::new(
                 i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
@@ -166,6 +196,13 @@ impl Aggregator {
             alerts_read: HashMap::new(),
             owned: HashSet::new(),
             replay_until: HashMap::new(),
+            position: HashMap::new(),
+            skips: HashMap::new(),
+            dirty: HashMap::new(),
+            checkpoint: None,
+            last_checkpoint: Instant::now(),
+            gate: Arc::new(Gate::default()),
+            state_partitions,
             replay_started: None,
             senders: Arc::new(Senders::new(metrics.alerts_sending.clone())),
             changes: Arc::new(Mutex::new(Changes::default())),
@@ -179,27 +216,23 @@ impl Aggregator {
         })
     }
 
-    /// The group consumer of the failure topic, whose rebalance callback stops the senders of revoked
-    /// partitions.
-    fn subscribe(&self) -> anyhow::Result<StreamConsumer<RecordingContext>> {
+    /// The group consumer of the failure topic, on a thread of its own: each assignment is restored there
+    /// before its first record, and each revocation stops the partitions' senders and checkpoint first.
+    fn subscribe(&self) -> anyhow::Result<Feeder<Assignment>> {
         let config = &self.config;
-        let mut cc = consumer_config(&config.kafka, &config.aggregate.group_id);
-        // State is rebuilt by replaying; nothing is committed, so every assignment starts from the beginning.
-        cc.set("auto.offset.reset", "earliest");
-        let consumer: StreamConsumer<RecordingContext> = cc
-            .create_with_context(RecordingContext {
-                changes: self.changes.clone(),
-                on_revoke: stop_senders(
-                    self.senders.clone(),
-                    // An SMTP attempt and the record of it: what a revoked sender may need to finish.
-                    config.aggregate.smtp.timeout + Duration::from_secs(10),
-                ),
-            })
-            .context("creating the consumer")?;
-        consumer
-            .subscribe(&[&config.topics.failures])
-            .context("subscribing to the failure topic")?;
-        Ok(consumer)
+        let cc = consumer_config(&config.kafka, &config.aggregate.group_id);
+        let restorer = Restorer::new(config).context("creating the checkpoint reader")?;
+        let hooks = Hooks {
+            on_assign: Box::new(move |partitions| restorer.restore(partitions)),
+            on_revoke: revoke_hook(
+                self.senders.clone(),
+                self.gate.clone(),
+                // An SMTP attempt and the record of it: what a revoked sender may need to finish.
+                config.aggregate.smtp.timeout + Duration::from_secs(10),
+            ),
+        };
+        Feeder::start(&cc, &config.topics.failures, hooks)
+            .context("subscribing to the failure topic")
     }
 
     /// A decision read from the alerts topic (this instance's or another's).
@@ -217,24 +250,109 @@ impl Aggregator {
         }
     }
 
-    /// A failure event: counted, and once caught up, decided on.
-    async fn on_failure_event(&mut self, m: &BorrowedMessage<'_>, decoder: &ViewDecoder) {
-        let tp = TopicPartition::new(m.topic(), m.partition());
-        let workspace = match m.payload().map(|b| decoder.decode(b)) {
-            Some(Ok(view)) => {
-                self.count(&view, tp.partition);
-                Some(view.workspace.to_string())
+    /// Newly assigned partitions: their restored workspaces, and where their replay ends.
+    fn install(&mut self, a: Assignment) {
+        self.apply_revocations();
+        let now = now_ms();
+        let (span, size) = (self.span_ms(), self.config.aggregate.breakdown_size);
+        self.gate.assigned(a.partitions.iter().map(|s| s.partition));
+        let mut restored = 0;
+        for s in a.partitions {
+            let p = s.partition;
+            self.owned.insert(p);
+            self.position.insert(p, s.from);
+            if s.end > s.from {
+                self.replay_until.insert(p, s.end);
             }
-            Some(Err(e)) => {
-                self.metrics.undecodable.inc();
-                tracing::warn!(offset = m.offset(), error = %e, "skipping undecodable failure event");
-                None
+            if s.how == "checkpoint" {
+                self.skips.insert(p, Skips::new(s.from, &s.restored));
+                self.skips.retain(|_, sk| !sk.done(s.from));
+            } else {
+                self.metrics.full_replays.inc();
+                tracing::info!(partition = p, reason = s.how, "replaying the whole window");
             }
-            None => None,
-        };
-        self.replayed(&tp, m.offset());
-        if let (true, Some(ws)) = (self.caught_up(), workspace) {
-            self.decide(&ws).await;
+            restored += s.restored.len();
+            for (ws, rec) in s.restored {
+                let before = self.windows.count(&ws, now);
+                self.windows.restore(&ws, p, &rec.buckets.decode(), now);
+                let after = self.windows.count(&ws, now);
+                self.metrics
+                    .events_restored
+                    .inc_by(after.saturating_sub(before));
+                if after == 0 {
+                    continue; // all of it expired
+                }
+                let w = self.workspaces.entry(ws).or_default();
+                w.partition = p;
+                if !rec.name.is_empty() {
+                    w.name = rec.name;
+                }
+                for row in rec.rows {
+                    let key = Key {
+                        message_kind: match row.kind {
+                            1 => "campaign",
+                            2 => "canvas",
+                            _ => "",
+                        },
+                        message_id: row.message_id,
+                        endpoint_url: row.endpoint_url,
+                        code: row.code,
+                    };
+                    let slots = row.slots.decode();
+                    w.breakdown.restore(
+                        key,
+                        &row.message_name,
+                        row.last_seen_ms,
+                        &slots,
+                        now,
+                        span,
+                        size,
+                    );
+                }
+            }
+        }
+        self.metrics.restored_workspaces.inc_by(restored as u64);
+        self.metrics.workspaces.set(self.workspaces.len() as i64);
+        self.replay_started.get_or_insert_with(Instant::now);
+        tracing::info!(
+            restored_workspaces = restored,
+            restore_seconds = a.restore_took.as_secs_f64(),
+            replaying = self.replay_until.len(),
+            "partitions assigned; replaying the failure events after their checkpoints"
+        );
+    }
+
+    /// A batch of failure events: counted, and once caught up, decided on.
+    async fn on_records(&mut self, batch: Vec<Fetched>, decoder: &ViewDecoder) {
+        self.apply_revocations();
+        for r in batch {
+            let p = r.partition;
+            if !self.owned.contains(&p) {
+                continue; // fetched before its partition was revoked
+            }
+            self.position.insert(p, r.offset + 1);
+            let decide = match r.payload.as_deref().map(|b| decoder.decode(b)) {
+                Some(Ok(view)) => {
+                    if !self
+                        .skips
+                        .get(&p)
+                        .is_some_and(|s| s.already_counted(view.workspace, r.offset))
+                    {
+                        self.count(&view, p);
+                    }
+                    self.caught_up().then(|| view.workspace.to_string())
+                }
+                Some(Err(e)) => {
+                    self.metrics.undecodable.inc();
+                    tracing::warn!(offset = r.offset, error = %e, "skipping undecodable failure event");
+                    None
+                }
+                None => None,
+            };
+            self.replayed(p, r.offset);
+            if let Some(ws) = decide {
+                self.decide(&ws).await;
+            }
         }
     }
 }
@@ -249,18 +367,22 @@ impl Aggregator {
     }
 
     /// Counts an event toward its workspace's window (see [`counted_at`] for events dated in the future).
-    fn count(&mut self, v: &crate::events::failure_view::FailureView<'_>, partition: i32) {
+    fn count(&mut self, v: &FailureView<'_>, partition: i32) {
         let now = now_ms();
         let at = counted_at(v.time_ms, now);
         if !v
             .code
             .is_some_and(|c| self.config.aggregate.codes.contains(&c))
-            || !self.windows.add(v.workspace, at, now)
+            || !self.windows.add(v.workspace, partition, at, now)
         {
             self.metrics.events_ignored.inc();
             return;
         }
         self.metrics.events_counted.inc();
+        let dirty = self.dirty.entry(partition).or_default();
+        if !dirty.contains(v.workspace) {
+            dirty.insert(v.workspace.to_string());
+        }
         let (span, size) = (self.span_ms(), self.config.aggregate.breakdown_size);
         let ws = match self.workspaces.get_mut(v.workspace) {
             Some(ws) => ws,
@@ -287,91 +409,53 @@ impl Aggregator {
         self.metrics.workspaces.set(self.workspaces.len() as i64);
     }
 
-    fn replayed(&mut self, tp: &TopicPartition, offset: i64) {
+    fn replayed(&mut self, partition: i32, offset: i64) {
         if self
             .replay_until
-            .get(tp)
+            .get(&partition)
             .is_some_and(|end| offset + 1 >= *end)
         {
-            self.replay_until.remove(tp);
+            self.replay_until.remove(&partition);
+        }
+        if self
+            .skips
+            .get(&partition)
+            .is_some_and(|s| s.done(offset + 1))
+        {
+            self.skips.remove(&partition);
         }
     }
 
-    /// Starts the replay of newly assigned partitions: from the first event of the window when the broker
-    /// can say where that is (offsets for times), from the beginning of retention otherwise.
-    async fn assign(
-        &mut self,
-        consumer: &StreamConsumer<RecordingContext>,
-        tps: Vec<TopicPartition>,
-    ) {
-        let topic = self.config.topics.failures.clone();
-        self.owned.extend(tps.iter().cloned());
-        let marks = watermarks(consumer, &topic).await.unwrap_or_default();
-        let with_data: Vec<TopicPartition> = tps
-            .into_iter()
-            .filter(|tp| marks.get(&tp.partition).is_some_and(|(lo, hi)| hi > lo))
-            .collect();
-        for tp in &with_data {
-            self.replay_until.insert(tp.clone(), marks[&tp.partition].1);
-        }
-        let window_start =
-            now_ms() - i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX);
-        let mut query = TopicPartitionList::new();
-        for tp in &with_data {
-            let _ = query.add_partition_offset(&topic, tp.partition, Offset::Offset(window_start));
-        }
-        let found: Vec<(i32, Option<i64>)> = if with_data.is_empty() {
-            Vec::new()
-        } else {
-            match tokio::task::block_in_place(|| {
-                consumer.offsets_for_times(query, Duration::from_secs(10))
-            }) {
-                Ok(tpl) => tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.partition(), e.offset().to_raw()))
-                    .collect(),
-                Err(_) => Vec::new(),
-            }
-        };
-        let mode = match choose_rebuild(&found, &marks) {
-            Rebuild::Seek(starts) => {
-                for (p, offset) in &starts {
-                    if let Err(e) =
-                        consumer.seek(&topic, *p, Offset::Offset(*offset), Duration::from_secs(5))
-                    {
-                        tracing::info!(partition = p, error = %e, "seek to the window start failed; replaying from the beginning");
-                    }
-                }
-                "offsets-for-times"
-            }
-            Rebuild::Scan => "scan",
-        };
-        self.replay_started.get_or_insert_with(Instant::now);
-        tracing::info!(
-            replaying = self.replay_until.len(),
-            mode,
-            "partitions assigned; rebuilding counts from Kafka"
-        );
-    }
-
-    /// Forgets the workspaces of partitions revoked since the last call. Called before anything decides: a
-    /// revocation may have happened inside any poll of the consumer, and nothing may be decided or sent for
-    /// a workspace another instance now owns.
+    /// Forgets what partitions revoked since the last call contributed. Called before anything decides: a
+    /// revocation may have happened at any moment on the feeder thread, and nothing may be decided or sent
+    /// for a workspace another instance now owns.
     pub(super) fn apply_revocations(&mut self) {
         let revoked = Changes::take_revoked(&self.changes);
         if revoked.is_empty() {
             return;
         }
         let gone: HashSet<i32> = revoked.iter().map(|tp| tp.partition).collect();
-        for tp in &revoked {
-            self.replay_until.remove(tp);
-            self.owned.remove(tp);
+        for p in &gone {
+            self.replay_until.remove(p);
+            self.owned.remove(p);
+            self.position.remove(p);
+            self.skips.remove(p);
+            self.dirty.remove(p);
         }
-        self.workspaces.retain(|_, w| !gone.contains(&w.partition));
-        let keep: HashSet<String> = self.workspaces.keys().cloned().collect();
-        self.windows.retain(|ws| keep.contains(ws));
-        self.undecided.retain(|ws| keep.contains(ws));
+        self.windows.drop_partitions(&gone);
+        let windows = &self.windows;
+        self.workspaces.retain(|ws, w| {
+            let left = windows.partitions_of(ws);
+            if gone.contains(&w.partition) {
+                match left.first() {
+                    Some(p) => w.partition = *p,
+                    None => return false,
+                }
+            }
+            true
+        });
+        let keep = &self.workspaces;
+        self.undecided.retain(|ws| keep.contains_key(ws));
         self.metrics.workspaces.set(self.workspaces.len() as i64);
     }
 

@@ -53,6 +53,9 @@ pub struct TopicsConfig {
     pub failures: String,
     pub dead_letters: String,
     pub alerts: String,
+    /// The aggregator's checkpoints (compacted): per-workspace windows, so a new owner of a partition
+    /// restores them and replays only what came after.
+    pub aggregate_state: String,
     /// Retry tier topics are `<retry_prefix>-<tier>`, e.g. `webhook-retries-5m`.
     pub retry_prefix: String,
     /// Delays of the retry tier topics, shortest first. A retry waits in the longest tier that fits its
@@ -67,6 +70,7 @@ impl Default for TopicsConfig {
             failures: "webhook-failures".into(),
             dead_letters: "webhook-dead-letters".into(),
             alerts: "webhook-alerts".into(),
+            aggregate_state: "webhook-aggregate-state".into(),
             retry_prefix: "webhook-retries".into(),
             retry_tiers: ["10s", "1m", "5m", "30m", "2h"].map(String::from).to_vec(),
         }
@@ -104,7 +108,11 @@ impl TopicsConfig {
 
     /// Topics `hookrelay aggregate` reads or writes.
     pub fn aggregate_topics(&self) -> Vec<String> {
-        vec![self.failures.clone(), self.alerts.clone()]
+        vec![
+            self.failures.clone(),
+            self.alerts.clone(),
+            self.aggregate_state.clone(),
+        ]
     }
 
     /// Every topic hookrelay writes or reads.
@@ -114,6 +122,7 @@ impl TopicsConfig {
             self.failures.clone(),
             self.dead_letters.clone(),
             self.alerts.clone(),
+            self.aggregate_state.clone(),
         ];
         all.extend(self.retry_tier_topics().into_iter().map(|(t, _)| t));
         all

@@ -42,6 +42,7 @@ impl Config {
             ("topics.failures", &t.failures),
             ("topics.dead_letters", &t.dead_letters),
             ("topics.alerts", &t.alerts),
+            ("topics.aggregate_state", &t.aggregate_state),
         ] {
             if let Err(why) = check_topic_name(topic) {
                 p.push(format!("{name} {why}"));

@@ -3,12 +3,12 @@
 pub(crate) mod broker;
 pub mod client;
 pub mod consumer;
+pub mod feed;
 pub(crate) mod offsets;
 pub(crate) mod parking;
 pub(crate) mod probe;
 pub(crate) mod publish;
 pub mod reader;
-pub mod rebalance;
 pub mod record;
 pub mod topics;
 

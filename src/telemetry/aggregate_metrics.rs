@@ -19,8 +19,18 @@ pub struct AggregateMetrics {
     pub send_errors: IntCounter,
     /// Alert emails owed and being sent (retried until the SMTP server takes them).
     pub alerts_sending: IntGauge,
-    /// Duration of the last rebuild (replay after an assignment).
+    /// Duration of the last rebuild (checkpoint restore and replay after an assignment).
     pub rebuild_seconds: Gauge,
+    /// Workspaces restored from checkpoints, and partitions replayed in full instead (no usable checkpoint).
+    pub restored_workspaces: IntCounter,
+    /// Events within the window held by the restored checkpoints (so not replayed).
+    pub events_restored: IntCounter,
+    pub full_replays: IntCounter,
+    /// Checkpoints whose every record and marker the state topic acknowledged, and those it did not.
+    pub checkpoints: IntCounter,
+    pub checkpoint_failures: IntCounter,
+    /// Records (workspaces and markers) in the last checkpoint.
+    pub checkpoint_records: IntGauge,
     pub kafka: KafkaGauges,
 }
 
@@ -66,6 +76,36 @@ impl AggregateMetrics {
                 "Alert emails owed and being sent now (retried until the SMTP server takes them)",
             ),
             rebuild_seconds,
+            restored_workspaces: counter(
+                &r,
+                "restored_workspaces_total",
+                "Workspaces restored from the state topic's checkpoints",
+            ),
+            events_restored: counter(
+                &r,
+                "events_restored_total",
+                "Events within the window restored from checkpoints instead of replayed",
+            ),
+            full_replays: counter(
+                &r,
+                "full_replays_total",
+                "Partitions assigned without a usable checkpoint, so replayed over the whole window",
+            ),
+            checkpoints: counter(
+                &r,
+                "checkpoints_total",
+                "Checkpoints written to the state topic and acknowledged",
+            ),
+            checkpoint_failures: counter(
+                &r,
+                "checkpoint_failures_total",
+                "Checkpoints the state topic did not fully acknowledge (retried at the next interval)",
+            ),
+            checkpoint_records: gauge(
+                &r,
+                "checkpoint_records",
+                "Records (changed workspaces and partition markers) written by the last checkpoint",
+            ),
             kafka: KafkaGauges::register(&r),
             registry: r,
         }

@@ -98,7 +98,9 @@ async fn settled(agg: &LocalAggregator, events: u64) {
         Duration::from_secs(30),
         || {
             let m = m.clone();
-            async move { m.events_counted.get() + m.events_ignored.get() >= events }
+            async move {
+                m.events_counted.get() + m.events_ignored.get() + m.events_restored.get() >= events
+            }
         },
     )
     .await;
@@ -295,7 +297,10 @@ async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
     wait_for(
         "the survivor has taken over and rebuilt",
         Duration::from_secs(30),
-        || async { b.metrics.events_counted.get() >= 72 && b.health.is_ready() },
+        || async {
+            b.metrics.events_counted.get() + b.metrics.events_restored.get() >= 72
+                && b.health.is_ready()
+        },
     )
     .await;
     for ws in &workspaces {
@@ -304,7 +309,7 @@ async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
     wait_for(
         "the survivor reads the new events",
         Duration::from_secs(30),
-        || async { b.metrics.events_counted.get() >= 78 },
+        || async { b.metrics.events_counted.get() + b.metrics.events_restored.get() >= 78 },
     )
     .await;
     let mut per_ws = BTreeMap::new();
@@ -451,7 +456,10 @@ async fn a_new_aggregator_process_after_an_alert_sends_no_second_email() {
         "the new process has rebuilt all 15 events",
         Duration::from_secs(30),
         || async {
-            scrape(second_metrics, "hookrelay_aggregate_events_counted_total").await == Some(15.0)
+            let counted = scrape(second_metrics, "hookrelay_aggregate_events_counted_total").await;
+            let restored =
+                scrape(second_metrics, "hookrelay_aggregate_events_restored_total").await;
+            counted.unwrap_or(0.0) + restored.unwrap_or(0.0) == 15.0
         },
     )
     .await;

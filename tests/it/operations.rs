@@ -345,6 +345,7 @@ fn the_topic_script_creates_every_topic_the_default_configuration_uses() {
         c.topics.failures.clone(),
         c.topics.dead_letters.clone(),
         c.topics.alerts.clone(),
+        c.topics.aggregate_state.clone(),
     ];
     wanted.extend(c.topics.retry_tier_topics().into_iter().map(|(t, _)| t));
     for topic in wanted {
