@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use tokio::task::JoinHandle;
@@ -31,9 +31,9 @@ use super::window::{counted_at, Windows};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::events::failure_view::{FailureView, ViewDecoder};
-use crate::kafka::client::{consumer_config, producer_config};
+use crate::kafka::client::{producer_config, replay_consumer_config};
 use crate::kafka::feed::{Changes, Feed, Feeder, Fetched, Hooks, OnRevoke};
-use crate::kafka::reader::{assign_all, watermarks};
+use crate::kafka::reader::{assign_all, lookup_client, watermarks};
 use crate::telemetry::{AggregateMetrics, Health};
 
 /// Per-workspace state for the email.
@@ -64,6 +64,8 @@ pub(super) struct Aggregator {
     pub(super) checkpoint: Option<JoinHandle<Unwritten>>,
     pub(super) last_checkpoint: Instant,
     pub(super) gate: Arc<Gate>,
+    /// For watermark look-ups, apart from the clients that fetch.
+    pub(super) lookup: BaseConsumer,
     pub(super) state_partitions: i32,
     /// Alerts-topic partitions not yet read up to the end they had when last checked.
     pub(super) alerts_until: HashMap<i32, i64>,
@@ -105,7 +107,7 @@ pub async fn run(
         stop.clone(),
     )
     .context("starting the Kafka probe")?;
-    let mut agg = Aggregator::new(config, metrics, &alerts).await?;
+    let mut agg = Aggregator::new(config, metrics).await?;
     let mut feeder = agg.subscribe()?;
     agg.changes = feeder.changes.clone();
     let decoder = ViewDecoder::new();
@@ -129,7 +131,7 @@ pub async fn run(
                 Some(Feed::Records(batch)) => agg.on_records(batch, &decoder).await,
                 Some(Feed::Assigned(a)) => {
                     agg.install(a);
-                    let marks = watermarks(&alerts, &config.topics.alerts)
+                    let marks = watermarks(&agg.lookup, &config.topics.alerts)
                         .await
                         .unwrap_or_default();
                     agg.alerts_until.extend(behind(&marks, &agg.alerts_read));
@@ -167,16 +169,13 @@ fn revoke_hook(senders: Arc<Senders>, gate: Arc<Gate>, grace: Duration) -> OnRev
 }
 
 impl Aggregator {
-    async fn new(
-        config: &Config,
-        metrics: AggregateMetrics,
-        alerts: &StreamConsumer,
-    ) -> anyhow::Result<Self> {
+    async fn new(config: &Config, metrics: AggregateMetrics) -> anyhow::Result<Self> {
+        let lookup = lookup_client(&config.kafka)?;
         let alerts_until = behind(
-            &watermarks(alerts, &config.topics.alerts).await?,
+            &watermarks(&lookup, &config.topics.alerts).await?,
             &HashMap::new(),
         );
-        let state_partitions = watermarks(alerts, &config.topics.aggregate_state)
+        let state_partitions = watermarks(&lookup, &config.topics.aggregate_state)
             .await
             .map(|m| m.len() as i32)
             .context("reading the state topic's partitions")?;
@@ -202,6 +201,7 @@ impl Aggregator {
             checkpoint: None,
             last_checkpoint: Instant::now(),
             gate: Arc::new(Gate::default()),
+            lookup,
             state_partitions,
             replay_started: None,
             senders: Arc::new(Senders::new(metrics.alerts_sending.clone())),
@@ -220,7 +220,7 @@ impl Aggregator {
     /// before its first record, and each revocation stops the partitions' senders and checkpoint first.
     fn subscribe(&self) -> anyhow::Result<Feeder<Assignment>> {
         let config = &self.config;
-        let cc = consumer_config(&config.kafka, &config.aggregate.group_id);
+        let cc = replay_consumer_config(&config.kafka, &config.aggregate.group_id);
         let restorer = Restorer::new(config).context("creating the checkpoint reader")?;
         let hooks = Hooks {
             on_assign: Box::new(move |partitions| restorer.restore(partitions)),

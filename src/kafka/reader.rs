@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -32,9 +32,18 @@ pub async fn assign_all(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Stre
     Ok(consumer)
 }
 
+/// A group-less client for metadata and watermark look-ups. Keep it apart from any client that fetches:
+/// a look-up queues behind that client's long-polling fetch on the same connection (about half a second
+/// each on the embedded broker, which made a 12-partition look-up take 5 s).
+pub fn lookup_client(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
+    reader_config(kafka)
+        .create()
+        .context("creating the look-up client")
+}
+
 /// The low and high watermark of every partition of `topic`.
-pub async fn watermarks<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
+pub async fn watermarks<X: Consumer<C>, C: ConsumerContext + 'static>(
+    consumer: &X,
     topic: &str,
 ) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
     let md = tokio::task::block_in_place(|| {

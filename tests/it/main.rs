@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods, clippy::too_many_lines)]
 
 mod aggregate;
+mod checkpoints;
 mod commands;
 mod dispatch_outcomes;
 mod faults;

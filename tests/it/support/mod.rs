@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: an embedded broker per test, in-process and child-process
 //! dispatchers, send requests with every identifier filled in, and waiting on conditions with a deadline.
 
+pub mod aggregator;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
