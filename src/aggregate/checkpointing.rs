@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::breakdown::Key;
-use super::checkpoint::{
-    encode, for_display, marker_key, workspace_key, Deltas, Marker, SavedRow, WorkspaceRecord,
-};
+use super::ledger::PartitionRecords;
 use super::service::Aggregator;
 use crate::clock::now_ms;
 use crate::telemetry::AggregateMetrics;
@@ -79,16 +76,6 @@ impl Gate {
     }
 }
 
-/// One partition's part of a checkpoint.
-pub(super) struct PartitionSnapshot {
-    partition: i32,
-    /// Keys and values (none: a tombstone).
-    records: Vec<(String, Option<Vec<u8>>)>,
-    marker: Vec<u8>,
-    /// The workspaces written, marked changed again if the write fails.
-    workspaces: Vec<String>,
-}
-
 /// The partitions whose checkpoint failed, to be written again next time.
 pub(super) type Unwritten = Vec<(i32, Vec<String>)>;
 
@@ -133,7 +120,7 @@ impl Aggregator {
     fn mark_unwritten(&mut self, unwritten: Unwritten) {
         for (p, names) in unwritten {
             if self.owned.contains(&p) {
-                self.dirty.entry(p).or_default().extend(names);
+                self.ledger.dirty.entry(p).or_default().extend(names);
             }
         }
     }
@@ -168,84 +155,18 @@ impl Aggregator {
 
     /// The changed workspaces of every caught-up partition, with a marker each, as of the events read so
     /// far (a partition still replaying is left for a later checkpoint).
-    fn snapshot(&mut self) -> Vec<PartitionSnapshot> {
-        let (now, span) = (now_ms(), self.span_ms());
-        let span_minutes = (span / super::window::MINUTE_MS).max(1);
-        let ready: Vec<i32> = self
+    fn snapshot(&mut self) -> Vec<PartitionRecords> {
+        let now = now_ms();
+        let ready: Vec<(i32, i64)> = self
             .owned
             .iter()
-            .copied()
             .filter(|p| !self.replay_until.contains_key(p) && !self.skips.contains_key(p))
+            .filter_map(|p| self.position.get(p).map(|o| (*p, *o)))
             .collect();
-        let mut out = Vec::new();
-        for p in ready {
-            let Some(&offset) = self.position.get(&p) else {
-                continue;
-            };
-            let names: Vec<String> = self
-                .dirty
-                .remove(&p)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            let records = names
-                .iter()
-                .map(|ws| (workspace_key(p, ws), self.saved(ws, p, offset, now, span)))
-                .collect();
-            let marker = Marker {
-                offset,
-                written_at_ms: now,
-                span_minutes,
-            };
-            out.push(PartitionSnapshot {
-                partition: p,
-                records,
-                marker: encode(&marker),
-                workspaces: names,
-            });
-        }
-        out
-    }
-
-    /// A workspace's share of partition `p` as a record, or `None` (a tombstone) when it has none left.
-    fn saved(&mut self, ws: &str, p: i32, offset: i64, now: i64, span: i64) -> Option<Vec<u8>> {
-        let buckets = self.windows.buckets(ws, p);
-        if buckets.is_empty() {
-            return None;
-        }
-        let (name, rows) = match self.workspaces.get_mut(ws) {
-            Some(w) => {
-                w.breakdown.expire(now, span);
-                let rows = w
-                    .breakdown
-                    .saved()
-                    .map(|(k, name, last, slots)| saved_row(k, name, last, &slots));
-                (for_display(&w.name), rows.collect())
-            }
-            None => (String::new(), Vec::new()),
-        };
-        Some(encode(&WorkspaceRecord {
-            offset,
-            name,
-            buckets: Deltas::encode(&buckets),
-            rows,
-        }))
-    }
-}
-
-fn saved_row(k: &Key, name: &str, last_seen_ms: i64, slots: &[(i64, u32)]) -> SavedRow {
-    SavedRow {
-        kind: match k.message_kind {
-            "campaign" => 1,
-            "canvas" => 2,
-            _ => 0,
-        },
-        message_id: for_display(&k.message_id),
-        endpoint_url: for_display(&k.endpoint_url),
-        code: k.code,
-        message_name: for_display(name),
-        last_seen_ms,
-        slots: Deltas::encode(slots),
+        ready
+            .into_iter()
+            .map(|(p, offset)| self.ledger.checkpoint(p, offset, now))
+            .collect()
     }
 }
 
@@ -255,7 +176,7 @@ async fn write(
     producer: FutureProducer,
     topic: String,
     state_partitions: i32,
-    snapshot: Vec<PartitionSnapshot>,
+    snapshot: Vec<PartitionRecords>,
     gate: Arc<Gate>,
     metrics: AggregateMetrics,
 ) -> Unwritten {
@@ -293,8 +214,8 @@ async fn write(
                 producer,
                 topic,
                 s.partition % n,
-                &marker_key(s.partition),
-                Some(&s.marker),
+                &s.marker.0,
+                Some(&s.marker.1),
             )
             .await;
         written += usize::from(ok);

@@ -28,10 +28,10 @@ impl Aggregator {
                 .set(started.elapsed().as_secs_f64());
             tracing::info!(
                 seconds = started.elapsed().as_secs_f64(),
-                workspaces = self.workspaces.len(),
+                workspaces = self.ledger.workspaces(),
                 "rebuild done"
             );
-            let all: Vec<String> = self.workspaces.keys().cloned().collect();
+            let all: Vec<String> = self.ledger.workspaces.keys().cloned().collect();
             self.decide_many(all).await;
         }
     }
@@ -50,29 +50,20 @@ impl Aggregator {
     }
 
     fn evict_idle(&mut self) {
-        let (now, span) = (now_ms(), self.span_ms());
-        self.windows.evict_empty(now);
-        let (windows, senders, dirty) = (&self.windows, &self.senders, &mut self.dirty);
-        self.workspaces.retain(|ws, w| {
-            w.breakdown.expire(now, span);
-            let keep = windows.contains(ws) || senders.is_sending(ws);
-            if !keep {
-                // Its checkpoint record becomes a tombstone at the next checkpoint.
-                dirty.entry(w.partition).or_default().insert(ws.clone());
-            }
-            keep
-        });
-        self.metrics.workspaces.set(self.workspaces.len() as i64);
+        let now = now_ms();
+        let senders = &self.senders;
+        self.ledger.evict_idle(now, |ws| senders.is_sending(ws));
+        self.metrics.workspaces.set(self.ledger.workspaces() as i64);
     }
 
     /// Decides for one workspace.
     pub(super) async fn decide(&mut self, workspace: &str) {
         self.apply_revocations();
-        if !self.workspaces.contains_key(workspace) {
+        if !self.ledger.workspaces.contains_key(workspace) {
             return; // not ours (any more)
         }
         let now = now_ms();
-        let count = self.windows.count(workspace, now);
+        let count = self.ledger.windows.count(workspace, now);
         let action = self.log().action(
             workspace,
             count,
@@ -94,11 +85,11 @@ impl Aggregator {
         let now = now_ms();
         let mut new = Vec::new();
         for ws in workspaces {
-            if !self.workspaces.contains_key(&ws) {
+            if !self.ledger.workspaces.contains_key(&ws) {
                 continue; // not ours (any more)
             }
             let threshold = self.config.aggregate.threshold_for(&ws);
-            let count = self.windows.count(&ws, now);
+            let count = self.ledger.windows.count(&ws, now);
             let action = self
                 .log()
                 .action(&ws, count, threshold, now, self.span_ms());
@@ -160,7 +151,7 @@ impl Aggregator {
         }
         let (now, span) = (now_ms(), self.span_ms());
         // Only for a workspace this instance owns: its sender must stop with the partition.
-        let Some(ws) = self.workspaces.get_mut(&record.workspace_id) else {
+        let Some(ws) = self.ledger.workspaces.get_mut(&record.workspace_id) else {
             return;
         };
         let partition = ws.partition;

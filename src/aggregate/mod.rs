@@ -6,6 +6,7 @@ mod checkpointing;
 pub mod config;
 mod decisions;
 pub(crate) mod email;
+pub mod ledger;
 pub(crate) mod mailer;
 mod replay;
 mod restore;

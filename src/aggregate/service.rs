@@ -19,15 +19,14 @@ use rdkafka::producer::FutureProducer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::breakdown::{Breakdown, Key};
 use super::checkpoint::Skips;
 use super::checkpointing::{Gate, Unwritten};
+use super::ledger::Ledger;
 use super::mailer::Mailer;
 use super::replay::behind;
 use super::restore::{Assignment, Restorer};
 use super::sender::Senders;
 use super::state::{AlertLog, AlertRecord};
-use super::window::{counted_at, Windows};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::events::failure_view::{FailureView, ViewDecoder};
@@ -36,19 +35,9 @@ use crate::kafka::feed::{Changes, Feed, Feeder, Fetched, Hooks, OnRevoke};
 use crate::kafka::reader::{assign_all, lookup_client, watermarks};
 use crate::telemetry::{AggregateMetrics, Health};
 
-/// Per-workspace state for the email.
-#[derive(Default)]
-pub(super) struct Workspace {
-    pub(super) name: String,
-    /// The partition its events arrive on (the last seen): its alert sender stops with it.
-    pub(super) partition: i32,
-    pub(super) breakdown: Breakdown,
-}
-
 pub(super) struct Aggregator {
     pub(super) config: Config,
-    pub(super) windows: Windows,
-    pub(super) workspaces: HashMap<String, Workspace>,
+    pub(super) ledger: Ledger,
     /// Shared with the senders, which read it before every attempt.
     pub(super) log: Arc<Mutex<AlertLog>>,
     /// Partitions of the failure topic this instance owns.
@@ -59,8 +48,6 @@ pub(super) struct Aggregator {
     pub(super) position: HashMap<i32, i64>,
     /// Per partition restored from a checkpoint cut short, the events its workspaces already hold.
     pub(super) skips: HashMap<i32, Skips>,
-    /// Workspaces changed since the last checkpoint, per partition.
-    pub(super) dirty: HashMap<i32, HashSet<String>>,
     pub(super) checkpoint: Option<JoinHandle<Unwritten>>,
     pub(super) last_checkpoint: Instant,
     pub(super) gate: Arc<Gate>,
@@ -185,11 +172,12 @@ impl Aggregator {
             config.topics.aggregate_state
         );
         Ok(Aggregator {
-            windows: Windows::new(
+            ledger: Ledger::new(
                 i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
+                config.aggregate.breakdown_size,
+                &config.aggregate.codes,
             ),
             config: config.clone(),
-            workspaces: HashMap::new(),
             log: Arc::new(Mutex::new(AlertLog::default())),
             alerts_until,
             alerts_read: HashMap::new(),
@@ -197,7 +185,6 @@ impl Aggregator {
             replay_until: HashMap::new(),
             position: HashMap::new(),
             skips: HashMap::new(),
-            dirty: HashMap::new(),
             checkpoint: None,
             last_checkpoint: Instant::now(),
             gate: Arc::new(Gate::default()),
@@ -254,7 +241,6 @@ impl Aggregator {
     fn install(&mut self, a: Assignment) {
         self.apply_revocations();
         let now = now_ms();
-        let (span, size) = (self.span_ms(), self.config.aggregate.breakdown_size);
         self.gate.assigned(a.partitions.iter().map(|s| s.partition));
         let mut restored = 0;
         for s in a.partitions {
@@ -272,47 +258,11 @@ impl Aggregator {
                 tracing::info!(partition = p, reason = s.how, "replaying the whole window");
             }
             restored += s.restored.len();
-            for (ws, rec) in s.restored {
-                let before = self.windows.count(&ws, now);
-                self.windows.restore(&ws, p, &rec.buckets.decode(), now);
-                let after = self.windows.count(&ws, now);
-                self.metrics
-                    .events_restored
-                    .inc_by(after.saturating_sub(before));
-                if after == 0 {
-                    continue; // all of it expired
-                }
-                let w = self.workspaces.entry(ws).or_default();
-                w.partition = p;
-                if !rec.name.is_empty() {
-                    w.name = rec.name;
-                }
-                for row in rec.rows {
-                    let key = Key {
-                        message_kind: match row.kind {
-                            1 => "campaign",
-                            2 => "canvas",
-                            _ => "",
-                        },
-                        message_id: row.message_id,
-                        endpoint_url: row.endpoint_url,
-                        code: row.code,
-                    };
-                    let slots = row.slots.decode();
-                    w.breakdown.restore(
-                        key,
-                        &row.message_name,
-                        row.last_seen_ms,
-                        &slots,
-                        now,
-                        span,
-                        size,
-                    );
-                }
-            }
+            let events = self.ledger.restore(p, s.restored, now);
+            self.metrics.events_restored.inc_by(events);
         }
         self.metrics.restored_workspaces.inc_by(restored as u64);
-        self.metrics.workspaces.set(self.workspaces.len() as i64);
+        self.metrics.workspaces.set(self.ledger.workspaces() as i64);
         self.replay_started.get_or_insert_with(Instant::now);
         tracing::info!(
             restored_workspaces = restored,
@@ -366,47 +316,14 @@ impl Aggregator {
         i64::try_from(self.config.aggregate.window.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Counts an event toward its workspace's window (see [`counted_at`] for events dated in the future).
+    /// Counts an event toward its workspace's window.
     fn count(&mut self, v: &FailureView<'_>, partition: i32) {
-        let now = now_ms();
-        let at = counted_at(v.time_ms, now);
-        if !v
-            .code
-            .is_some_and(|c| self.config.aggregate.codes.contains(&c))
-            || !self.windows.add(v.workspace, partition, at, now)
-        {
+        if self.ledger.count(v, partition, now_ms()) {
+            self.metrics.events_counted.inc();
+            self.metrics.workspaces.set(self.ledger.workspaces() as i64);
+        } else {
             self.metrics.events_ignored.inc();
-            return;
         }
-        self.metrics.events_counted.inc();
-        let dirty = self.dirty.entry(partition).or_default();
-        if !dirty.contains(v.workspace) {
-            dirty.insert(v.workspace.to_string());
-        }
-        let (span, size) = (self.span_ms(), self.config.aggregate.breakdown_size);
-        let ws = match self.workspaces.get_mut(v.workspace) {
-            Some(ws) => ws,
-            None => self.workspaces.entry(v.workspace.to_string()).or_default(),
-        };
-        ws.partition = partition;
-        if let Some(name) = v.workspace_name {
-            if ws.name != name {
-                ws.name = name.to_string();
-            }
-        }
-        let (kind, id, name) = match (v.campaign_id, v.canvas_id) {
-            (Some(c), _) => ("campaign", c, v.campaign_name.unwrap_or(c)),
-            (None, Some(c)) => ("canvas", c, v.canvas_name.unwrap_or(c)),
-            (None, None) => ("", "", ""),
-        };
-        let key = Key {
-            message_kind: kind,
-            message_id: id.to_string(),
-            endpoint_url: v.endpoint_url.unwrap_or_default().to_string(),
-            code: v.code.unwrap_or_default(),
-        };
-        ws.breakdown.add(key, name, at, now, span, size);
-        self.metrics.workspaces.set(self.workspaces.len() as i64);
     }
 
     fn replayed(&mut self, partition: i32, offset: i64) {
@@ -440,23 +357,11 @@ impl Aggregator {
             self.owned.remove(p);
             self.position.remove(p);
             self.skips.remove(p);
-            self.dirty.remove(p);
         }
-        self.windows.drop_partitions(&gone);
-        let windows = &self.windows;
-        self.workspaces.retain(|ws, w| {
-            let left = windows.partitions_of(ws);
-            if gone.contains(&w.partition) {
-                match left.first() {
-                    Some(p) => w.partition = *p,
-                    None => return false,
-                }
-            }
-            true
-        });
-        let keep = &self.workspaces;
+        self.ledger.drop_partitions(&gone);
+        let keep = &self.ledger.workspaces;
         self.undecided.retain(|ws| keep.contains_key(ws));
-        self.metrics.workspaces.set(self.workspaces.len() as i64);
+        self.metrics.workspaces.set(self.ledger.workspaces() as i64);
     }
 
     /// Decisions wait until owned partitions are replayed and every decision recorded so far is known.
