@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hookrelay::aggregate::ledger::Ledger;
 use hookrelay::aggregate::window::Windows;
 use hookrelay::config::EventEncoding;
 use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
@@ -136,15 +137,18 @@ fn aggregate_ingest(c: &mut Criterion) {
         })
         .collect();
     let decoder = ViewDecoder::new();
+    // What the aggregator does per event: decode, count in the window, the email's breakdown, and note the
+    // workspace as changed for the next checkpoint.
+    let codes = hookrelay::config::Config::default().aggregate.codes;
     g.bench_function("decode_view_and_count_10k", |b| {
         b.iter_batched(
-            || Windows::new(86_400_000),
-            |mut windows| {
+            || Ledger::new(86_400_000, 20, &codes),
+            |mut ledger| {
                 for bytes in &events {
                     let v = decoder.decode(bytes).unwrap();
-                    windows.add(v.workspace, 0, v.time_ms, now);
+                    ledger.count(&v, 0, now);
                 }
-                windows
+                ledger
             },
             BatchSize::SmallInput,
         )

@@ -300,9 +300,12 @@ mod tests {
         for i in 0..7 {
             let ws = format!("ws{i}");
             assert_eq!(restored.windows.count(&ws, T0), live.windows.count(&ws, T0));
-            let (a, b) = (&mut restored.workspaces.get_mut(&ws).unwrap().breakdown, ());
-            let _ = b;
-            let top = a.top(T0, DAY);
+            let top = restored
+                .workspaces
+                .get_mut(&ws)
+                .unwrap()
+                .breakdown
+                .top(T0, DAY);
             assert_eq!(
                 top,
                 live.workspaces.get_mut(&ws).unwrap().breakdown.top(T0, DAY)

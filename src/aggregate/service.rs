@@ -263,7 +263,12 @@ impl Aggregator {
         }
         self.metrics.restored_workspaces.inc_by(restored as u64);
         self.metrics.workspaces.set(self.ledger.workspaces() as i64);
-        self.replay_started.get_or_insert_with(Instant::now);
+        // The rebuild counts from the start of the restore.
+        self.replay_started.get_or_insert_with(|| {
+            Instant::now()
+                .checked_sub(a.restore_took)
+                .unwrap_or_else(Instant::now)
+        });
         tracing::info!(
             restored_workspaces = restored,
             restore_seconds = a.restore_took.as_secs_f64(),

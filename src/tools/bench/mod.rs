@@ -11,6 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+
+mod aggregator;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -47,18 +49,33 @@ pub struct BenchArgs {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub deadline: Duration,
     /// Instead of the dispatcher: write this many failure events spread over the last 24 hours and time
-    /// how long a starting aggregator takes to rebuild its counts from Kafka.
+    /// how long a starting aggregator takes to rebuild its counts from Kafka (no checkpoint: a full replay).
     #[arg(long)]
     pub aggregate_rebuild: Option<u32>,
+    /// Instead of the dispatcher: simulate a day of this many failure events (too many for the embedded
+    /// broker to hold), write the checkpoints an aggregator would have written, add `--tail` events after
+    /// them, and time a `hookrelay aggregate` process from start to ready; reports its resident memory.
+    #[arg(long)]
+    pub aggregate_restore: Option<u64>,
+    /// Workspaces of the simulated day (`--aggregate-restore`).
+    #[arg(long, default_value_t = 100_000)]
+    pub workspaces: u32,
+    /// Failure events after the checkpoints, replayed by the restoring aggregator (`--aggregate-restore`).
+    #[arg(long, default_value_t = 20_000)]
+    pub tail: u32,
 }
 
 pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_in_flight {
         config.dispatch.max_in_flight = n;
     }
-    let report = match args.aggregate_rebuild {
-        Some(n) => with_embedded_broker(config, args.partitions, |config| rebuild(config, n))?,
-        None => with_embedded_broker(config, args.partitions, |config| bench(config, args))?,
+    let p = args.partitions;
+    let report = match (args.aggregate_rebuild, args.aggregate_restore) {
+        (Some(n), _) => with_embedded_broker(config, p, |config| aggregator::rebuild(config, n))?,
+        (None, Some(n)) => with_embedded_broker(config, p, |config| {
+            aggregator::restore(config, n, args.workspaces, args.tail)
+        })?,
+        (None, None) => with_embedded_broker(config, p, |config| bench(config, args))?,
     };
     println!("{report}");
     Ok(())
@@ -190,71 +207,4 @@ fn wrk_ceiling(addr: SocketAddr, connections: u32, duration: &str) -> Option<f64
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Time for a starting aggregator to replay a day of failure events.
-async fn rebuild(config: Config, events: u32) -> anyhow::Result<String> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = crate::kafka::client::producer_config(&config.kafka).create()?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let started = Instant::now();
-    futures::stream::iter(0..events)
-        .map(|i| {
-            let producer = producer.clone();
-            let topic = config.topics.failures.clone();
-            async move {
-                let at = now - i64::from(i) * 86_400_000 / i64::from(events.max(1));
-                let event = crate::events::FailureEvent {
-                    http_status_code: Some(503),
-                    endpoint_url: Some(format!("https://hooks.example/{}", i % 50)),
-                    app_group_id: Some(format!("ws_{}", i % 1000)),
-                    campaign_id: Some("cmp".into()),
-                    id: format!("e{i}"),
-                    time: (at / 1000) as i32,
-                    time_ms: Some(at),
-                    user_id: "u".into(),
-                    ..Default::default()
-                };
-                let key = event.app_group_id.clone().unwrap_or_default();
-                let payload = event.encode(crate::config::EventEncoding::SingleObject, None);
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| anyhow::anyhow!("{e}"))
-            }
-        })
-        .buffer_unordered(2048)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let produced = started.elapsed();
-    let mut cfg = config.clone();
-    cfg.aggregate.threshold = u64::MAX;
-    let started = Instant::now();
-    let agg = crate::tools::harness::LocalAggregator::spawn(&cfg);
-    let seen =
-        |m: &crate::telemetry::AggregateMetrics| m.events_counted.get() + m.events_ignored.get();
-    while !(agg.health.is_ready() && seen(&agg.metrics) >= u64::from(events)) {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "rebuild did not finish in 5 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let took = started.elapsed();
-    let counted = seen(&agg.metrics);
-    let rebuild_secs = agg.metrics.rebuild_seconds.get();
-    agg.stop().await?;
-    Ok(format!(
-        "aggregator rebuild: {counted} failure events over 24 h (1,000 workspaces)\n\
-         start to caught up: {:.2} s (group join included); replay after assignment: {rebuild_secs:.2} s \
-         ({:.0} events/s)\nproducing them took {:.2} s",
-        took.as_secs_f64(),
-        counted as f64 / rebuild_secs.max(1e-3),
-        produced.as_secs_f64()
-    ))
 }
