@@ -14,12 +14,15 @@
 //!   (what happens after an attempt) — *pure*; delivery (gate, slots, HTTP) and the pipeline (decode → gate
 //!   → deliver → plan → apply), which the consumer thread hands records to. Imports `events`, `kafka`,
 //!   `security`, `telemetry`.
-//! - [`aggregate`]: `hookrelay aggregate`. Windows, breakdown, alert log, email rendering — *pure*; the
-//!   mailer, alert senders, decisions and the service loop. Imports `events`, `kafka`, `telemetry`.
+//! - [`aggregate`]: `hookrelay aggregate`. Windows, breakdown, the ledger (counting, checkpoint records,
+//!   restore), the checkpoint format and its fold, alert log, email rendering — *pure*; the mailer, alert
+//!   senders, decisions, checkpoint writing and restoring, and the service loop. Imports `events`, `kafka`,
+//!   `telemetry`.
 //! - [`kafka`]: everything that talks to librdkafka, behind a small surface: client settings, the start-up
 //!   topic check, the probe, records (headers read safely), the dispatcher's consumer thread (offset
-//!   tracking, backpressure, parked retries; it hands records to a `consumer::Handler`), a rebalance
-//!   callback for async loops, the publisher of outcomes, readers, the embedded broker. Imports `events`,
+//!   tracking, backpressure, parked retries; it hands records to a `consumer::Handler`), the feeder (a group
+//!   consumer on its own thread handing batches, and assignments in order, to an async loop), the publisher
+//!   of outcomes, readers, the embedded broker. Imports `events`,
 //!   `telemetry` — never `dispatch` or `aggregate`.
 //! - [`security`]: the SSRF guard (with its resolver), webhook signatures, request-header rules.
 //! - [`telemetry`]: typed metrics, `/metrics` `/healthz` `/readyz`, logging. Imports plain data types only

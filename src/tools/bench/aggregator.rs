@@ -255,7 +255,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Time for a starting aggregator to replay a day of failure events.
-pub(super) async fn rebuild(config: Config, events: u32) -> anyhow::Result<String> {
+pub(super) async fn rebuild(
+    config: Config,
+    events: u32,
+    alert_all: bool,
+) -> anyhow::Result<String> {
     let producer: FutureProducer = crate::kafka::client::producer_config(&config.kafka).create()?;
     let now = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
@@ -294,7 +298,10 @@ pub(super) async fn rebuild(config: Config, events: u32) -> anyhow::Result<Strin
         .collect::<anyhow::Result<Vec<_>>>()?;
     let produced = started.elapsed();
     let mut cfg = config.clone();
-    cfg.aggregate.threshold = u64::MAX;
+    cfg.aggregate.threshold = if alert_all { 1 } else { u64::MAX };
+    let mail = std::env::temp_dir().join(format!("hookrelay-bench-mail-{}", std::process::id()));
+    cfg.aggregate.eml_dir = mail.clone();
+    cfg.aggregate.smtp.host = String::new();
     let started = Instant::now();
     let agg = crate::tools::harness::LocalAggregator::spawn(&cfg);
     let seen =
@@ -309,7 +316,23 @@ pub(super) async fn rebuild(config: Config, events: u32) -> anyhow::Result<Strin
     let took = started.elapsed();
     let counted = seen(&agg.metrics);
     let rebuild_secs = agg.metrics.rebuild_seconds.get();
+    let mut alerts = String::new();
+    if alert_all {
+        while agg.metrics.alerts_sent.get() < 1_000 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "alerts not sent in 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        alerts = format!(
+            "\nall 1,000 workspaces over the threshold: decisions recorded (pending), emails written (.eml) and \
+             recorded (sent) {:.2} s after ready",
+            (started.elapsed() - took).as_secs_f64()
+        );
+    }
     agg.stop().await?;
+    let _ = std::fs::remove_dir_all(&mail);
     Ok(format!(
         "aggregator rebuild: {counted} failure events over 24 h (1,000 workspaces)\n\
          start to caught up: {:.2} s (group join included); replay after assignment: {rebuild_secs:.2} s \
@@ -317,5 +340,5 @@ pub(super) async fn rebuild(config: Config, events: u32) -> anyhow::Result<Strin
         took.as_secs_f64(),
         counted as f64 / rebuild_secs.max(1e-3),
         produced.as_secs_f64()
-    ))
+    ) + &alerts)
 }

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// how long a starting aggregator takes to rebuild its counts from Kafka (no checkpoint: a full replay).
     #[arg(long)]
     pub aggregate_rebuild: Option<u32>,
+    /// With `--aggregate-rebuild`: alert every workspace (threshold 1, emails as `.eml` files in a temporary
+    /// directory) and time the decisions made once the rebuild is done.
+    #[arg(long)]
+    pub alert_all: bool,
     /// Instead of the dispatcher: simulate a day of this many failure events (too many for the embedded
     /// broker to hold), write the checkpoints an aggregator would have written, add `--tail` events after
     /// them, and time a `hookrelay aggregate` process from start to ready; reports its resident memory.
@@ -71,7 +75,9 @@ pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     }
     let p = args.partitions;
     let report = match (args.aggregate_rebuild, args.aggregate_restore) {
-        (Some(n), _) => with_embedded_broker(config, p, |config| aggregator::rebuild(config, n))?,
+        (Some(n), _) => with_embedded_broker(config, p, |config| {
+            aggregator::rebuild(config, n, args.alert_all)
+        })?,
         (None, Some(n)) => with_embedded_broker(config, p, |config| {
             aggregator::restore(config, n, args.workspaces, args.tail)
         })?,
