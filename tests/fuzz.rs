@@ -405,3 +405,46 @@ fn alert_records_read_back_by_the_aggregator() {
         let _ = serde_json::from_slice::<hookrelay::aggregate::state::AlertRecord>(b);
     });
 }
+
+#[test]
+fn checkpoint_records_restored_by_the_aggregator() {
+    use hookrelay::aggregate::checkpoint::{
+        choose_start, encode, Deltas, Folder, Marker, SavedRow, WorkspaceRecord,
+    };
+    use hookrelay::aggregate::ledger::Ledger;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let minute = now / 60_000;
+    let record = WorkspaceRecord {
+        offset: 3,
+        name: "Acme".into(),
+        buckets: Deltas::encode(&[(minute - 5, 2), (minute, 1)]),
+        rows: vec![SavedRow {
+            kind: 1,
+            message_id: "cmp".into(),
+            endpoint_url: "https://hooks.example/a".into(),
+            code: 503,
+            message_name: "Spring".into(),
+            last_seen_ms: now,
+            slots: Deltas::encode(&[(now / 900_000, 3)]),
+        }],
+    };
+    let marker = Marker {
+        offset: 3,
+        written_at_ms: now,
+        span_minutes: 1440,
+    };
+    let seeds = vec![encode(&record), encode(&marker)];
+    fuzz("checkpoint record", 9, &seeds, |b| {
+        let mut folder = Folder::new([0]);
+        folder.apply(b"w/0/ws", Some(b));
+        folder.apply(b"c/0", Some(b));
+        folder.apply(b, Some(b));
+        let found = folder.finish().remove(&0).unwrap_or_default();
+        let _ = choose_start(&found, 0, 10, now, 1440);
+        let mut ledger = Ledger::new(86_400_000, 20, &[503]);
+        ledger.restore(0, found.workspaces, now);
+    });
+}

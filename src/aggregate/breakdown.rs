@@ -137,7 +137,18 @@ impl Breakdown {
             total: 0,
             last_seen_ms,
         });
-        for &(slot, n) in slots {
+        // Sorted, and only slots of the window, so a hostile record cannot make this quadratic.
+        let (first, last) = (
+            now_ms.saturating_sub(span_ms).div_euclid(SLOT_MS),
+            now_ms.div_euclid(SLOT_MS),
+        );
+        let mut slots: Vec<(i64, u32)> = slots
+            .iter()
+            .copied()
+            .filter(|(s, _)| (first..=last).contains(s))
+            .collect();
+        slots.sort_unstable_by_key(|(s, _)| *s);
+        for (slot, n) in slots {
             match row.slots.binary_search_by_key(&slot, |(s, _)| *s) {
                 Ok(i) if row.slots[i].1 < n => {
                     row.total += u64::from(n - row.slots[i].1);

@@ -185,11 +185,17 @@ impl Windows {
         now_ms: i64,
     ) {
         let (now_minute, span) = (now_ms.div_euclid(MINUTE_MS), self.span_minutes);
+        // Sorted first, so each bucket appends (a hostile record of a million unsorted buckets must not
+        // cost a million insertions in the middle).
+        let mut inside: Vec<(i64, u32)> = buckets
+            .iter()
+            .filter(|(minute, n)| *n > 0 && *minute > now_minute.saturating_sub(span))
+            .map(|&(minute, n)| (minute.min(now_minute), n))
+            .collect();
+        inside.sort_unstable_by_key(|(minute, _)| *minute);
         let mut part = Part::default();
-        for &(minute, n) in buckets {
-            if n > 0 && minute > now_minute.saturating_sub(span) {
-                part.add(minute.min(now_minute), n);
-            }
+        for (minute, n) in inside {
+            part.add(minute, n);
         }
         let w = self.by_workspace.entry(workspace.to_string()).or_default();
         w.parts.retain(|(p, _)| *p != partition);

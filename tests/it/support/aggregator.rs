@@ -111,8 +111,8 @@ pub async fn settled(agg: &LocalAggregator, events: u64) {
     .await;
 }
 
-/// Prints what an aggregator had read when a wait on it fails (the panic unwinds through this).
-struct Report<F: Fn() -> String>(F);
+/// Prints what an aggregator had done when a wait on it fails (the panic unwinds through this).
+pub struct Report<F: Fn() -> String>(pub F);
 
 impl<F: Fn() -> String> Drop for Report<F> {
     fn drop(&mut self) {
