@@ -136,7 +136,9 @@ pub struct DispatchConfig {
     pub max_in_flight: usize,
     /// Webhook requests in flight at once to one host, so a slow host cannot take every slot.
     pub max_in_flight_per_host: usize,
-    /// Unfinished records one partition may hold before it is paused (backpressure).
+    /// Unfinished records one partition may hold before it is paused (backpressure). Pausing is not free:
+    /// librdkafka drops what it prefetched and fetches it again on resume, so the bound is generous; records
+    /// beyond twice `max_in_flight` wait as plain records (about 0.7 KB each plus their body).
     pub max_pending_per_partition: usize,
     /// How often finished offsets are committed.
     #[serde(with = "humantime_serde")]
@@ -165,7 +167,7 @@ impl Default for DispatchConfig {
         Self {
             max_in_flight: 512,
             max_in_flight_per_host: 128,
-            max_pending_per_partition: 2_000,
+            max_pending_per_partition: 10_000,
             commit_interval: Duration::from_secs(1),
             rebalance_grace: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),

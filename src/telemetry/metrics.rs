@@ -16,6 +16,9 @@ pub struct DispatchMetrics {
     pub failure_events: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub request_duration: Histogram,
+    /// From a send request's Kafka timestamp to its outcome being durable (delivered, or its failure event
+    /// and retry written): what a producer waits, queueing included.
+    pub send_latency: Histogram,
     pub in_flight: IntGauge,
     pub pending_records: IntGauge,
     pub paused_partitions: IntGauge,
@@ -114,6 +117,19 @@ impl DispatchMetrics {
         )
         .expect("valid metric");
         r.register(Box::new(request_duration.clone()))
+            .expect("metric registered once");
+        let send_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "send_latency_seconds",
+                "From a send request's Kafka timestamp to its outcome being durable",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(send_latency.clone()))
             .expect("metric registered once");
         let produce_errors = counter_vec(
             &r,
@@ -245,6 +261,7 @@ impl DispatchMetrics {
                 ],
             ),
             request_duration,
+            send_latency,
             produce_errors,
             kafka: KafkaGauges::register(&r),
             registry: r,

@@ -48,6 +48,9 @@ pub trait Handler: Send + Sync + 'static {
 
 pub struct LoopSettings {
     pub max_pending_per_partition: usize,
+    /// Records whose handling may be under way at once. The others wait as plain records (a few hundred
+    /// bytes) rather than as the handler's futures (kilobytes each), so pending records stay cheap.
+    pub max_started: usize,
     /// Retry tier topics and their delays: their records wait (parked) until ready.
     pub tier_delays: HashMap<String, Duration>,
     pub commit_interval: Duration,
@@ -70,12 +73,14 @@ pub fn poll_loop(
     shutdown: CancellationToken,
 ) -> Option<Instant> {
     let shared = consumer.context().shared.clone();
+    let admission = Arc::new(tokio::sync::Semaphore::new(settings.max_started.max(1)));
     let run = Loop {
         consumer: &consumer,
         shared: &shared,
         handler: &handler,
         runtime: &runtime,
         settings: &settings,
+        admission: &admission,
     };
     let mut last_commit = Instant::now();
     let mut ticks: u64 = 0;
@@ -121,6 +126,7 @@ struct Loop<'a> {
     handler: &'a Arc<dyn Handler>,
     runtime: &'a tokio::runtime::Handle,
     settings: &'a LoopSettings,
+    admission: &'a Arc<tokio::sync::Semaphore>,
 }
 
 impl Loop<'_> {
@@ -171,7 +177,7 @@ impl Loop<'_> {
         drop(msg);
         let Some(&delay) = self.settings.tier_delays.get(&*record.tp.topic) else {
             return spawn(
-                self.runtime,
+                (self.runtime, self.admission),
                 self.handler,
                 shared,
                 Work::Fresh(record, ticket),
@@ -192,7 +198,7 @@ impl Loop<'_> {
             Some(p) => {
                 drop(state);
                 spawn(
-                    self.runtime,
+                    (self.runtime, self.admission),
                     self.handler,
                     shared,
                     Work::Retry(p.record, p.ticket),
@@ -214,7 +220,7 @@ impl Loop<'_> {
         for p in ready {
             self.shared.metrics.parked_records.dec();
             spawn(
-                self.runtime,
+                (self.runtime, self.admission),
                 self.handler,
                 self.shared,
                 Work::Retry(p.record, p.ticket),
@@ -259,19 +265,29 @@ enum Work {
 }
 
 fn spawn(
-    runtime: &tokio::runtime::Handle,
+    (runtime, admission): (&tokio::runtime::Handle, &Arc<tokio::sync::Semaphore>),
     handler: &Arc<dyn Handler>,
     shared: &Arc<Shared>,
     work: Work,
 ) {
-    let (handler, shared) = (handler.clone(), shared.clone());
+    let (handler, shared, admission) = (handler.clone(), shared.clone(), admission.clone());
     shared.metrics.pending_records.inc();
     runtime.spawn(async move {
-        let (ticket, result) = match work {
-            Work::Fresh(record, ticket) => (ticket, handler.handle(Kind::Fresh, record).await),
-            Work::Retry(record, ticket) => (ticket, handler.handle(Kind::Retry, record).await),
+        // Closed never: the semaphore lives as long as the loop's tasks.
+        let _admitted = admission.acquire_owned().await;
+        let (ticket, result, produced_ms) = match work {
+            Work::Fresh(record, ticket) => {
+                let produced_ms = record.timestamp_ms;
+                let done = handler.handle(Kind::Fresh, record).await;
+                (ticket, done, produced_ms)
+            }
+            Work::Retry(record, ticket) => (ticket, handler.handle(Kind::Retry, record).await, None),
         };
         if result {
+            if let Some(at) = produced_ms {
+                let secs = (now_ms().saturating_sub(at)).max(0) as f64 / 1000.0;
+                shared.metrics.send_latency.observe(secs);
+            }
             shared.finish(&ticket);
         } else {
             shared.abandon(&ticket);

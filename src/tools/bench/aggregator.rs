@@ -229,7 +229,7 @@ fn run_child(config: &Config) -> anyhow::Result<String> {
 }
 
 /// A process's resident memory in kB (`pid` or "self").
-fn resident_kb(pid: &str) -> u64 {
+pub(super) fn resident_kb(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -239,7 +239,7 @@ fn resident_kb(pid: &str) -> u64 {
 }
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(super) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

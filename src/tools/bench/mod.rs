@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 mod aggregator;
+mod separate;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
@@ -48,6 +49,18 @@ pub struct BenchArgs {
     /// Give up after this long.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub deadline: Duration,
+    /// What a user runs: the broker named by [kafka].bootstrap_servers (e.g. a `hookrelay broker` process)
+    /// and the dispatcher as a `hookrelay dispatch` child process; reports its peak resident memory.
+    #[arg(long)]
+    pub separate: bool,
+    /// With `--separate`: the receiver (nginx or any server), instead of the bench's own; repeat for several
+    /// (sends take turns, e.g. nine to a 200 path and one to a 503 path). The ceiling is measured on the first.
+    #[arg(long = "url")]
+    pub urls: Vec<String>,
+    /// With `--separate`: produce at this many sends per second after the dispatcher is ready (latency at a
+    /// steady rate) instead of a backlog produced first (throughput).
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// Instead of the dispatcher: write this many failure events spread over the last 24 hours and time
     /// how long a starting aggregator takes to rebuild its counts from Kafka (no checkpoint: a full replay).
     #[arg(long)]
@@ -74,6 +87,11 @@ pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
         config.dispatch.max_in_flight = n;
     }
     let p = args.partitions;
+    if args.separate {
+        let report = tokio::runtime::Runtime::new()?.block_on(separate::run(config, &args))?;
+        println!("{report}");
+        return Ok(());
+    }
     let report = match (args.aggregate_rebuild, args.aggregate_restore) {
         (Some(n), _) => with_embedded_broker(config, p, |config| {
             aggregator::rebuild(config, n, args.alert_all)
@@ -189,7 +207,7 @@ fn received_ids(r: &Receiver) -> usize {
     r.stats().with_webhook_id as usize
 }
 
-fn bench_send(i: u32, url: &str, body: &str) -> SendRequest {
+pub(super) fn bench_send(i: u32, url: &str, body: &str) -> SendRequest {
     ExampleSend::new(format!("bench-{i}"), format!("ws_{}", i % 16), url)
         .user(format!("u{i}"))
         .campaign("cmp_bench", "Bench")
@@ -200,12 +218,17 @@ fn bench_send(i: u32, url: &str, body: &str) -> SendRequest {
 
 /// Requests per second `wrk` gets from the receiver on its own; `None` when wrk is not installed.
 fn wrk_ceiling(addr: SocketAddr, connections: u32, duration: &str) -> Option<f64> {
+    wrk_ceiling_url(&format!("http://{addr}/ceiling"), connections, duration)
+}
+
+/// Requests per second `wrk -t1` reaches against `url`, if wrk is installed.
+fn wrk_ceiling_url(url: &str, connections: u32, duration: &str) -> Option<f64> {
     let out = Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{duration}"),
-            &format!("http://{addr}/ceiling"),
+            url,
         ])
         .output()
         .ok()?;

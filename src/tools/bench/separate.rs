@@ -1,0 +1,227 @@
+//! `hookrelay bench --separate`: the dispatcher as a user runs it. The broker is whatever
+//! `[kafka].bootstrap_servers` names (a `hookrelay broker` process, or a real cluster), the dispatcher is a
+//! `hookrelay dispatch` child process with its own consumer group, and the receiver is `--url` (nginx or any
+//! server) or the bench's own. Throughput counts outcomes on the dispatcher's `/metrics`, latency comes from
+//! its `hookrelay_send_latency_seconds` histogram, memory from `/proc`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::{bench_send, wrk_ceiling_url, BenchArgs};
+use crate::config::Config;
+use crate::tools::harness::SendProducer;
+use crate::tools::receiver::{Receiver, Script};
+
+pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<String> {
+    let own = if args.urls.is_empty() {
+        Some(Receiver::start("127.0.0.1:0".parse()?, Script::default()).await?)
+    } else {
+        None
+    };
+    let urls: Vec<String> = match &own {
+        Some(r) => vec![r.url("/bench")],
+        None => args.urls.clone(),
+    };
+    let ceiling = if args.no_wrk {
+        None
+    } else {
+        let (url, conns, dur) = (urls[0].clone(), args.wrk_connections, args.wrk_duration.clone());
+        tokio::task::spawn_blocking(move || wrk_ceiling_url(&url, conns, &dur)).await?
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    config.kafka.dispatch_group_id = format!("hookrelay-bench-{}-{}", std::process::id(), port);
+    config.telemetry.listen = format!("127.0.0.1:{port}");
+    config.security.allow_cidrs = vec!["127.0.0.0/8".parse()?, "::1/128".parse()?];
+    config.security.any_port = true;
+    let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
+    let body = "x".repeat(args.body_bytes);
+    let produce = |i: u32| {
+        let (producer, send) = (producer.clone(), bench_send(i, &urls[i as usize % urls.len()], &body));
+        async move { producer.json(&send).await }
+    };
+    let n = args.sends;
+    if args.rate.is_none() {
+        let results: Vec<anyhow::Result<()>> =
+            futures::stream::iter(0..n).map(produce).buffer_unordered(1024).collect().await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    }
+    let mut child = Dispatcher::start(&config)?;
+    child.wait_ready(args.deadline).await?;
+    if let Some(rate) = args.rate {
+        paced(n, rate, &produce).await?;
+    }
+    let (first, done, peak) = child.wait_outcomes(u64::from(n), args.deadline).await?;
+    let metrics = child.metrics().await.unwrap_or_default();
+    child.stop();
+    let secs = done.saturating_duration_since(first.0).as_secs_f64().max(1e-3);
+    let rate = (f64::from(n) - first.1 as f64) / secs;
+    let q = |p: f64| quantile_ms(&metrics, p).map_or("?".into(), |v| format!("≤ {v}"));
+    let mut out = format!(
+        "hookrelay bench --separate: {n} sends to {} ({}), {}-byte bodies, a `hookrelay dispatch` process\n\
+         end to end: {rate:.0} sends/s from its first outcome to its last ({secs:.2} s)\n\
+         latency produced → outcome durable (ms, histogram bucket): p50 {} · p90 {} · p99 {}\n\
+         dispatcher peak resident memory: {:.0} MB\n",
+        urls.join(", "),
+        args.rate.map_or("backlog produced first".into(), |r| format!("{r} sends/s")),
+        args.body_bytes,
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        peak as f64 / 1024.0,
+    );
+    if let Some(c) = ceiling {
+        out += &format!(
+            "receiver ceiling (wrk -t1 -c{} -d{} {}): {c:.0} req/s\nratio end-to-end / ceiling: {:.3}\n",
+            args.wrk_connections,
+            args.wrk_duration,
+            urls[0],
+            rate / c
+        );
+    }
+    Ok(out)
+}
+
+/// Produces `n` sends at `rate` per second, in 10 ms steps.
+async fn paced<F, Fut>(n: u32, rate: u32, produce: &F) -> anyhow::Result<()>
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (rate / 100).max(1);
+    let mut next = 0;
+    while next < n {
+        tick.tick().await;
+        let end = (next + per_tick).min(n);
+        let sent: Vec<anyhow::Result<()>> = futures::stream::iter(next..end)
+            .map(produce)
+            .buffer_unordered(1024)
+            .collect()
+            .await;
+        sent.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        next = end;
+    }
+    Ok(())
+}
+
+/// The upper bound (ms) of the histogram bucket holding quantile `p` of `hookrelay_send_latency_seconds`.
+fn quantile_ms(metrics: &str, p: f64) -> Option<u64> {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("hookrelay_send_latency_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            Some((le.parse().ok()?, rest.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    let (le, _) = buckets.iter().find(|(_, c)| *c >= p * total)?;
+    le.is_finite().then(|| (le * 1000.0).round() as u64)
+}
+
+struct Dispatcher {
+    child: Child,
+    port: u16,
+    file: std::path::PathBuf,
+}
+
+impl Dispatcher {
+    fn start(config: &Config) -> anyhow::Result<Self> {
+        let port = config
+            .telemetry
+            .listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let file = std::env::temp_dir().join(format!("hookrelay-bench-{port}.toml"));
+        std::fs::write(&file, toml::to_string(config)?)?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("dispatch")
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self { child, port, file })
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let port = self.port;
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || super::aggregator::http_get(port, &path))
+            .await
+            .ok()?
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        self.get("/metrics").await.map(|(_, body)| body)
+    }
+
+    async fn wait_ready(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while !matches!(self.get("/readyz").await, Some((200, _))) {
+            anyhow::ensure!(self.child.try_wait()?.is_none(), "the dispatcher exited");
+            anyhow::ensure!(started.elapsed() < deadline, "the dispatcher was not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until `n` sends have an outcome; returns (when the first had one, how many had by then), when
+    /// the n-th did, and the peak resident memory (kB) sampled meanwhile.
+    async fn wait_outcomes(
+        &mut self,
+        n: u64,
+        deadline: Duration,
+    ) -> anyhow::Result<((Instant, u64), Instant, u64)> {
+        let started = Instant::now();
+        let mut first = None;
+        let mut peak = 0;
+        loop {
+            let outcomes = self.metrics().await.map_or(0, |m| sum(&m, "hookrelay_sends_total"));
+            peak = peak.max(super::aggregator::resident_kb(&self.child.id().to_string()));
+            let now = Instant::now();
+            if outcomes > 0 && first.is_none() {
+                first = Some((now, outcomes));
+            }
+            if outcomes >= n {
+                return Ok((first.unwrap_or((now, 0)), now, peak));
+            }
+            anyhow::ensure!(self.child.try_wait()?.is_none(), "the dispatcher exited");
+            anyhow::ensure!(
+                started.elapsed() < deadline,
+                "only {outcomes} of {n} outcomes before the deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The sum of every series of a counter in a Prometheus text page.
+fn sum(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
