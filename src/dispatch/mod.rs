@@ -67,9 +67,10 @@ pub async fn run(
     let consumer = subscribe(config, shared, &tiers)?;
     let settings = LoopSettings {
         max_pending_per_partition: config.dispatch.max_pending_per_partition,
-        // Twice the requests in flight, so failure events and retries of finished attempts can be written
-        // while the next requests go out.
-        max_started: config.dispatch.max_in_flight.saturating_mul(2),
+        // An eighth more than the requests in flight, so failure events and retries of finished attempts can
+        // be written while the next requests go out; every started record holds its decoded send and the
+        // handler's future, so not more.
+        max_started: config.dispatch.max_in_flight.saturating_add((config.dispatch.max_in_flight / 8).max(64)),
         tier_delays: tiers.delays(),
         commit_interval: config.dispatch.commit_interval,
         shutdown_grace: config.dispatch.shutdown_grace,
