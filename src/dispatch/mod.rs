@@ -70,7 +70,10 @@ pub async fn run(
         // An eighth more than the requests in flight, so failure events and retries of finished attempts can
         // be written while the next requests go out; every started record holds its decoded send and the
         // handler's future, so not more.
-        max_started: config.dispatch.max_in_flight.saturating_add((config.dispatch.max_in_flight / 8).max(64)),
+        max_started: config
+            .dispatch
+            .max_in_flight
+            .saturating_add((config.dispatch.max_in_flight / 8).max(64)),
         tier_delays: tiers.delays(),
         commit_interval: config.dispatch.commit_interval,
         shutdown_grace: config.dispatch.shutdown_grace,

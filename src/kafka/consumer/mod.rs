@@ -281,7 +281,9 @@ fn spawn(
                 let done = handler.handle(Kind::Fresh, record).await;
                 (ticket, done, produced_ms)
             }
-            Work::Retry(record, ticket) => (ticket, handler.handle(Kind::Retry, record).await, None),
+            Work::Retry(record, ticket) => {
+                (ticket, handler.handle(Kind::Retry, record).await, None)
+            }
         };
         if result {
             if let Some(at) = produced_ms {

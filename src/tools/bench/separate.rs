@@ -27,10 +27,16 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
     let ceiling = if args.no_wrk {
         None
     } else {
-        let (url, conns, dur) = (urls[0].clone(), args.wrk_connections, args.wrk_duration.clone());
+        let (url, conns, dur) = (
+            urls[0].clone(),
+            args.wrk_connections,
+            args.wrk_duration.clone(),
+        );
         tokio::task::spawn_blocking(move || wrk_ceiling_url(&url, conns, &dur)).await?
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     config.kafka.dispatch_group_id = format!("hookrelay-bench-{}-{}", std::process::id(), port);
     config.telemetry.listen = format!("127.0.0.1:{port}");
     config.security.allow_cidrs = vec!["127.0.0.0/8".parse()?, "::1/128".parse()?];
@@ -38,29 +44,44 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
     let body = "x".repeat(args.body_bytes);
     let produce = |i: u32| {
-        let (producer, send) = (producer.clone(), bench_send(i, &urls[i as usize % urls.len()], &body));
+        let (producer, send) = (
+            producer.clone(),
+            bench_send(i, &urls[i as usize % urls.len()], &body),
+        );
         async move { producer.json(&send).await }
     };
     let n = args.sends;
     if args.rate.is_none() {
-        let results: Vec<anyhow::Result<()>> =
-            futures::stream::iter(0..n).map(produce).buffer_unordered(1024).collect().await;
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..n)
+            .map(produce)
+            .buffer_unordered(1024)
+            .collect()
+            .await;
         results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     }
     let mut child = Dispatcher::start(&config)?;
     child.wait_ready(args.deadline).await?;
+    let producing = Instant::now();
     if let Some(rate) = args.rate {
         paced(n, rate, &produce).await?;
     }
-    let (first, done, peak) = child.wait_outcomes(u64::from(n), args.deadline).await?;
+    let (mut first, done, peak) = child.wait_outcomes(u64::from(n), args.deadline).await?;
+    if args.rate.is_some() {
+        // Paced: the sends were produced while the dispatcher ran, so the run starts with the producing.
+        first = (producing, 0);
+    }
     let metrics = child.metrics().await.unwrap_or_default();
     child.stop();
-    let secs = done.saturating_duration_since(first.0).as_secs_f64().max(1e-3);
+    let secs = done
+        .saturating_duration_since(first.0)
+        .as_secs_f64()
+        .max(1e-3);
     let rate = (f64::from(n) - first.1 as f64) / secs;
     let q = |p: f64| quantile_ms(&metrics, p).map_or("?".into(), |v| format!("≤ {v}"));
     let mut out = format!(
         "hookrelay bench --separate: {n} sends to {} ({}), {}-byte bodies, a `hookrelay dispatch` process\n\
-         end to end: {rate:.0} sends/s from its first outcome to its last ({secs:.2} s)\n\
+         end to end: {rate:.0} sends/s ({secs:.2} s; a backlog: from the first outcome to the last; paced: \
+         from the first send produced)\n\
          latency produced → outcome durable (ms, histogram bucket): p50 {} · p90 {} · p99 {}\n\
          dispatcher peak resident memory: {:.0} MB\n",
         urls.join(", "),
@@ -164,7 +185,10 @@ impl Dispatcher {
         let started = Instant::now();
         while !matches!(self.get("/readyz").await, Some((200, _))) {
             anyhow::ensure!(self.child.try_wait()?.is_none(), "the dispatcher exited");
-            anyhow::ensure!(started.elapsed() < deadline, "the dispatcher was not ready in time");
+            anyhow::ensure!(
+                started.elapsed() < deadline,
+                "the dispatcher was not ready in time"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
@@ -181,7 +205,10 @@ impl Dispatcher {
         let mut first = None;
         let mut peak = 0;
         loop {
-            let outcomes = self.metrics().await.map_or(0, |m| sum(&m, "hookrelay_sends_total"));
+            let outcomes = self
+                .metrics()
+                .await
+                .map_or(0, |m| sum(&m, "hookrelay_sends_total"));
             peak = peak.max(super::aggregator::resident_kb(&self.child.id().to_string()));
             let now = Instant::now();
             if outcomes > 0 && first.is_none() {
