@@ -77,7 +77,20 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
         .as_secs_f64()
         .max(1e-3);
     let rate = (f64::from(n) - first.1 as f64) / secs;
-    let q = |p: f64| quantile_ms(&metrics, p).map_or("?".into(), |v| format!("≤ {v}"));
+    Ok(report(args, &urls, (rate, secs), &metrics, peak, ceiling))
+}
+
+/// The bench's lines: throughput, latency percentiles, memory, and the ratio to the ceiling.
+fn report(
+    args: &BenchArgs,
+    urls: &[String],
+    (rate, secs): (f64, f64),
+    metrics: &str,
+    peak: u64,
+    ceiling: Option<f64>,
+) -> String {
+    let n = args.sends;
+    let q = |p: f64| quantile_ms(metrics, p).map_or("?".into(), |v| format!("≤ {v}"));
     let mut out = format!(
         "hookrelay bench --separate: {n} sends to {} ({}), {}-byte bodies, a `hookrelay dispatch` process\n\
          end to end: {rate:.0} sends/s ({secs:.2} s; a backlog: from the first outcome to the last; paced: \
@@ -101,7 +114,7 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
             rate / c
         );
     }
-    Ok(out)
+    out
 }
 
 /// Produces `n` sends at `rate` per second, in 10 ms steps.
