@@ -211,12 +211,12 @@ pub enum Start {
 /// Whether `found` can stand for the partition's events before its marker, given the partition's low and
 /// high watermarks now. Anything doubtful falls back to the full replay, which is always exact.
 pub fn choose_start(found: &Found, lo: i64, hi: i64, now_ms: i64, span_minutes: i64) -> Start {
-    let Some(m) = found.marker else {
-        return Start::Full("no checkpoint");
-    };
     if found.unreadable > 0 {
         return Start::Full("checkpoint unreadable");
     }
+    let Some(m) = found.marker else {
+        return Start::Full("no checkpoint");
+    };
     if m.span_minutes != span_minutes {
         return Start::Full("checkpoint of another window length");
     }

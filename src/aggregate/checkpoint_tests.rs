@@ -109,10 +109,20 @@ fn falls_back_to_the_full_replay_whenever_the_checkpoint_is_doubtful() {
         workspaces: vec![],
         unreadable: 1,
     };
-    assert!(matches!(
+    assert_eq!(
         choose_start(&unreadable, 0, 80, now, SPAN),
-        Start::Full(_)
-    ));
+        Start::Full("checkpoint unreadable")
+    );
+    let garbage_marker = Found {
+        marker: None,
+        workspaces: vec![],
+        unreadable: 1,
+    };
+    assert_eq!(
+        choose_start(&garbage_marker, 0, 80, now, SPAN),
+        Start::Full("checkpoint unreadable"),
+        "a marker that does not decode is reported as such, not as missing"
+    );
 }
 
 /// One partition's log: `(workspace, event minute)` at offsets 0, 1, 2, …
