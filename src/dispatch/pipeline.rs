@@ -101,7 +101,7 @@ impl Pipeline {
     pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
         let send = match decode_send(record, &self.rules, self.accept_plain_avro) {
             Ok(send) => send,
-            Err(why) => return self.dead_letter(record, &why).await,
+            Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
         let span = send_span(&send, 1);
         self.attempt(record, &send, 1, now_ms())
@@ -113,12 +113,12 @@ impl Pipeline {
     pub async fn process_retry(&self, record: &Record) -> Result<Handled, Abandoned> {
         let retry = match decode_retry(record, &self.rules) {
             Ok(r) => r,
-            Err(why) => return self.dead_letter(record, &why).await,
+            Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
         let now = now_ms();
         if retry.due_ms > now {
             let topic = self.tiers.topic_for(retry.due_ms, now).to_string();
-            match self.publisher.retry(&topic, &retry).await {
+            match Box::pin(self.publisher.retry(&topic, &retry)).await {
                 Ok(()) => {
                     self.metrics.retry_hops.inc();
                     return Ok(Handled::Hopped);
@@ -131,7 +131,7 @@ impl Pipeline {
         let attempt = retry.attempts.saturating_add(1);
         let send = match retry.send.clone().validate(&self.rules) {
             Ok(send) => send,
-            Err(why) => return self.invalid_retry(record, &retry, &why).await,
+            Err(why) => return Box::pin(self.invalid_retry(record, &retry, &why)).await,
         };
         self.attempt(record, &send, attempt, retry.first_attempt_ms)
             .instrument(send_span(&send, attempt))
@@ -226,7 +226,9 @@ impl Pipeline {
         };
         let plan = plan(&attempted, now, policy);
         count(&self.metrics, &plan);
-        self.apply(record, plan, number).await
+        // Boxed: making a plan durable is the largest state of this future (6 KB), and without the box every
+        // request in flight would carry it.
+        Box::pin(self.apply(record, plan, number)).await
     }
 
     /// Makes a plan durable. What Kafka refuses for good ends in a dead letter that says so.
