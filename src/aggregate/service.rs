@@ -251,8 +251,10 @@ impl Aggregator {
                 self.replay_until.insert(p, s.end);
             }
             if s.how == "checkpoint" {
-                self.skips.insert(p, Skips::new(s.from, &s.restored));
-                self.skips.retain(|_, sk| !sk.done(s.from));
+                let skips = Skips::new(s.from, &s.restored);
+                if !skips.done(s.from) {
+                    self.skips.insert(p, skips);
+                }
             } else {
                 self.metrics.full_replays.inc();
                 tracing::info!(partition = p, reason = s.how, "replaying the whole window");
