@@ -140,6 +140,9 @@ pub struct DispatchConfig {
     /// librdkafka drops what it prefetched and fetches it again on resume, so the bound is generous; records
     /// beyond twice `max_in_flight` wait as plain records (about 0.7 KB each plus their body).
     pub max_pending_per_partition: usize,
+    /// Bytes of unfinished records (their Kafka values) one partition may hold before it is paused, whatever
+    /// their number: large bodies pause a partition long before `max_pending_per_partition` would.
+    pub max_pending_bytes_per_partition: usize,
     /// How often finished offsets are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
@@ -168,6 +171,7 @@ impl Default for DispatchConfig {
             max_in_flight: 512,
             max_in_flight_per_host: 128,
             max_pending_per_partition: 10_000,
+            max_pending_bytes_per_partition: 32 * 1024 * 1024,
             commit_interval: Duration::from_secs(1),
             rebalance_grace: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),

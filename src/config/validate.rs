@@ -83,6 +83,10 @@ impl Config {
                 "dispatch.max_pending_per_partition",
                 d.max_pending_per_partition,
             ),
+            (
+                "dispatch.max_pending_bytes_per_partition",
+                d.max_pending_bytes_per_partition,
+            ),
             ("dispatch.max_record_bytes", d.max_record_bytes),
             ("dispatch.max_id_bytes", d.max_id_bytes),
             ("dispatch.max_field_bytes", d.max_field_bytes),

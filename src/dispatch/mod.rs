@@ -67,6 +67,7 @@ pub async fn run(
     let consumer = subscribe(config, shared, &tiers)?;
     let settings = LoopSettings {
         max_pending_per_partition: config.dispatch.max_pending_per_partition,
+        max_pending_bytes_per_partition: config.dispatch.max_pending_bytes_per_partition,
         // An eighth more than the requests in flight, so failure events and retries of finished attempts can
         // be written while the next requests go out; every started record holds its decoded send and the
         // handler's future, so not more.

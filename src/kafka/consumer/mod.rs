@@ -48,6 +48,8 @@ pub trait Handler: Send + Sync + 'static {
 
 pub struct LoopSettings {
     pub max_pending_per_partition: usize,
+    /// Bytes of unfinished records one partition may hold before it is paused, whatever their number.
+    pub max_pending_bytes_per_partition: usize,
     /// Records whose handling may be under way at once. The others wait as plain records (a few hundred
     /// bytes) rather than as the handler's futures (kilobytes each), so pending records stay cheap.
     pub max_started: usize,
@@ -104,7 +106,10 @@ pub fn poll_loop(
         resume_drained(
             &consumer,
             &shared,
-            (settings.max_pending_per_partition / 2).max(1),
+            (
+                (settings.max_pending_per_partition / 2).max(1),
+                (settings.max_pending_bytes_per_partition / 2).max(1),
+            ),
         );
         if last_commit.elapsed() >= settings.commit_interval {
             ticks += 1;
@@ -165,7 +170,11 @@ impl Loop<'_> {
             let Some(ticket) = state.tracker.start(&tp, msg.offset()) else {
                 return;
             };
-            if state.tracker.pending(&tp) >= self.settings.max_pending_per_partition
+            let bytes = state.pending_bytes.entry(tp.clone()).or_default();
+            *bytes = bytes.saturating_add(msg.payload_len());
+            let too_many_bytes = *bytes >= self.settings.max_pending_bytes_per_partition;
+            if (state.tracker.pending(&tp) >= self.settings.max_pending_per_partition
+                || too_many_bytes)
                 && state.paused.insert(tp.clone())
             {
                 let _ = consumer.pause(&single(&tp));
@@ -240,7 +249,11 @@ impl Loop<'_> {
     }
 }
 
-fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, resume_below: usize) {
+fn resume_drained(
+    consumer: &BaseConsumer<DispatchContext>,
+    shared: &Shared,
+    (resume_below, resume_below_bytes): (usize, usize),
+) {
     let mut state = shared.lock();
     if state.paused.is_empty() {
         return;
@@ -248,7 +261,11 @@ fn resume_drained(consumer: &BaseConsumer<DispatchContext>, shared: &Shared, res
     let ready: Vec<TopicPartition> = state
         .paused
         .iter()
-        .filter(|tp| state.tracker.pending(tp) < resume_below && state.parked.len(tp) == 0)
+        .filter(|tp| {
+            state.tracker.pending(tp) < resume_below
+                && state.pending_bytes.get(*tp).copied().unwrap_or(0) < resume_below_bytes
+                && state.parked.len(tp) == 0
+        })
         .cloned()
         .collect();
     for tp in ready {
@@ -275,6 +292,9 @@ fn spawn(
     runtime.spawn(async move {
         // Closed never: the semaphore lives as long as the loop's tasks.
         let _admitted = admission.acquire_owned().await;
+        let bytes = match &work {
+            Work::Fresh(r, _) | Work::Retry(r, _) => r.payload.len(),
+        };
         let (ticket, result, produced_ms) = match work {
             Work::Fresh(record, ticket) => {
                 let produced_ms = record.timestamp_ms;
@@ -290,9 +310,9 @@ fn spawn(
                 let secs = (now_ms().saturating_sub(at)).max(0) as f64 / 1000.0;
                 shared.metrics.send_latency.observe(secs);
             }
-            shared.finish(&ticket);
+            shared.finish(&ticket, bytes);
         } else {
-            shared.abandon(&ticket);
+            shared.abandon(&ticket, bytes);
         }
         shared.metrics.pending_records.dec();
     });

@@ -27,9 +27,20 @@ pub struct State {
     /// Records given up at shutdown (their outcome could not be made durable): uncommitted, redone by the
     /// next owner, and no longer worth waiting for.
     pub abandoned: HashMap<TopicPartition, usize>,
+    /// Bytes of the records of each partition not finished yet (with `max_pending_bytes_per_partition`).
+    pub pending_bytes: HashMap<TopicPartition, usize>,
 }
 
 impl State {
+    /// A record of the current assignment is done with: its bytes no longer count.
+    fn release_bytes(&mut self, ticket: &Ticket, bytes: usize) {
+        if self.tracker.is_current(ticket) {
+            if let Some(b) = self.pending_bytes.get_mut(&ticket.tp) {
+                *b = b.saturating_sub(bytes);
+            }
+        }
+    }
+
     /// Records of `tp` being worked on now (parked ones wait for time, abandoned ones for nothing).
     pub(super) fn in_flight(&self, tp: &TopicPartition) -> usize {
         let idle = self.parked.len(tp) + self.abandoned.get(tp).copied().unwrap_or(0);
@@ -70,14 +81,18 @@ impl Shared {
     }
 
     /// Called by a pipeline task once the record's outcome is durable.
-    pub fn finish(&self, ticket: &Ticket) {
-        self.lock().tracker.finish(ticket);
+    pub fn finish(&self, ticket: &Ticket, bytes: usize) {
+        let mut state = self.lock();
+        state.release_bytes(ticket, bytes);
+        state.tracker.finish(ticket);
+        drop(state);
         self.finished.notify_all();
     }
 
     /// Called by a pipeline task whose outcome could not be made durable (shutdown, a fatal producer error).
-    pub fn abandon(&self, ticket: &Ticket) {
+    pub fn abandon(&self, ticket: &Ticket, bytes: usize) {
         let mut state = self.lock();
+        state.release_bytes(ticket, bytes);
         // A ticket of an earlier assignment no longer counts among the partition's pending records.
         if state.tracker.is_current(ticket) {
             *state.abandoned.entry(ticket.tp.clone()).or_default() += 1;
@@ -145,6 +160,7 @@ impl ConsumerContext for DispatchContext {
             }
             state.paused.remove(tp);
             state.abandoned.remove(tp);
+            state.pending_bytes.remove(tp);
         }
         shared.update_gauges(&state);
         drop(state);
