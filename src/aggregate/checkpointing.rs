@@ -96,15 +96,7 @@ impl Aggregator {
         if snapshot.is_empty() {
             return;
         }
-        let write = write(
-            self.producer.clone(),
-            self.config.topics.aggregate_state.clone(),
-            self.state_partitions,
-            snapshot,
-            self.gate.clone(),
-            self.metrics.clone(),
-        );
-        self.checkpoint = Some(tokio::spawn(write));
+        self.checkpoint = Some(tokio::spawn(self.writer(snapshot)));
     }
 
     /// Takes the result of a finished write: what failed is marked changed again.
@@ -134,16 +126,7 @@ impl Aggregator {
             }
         }
         let snapshot = self.snapshot();
-        let state = self.config.topics.aggregate_state.clone();
-        let write = write(
-            self.producer.clone(),
-            state,
-            self.state_partitions,
-            snapshot,
-            self.gate.clone(),
-            self.metrics.clone(),
-        );
-        if tokio::time::timeout(Duration::from_secs(15), write)
+        if tokio::time::timeout(Duration::from_secs(15), self.writer(snapshot))
             .await
             .is_err()
         {
@@ -151,6 +134,21 @@ impl Aggregator {
                 "the last checkpoint did not finish in 15 s; the next owner replays more"
             );
         }
+    }
+
+    /// The write of `snapshot` to the state topic, to run in the background or to wait for.
+    fn writer(
+        &self,
+        snapshot: Vec<PartitionRecords>,
+    ) -> impl std::future::Future<Output = Unwritten> + Send + 'static {
+        write(
+            self.producer.clone(),
+            self.config.topics.aggregate_state.clone(),
+            self.state_partitions,
+            snapshot,
+            self.gate.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// The changed workspaces of every caught-up partition, with a marker each, as of the events read so

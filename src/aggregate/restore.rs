@@ -17,6 +17,7 @@ use super::replay::{choose_rebuild, Rebuild};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::kafka::client::reader_config;
+use crate::kafka::reader::partition_count;
 
 /// How a partition's replay starts, announced to the loop before any of its records.
 #[derive(Debug)]
@@ -27,8 +28,8 @@ pub(super) struct PartitionStart {
     /// The partition's end when assigned: the rebuild is over once read up to here.
     pub end: i64,
     pub restored: Vec<(String, WorkspaceRecord)>,
-    /// "checkpoint", or why the whole window is replayed.
-    pub how: &'static str,
+    /// Why the whole window is replayed; `None` when `restored` is the partition's checkpoint.
+    pub full_replay: Option<&'static str>,
 }
 
 /// An assignment, restored.
@@ -90,7 +91,7 @@ impl Restorer {
                     from,
                     end: hi,
                     restored: f.workspaces,
-                    how: "checkpoint",
+                    full_replay: None,
                 }),
                 Start::Full(why) => full.push((p, why)),
             }
@@ -137,14 +138,14 @@ impl Restorer {
             Rebuild::Scan => HashMap::new(),
         };
         full.iter()
-            .map(|&(p, how)| {
+            .map(|&(p, why)| {
                 let (lo, hi) = marks[&p];
                 PartitionStart {
                     partition: p,
                     from: seek.get(&p).copied().unwrap_or(lo).clamp(lo, hi.max(lo)),
                     end: hi,
                     restored: Vec::new(),
-                    how,
+                    full_replay: Some(why),
                 }
             })
             .collect()
@@ -155,12 +156,7 @@ impl Restorer {
         &self,
         partitions: &[i32],
     ) -> anyhow::Result<HashMap<i32, super::checkpoint::Found>> {
-        let md = self.reader.fetch_metadata(Some(&self.state), CALL)?;
-        let n = md
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len() as i32);
-        anyhow::ensure!(n > 0, "topic {} does not exist", self.state);
+        let n = partition_count(&self.reader, &self.state)?;
         let wanted: HashSet<i32> = partitions.iter().map(|p| p % n).collect();
         let mut ends = HashMap::new();
         let mut tpl = TopicPartitionList::new();

@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::events::failure_view::{FailureView, ViewDecoder};
 use crate::kafka::client::{producer_config, replay_consumer_config};
 use crate::kafka::feed::{Changes, Feed, Feeder, Fetched, Hooks, OnRevoke};
-use crate::kafka::reader::{assign_all, lookup_client, watermarks};
+use crate::kafka::reader::{assign_all, lookup_client, partition_count, watermarks};
 use crate::telemetry::{AggregateMetrics, Health};
 
 pub(super) struct Aggregator {
@@ -162,15 +162,9 @@ impl Aggregator {
             &watermarks(&lookup, &config.topics.alerts).await?,
             &HashMap::new(),
         );
-        let state_partitions = watermarks(&lookup, &config.topics.aggregate_state)
-            .await
-            .map(|m| m.len() as i32)
-            .context("reading the state topic's partitions")?;
-        anyhow::ensure!(
-            state_partitions > 0,
-            "topic {} has no partitions",
-            config.topics.aggregate_state
-        );
+        let state_partitions = tokio::task::block_in_place(|| {
+            partition_count(&lookup, &config.topics.aggregate_state)
+        })?;
         Ok(Aggregator {
             ledger: Ledger::new(
                 i64::try_from(config.aggregate.window.as_millis()).unwrap_or(i64::MAX),
@@ -250,14 +244,17 @@ impl Aggregator {
             if s.end > s.from {
                 self.replay_until.insert(p, s.end);
             }
-            if s.how == "checkpoint" {
-                let skips = Skips::new(s.from, &s.restored);
-                if !skips.done(s.from) {
-                    self.skips.insert(p, skips);
+            match s.full_replay {
+                None => {
+                    let skips = Skips::new(s.from, &s.restored);
+                    if !skips.done(s.from) {
+                        self.skips.insert(p, skips);
+                    }
                 }
-            } else {
-                self.metrics.full_replays.inc();
-                tracing::info!(partition = p, reason = s.how, "replaying the whole window");
+                Some(why) => {
+                    self.metrics.full_replays.inc();
+                    tracing::info!(partition = p, reason = why, "replaying the whole window");
+                }
             }
             restored += s.restored.len();
             let events = self.ledger.restore(p, s.restored, now);

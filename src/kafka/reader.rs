@@ -12,20 +12,31 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::client::reader_config;
 use crate::config::KafkaConfig;
 
+/// How many partitions `topic` has, from one metadata request (blocking); an error if it has none.
+pub fn partition_count<X: Consumer<C>, C: ConsumerContext>(
+    client: &X,
+    topic: &str,
+) -> anyhow::Result<i32> {
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let n = md.topics().first().map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(n > 0, "topic {topic} does not exist");
+    Ok(i32::try_from(n).unwrap_or(i32::MAX))
+}
+
 /// A group-less consumer assigned every partition of `topic` from the beginning.
 pub async fn assign_all(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = reader_config(kafka).create().context("creating reader")?;
     let topic_owned = topic.to_string();
     let (consumer, partitions) = tokio::task::spawn_blocking(move || {
-        let md = consumer.fetch_metadata(Some(&topic_owned), Duration::from_secs(10));
-        let n = md.map(|m| m.topics().first().map_or(0, |t| t.partitions().len()));
+        let n = partition_count(&consumer, &topic_owned);
         (consumer, n)
     })
     .await?;
-    let partitions = partitions.with_context(|| format!("reading metadata of {topic}"))?;
-    anyhow::ensure!(partitions > 0, "topic {topic} does not exist");
+    let partitions = partitions?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
+    for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;

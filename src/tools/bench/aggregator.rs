@@ -12,6 +12,7 @@ use crate::aggregate::ledger::Ledger;
 use crate::config::Config;
 use crate::events::failure_view::FailureView;
 use crate::events::FailureEvent;
+use crate::kafka::reader::partition_count;
 
 const DAY_MS: i64 = 86_400_000;
 const CODES: [i32; 4] = [503, 503, 503, 500];
@@ -28,8 +29,9 @@ pub(super) async fn restore(
     workspaces: u32,
     tail: u32,
 ) -> anyhow::Result<String> {
-    let partitions = partition_count(&config, &config.topics.failures)?;
-    let state_partitions = partition_count(&config, &config.topics.aggregate_state)?;
+    let lookup = crate::kafka::reader::lookup_client(&config.kafka)?;
+    let partitions = partition_count(&lookup, &config.topics.failures)?;
+    let state_partitions = partition_count(&lookup, &config.topics.aggregate_state)?;
     let names: Vec<String> = (0..workspaces).map(|i| format!("ws_{i:06}")).collect();
     let urls: Vec<String> = names
         .iter()
@@ -104,15 +106,6 @@ pub(super) async fn restore(
         bytes as f64 / 1e6,
         checkpointed.as_secs_f64(),
     ))
-}
-
-fn partition_count(config: &Config, topic: &str) -> anyhow::Result<i32> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = crate::kafka::client::reader_config(&config.kafka).create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let n = md.topics().first().map_or(0, |t| t.partitions().len());
-    anyhow::ensure!(n > 0, "topic {topic} has no partitions");
-    Ok(n as i32)
 }
 
 /// The events after the checkpoints: recent, spread over the workspaces.
