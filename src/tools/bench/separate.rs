@@ -65,7 +65,7 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
     if let Some(rate) = args.rate {
         paced(n, rate, &produce).await?;
     }
-    let (mut first, done, peak) = child.wait_outcomes(u64::from(n), args.deadline).await?;
+    let (mut first, done, peak, stall) = child.wait_outcomes(u64::from(n), args.deadline).await?;
     if args.rate.is_some() {
         // Paced: the sends were produced while the dispatcher ran, so the run starts with the producing.
         first = (producing, 0);
@@ -77,14 +77,21 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
         .as_secs_f64()
         .max(1e-3);
     let rate = (f64::from(n) - first.1 as f64) / secs;
-    Ok(report(args, &urls, (rate, secs), &metrics, peak, ceiling))
+    Ok(report(
+        args,
+        &urls,
+        (rate, secs, stall),
+        &metrics,
+        peak,
+        ceiling,
+    ))
 }
 
 /// The bench's lines: throughput, latency percentiles, memory, and the ratio to the ceiling.
 fn report(
     args: &BenchArgs,
     urls: &[String],
-    (rate, secs): (f64, f64),
+    (rate, secs, stall): (f64, f64, Duration),
     metrics: &str,
     peak: u64,
     ceiling: Option<f64>,
@@ -95,11 +102,13 @@ fn report(
         "hookrelay bench --separate: {n} sends to {} ({}), {}-byte bodies, a `hookrelay dispatch` process\n\
          end to end: {rate:.0} sends/s ({secs:.2} s; a backlog: from the first outcome to the last; paced: \
          from the first send produced)\n\
+         longest pause without a new outcome: {} ms\n\
          latency produced → outcome durable (ms, histogram bucket): p50 {} · p90 {} · p99 {}\n\
          dispatcher peak resident memory: {:.0} MB\n",
         urls.join(", "),
         args.rate.map_or("backlog produced first".into(), |r| format!("{r} sends/s")),
         args.body_bytes,
+        stall.as_millis(),
         q(0.5),
         q(0.9),
         q(0.99),
@@ -117,7 +126,8 @@ fn report(
     out
 }
 
-/// Produces `n` sends at `rate` per second, in 10 ms steps.
+/// Produces `n` sends at `rate` per second, in 10 ms steps. Acknowledgements are awaited alongside, not
+/// step by step, so a slow acknowledgement does not lower the rate (it did: 10,000/s fell to 2,000/s).
 async fn paced<F, Fut>(n: u32, rate: u32, produce: &F) -> anyhow::Result<()>
 where
     F: Fn(u32) -> Fut,
@@ -125,17 +135,17 @@ where
 {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let per_tick = (rate / 100).max(1);
+    let mut acks = futures::stream::FuturesUnordered::new();
     let mut next = 0;
-    while next < n {
-        tick.tick().await;
-        let end = (next + per_tick).min(n);
-        let sent: Vec<anyhow::Result<()>> = futures::stream::iter(next..end)
-            .map(produce)
-            .buffer_unordered(1024)
-            .collect()
-            .await;
-        sent.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-        next = end;
+    while next < n || !acks.is_empty() {
+        tokio::select! {
+            _ = tick.tick(), if next < n => {
+                let end = (next + per_tick).min(n);
+                acks.extend((next..end).map(produce));
+                next = end;
+            }
+            Some(sent) = acks.next() => sent?,
+        }
     }
     Ok(())
 }
@@ -208,15 +218,17 @@ impl Dispatcher {
     }
 
     /// Waits until `n` sends have an outcome; returns (when the first had one, how many had by then), when
-    /// the n-th did, and the peak resident memory (kB) sampled meanwhile.
+    /// the n-th did, the peak resident memory (kB) sampled meanwhile, and the longest time between the first
+    /// and the last outcome without a new one (a stall, e.g. a rebalance, shows there rather than as noise).
     async fn wait_outcomes(
         &mut self,
         n: u64,
         deadline: Duration,
-    ) -> anyhow::Result<((Instant, u64), Instant, u64)> {
+    ) -> anyhow::Result<((Instant, u64), Instant, u64, Duration)> {
         let started = Instant::now();
         let mut first = None;
         let mut peak = 0;
+        let (mut last, mut progressed, mut stall) = (0, Instant::now(), Duration::ZERO);
         loop {
             let outcomes = self
                 .metrics()
@@ -227,8 +239,14 @@ impl Dispatcher {
             if outcomes > 0 && first.is_none() {
                 first = Some((now, outcomes));
             }
+            if outcomes > last {
+                if last > 0 {
+                    stall = stall.max(now - progressed);
+                }
+                (last, progressed) = (outcomes, now);
+            }
             if outcomes >= n {
-                return Ok((first.unwrap_or((now, 0)), now, peak));
+                return Ok((first.unwrap_or((now, 0)), now, peak, stall));
             }
             anyhow::ensure!(self.child.try_wait()?.is_none(), "the dispatcher exited");
             anyhow::ensure!(
