@@ -281,6 +281,7 @@ fn retry_records() {
         first_attempt_ms: 1_700_000_000_000,
         due_ms: 1_700_000_060_000,
         last_status: 503,
+        slot_ms: None,
     };
     fuzz("retry record", 2, &[retry.encode()], |b| {
         if let Ok(r) = decode_retry(&record(b, vec![]), &rules) {

@@ -44,6 +44,8 @@ pub struct Config {
     pub security: SecurityConfig,
     pub signing: SigningConfig,
     pub aggregate: AggregateConfig,
+    /// Requests per second per host, per dispatcher instance: host names exact or `*.suffix`.
+    pub rate_limits: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +165,10 @@ pub struct DispatchConfig {
     pub max_id_bytes: usize,
     /// Longest optional identifier or name, so that failure events stay small.
     pub max_field_bytes: usize,
+    /// The longest a send held back by a rate limit or a `Retry-After` waits in the process; a longer hold
+    /// is requeued to a retry tier (its attempt count unchanged), so held sends never fill the slots.
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -180,6 +186,7 @@ impl Default for DispatchConfig {
             max_record_bytes: 4 * 1024 * 1024,
             max_id_bytes: 1024,
             max_field_bytes: 4096,
+            max_hold: Duration::from_secs(10),
         }
     }
 }

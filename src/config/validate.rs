@@ -103,6 +103,10 @@ impl Config {
         if d.commit_interval.is_zero() {
             p.push("dispatch.commit_interval must be positive".into());
         }
+        if d.max_hold.is_zero() {
+            p.push("dispatch.max_hold must be positive".into());
+        }
+        self.validate_rate_limits(p);
         if d.allowed_methods.is_empty() {
             p.push("dispatch.allowed_methods is empty".into());
         }
@@ -111,6 +115,28 @@ impl Config {
                 p.push(format!(
                     "dispatch.allowed_methods: unknown method {m:?} (known: {})",
                     KNOWN_METHODS.join(", ")
+                ));
+            }
+        }
+    }
+
+    fn validate_rate_limits(&self, p: &mut Vec<String>) {
+        for (name, rate) in &self.rate_limits {
+            let host = name.strip_prefix("*.").unwrap_or(name);
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                && host.bytes().all(|b| !b.is_ascii_uppercase());
+            if !valid {
+                p.push(format!(
+                    "rate_limits: {name:?} is not a lower-case host name or *.suffix (e.g. \"hooks.example.com\" or \"*.example.com\")"
+                ));
+            }
+            if !(rate.is_finite() && *rate >= 0.001 && *rate <= 1_000_000.0) {
+                p.push(format!(
+                    "rate_limits.{name:?}: {rate} is not a rate between 0.001 and 1,000,000 requests per second"
                 ));
             }
         }

@@ -2,7 +2,7 @@
 //! host-health bookkeeping of its answer. What the answer means is decided by the [plan](super::plan).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
 
@@ -10,6 +10,8 @@ use super::classify::{Attempt, FailureSource};
 use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
 use super::limits::HostLimits;
+use super::pacing::{Admission, HoldReason, Pacing};
+use super::retry::parse_retry_after;
 use crate::clock::{now_ms, rfc3339};
 use crate::events::ValidSend;
 use crate::telemetry::DispatchMetrics;
@@ -21,6 +23,40 @@ pub struct Delivery {
     pub limiter: Arc<Semaphore>,
     pub host_limits: HostLimits,
     pub host_health: Mutex<HostHealth>,
+    /// Rate limits and `Retry-After` holds, on a monotonic clock counted from `started`.
+    pub pacing: Mutex<Pacing>,
+    pub started: tokio::time::Instant,
+}
+
+/// What pacing made of a send about to go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paced {
+    Go,
+    /// Requeue it to a retry tier, due at `due_ms`; `slot_ms` is the rate slot booked for it, if any.
+    Requeue {
+        due_ms: i64,
+        slot_ms: Option<i64>,
+    },
+}
+
+/// Frees a waiting send's place in its host's queue, also when the send is dropped while waiting.
+struct Waiting<'a> {
+    pacing: &'a Mutex<Pacing>,
+    host: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.pacing).woke(self.host);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Delivery {
@@ -47,10 +83,112 @@ impl Delivery {
             .request_duration
             .observe(result.1.as_secs_f64());
         // Counted before the slots are released: the next send waiting for them sees a pause this began.
-        if let Attempt::Response { status, .. } = &result.0 {
+        if let Attempt::Response {
+            status,
+            retry_after,
+            ..
+        } = &result.0
+        {
             self.host_observe(host, *status);
+            self.note_retry_after(host, *status, retry_after.as_deref());
         }
         result
+    }
+
+    /// Holds a send back as its host's rate limit and any `Retry-After` on its host for its workspace require:
+    /// a short hold is waited out here, a long one is handed back for requeueing. `slot_ms` is the slot booked
+    /// for a send requeued earlier; it waits for that instead of being paced again.
+    pub async fn pace(&self, key: &HostKey, mut slot_ms: Option<i64>) -> Paced {
+        loop {
+            let now = self.started.elapsed();
+            // `queued`: the wait takes a place in the host's queue (a booked slot does not).
+            let (admission, queued) = {
+                let mut pacing = lock(&self.pacing);
+                let booked = slot_ms
+                    .take()
+                    .map(|slot| u64::try_from(slot.saturating_sub(now_ms())).unwrap_or(0))
+                    .map(Duration::from_millis)
+                    // A slot further off than a requeued send comes back early is not one this process
+                    // booked (a record is foreign bytes): it is paced afresh.
+                    .filter(|wait| *wait <= pacing.max_wait());
+                match booked {
+                    Some(wait) if pacing.held_until(key, now).is_none() => {
+                        if wait.is_zero() {
+                            return Paced::Go;
+                        }
+                        let reason = HoldReason::RateLimit;
+                        (Admission::Wait { wait, reason }, false)
+                    }
+                    _ => (pacing.admit(key, now), true),
+                }
+            };
+            match admission {
+                Admission::Go => return Paced::Go,
+                Admission::Wait { wait, reason } => {
+                    let _place = queued.then(|| Waiting {
+                        pacing: &self.pacing,
+                        host: &key.host,
+                    });
+                    self.metrics
+                        .held_sends
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    self.metrics
+                        .hold_wait
+                        .with_label_values(&[reason.as_str()])
+                        .observe(wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                    // A `Retry-After` that came in meanwhile holds this send too.
+                    if lock(&self.pacing)
+                        .held_until(key, self.started.elapsed())
+                        .is_none()
+                    {
+                        return Paced::Go;
+                    }
+                }
+                Admission::Requeue {
+                    after,
+                    booked,
+                    reason,
+                } => {
+                    self.metrics
+                        .requeued_sends
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    let go_ms = now_ms().saturating_add(millis(after));
+                    // Back a little before its slot, to wait for it here.
+                    let early = if booked {
+                        millis(lock(&self.pacing).max_wait())
+                    } else {
+                        0
+                    };
+                    return Paced::Requeue {
+                        due_ms: go_ms.saturating_sub(early),
+                        slot_ms: booked.then_some(go_ms),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The host answered `Retry-After` with a 429 or 503: hold its later sends for this workspace.
+    fn note_retry_after(&self, key: &HostKey, status: u16, value: Option<&str>) {
+        if !matches!(status, 429 | 503) {
+            return;
+        }
+        let Some(after) = value.and_then(|v| {
+            let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms()).unwrap_or(0));
+            parse_retry_after(v, now)
+        }) else {
+            return;
+        };
+        let now = self.started.elapsed();
+        let Some(until) = lock(&self.pacing).hold(key, now, after) else {
+            return;
+        };
+        self.metrics.retry_after_holds.inc();
+        let until_ms = now_ms().saturating_add(millis(until.saturating_sub(now)));
+        tracing::warn!(host = %key.host, workspace = %key.workspace, status, until = %rfc3339(until_ms), "host asked to back off (Retry-After): holding its sends for this workspace");
     }
 
     /// `Err(until)` while the host is paused; logs and counts pause transitions.

@@ -6,6 +6,7 @@ pub(crate) mod delivery;
 pub(crate) mod host_health;
 pub(crate) mod http;
 pub(crate) mod limits;
+pub mod pacing;
 pub mod pipeline;
 pub(crate) mod plan;
 pub mod report;
@@ -133,6 +134,13 @@ fn pipeline(
             host_health: std::sync::Mutex::new(host_health::HostHealth::new(
                 config.host_health.clone(),
             )),
+            pacing: std::sync::Mutex::new(pacing::Pacing::new(
+                pacing::RateRules::new(&config.rate_limits),
+                config.dispatch.max_hold,
+                config.dispatch.max_in_flight_per_host,
+                config.retry.retry_after_cap,
+            )),
+            started: tokio::time::Instant::now(),
         },
         publisher,
         metrics: metrics.clone(),

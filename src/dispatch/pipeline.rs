@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::classify::{Failure, FailureSource, NO_RESPONSE};
-use super::delivery::Delivery;
+use super::delivery::{Delivery, Paced};
 use super::host_health::HostKey;
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
 use super::report::{event_for, AttemptFacts, Target};
@@ -38,6 +38,9 @@ pub enum Handled {
     },
     /// A retry that was not yet due, moved on to a shorter tier.
     Hopped,
+    /// Held back by a rate limit or `Retry-After` for longer than `dispatch.max_hold`: requeued to a retry
+    /// tier without an attempt.
+    Requeued,
     DeadLettered,
 }
 
@@ -104,7 +107,7 @@ impl Pipeline {
             Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
         let span = send_span(&send, 1);
-        self.attempt(record, &send, 1, now_ms())
+        self.attempt(record, &send, Turn::first())
             .instrument(span)
             .await
     }
@@ -128,13 +131,18 @@ impl Pipeline {
                 Err(PublishError::Rejected { .. }) => {}
             }
         }
-        let attempt = retry.attempts.saturating_add(1);
         let send = match retry.send.clone().validate(&self.rules) {
             Ok(send) => send,
             Err(why) => return Box::pin(self.invalid_retry(record, &retry, &why)).await,
         };
-        self.attempt(record, &send, attempt, retry.first_attempt_ms)
-            .instrument(send_span(&send, attempt))
+        let turn = Turn {
+            number: retry.attempts.saturating_add(1),
+            first_attempt_ms: retry.first_attempt_ms,
+            last_status: retry.last_status,
+            slot_ms: retry.slot_ms,
+        };
+        self.attempt(record, &send, turn)
+            .instrument(send_span(&send, turn.number))
             .await
     }
 
@@ -195,26 +203,34 @@ impl Pipeline {
         Ok(Handled::DeadLettered)
     }
 
-    /// One attempt of a send: delivered (or gated), planned, and the plan made durable.
+    /// One attempt of a send: paced, delivered (or gated), planned, and the plan made durable.
     async fn attempt(
         &self,
         record: &Record,
         send: &ValidSend,
-        number: u32,
-        first_attempt_ms: i64,
+        turn: Turn,
     ) -> Result<Handled, Abandoned> {
-        let host = HostKey {
-            host: send.url.host_str().unwrap_or_default().to_string(),
-            workspace: send.request.workspace_id.clone(),
-        };
+        let host = host_key(send);
+        if let Paced::Requeue { due_ms, slot_ms } = self.delivery.pace(&host, turn.slot_ms).await {
+            return Box::pin(self.requeue(record, send, turn, due_ms, slot_ms)).await;
+        }
         let (wire, duration) = self.delivery.deliver(&host, send).await;
         let attempted = Attempted {
             send,
-            number,
-            first_attempt_ms,
+            number: turn.number,
+            first_attempt_ms: turn.first_attempt_ms(),
             wire,
             duration,
         };
+        self.planned(record, &attempted).await
+    }
+
+    /// The attempt planned, counted and the plan made durable.
+    async fn planned(
+        &self,
+        record: &Record,
+        attempted: &Attempted<'_>,
+    ) -> Result<Handled, Abandoned> {
         let now = Circumstances {
             now_ms: now_ms(),
             jitter: rand::random(),
@@ -224,11 +240,48 @@ impl Pipeline {
             retry: &self.retry,
             tiers: &self.tiers,
         };
-        let plan = plan(&attempted, now, policy);
+        let plan = plan(attempted, now, policy);
         count(&self.metrics, &plan);
         // Boxed: making a plan durable is the largest state of this future (6 KB), and without the box every
         // request in flight would carry it.
-        Box::pin(self.apply(record, plan, number)).await
+        Box::pin(self.apply(record, plan, attempted.number)).await
+    }
+
+    /// A send held back longer than `dispatch.max_hold` goes to a retry tier with its attempt count unchanged:
+    /// the hold spends none of its retry budget. If the tier refuses it, it goes now rather than never.
+    async fn requeue(
+        &self,
+        record: &Record,
+        send: &ValidSend,
+        turn: Turn,
+        due_ms: i64,
+        slot_ms: Option<i64>,
+    ) -> Result<Handled, Abandoned> {
+        let retry = RetryRecord {
+            send: send.request.clone(),
+            attempts: turn.number.saturating_sub(1),
+            first_attempt_ms: turn.first_attempt_ms,
+            due_ms,
+            last_status: turn.last_status,
+            slot_ms,
+        };
+        let topic = self.tiers.topic_for(due_ms, now_ms()).to_string();
+        match self.publisher.retry(&topic, &retry).await {
+            Ok(()) => Ok(Handled::Requeued),
+            Err(PublishError::Abandoned(a)) => Err(a),
+            Err(PublishError::Rejected { topic, reason }) => {
+                tracing::warn!(%topic, %reason, "held send could not be requeued; sending it now");
+                let (wire, duration) = self.delivery.deliver(&host_key(send), send).await;
+                let attempted = Attempted {
+                    send,
+                    number: turn.number,
+                    first_attempt_ms: turn.first_attempt_ms(),
+                    wire,
+                    duration,
+                };
+                self.planned(record, &attempted).await
+            }
+        }
     }
 
     /// Makes a plan durable. What Kafka refuses for good ends in a dead letter that says so.
@@ -370,6 +423,44 @@ impl crate::kafka::consumer::Handler for Pipeline {
             };
             result.is_ok()
         })
+    }
+}
+
+/// Where a send stands before an attempt.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    /// This attempt's number, from 1.
+    number: u32,
+    first_attempt_ms: i64,
+    last_status: u16,
+    /// The rate slot booked for a send requeued by a hold.
+    slot_ms: Option<i64>,
+}
+
+impl Turn {
+    fn first() -> Self {
+        Self {
+            number: 1,
+            first_attempt_ms: 0,
+            last_status: 0,
+            slot_ms: None,
+        }
+    }
+
+    /// Retry windows count from the first attempt actually made, not from a hold before it.
+    fn first_attempt_ms(&self) -> i64 {
+        if self.number == 1 {
+            now_ms()
+        } else {
+            self.first_attempt_ms
+        }
+    }
+}
+
+fn host_key(send: &ValidSend) -> HostKey {
+    HostKey {
+        host: send.url.host_str().unwrap_or_default().to_string(),
+        workspace: send.request.workspace_id.clone(),
     }
 }
 

@@ -110,6 +110,7 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
                 first_attempt_ms: attempted.first_attempt_ms,
                 due_ms,
                 last_status: failure.status,
+                slot_ms: None,
             },
             event: event_for(
                 &send.request,

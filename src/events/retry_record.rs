@@ -19,8 +19,12 @@ pub struct RetryRecord {
     pub first_attempt_ms: i64,
     /// UNIX milliseconds before which the next attempt must not be made.
     pub due_ms: i64,
-    /// Status of the last attempt.
+    /// Status of the last attempt (0: none yet, a send requeued by a hold before its first attempt).
     pub last_status: u16,
+    /// A send requeued by a rate limit: the UNIX millisecond of the slot booked for it, which it waits for
+    /// when it comes back instead of being paced again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_ms: Option<i64>,
 }
 
 impl RetryRecord {

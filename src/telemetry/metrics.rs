@@ -1,7 +1,9 @@
 //! Typed metrics. Label values come from small fixed sets (status classes, reasons, booleans), never from
 //! URLs or workspace ids, so the series count stays bounded however much traffic flows.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use super::KafkaGauges;
 use crate::events::send_request::InvalidKind;
@@ -45,9 +47,19 @@ pub struct DispatchMetrics {
     pub blocked_destinations: IntCounter,
     /// Sends given up, by reason: not retriable, retries exhausted, window exhausted.
     pub give_ups: IntCounterVec,
+    /// Sends held back before going out and waited for in the process, by reason: rate_limit, retry_after.
+    pub held_sends: IntCounterVec,
+    /// Held sends requeued to a retry tier (the hold was longer than `dispatch.max_hold`), by reason.
+    pub requeued_sends: IntCounterVec,
+    /// How long held sends waited in the process, by reason.
+    pub hold_wait: HistogramVec,
+    /// `Retry-After` answers that set or lengthened a hold on a host for a workspace.
+    pub retry_after_holds: IntCounter,
     /// Reachability, and lag and committed offset per owned partition.
     pub kafka: KafkaGauges,
 }
+
+pub const HOLD_REASONS: [&str; 2] = ["rate_limit", "retry_after"];
 
 fn counter_vec(
     r: &Registry,
@@ -139,7 +151,43 @@ impl DispatchMetrics {
             "kind",
             &["transient", "permanent", "fatal"],
         );
+        let hold_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "hold_wait_seconds",
+                "How long sends held back by a rate limit or a Retry-After waited before going out",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(hold_wait.clone()))
+            .expect("metric registered once");
+        for reason in HOLD_REASONS {
+            hold_wait.with_label_values(&[reason]);
+        }
         Self {
+            held_sends: counter_vec(
+                &r,
+                "held_sends_total",
+                "Sends held back by a rate limit or a Retry-After and waited for in the process, by reason",
+                "reason",
+                &HOLD_REASONS,
+            ),
+            requeued_sends: counter_vec(
+                &r,
+                "requeued_held_sends_total",
+                "Held sends requeued to a retry tier because the hold outlasts dispatch.max_hold, by reason",
+                "reason",
+                &HOLD_REASONS,
+            ),
+            retry_after_holds: counter(
+                &r,
+                "retry_after_holds_total",
+                "Retry-After answers (429, 503) that set or lengthened a hold on a host for a workspace",
+            ),
+            hold_wait,
             sends: counter_vec(
                 &r,
                 "sends_total",

@@ -10,6 +10,7 @@ mod dispatch_outcomes;
 mod faults;
 mod hostile_input;
 mod operations;
+mod pacing;
 mod processes;
 mod retries;
 mod security;

@@ -1,0 +1,223 @@
+use super::*;
+use proptest::prelude::*;
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+fn key(host: &str, workspace: &str) -> HostKey {
+    HostKey {
+        host: host.to_string(),
+        workspace: workspace.to_string(),
+    }
+}
+
+fn rules(pairs: &[(&str, f64)]) -> RateRules {
+    RateRules::new(&pairs.iter().map(|(h, r)| (h.to_string(), *r)).collect())
+}
+
+fn pacing(pairs: &[(&str, f64)]) -> Pacing {
+    Pacing::new(rules(pairs), 10 * SEC, 128, 3600 * SEC)
+}
+
+#[test]
+fn an_exact_name_wins_over_a_suffix_and_a_longer_suffix_over_a_shorter_one() {
+    let r = rules(&[
+        ("*.example.com", 10.0),
+        ("*.eu.example.com", 5.0),
+        ("api.eu.example.com", 1.0),
+    ]);
+    assert_eq!(r.rate_for("a.example.com"), Some(10.0));
+    assert_eq!(r.rate_for("b.eu.example.com"), Some(5.0));
+    assert_eq!(r.rate_for("api.eu.example.com"), Some(1.0));
+    assert_eq!(
+        r.rate_for("example.com"),
+        None,
+        "a suffix rule needs a label before it"
+    );
+    assert_eq!(
+        r.rate_for("badexample.com"),
+        None,
+        "a suffix matches at a dot only"
+    );
+    assert_eq!(r.rate_for("other.org"), None);
+}
+
+#[test]
+fn a_host_without_a_rule_or_hold_goes_at_once() {
+    let mut p = pacing(&[("limited.example", 10.0)]);
+    for _ in 0..1000 {
+        assert_eq!(p.admit(&key("free.example", "w"), SEC), Admission::Go);
+    }
+}
+
+#[test]
+fn a_limited_host_gets_one_slot_per_interval_and_waits_for_it() {
+    let mut p = pacing(&[("limited.example", 10.0)]);
+    let k = key("limited.example", "w");
+    assert_eq!(p.admit(&k, SEC), Admission::Go);
+    assert_eq!(
+        p.admit(&k, SEC),
+        Admission::Wait {
+            wait: 100 * MS,
+            reason: HoldReason::RateLimit
+        }
+    );
+    assert_eq!(
+        p.admit(&k, SEC),
+        Admission::Wait {
+            wait: 200 * MS,
+            reason: HoldReason::RateLimit
+        }
+    );
+    assert_eq!(
+        p.admit(&key("limited.example", "other workspace"), SEC),
+        Admission::Wait {
+            wait: 300 * MS,
+            reason: HoldReason::RateLimit
+        },
+        "the limit is the host's, whatever the workspace"
+    );
+}
+
+#[test]
+fn an_idle_limited_host_does_not_save_up_a_burst() {
+    let mut p = pacing(&[("limited.example", 10.0)]);
+    let k = key("limited.example", "w");
+    assert_eq!(p.admit(&k, SEC), Admission::Go);
+    assert_eq!(p.admit(&k, 60 * SEC), Admission::Go);
+    assert!(matches!(p.admit(&k, 60 * SEC), Admission::Wait { .. }));
+}
+
+#[test]
+fn waits_longer_than_the_in_process_bound_are_requeued_with_their_slot_booked() {
+    let mut p = Pacing::new(rules(&[("slow.example", 1.0)]), 2 * SEC, 128, 3600 * SEC);
+    let k = key("slow.example", "w");
+    assert_eq!(p.admit(&k, SEC), Admission::Go);
+    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+    assert_eq!(
+        p.admit(&k, SEC),
+        Admission::Requeue {
+            after: 3 * SEC,
+            booked: true,
+            reason: HoldReason::RateLimit
+        }
+    );
+    assert_eq!(
+        p.admit(&k, SEC),
+        Admission::Requeue {
+            after: 4 * SEC,
+            booked: true,
+            reason: HoldReason::RateLimit
+        },
+        "the requeued send kept its slot"
+    );
+}
+
+#[test]
+fn more_waiting_sends_than_a_host_may_have_are_requeued_and_a_wake_frees_a_place() {
+    let mut p = Pacing::new(rules(&[("busy.example", 100.0)]), 10 * SEC, 2, 3600 * SEC);
+    let k = key("busy.example", "w");
+    assert_eq!(p.admit(&k, SEC), Admission::Go);
+    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+    assert!(matches!(p.admit(&k, SEC), Admission::Requeue { .. }));
+    p.woke("busy.example");
+    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+}
+
+#[test]
+fn retry_after_holds_the_host_for_that_workspace_only_until_it_ends() {
+    let mut p = pacing(&[]);
+    let k = key("api.example", "w1");
+    assert_eq!(p.hold(&k, SEC, 2 * SEC), Some(3 * SEC));
+    assert_eq!(
+        p.admit(&k, SEC + 500 * MS),
+        Admission::Wait {
+            wait: 1500 * MS,
+            reason: HoldReason::RetryAfter
+        }
+    );
+    assert_eq!(p.admit(&key("api.example", "w2"), SEC), Admission::Go);
+    assert_eq!(p.admit(&key("other.example", "w1"), SEC), Admission::Go);
+    assert_eq!(p.admit(&k, 3 * SEC), Admission::Go, "the hold has ended");
+}
+
+#[test]
+fn retry_after_is_capped_never_shortened_and_zero_holds_nothing() {
+    let mut p = Pacing::new(RateRules::default(), 10 * SEC, 128, 60 * SEC);
+    let k = key("api.example", "w");
+    assert_eq!(p.hold(&k, SEC, Duration::ZERO), None);
+    assert_eq!(p.hold(&k, SEC, 3600 * SEC), Some(61 * SEC), "capped");
+    assert_eq!(
+        p.hold(&k, 2 * SEC, 5 * SEC),
+        None,
+        "a shorter one does not shorten it"
+    );
+    assert_eq!(
+        p.admit(&k, 2 * SEC),
+        Admission::Requeue {
+            after: 59 * SEC,
+            booked: false,
+            reason: HoldReason::RetryAfter
+        }
+    );
+}
+
+#[test]
+fn a_limited_host_under_retry_after_books_its_slots_from_the_hold_s_end() {
+    let mut p = pacing(&[("api.example", 10.0)]);
+    let k = key("api.example", "w");
+    p.hold(&k, Duration::ZERO, 2 * SEC);
+    assert_eq!(
+        p.admit(&k, Duration::ZERO),
+        Admission::Wait {
+            wait: 2 * SEC,
+            reason: HoldReason::RetryAfter
+        }
+    );
+    assert_eq!(
+        p.admit(&k, Duration::ZERO),
+        Admission::Wait {
+            wait: 2100 * MS,
+            reason: HoldReason::RateLimit
+        }
+    );
+}
+
+#[test]
+fn many_hosts_and_holds_do_not_grow_memory_once_expired() {
+    let mut p = pacing(&[("*.example", 1000.0)]);
+    for i in 0..20_000u64 {
+        let now = Duration::from_millis(i * 10);
+        let k = key(&format!("h{i}.example"), "w");
+        p.admit(&k, now);
+        p.hold(&k, now, MS);
+    }
+    assert!(p.next_slot.len() <= SWEEP_ABOVE + 1);
+    assert!(p.holds.len() <= SWEEP_ABOVE + 1);
+}
+
+proptest! {
+    /// Whatever the arrivals, no two requests to a limited host are given slots closer than its interval:
+    /// the rate at the receiver never exceeds the limit.
+    #[test]
+    fn slots_never_exceed_the_rate(rate in 1u32..500, arrivals in proptest::collection::vec(0u64..5_000, 1..300)) {
+        let mut p = Pacing::new(rules(&[("h.example", f64::from(rate))]), Duration::from_secs(3600), usize::MAX, SEC);
+        let mut sorted = arrivals;
+        sorted.sort_unstable();
+        let mut starts = Vec::new();
+        for ms in sorted {
+            let now = Duration::from_millis(ms);
+            let start = match p.admit(&key("h.example", "w"), now) {
+                Admission::Go => now,
+                Admission::Wait { wait, .. } | Admission::Requeue { after: wait, .. } => now + wait,
+            };
+            starts.push(start);
+        }
+        let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+        for pair in starts.windows(2) {
+            prop_assert!(pair[1] >= pair[0] + interval - Duration::from_nanos(1));
+        }
+    }
+}
