@@ -282,6 +282,7 @@ fn retry_records() {
         due_ms: 1_700_000_060_000,
         last_status: 503,
         slot_ms: None,
+        source: None,
     };
     fuzz("retry record", 2, &[retry.encode()], |b| {
         if let Ok(r) = decode_retry(&record(b, vec![]), &rules) {

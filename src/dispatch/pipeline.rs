@@ -18,7 +18,7 @@ use super::retry::RetryPolicy;
 use super::tiers::Tiers;
 use crate::clock::now_ms;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
-use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, ValidSend};
+use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, SourceRef, ValidSend};
 use crate::kafka::publish::{Abandoned, PublishError, Publisher};
 use crate::kafka::Record;
 use crate::telemetry::metrics::status_class;
@@ -107,7 +107,7 @@ impl Pipeline {
             Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
         let span = send_span(&send, 1);
-        self.attempt(record, &send, Turn::first())
+        self.attempt(record, &send, Turn::first(record))
             .instrument(span)
             .await
     }
@@ -140,10 +140,10 @@ impl Pipeline {
             first_attempt_ms: retry.first_attempt_ms,
             last_status: retry.last_status,
             slot_ms: retry.slot_ms,
+            source: retry.source,
         };
-        self.attempt(record, &send, turn)
-            .instrument(send_span(&send, turn.number))
-            .await
+        let span = send_span(&send, turn.number);
+        self.attempt(record, &send, turn).instrument(span).await
     }
 
     /// A scheduled retry that no longer passes validation (the rules changed since it was scheduled): its
@@ -176,13 +176,14 @@ impl Pipeline {
             .with_label_values(&[GIVE_UP_NO_LONGER_VALID])
             .inc();
         let id = uuid::Uuid::new_v4().to_string();
-        let event = event_for(
+        let mut event = event_for(
             &retry.send,
             Target::unparsed(&retry.send),
             &failure,
             facts,
             id,
         );
+        SourceRef::stamp(retry.source.as_ref(), &mut event);
         match self.publisher.failure(&event).await {
             Ok(()) | Err(PublishError::Rejected { .. }) => {}
             Err(PublishError::Abandoned(a)) => return Err(a),
@@ -221,6 +222,7 @@ impl Pipeline {
             first_attempt_ms: turn.first_attempt_ms(),
             wire,
             duration,
+            source: turn.source.as_ref(),
         };
         self.planned(record, &attempted).await
     }
@@ -264,6 +266,7 @@ impl Pipeline {
             due_ms,
             last_status: turn.last_status,
             slot_ms,
+            source: turn.source.clone(),
         };
         let topic = self.tiers.topic_for(due_ms, now_ms()).to_string();
         match self.publisher.retry(&topic, &retry).await {
@@ -278,6 +281,7 @@ impl Pipeline {
                     first_attempt_ms: turn.first_attempt_ms(),
                     wire,
                     duration,
+                    source: turn.source.as_ref(),
                 };
                 self.planned(record, &attempted).await
             }
@@ -427,7 +431,7 @@ impl crate::kafka::consumer::Handler for Pipeline {
 }
 
 /// Where a send stands before an attempt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Turn {
     /// This attempt's number, from 1.
     number: u32,
@@ -435,15 +439,23 @@ struct Turn {
     last_status: u16,
     /// The rate slot booked for a send requeued by a hold.
     slot_ms: Option<i64>,
+    /// Where the send's original record is.
+    source: Option<SourceRef>,
 }
 
 impl Turn {
-    fn first() -> Self {
+    /// A send's first attempt: `record` is its original.
+    fn first(record: &Record) -> Self {
         Self {
             number: 1,
             first_attempt_ms: 0,
             last_status: 0,
             slot_ms: None,
+            source: Some(SourceRef {
+                topic: record.tp.topic.to_string(),
+                partition: record.tp.partition,
+                offset: record.offset,
+            }),
         }
     }
 

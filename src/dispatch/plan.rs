@@ -11,7 +11,7 @@ use super::classify::{classify, Attempt, Failure, Outcome};
 use super::report::{event_for, AttemptFacts, Target};
 use super::retry::{parse_retry_after, Decision, GiveUpReason, RetryPolicy};
 use super::tiers::Tiers;
-use crate::events::{FailureEvent, RetryRecord, ValidSend};
+use crate::events::{FailureEvent, RetryRecord, SourceRef, ValidSend};
 
 /// One attempt of a send, as it happened.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct Attempted<'a> {
     /// What happened on the wire (or instead of it).
     pub wire: Attempt,
     pub duration: Duration,
+    /// Where the send's original record is, carried into its failure events and retries.
+    pub source: Option<&'a SourceRef>,
 }
 
 /// What the plan may not find out by itself.
@@ -101,6 +103,17 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
         next_attempt_at_ms: due,
     };
     let send = attempted.send;
+    let event = |facts| {
+        let mut event = event_for(
+            &send.request,
+            Target::of(send),
+            &failure,
+            facts,
+            now.event_id.clone(),
+        );
+        SourceRef::stamp(attempted.source, &mut event);
+        event
+    };
     match decision {
         Decision::RetryAt(due_ms) => Plan::Retry {
             topic: policy.tiers.topic_for(due_ms, now.now_ms).to_string(),
@@ -111,24 +124,13 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
                 due_ms,
                 last_status: failure.status,
                 slot_ms: None,
+                source: attempted.source.cloned(),
             },
-            event: event_for(
-                &send.request,
-                Target::of(send),
-                &failure,
-                facts(Some(due_ms)),
-                now.event_id,
-            ),
+            event: event(facts(Some(due_ms))),
             failure,
         },
         Decision::GiveUp(reason) => Plan::GiveUp {
-            event: event_for(
-                &send.request,
-                Target::of(send),
-                &failure,
-                facts(None),
-                now.event_id,
-            ),
+            event: event(facts(None)),
             failure,
             reason,
         },
@@ -193,6 +195,7 @@ mod tests {
             first_attempt_ms: T0,
             wire,
             duration: Duration::from_millis(12),
+            source: None,
         };
         let now = Circumstances {
             now_ms,

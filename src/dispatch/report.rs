@@ -122,6 +122,9 @@ pub fn event_for(
         send_created_at: r.created_at,
         hookrelay_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         truncated: None,
+        source_topic: None,
+        source_partition: None,
+        source_offset: None,
     }
 }
 

@@ -49,6 +49,10 @@ pub struct FailureEvent {
     pub hookrelay_version: Option<String>,
     /// String fields were cut so that the event fits in a Kafka record.
     pub truncated: Option<bool>,
+    /// Where the send request's original record is, for `hookrelay replay`.
+    pub source_topic: Option<String>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
 }
 
 /// Why a failure event could not be read.
@@ -171,21 +175,34 @@ mod tests {
             send_created_at: Some(-1),
             hookrelay_version: s("0.1.0"),
             truncated: Some(true),
+            source_topic: s("webhook-sends"),
+            source_partition: Some(7),
+            source_offset: Some(123_456),
         }
     }
 
     #[test]
     fn an_event_written_before_the_newest_optional_field_existed_still_reads() {
-        // The previous version of the schema ended before `truncated`: its binary is this version's without
-        // the last byte (the null branch), and single-object frames carry that version's fingerprint.
+        // An earlier version of the schema ended before `truncated` and the source fields after it: its binary
+        // is this version's without their bytes, and single-object frames carry that version's fingerprint.
         let fps = crate::events::compatible_fingerprints(crate::events::FAILURE_SCHEMA_JSON);
-        assert!(fps.len() > 1, "earlier versions are known");
-        let event = full();
+        assert!(fps.len() > 4, "earlier versions are known");
+        let event = FailureEvent {
+            source_topic: None,
+            source_partition: None,
+            source_offset: None,
+            ..full()
+        };
         let mut body = event.encode(EventEncoding::Binary, None);
-        // truncated = Some(true) is the last field: union branch 1 (zig-zag 2), then true (1).
+        // The three source fields are null (branch 0 each); truncated = Some(true) before them: union branch
+        // 1 (zig-zag 2), then true (1).
+        assert_eq!(
+            (body.pop(), body.pop(), body.pop()),
+            (Some(0), Some(0), Some(0))
+        );
         assert_eq!((body.pop(), body.pop()), (Some(1), Some(2)));
         let mut old = vec![0xC3, 0x01];
-        old.extend(fps[1]);
+        old.extend(fps[4]);
         old.extend(&body);
         let read = FailureEvent::decode(&old).expect("an older event reads");
         assert_eq!(read.truncated, None);

@@ -11,7 +11,7 @@ pub mod validation;
 
 pub use failure::FailureEvent;
 pub use framing::Frame;
-pub use retry_record::RetryRecord;
+pub use retry_record::{RetryRecord, SourceRef};
 pub use send_request::{InvalidSend, Rules, SendRequest, ValidSend};
 
 /// `schemas/failure.avsc`, a superset of Braze Currents' `users.messages.webhook.Failure`.

@@ -25,6 +25,36 @@ pub struct RetryRecord {
     /// when it comes back instead of being paced again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_ms: Option<i64>,
+    /// Where the send's original record is (absent in records written before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRef>,
+}
+
+/// Where a send request's original record is: failure events carry it so that `hookrelay replay` can
+/// re-produce the very record, body and headers included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl SourceRef {
+    /// Written into a failure event.
+    pub fn stamp(source: Option<&SourceRef>, event: &mut super::FailureEvent) {
+        event.source_topic = source.map(|s| s.topic.clone());
+        event.source_partition = source.map(|s| s.partition);
+        event.source_offset = source.map(|s| s.offset);
+    }
+
+    /// Read back from a failure event, if it has all three fields.
+    pub fn of_event(event: &super::FailureEvent) -> Option<SourceRef> {
+        Some(SourceRef {
+            topic: event.source_topic.clone()?,
+            partition: event.source_partition?,
+            offset: event.source_offset?,
+        })
+    }
 }
 
 impl RetryRecord {
