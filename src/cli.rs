@@ -89,6 +89,17 @@ pub enum Command {
     /// Sends are JSON, spread over --workspaces workspaces and the given --url endpoints, with campaign and
     /// Canvas fields filled in. Runs until --count or SIGINT/SIGTERM.
     Produce(crate::tools::produce::ProduceArgs),
+    /// Redrive sends that failed, once their endpoint is fixed: re-produce the original send requests.
+    ///
+    /// Scans [topics].failures for failure events in --since..--until (terminal only unless --all-attempts),
+    /// narrowed by --workspace, --campaign, --canvas and --status (404, 4xx, 5xx, 598, 599), finds each
+    /// send's original record through the coordinates its failure event carries, and produces that record
+    /// again — same key, body and headers, so the same id and webhook-id — to [topics].sends with a
+    /// `hookrelay-replay` header. One redrive per original record, however many of its attempts failed.
+    /// --dry-run prints how many would be redriven, by workspace and code. If originals were deleted by
+    /// retention, it stops before producing anything and says which (--skip-deleted redrives the rest).
+    /// The time look-up uses the broker's offsets-for-times (a scan from the start on the embedded broker).
+    Replay(crate::replay::ReplayArgs),
     /// Validate the configuration and print the effective values as TOML (credentials redacted).
     ///
     /// Every problem is listed at once, and the exit status is non-zero if there is any. The output is a
@@ -158,6 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(config, args),
         Command::Bench(args) => bench::run(config, args),
         Command::Produce(args) => runtime()?.block_on(crate::tools::produce::run(config, args)),
+        Command::Replay(args) => runtime()?.block_on(crate::replay::run(config, args)),
     }
 }
 

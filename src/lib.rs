@@ -24,6 +24,8 @@
 //!   consumer on its own thread handing batches, and assignments in order, to an async loop), the publisher
 //!   of outcomes, readers, the embedded broker. Imports `events`,
 //!   `telemetry` — never `dispatch` or `aggregate`.
+//! - [`replay`]: `hookrelay replay`. The selection of failure events and its summaries — *pure*; the scan of
+//!   the failure topic and the redrive of the original records. Imports `events`, `kafka`.
 //! - [`security`]: the SSRF guard (with its resolver), webhook signatures, request-header rules.
 //! - [`telemetry`]: typed metrics, `/metrics` `/healthz` `/readyz`, logging. Imports plain data types only
 //!   (`events`' dead-letter kinds, `kafka`'s partition offsets).
@@ -45,6 +47,7 @@ pub mod config;
 pub mod dispatch;
 pub mod events;
 pub mod kafka;
+pub mod replay;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;

@@ -12,6 +12,7 @@ mod hostile_input;
 mod operations;
 mod pacing;
 mod processes;
+mod replay;
 mod retries;
 mod security;
 mod support;

@@ -1,0 +1,145 @@
+//! `hookrelay replay` from outside: a dispatcher child process fails sends for good, the receiver is fixed,
+//! and the replay command redrives exactly the selected ones, each delivered once.
+
+use std::time::Duration;
+
+use crate::support::{
+    child_config, config_file, free_port, full_send, hookrelay_command, produce_one, wait_for,
+    ChildDispatcher, Kafka,
+};
+use hookrelay::config::Config;
+use hookrelay::tools::harness::OutputReader;
+use hookrelay::tools::receiver::{Receiver, Script};
+
+/// `hookrelay replay <args>` run to its end: whether it succeeded, standard output and standard error.
+async fn replay(config: &Config, args: &[&str]) -> (bool, String, String) {
+    let file = config_file(&child_config(config, free_port()));
+    let mut cmd = hookrelay_command("replay", &file, &[]);
+    cmd.args(args);
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            let out = cmd.output().expect("hookrelay replay runs");
+            drop(file);
+            out
+        }),
+    )
+    .await
+    .expect("hookrelay replay ends within a minute")
+    .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn requests_for(rx: &Receiver, id: &str) -> Vec<u16> {
+    rx.requests()
+        .iter()
+        .filter(|r| r.webhook_id.as_deref() == Some(id))
+        .map(|r| r.status)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_since_redrives_exactly_the_sends_that_failed_for_good_and_each_is_delivered_once() {
+    let kafka = Kafka::start(2);
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
+        .await
+        .unwrap();
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = kafka.producer();
+    // A 404 is final; `seq` makes the endpoint answer 200 from its second request on: the fix.
+    for i in 0..4 {
+        produce_one(
+            &producer,
+            &format!("broken{i}"),
+            &rx.url("/hook?seq=404,200"),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        produce_one(&producer, &format!("fine{i}"), &rx.url("/ok")).await;
+    }
+    for i in 0..2 {
+        let send = full_send(&format!("other{i}"), "other", &rx.url("/hook?seq=410,200"));
+        producer.json(&send).await.unwrap();
+    }
+    let dispatcher = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "six sends have failed for good",
+        Duration::from_secs(30),
+        || async { reader.snapshot().terminal_failures() == 6 },
+    )
+    .await;
+    let failures = reader.snapshot().failures;
+    assert!(
+        failures.iter().all(|e| e.source_topic.as_deref()
+            == Some(kafka.config.topics.sends.as_str())
+            && e.source_offset.is_some()),
+        "failure events name their original record"
+    );
+
+    let (ok, out, err) = replay(
+        &kafka.config,
+        &["--since", "10m", "--workspace", "ws", "--dry-run"],
+    )
+    .await;
+    assert!(ok, "dry run: {err}");
+    assert!(out.contains("4 sends to redrive"), "{out}");
+    assert!(out.contains(" 404 "), "by code: {out}");
+    assert_eq!(rx.count(), 9, "a dry run produces nothing");
+
+    let (ok, out, err) = replay(&kafka.config, &["--since", "10m", "--workspace", "ws"]).await;
+    assert!(ok, "replay: {err}");
+    assert!(out.contains("redriven 4 sends"), "{out}");
+    wait_for(
+        "the four redriven sends are delivered",
+        Duration::from_secs(30),
+        || async {
+            dispatcher
+                .metric("hookrelay_sends_total{result=\"delivered\"}")
+                .await
+                == Some(7.0)
+        },
+    )
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            requests_for(&rx, &format!("broken{i}")),
+            vec![404, 200],
+            "broken{i}: once more, delivered"
+        );
+    }
+    for i in 0..3 {
+        assert_eq!(
+            requests_for(&rx, &format!("fine{i}")),
+            vec![200],
+            "fine{i} is not redriven"
+        );
+    }
+    for i in 0..2 {
+        assert_eq!(
+            requests_for(&rx, &format!("other{i}")),
+            vec![410],
+            "other{i}: another workspace"
+        );
+    }
+
+    let (ok, out, _) = replay(
+        &kafka.config,
+        &["--since", "10m", "--status", "5xx", "--dry-run"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("0 sends to redrive"),
+        "no 5xx failed: {out}"
+    );
+    let (ok, _, err) = replay(&kafka.config, &["--since", "yesterday-ish"]).await;
+    assert!(
+        !ok && err.contains("RFC 3339"),
+        "a bad time is explained: {err}"
+    );
+    reader.stop();
+}
