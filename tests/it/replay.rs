@@ -143,3 +143,39 @@ async fn replay_since_redrives_exactly_the_sends_that_failed_for_good_and_each_i
     );
     reader.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn originals_deleted_by_retention_stop_the_replay_before_anything_is_produced() {
+    let kafka = Kafka::start(1);
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
+        .await
+        .unwrap();
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let producer = kafka.producer();
+    produce_one(&producer, "gone", &rx.url("/hook?status=404")).await;
+    let mut dispatcher = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "the send has failed for good",
+        Duration::from_secs(30),
+        || async { reader.snapshot().terminal_failures() == 1 },
+    )
+    .await;
+    dispatcher.terminate();
+    // The embedded broker keeps about 5 MiB per partition: 8 MiB more pushes the original out, as
+    // retention would on a real cluster (random bytes: the producer compresses).
+    for _ in 0..16 {
+        let filler: Vec<u8> = (0..512 * 1024).map(|_| rand::random::<u8>()).collect();
+        producer.raw(b"filler", &filler).await.unwrap();
+    }
+    let (ok, _, err) = replay(&kafka.config, &["--since", "10m"]).await;
+    assert!(!ok, "the replay stops");
+    assert!(
+        err.contains("deleted by retention") && err.contains("Nothing was produced"),
+        "and says why: {err}"
+    );
+    let (ok, out, err) = replay(&kafka.config, &["--since", "10m", "--skip-deleted"]).await;
+    assert!(ok, "--skip-deleted redrives the rest: {err}");
+    assert!(err.contains("skipping 1 sends"), "{err}");
+    assert!(out.contains("redriven 0 sends"), "{out}");
+    reader.stop();
+}
