@@ -151,8 +151,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     {
         config.telemetry.log_level = "error".into();
     }
-    telemetry::logging::init(&config.telemetry);
-    match cli.command {
+    let traces = telemetry::logging::init(&config.telemetry)
+        .context("setting up the OTLP trace exporter (telemetry.otlp_endpoint)")?;
+    let result = run_command(cli.command, config);
+    if let Some(provider) = traces {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("the last spans could not be exported: {e}");
+        }
+    }
+    result
+}
+
+fn run_command(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Broker(args) => run_broker(config, args),
         Command::CheckConfig => {
             let text = config

@@ -4,15 +4,16 @@
 //! variables `HOOKRELAY_<SECTION>__<KEY>`. Everything is validated once at start-up and *every* problem is
 //! reported together, so an operator fixes a bad deployment in one round trip instead of one per typo.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 mod env;
 mod kafka;
+mod telemetry;
 mod validate;
 
 pub use kafka::{is_secret_property, KafkaConfig};
+pub use telemetry::{LogFormat, OtlpProtocol, TelemetryConfig};
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -257,48 +258,6 @@ impl Default for EventsConfig {
             encoding: EventEncoding::SingleObject,
             schema_id: None,
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// Address of `/metrics`, `/healthz` and `/readyz`; empty disables the listener.
-    pub listen: String,
-    pub log_format: LogFormat,
-    /// `tracing` filter directive, e.g. `info` or `hookrelay=debug,rdkafka=warn`.
-    pub log_level: String,
-    /// How often the broker is probed for `/readyz` and the consumer-lag gauges (timeout: the lesser of
-    /// this and 5 s).
-    #[serde(with = "humantime_serde")]
-    pub probe_interval: Duration,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            listen: "0.0.0.0:9090".into(),
-            log_format: LogFormat::Human,
-            log_level: "info".into(),
-            probe_interval: Duration::from_secs(10),
-        }
-    }
-}
-
-impl TelemetryConfig {
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
-    }
-
-    pub fn probe_timeout(&self) -> Duration {
-        self.probe_interval.min(Duration::from_secs(5))
     }
 }
 

@@ -166,6 +166,17 @@ impl Config {
         if t.probe_interval < Duration::from_millis(100) {
             p.push("telemetry.probe_interval must be at least 100ms".into());
         }
+        let otlp = t.otlp_endpoint.trim();
+        if !otlp.is_empty()
+            && !url::Url::parse(otlp).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            p.push(format!(
+                "telemetry.otlp_endpoint {otlp:?} is not an http(s) URL like http://otel-collector:4318 (empty: no traces)"
+            ));
+        }
+        if t.otlp_service_name.trim().is_empty() {
+            p.push("telemetry.otlp_service_name is empty".into());
+        }
         if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
             p.push(format!(
                 "telemetry.log_level {:?} is not a valid filter",

@@ -71,6 +71,9 @@ impl Executor {
             .request(send.method.clone(), send.url.clone())
             .headers(send.headers.clone())
             .header("webhook-id", &send.request.id);
+        for (name, value) in crate::telemetry::traces::current_context() {
+            req = req.header(name, value);
+        }
         let timestamp = crate::clock::now_ms() / 1000;
         if let Some(sig) = self.signer.signature(
             &send.request.workspace_id,

@@ -2,6 +2,7 @@
 //! committed only once each outcome is durable.
 
 pub mod classify;
+mod decode;
 pub(crate) mod delivery;
 pub(crate) mod host_health;
 pub(crate) mod http;
@@ -12,6 +13,7 @@ pub(crate) mod plan;
 pub mod report;
 pub mod retry;
 pub(crate) mod tiers;
+mod turn;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! One record's journey: decode → gate → deliver → plan → apply. Returns only once the outcome is durable,
+//! One record's journey: decode → pace → gate → deliver → plan → apply. Returns only once the outcome is durable,
 //! which is what allows the caller to mark the offset done.
 //!
 //! What happens to a send is decided by [`plan`](super::plan::plan), which is pure; this module does the
@@ -10,18 +10,18 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::classify::{Failure, FailureSource, NO_RESPONSE};
+pub use super::decode::{decode_retry, decode_send};
 use super::delivery::{Delivery, Paced};
-use super::host_health::HostKey;
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
 use super::report::{event_for, AttemptFacts, Target};
 use super::retry::RetryPolicy;
 use super::tiers::Tiers;
+use super::turn::{count, host_key, send_span, Turn};
 use crate::clock::now_ms;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
-use crate::events::{FailureEvent, RetryRecord, Rules, SendRequest, SourceRef, ValidSend};
+use crate::events::{FailureEvent, RetryRecord, Rules, SourceRef, ValidSend};
 use crate::kafka::publish::{Abandoned, PublishError, Publisher};
 use crate::kafka::Record;
-use crate::telemetry::metrics::status_class;
 use crate::telemetry::DispatchMetrics;
 
 /// What became of a record in this pass.
@@ -59,46 +59,6 @@ pub struct Pipeline {
 const GIVE_UP_RETRY_REFUSED: &str = "retry_refused";
 const GIVE_UP_NO_LONGER_VALID: &str = "no_longer_valid";
 
-/// What a record is before anything is decoded: refused if its headers cannot be read or it is too large.
-fn admit(record: &Record, rules: &Rules) -> Result<(), InvalidSend> {
-    if let Some(why) = &record.header_error {
-        return Err(invalid(InvalidKind::InvalidHeader, why.clone()));
-    }
-    if record.payload.len() > rules.max_record_bytes {
-        return Err(invalid(
-            InvalidKind::TooLarge,
-            format!(
-                "record of {} bytes is larger than dispatch.max_record_bytes ({})",
-                record.payload.len(),
-                rules.max_record_bytes
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A record of the send topic as a send that can go out, or why not. Pure: every byte of the record is
-/// foreign, and this is what the fuzz harness drives.
-pub fn decode_send(
-    record: &Record,
-    rules: &Rules,
-    accept_plain_avro: bool,
-) -> Result<ValidSend, InvalidSend> {
-    admit(record, rules)?;
-    SendRequest::decode(&record.payload, accept_plain_avro)?.validate(rules)
-}
-
-/// A record of a retry tier as a retry record, or why not (its send is validated when it is due).
-pub fn decode_retry(record: &Record, rules: &Rules) -> Result<RetryRecord, InvalidSend> {
-    admit(record, rules)?;
-    RetryRecord::decode(&record.payload).map_err(|e| {
-        invalid(
-            InvalidKind::Undecodable,
-            format!("invalid retry record: {e}"),
-        )
-    })
-}
-
 impl Pipeline {
     /// A fresh send request from the send topic.
     pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
@@ -107,6 +67,7 @@ impl Pipeline {
             Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
         let span = send_span(&send, 1);
+        crate::telemetry::traces::adopt_parent(&span, &record.headers);
         self.attempt(record, &send, Turn::first(record))
             .instrument(span)
             .await
@@ -143,6 +104,7 @@ impl Pipeline {
             source: retry.source,
         };
         let span = send_span(&send, turn.number);
+        crate::telemetry::traces::adopt_parent(&span, &record.headers);
         self.attempt(record, &send, turn).instrument(span).await
     }
 
@@ -244,6 +206,17 @@ impl Pipeline {
         };
         let plan = plan(attempted, now, policy);
         count(&self.metrics, &plan);
+        if crate::telemetry::traces::enabled() {
+            let outcome = match &plan {
+                Plan::Delivered { .. } => "delivered",
+                Plan::Retry { .. } => "retrying",
+                Plan::GiveUp { .. } => "failed",
+            };
+            tracing::Span::current()
+                // Signed: the trace layer exports unsigned integers as strings.
+                .record("status", i64::from(plan.status()))
+                .record("outcome", outcome);
+        }
         // Boxed: making a plan durable is the largest state of this future (6 KB), and without the box every
         // request in flight would carry it.
         Box::pin(self.apply(record, plan, attempted.number)).await
@@ -270,7 +243,12 @@ impl Pipeline {
         };
         let topic = self.tiers.topic_for(due_ms, now_ms()).to_string();
         match self.publisher.retry(&topic, &retry).await {
-            Ok(()) => Ok(Handled::Requeued),
+            Ok(()) => {
+                if crate::telemetry::traces::enabled() {
+                    tracing::Span::current().record("outcome", "requeued");
+                }
+                Ok(Handled::Requeued)
+            }
             Err(PublishError::Abandoned(a)) => Err(a),
             Err(PublishError::Rejected { topic, reason }) => {
                 tracing::warn!(%topic, %reason, "held send could not be requeued; sending it now");
@@ -396,23 +374,6 @@ impl Pipeline {
     }
 }
 
-/// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
-fn count(metrics: &DispatchMetrics, plan: &Plan) {
-    metrics
-        .attempts
-        .with_label_values(&[status_class(plan.status())])
-        .inc();
-    if let Plan::GiveUp {
-        failure, reason, ..
-    } = plan
-    {
-        metrics.give_ups.with_label_values(&[reason.as_str()]).inc();
-        if failure.source == FailureSource::BlockedDestination {
-            metrics.blocked_destinations.inc();
-        }
-    }
-}
-
 /// The consumer thread hands its records here.
 impl crate::kafka::consumer::Handler for Pipeline {
     fn handle(
@@ -428,60 +389,4 @@ impl crate::kafka::consumer::Handler for Pipeline {
             result.is_ok()
         })
     }
-}
-
-/// Where a send stands before an attempt.
-#[derive(Debug, Clone)]
-struct Turn {
-    /// This attempt's number, from 1.
-    number: u32,
-    first_attempt_ms: i64,
-    last_status: u16,
-    /// The rate slot booked for a send requeued by a hold.
-    slot_ms: Option<i64>,
-    /// Where the send's original record is.
-    source: Option<SourceRef>,
-}
-
-impl Turn {
-    /// A send's first attempt: `record` is its original.
-    fn first(record: &Record) -> Self {
-        Self {
-            number: 1,
-            first_attempt_ms: 0,
-            last_status: 0,
-            slot_ms: None,
-            source: Some(SourceRef {
-                topic: record.tp.topic.to_string(),
-                partition: record.tp.partition,
-                offset: record.offset,
-            }),
-        }
-    }
-
-    /// Retry windows count from the first attempt actually made, not from a hold before it.
-    fn first_attempt_ms(&self) -> i64 {
-        if self.number == 1 {
-            now_ms()
-        } else {
-            self.first_attempt_ms
-        }
-    }
-}
-
-fn host_key(send: &ValidSend) -> HostKey {
-    HostKey {
-        host: send.url.host_str().unwrap_or_default().to_string(),
-        workspace: send.request.workspace_id.clone(),
-    }
-}
-
-fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
-    tracing::info_span!(
-        "send",
-        id = %send.request.id,
-        workspace = %send.request.workspace_id,
-        host = send.url.host_str().unwrap_or_default(),
-        attempt
-    )
 }

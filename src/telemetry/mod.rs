@@ -5,6 +5,7 @@ pub(crate) mod kafka_gauges;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod server;
+pub mod traces;
 
 pub use aggregate_metrics::AggregateMetrics;
 pub use kafka_gauges::KafkaGauges;

@@ -16,3 +16,4 @@ mod replay;
 mod retries;
 mod security;
 mod support;
+mod traces;

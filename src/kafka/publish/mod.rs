@@ -118,6 +118,7 @@ impl Publisher {
                 key: "content-type",
                 value: Some(content_type),
             });
+        let headers = with_trace_context(headers);
         let key = event.app_group_id.as_deref().unwrap_or_default();
         let room = self.room(key.as_bytes(), 160);
         let mut payload = event.encode(encoding, schema_id);
@@ -159,6 +160,7 @@ impl Publisher {
                 key: "content-type",
                 value: Some("application/json"),
             });
+        let headers = with_trace_context(headers);
         let key = record.send.workspace_id.as_bytes();
         let payload = record.encode();
         let room = self.room(key, 80);
@@ -306,4 +308,16 @@ impl Publisher {
         }
         result
     }
+}
+
+/// The current attempt's W3C trace context (`traceparent`), when traces are on, so a consumer of the
+/// failure event (or the next attempt, for a retry) continues the send's trace.
+fn with_trace_context(mut headers: OwnedHeaders) -> OwnedHeaders {
+    for (key, value) in crate::telemetry::traces::current_context() {
+        headers = headers.insert(Header {
+            key: &key,
+            value: Some(&value),
+        });
+    }
+    headers
 }

@@ -1,0 +1,86 @@
+//! Where a send stands before an attempt, and what an attempt is labelled with: its tracing span and the
+//! counters of its plan.
+
+use super::classify::FailureSource;
+use super::host_health::HostKey;
+use super::plan::Plan;
+use crate::clock::now_ms;
+use crate::events::{SourceRef, ValidSend};
+use crate::kafka::Record;
+use crate::telemetry::metrics::status_class;
+use crate::telemetry::DispatchMetrics;
+
+/// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
+pub(super) fn count(metrics: &DispatchMetrics, plan: &Plan) {
+    metrics
+        .attempts
+        .with_label_values(&[status_class(plan.status())])
+        .inc();
+    if let Plan::GiveUp {
+        failure, reason, ..
+    } = plan
+    {
+        metrics.give_ups.with_label_values(&[reason.as_str()]).inc();
+        if failure.source == FailureSource::BlockedDestination {
+            metrics.blocked_destinations.inc();
+        }
+    }
+}
+
+/// Where a send stands before an attempt.
+#[derive(Debug, Clone)]
+pub(super) struct Turn {
+    /// This attempt's number, from 1.
+    pub(super) number: u32,
+    pub(super) first_attempt_ms: i64,
+    pub(super) last_status: u16,
+    /// The rate slot booked for a send requeued by a hold.
+    pub(super) slot_ms: Option<i64>,
+    /// Where the send's original record is.
+    pub(super) source: Option<SourceRef>,
+}
+
+impl Turn {
+    /// A send's first attempt: `record` is its original.
+    pub(super) fn first(record: &Record) -> Self {
+        Self {
+            number: 1,
+            first_attempt_ms: 0,
+            last_status: 0,
+            slot_ms: None,
+            source: Some(SourceRef {
+                topic: record.tp.topic.to_string(),
+                partition: record.tp.partition,
+                offset: record.offset,
+            }),
+        }
+    }
+
+    /// Retry windows count from the first attempt actually made, not from a hold before it.
+    pub(super) fn first_attempt_ms(&self) -> i64 {
+        if self.number == 1 {
+            now_ms()
+        } else {
+            self.first_attempt_ms
+        }
+    }
+}
+
+pub(super) fn host_key(send: &ValidSend) -> HostKey {
+    HostKey {
+        host: send.url.host_str().unwrap_or_default().to_string(),
+        workspace: send.request.workspace_id.clone(),
+    }
+}
+
+pub(super) fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        id = %send.request.id,
+        workspace = %send.request.workspace_id,
+        host = send.url.host_str().unwrap_or_default(),
+        attempt = i64::from(attempt),
+        status = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}

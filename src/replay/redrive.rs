@@ -1,0 +1,150 @@
+//! Producing the originals again: each read from its partition, the replay header put in, delivered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use super::scan::{read_range, Progress};
+use super::REPLAY_HEADER;
+use crate::config::Config;
+use crate::events::SourceRef;
+use crate::kafka::client::{producer_config, reader_config};
+use crate::kafka::reader::lookup_client;
+
+/// Originals below their partition's first offset, per partition: (how many, the first offset).
+pub(super) async fn deleted_originals(
+    config: &Config,
+    sends: &[SourceRef],
+) -> anyhow::Result<BTreeMap<(String, i32), (u64, i64)>> {
+    let lookup = lookup_client(&config.kafka)?;
+    let mut starts = BTreeMap::new();
+    for s in sends {
+        if let std::collections::btree_map::Entry::Vacant(e) =
+            starts.entry((s.topic.clone(), s.partition))
+        {
+            let (low, _) = tokio::task::block_in_place(|| {
+                lookup.fetch_watermarks(&s.topic, s.partition, Duration::from_secs(10))
+            })
+            .with_context(|| {
+                format!("reading where {} partition {} starts", s.topic, s.partition)
+            })?;
+            e.insert(low);
+        }
+    }
+    Ok(super::select::deleted(sends, &starts))
+}
+
+pub(super) struct Redriven {
+    pub produced: u64,
+    pub missing: u64,
+}
+
+/// Reads each original and produces it again to the send topic. Originals close together are read in one
+/// pass; a gap of more than this many offsets is skipped by a new assignment.
+const SKIP_ABOVE: i64 = 1_000;
+/// Deliveries awaited at once, below librdkafka's queue bound.
+const IN_FLIGHT: usize = 10_000;
+
+pub(super) async fn redrive(
+    config: &Config,
+    sends: &[SourceRef],
+    replay_id: &str,
+) -> anyhow::Result<Redriven> {
+    let producer: FutureProducer = producer_config(&config.kafka)
+        .create()
+        .context("creating the producer")?;
+    let reader: BaseConsumer = reader_config(&config.kafka)
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .context("creating the reader")?;
+    let mut by_partition: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+    for s in sends {
+        by_partition
+            .entry((s.topic.clone(), s.partition))
+            .or_default()
+            .push(s.offset);
+    }
+    let mut out = Redriven {
+        produced: 0,
+        missing: 0,
+    };
+    let mut progress = Progress::new(sends.len() as i64);
+    let mut pending = Vec::new();
+    for ((topic, partition), mut offsets) in by_partition {
+        offsets.sort_unstable();
+        for run in offsets.chunk_by(|a, b| b - a <= SKIP_ABOVE) {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let mut originals = Vec::new();
+            read_range(&reader, &topic, partition, first, last + 1, |msg| {
+                if run.binary_search(&msg.offset()).is_ok() {
+                    originals.push(redriven_record(msg, replay_id));
+                }
+                Ok(())
+            })?;
+            out.missing += (run.len() - originals.len()) as u64;
+            for (key, payload, headers) in originals {
+                let record = FutureRecord::to(&config.topics.sends)
+                    .payload(&payload)
+                    .headers(headers);
+                let record = match &key {
+                    Some(k) => record.key(k),
+                    None => record,
+                };
+                let delivery = producer.send_result(record).map_err(|(e, _)| {
+                    anyhow::anyhow!("producing to {}: {e}", config.topics.sends)
+                })?;
+                pending.push(delivery);
+                progress.read(0);
+                if pending.len() >= IN_FLIGHT {
+                    out.produced += acknowledged(&mut pending, &config.topics.sends).await?;
+                }
+            }
+        }
+    }
+    out.produced += acknowledged(&mut pending, &config.topics.sends).await?;
+    progress.done();
+    Ok(out)
+}
+
+/// Waits for every delivery in `pending`; how many there were.
+async fn acknowledged(
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+    topic: &str,
+) -> anyhow::Result<u64> {
+    let n = pending.len() as u64;
+    for delivery in pending.drain(..) {
+        delivery
+            .await
+            .context("the producer went away")?
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    }
+    Ok(n)
+}
+
+/// The original's key, value and headers, with the replay header in place of any earlier one.
+fn redriven_record(
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    replay_id: &str,
+) -> (Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
+    let record = crate::kafka::Record::from_message(
+        msg,
+        crate::kafka::TopicPartition::new(msg.topic(), msg.partition()),
+    );
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in record.headers.iter().filter(|(n, _)| n != REPLAY_HEADER) {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    headers = headers.insert(Header {
+        key: REPLAY_HEADER,
+        value: Some(replay_id),
+    });
+    (record.key, record.payload, headers)
+}
