@@ -177,7 +177,17 @@ impl Pipeline {
         if let Paced::Requeue { due_ms, slot_ms } = self.delivery.pace(&host, turn.slot_ms).await {
             return Box::pin(self.requeue(record, send, turn, due_ms, slot_ms)).await;
         }
-        let (wire, duration) = self.delivery.deliver(&host, send).await;
+        self.deliver_and_plan(record, send, &turn).await
+    }
+
+    /// The HTTP attempt (or its gate), planned and the plan made durable.
+    async fn deliver_and_plan(
+        &self,
+        record: &Record,
+        send: &ValidSend,
+        turn: &Turn,
+    ) -> Result<Handled, Abandoned> {
+        let (wire, duration) = self.delivery.deliver(&host_key(send), send).await;
         let attempted = Attempted {
             send,
             number: turn.number,
@@ -252,16 +262,7 @@ impl Pipeline {
             Err(PublishError::Abandoned(a)) => Err(a),
             Err(PublishError::Rejected { topic, reason }) => {
                 tracing::warn!(%topic, %reason, "held send could not be requeued; sending it now");
-                let (wire, duration) = self.delivery.deliver(&host_key(send), send).await;
-                let attempted = Attempted {
-                    send,
-                    number: turn.number,
-                    first_attempt_ms: turn.first_attempt_ms(),
-                    wire,
-                    duration,
-                    source: turn.source.as_ref(),
-                };
-                self.planned(record, &attempted).await
+                self.deliver_and_plan(record, send, &turn).await
             }
         }
     }

@@ -13,11 +13,24 @@ async fn receiver_on(ip: &str) -> Receiver {
         .unwrap()
 }
 
-/// Requests per second between the first and the last request.
-fn rate(requests: &[Received]) -> f64 {
+/// Requests per second between the first and the last request, which must be within 10 % of `limit`.
+fn assert_rate_near(requests: &[Received], limit: f64) {
     let first = requests.iter().map(|r| r.at).min().unwrap();
     let last = requests.iter().map(|r| r.at).max().unwrap();
-    (requests.len() - 1) as f64 / last.duration_since(first).as_secs_f64()
+    let rate = (requests.len() - 1) as f64 / last.duration_since(first).as_secs_f64();
+    assert!(
+        (limit * 0.9..=limit * 1.1).contains(&rate),
+        "requests per second at the limited host: {rate:.1}, the limit is {limit}"
+    );
+}
+
+/// A counter of the dispatcher's, which must have reached `at_least`.
+async fn assert_counted(dispatcher: &ChildDispatcher, series: &str, at_least: f64) {
+    let value = dispatcher.metric(series).await.unwrap_or_default();
+    assert!(
+        value >= at_least,
+        "{series} is {value}, expected at least {at_least}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,16 +62,13 @@ async fn a_rate_limited_host_gets_its_limit_under_a_backlog_without_holding_up_o
         || async { limited.count() == 60 },
     )
     .await;
-    let r = rate(&limited.requests());
-    assert!(
-        (18.0..=22.0).contains(&r),
-        "requests per second at the limited host: {r:.1}, the limit is 20"
-    );
-    let held = dispatcher
-        .metric("hookrelay_held_sends_total{reason=\"rate_limit\"}")
-        .await
-        .unwrap_or_default();
-    assert!(held >= 50.0, "held sends are counted ({held})");
+    assert_rate_near(&limited.requests(), 20.0);
+    assert_counted(
+        &dispatcher,
+        "hookrelay_held_sends_total{reason=\"rate_limit\"}",
+        50.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,11 +122,12 @@ async fn after_retry_after_2_no_request_reaches_the_host_for_2_s_and_no_retry_bu
         1,
         "only the 429 wrote a failure event; the held sends were delivered on their first attempt"
     );
-    let held = dispatcher
-        .metric("hookrelay_held_sends_total{reason=\"retry_after\"}")
-        .await
-        .unwrap_or_default();
-    assert!(held >= 5.0, "held sends are counted ({held})");
+    assert_counted(
+        &dispatcher,
+        "hookrelay_held_sends_total{reason=\"retry_after\"}",
+        5.0,
+    )
+    .await;
     let retried = dispatcher
         .metric("hookrelay_delivered_after_retry_total")
         .await
@@ -167,11 +178,12 @@ async fn a_hold_longer_than_max_hold_requeues_sends_without_an_attempt() {
         1,
         "the requeued sends made no attempt"
     );
-    let requeued = dispatcher
-        .metric("hookrelay_requeued_held_sends_total{reason=\"retry_after\"}")
-        .await
-        .unwrap_or_default();
-    assert!(requeued >= 5.0, "requeued sends are counted ({requeued})");
+    assert_counted(
+        &dispatcher,
+        "hookrelay_requeued_held_sends_total{reason=\"retry_after\"}",
+        5.0,
+    )
+    .await;
     reader.stop();
 }
 
@@ -191,19 +203,14 @@ async fn a_backlog_longer_than_max_hold_keeps_the_rate_through_the_retry_tiers()
         || async { rx.count() == 100 },
     )
     .await;
-    let r = rate(&rx.requests());
-    assert!(
-        (18.0..=22.0).contains(&r),
-        "requests per second at the limited host: {r:.1}, the limit is 20"
-    );
-    let requeued = dispatcher
-        .metric("hookrelay_requeued_held_sends_total{reason=\"rate_limit\"}")
-        .await
-        .unwrap_or_default();
-    assert!(
-        requeued >= 50.0,
-        "most of the backlog was requeued with its slot ({requeued})"
-    );
+    assert_rate_near(&rx.requests(), 20.0);
+    // Most of the backlog was requeued with its slot booked.
+    assert_counted(
+        &dispatcher,
+        "hookrelay_requeued_held_sends_total{reason=\"rate_limit\"}",
+        50.0,
+    )
+    .await;
     assert!(
         reader.snapshot().failures.is_empty(),
         "a hold writes no failure event"
