@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::{full_send, produce_one, produce_sends, wait_for, ChildDispatcher, Kafka};
-use hookrelay::tools::harness::OutputReader;
+use hookrelay::tools::harness::{OutputReader, SendProducer};
 use hookrelay::tools::receiver::{Received, Receiver, Script};
 
 async fn receiver_on(ip: &str) -> Receiver {
@@ -71,24 +71,33 @@ async fn a_rate_limited_host_gets_its_limit_under_a_backlog_without_holding_up_o
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_retry_after_2_no_request_reaches_the_host_for_2_s_and_no_retry_budget_is_spent() {
-    let kafka = Kafka::start(2);
+/// A dispatcher child, and a send whose host answers `code` with `Retry-After: secs` (then 200); once it has
+/// answered, five more sends to the same host for the same workspace (`later0` … `later4`).
+async fn backed_off(
+    kafka: &Kafka,
+    code: u16,
+    secs: u32,
+) -> (Receiver, OutputReader, SendProducer, ChildDispatcher) {
     let rx = receiver_on("127.0.0.1").await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
     let dispatcher = ChildDispatcher::spawn(&kafka.config);
-    produce_one(
-        &producer,
-        "asks",
-        &rx.url("/hook?seq=429,200&retry_after=2"),
+    let url = rx.url(&format!("/hook?seq={code},200&retry_after={secs}"));
+    produce_one(&producer, "asks", &url).await;
+    wait_for(
+        "the host asks to back off",
+        Duration::from_secs(30),
+        || async { rx.count() == 1 },
     )
     .await;
-    wait_for("the 429 is answered", Duration::from_secs(30), || async {
-        rx.count() == 1
-    })
-    .await;
     produce_sends(&producer, "later", 5, &rx.url("/hook")).await;
+    (rx, reader, producer, dispatcher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_retry_after_2_no_request_reaches_the_host_for_2_s_and_no_retry_budget_is_spent() {
+    let kafka = Kafka::start(2);
+    let (rx, reader, producer, dispatcher) = backed_off(&kafka, 429, 2).await;
     producer
         .json(&full_send("other-workspace", "other", &rx.url("/hook")))
         .await
@@ -143,21 +152,7 @@ async fn after_retry_after_2_no_request_reaches_the_host_for_2_s_and_no_retry_bu
 async fn a_hold_longer_than_max_hold_requeues_sends_without_an_attempt() {
     let mut kafka = Kafka::start(2);
     kafka.config.dispatch.max_hold = Duration::from_millis(500);
-    let rx = receiver_on("127.0.0.1").await;
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let producer = kafka.producer();
-    let dispatcher = ChildDispatcher::spawn(&kafka.config);
-    produce_one(
-        &producer,
-        "asks",
-        &rx.url("/hook?seq=503,200&retry_after=3"),
-    )
-    .await;
-    wait_for("the 503 is answered", Duration::from_secs(30), || async {
-        rx.count() == 1
-    })
-    .await;
-    produce_sends(&producer, "later", 5, &rx.url("/hook")).await;
+    let (rx, reader, _producer, dispatcher) = backed_off(&kafka, 503, 3).await;
     wait_for(
         "every send is delivered",
         Duration::from_secs(30),
