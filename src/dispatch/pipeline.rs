@@ -82,7 +82,8 @@ impl Pipeline {
         let now = now_ms();
         if retry.due_ms > now {
             let topic = self.tiers.topic_for(retry.due_ms, now).to_string();
-            match Box::pin(self.publisher.retry(&topic, &retry)).await {
+            let trace = crate::telemetry::traces::record_context(&record.headers);
+            match Box::pin(self.publisher.retry_traced(&topic, &retry, trace)).await {
                 Ok(()) => {
                     self.metrics.retry_hops.inc();
                     return Ok(Handled::Hopped);

@@ -88,7 +88,18 @@ pub fn current_context() -> Vec<(String, String)> {
     }
     let mut out = Fields::default();
     TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut out);
-    out.0.into_iter().collect()
+    out.0.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+}
+
+/// The W3C trace context a Kafka record came with, to pass on unchanged; empty when traces are off.
+pub fn record_context(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    if !enabled() {
+        return Vec::new();
+    }
+    let parent = TraceContextPropagator::new().extract(&RecordHeaders(headers));
+    let mut out = Fields::default();
+    TraceContextPropagator::new().inject_context(&parent, &mut out);
+    out.0.into_iter().filter(|(_, v)| !v.is_empty()).collect()
 }
 
 struct RecordHeaders<'a>(&'a [(String, Vec<u8>)]);

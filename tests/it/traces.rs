@@ -153,3 +153,70 @@ async fn an_attempt_span_is_parented_by_the_record_s_traceparent_and_passes_its_
     );
     assert_eq!(event.key(), Some(&b"ws"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_hops_between_tiers_stays_in_the_send_s_trace() {
+    let (endpoint, spans) = collector().await;
+    // A 3 s backoff waits in the 1 s tier and hops at least once before it is due.
+    let mut kafka = Kafka::start_with(1, |c| {
+        c.retry.initial_backoff = Duration::from_secs(3);
+        c.retry.max_backoff = Duration::from_secs(3);
+    });
+    kafka.config.telemetry.otlp_endpoint = endpoint;
+    kafka.config.telemetry.otlp_protocol = OtlpProtocol::HttpJson;
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
+        .await
+        .unwrap();
+    let dispatcher = ChildDispatcher::spawn(&kafka.config);
+    let producer: FutureProducer = hookrelay::kafka::client::producer_config(&kafka.config.kafka)
+        .create()
+        .unwrap();
+    let payload = serde_json::to_vec(&send("retried", &rx.url("/hook?seq=503,200"))).unwrap();
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    producer
+        .send(
+            FutureRecord::to(&kafka.config.topics.sends)
+                .key("ws")
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(&traceparent),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "both attempts' spans are exported",
+        Duration::from_secs(30),
+        || async { spans.lock().unwrap().len() >= 2 },
+    )
+    .await;
+    let hops = dispatcher
+        .metric("hookrelay_retry_hops_total")
+        .await
+        .unwrap_or_default();
+    assert!(hops >= 1.0, "the retry hopped ({hops})");
+    let spans = spans.lock().unwrap().clone();
+    let first = spans
+        .iter()
+        .find(|s| attribute(s, "attempt").unwrap()["intValue"] == "1")
+        .unwrap();
+    let second = spans
+        .iter()
+        .find(|s| attribute(s, "attempt").unwrap()["intValue"] == "2")
+        .unwrap();
+    assert_eq!(first["traceId"], TRACE_ID);
+    assert_eq!(
+        second["traceId"], TRACE_ID,
+        "the second attempt is in the same trace: {second}"
+    );
+    assert_eq!(
+        second["parentSpanId"], first["spanId"],
+        "and follows the first"
+    );
+    assert_eq!(
+        attribute(second, "outcome").unwrap()["stringValue"],
+        "delivered"
+    );
+}

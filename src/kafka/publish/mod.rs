@@ -118,7 +118,7 @@ impl Publisher {
                 key: "content-type",
                 value: Some(content_type),
             });
-        let headers = with_trace_context(headers);
+        let headers = with_trace(headers, crate::telemetry::traces::current_context());
         let key = event.app_group_id.as_deref().unwrap_or_default();
         let room = self.room(key.as_bytes(), 160);
         let mut payload = event.encode(encoding, schema_id);
@@ -150,6 +150,18 @@ impl Publisher {
     /// Writes a scheduled retry to a tier topic, stamped with the current time: the tier consumer measures
     /// the tier's delay from that timestamp. `Rejected` when it is too large to be a record at all.
     pub async fn retry(&self, topic: &str, record: &RetryRecord) -> Result<(), PublishError> {
+        let trace = crate::telemetry::traces::current_context();
+        self.retry_traced(topic, record, trace).await
+    }
+
+    /// As [`Publisher::retry`], with the given trace context instead of the current span's: a hop keeps the
+    /// context its record came with.
+    pub async fn retry_traced(
+        &self,
+        topic: &str,
+        record: &RetryRecord,
+        trace: Vec<(String, String)>,
+    ) -> Result<(), PublishError> {
         let due = record.due_ms.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -160,7 +172,7 @@ impl Publisher {
                 key: "content-type",
                 value: Some("application/json"),
             });
-        let headers = with_trace_context(headers);
+        let headers = with_trace(headers, trace);
         let key = record.send.workspace_id.as_bytes();
         let payload = record.encode();
         let room = self.room(key, 80);
@@ -310,10 +322,10 @@ impl Publisher {
     }
 }
 
-/// The current attempt's W3C trace context (`traceparent`), when traces are on, so a consumer of the
-/// failure event (or the next attempt, for a retry) continues the send's trace.
-fn with_trace_context(mut headers: OwnedHeaders) -> OwnedHeaders {
-    for (key, value) in crate::telemetry::traces::current_context() {
+/// A W3C trace context (`traceparent`), when traces are on, so a consumer of the failure event (or the next
+/// attempt, for a retry) continues the send's trace.
+fn with_trace(mut headers: OwnedHeaders, trace: Vec<(String, String)>) -> OwnedHeaders {
+    for (key, value) in trace {
         headers = headers.insert(Header {
             key: &key,
             value: Some(&value),
