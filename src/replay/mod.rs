@@ -93,6 +93,7 @@ pub async fn run(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         canvases: args.canvases,
         statuses: args.statuses,
         all_attempts: args.all_attempts,
+        sends_topic: config.topics.sends.clone(),
     };
     anyhow::ensure!(
         selection.since_ms < selection.until_ms,
@@ -106,7 +107,16 @@ pub async fn run(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut sends: Vec<SourceRef> = found.sends.keys().cloned().collect();
-    let gone = deleted_originals(&config, &sends).await?;
+    let (gone, nowhere) = deleted_originals(&config, &sends).await?;
+    if !nowhere.is_empty() {
+        eprintln!(
+            "skipping {} sends whose failure events name no record (a partition that does not exist or an \
+             offset past the end of its log)",
+            nowhere.len()
+        );
+        let skip: std::collections::HashSet<SourceRef> = nowhere.into_iter().collect();
+        sends.retain(|s| !skip.contains(s));
+    }
     if !gone.is_empty() {
         let (n, text) = describe_deleted(&gone);
         anyhow::ensure!(
@@ -165,6 +175,12 @@ fn summary(selection: &Selection, found: &Found, topic: &str) -> String {
         out += &format!(
             "{} selected events name no original record (written before hookrelay recorded it) and cannot be redriven\n",
             found.without_source
+        );
+    }
+    if found.foreign_source > 0 {
+        out += &format!(
+            "{} selected events name an original outside the send topic and are not redriven\n",
+            found.foreign_source
         );
     }
     if found.unreadable > 0 {

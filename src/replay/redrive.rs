@@ -16,27 +16,42 @@ use crate::events::SourceRef;
 use crate::kafka::client::{producer_config, reader_config};
 use crate::kafka::reader::lookup_client;
 
-/// Originals below their partition's first offset, per partition: (how many, the first offset).
+/// Where the originals stand: per partition, those below its first offset (deleted by retention: how many,
+/// and the first offset), and apart from them those that name no record at all (a partition that does not
+/// exist, an offset past the log's end — foreign bytes in a failure event, not retention).
 pub(super) async fn deleted_originals(
     config: &Config,
     sends: &[SourceRef],
-) -> anyhow::Result<BTreeMap<(String, i32), (u64, i64)>> {
+) -> anyhow::Result<(BTreeMap<(String, i32), (u64, i64)>, Vec<SourceRef>)> {
     let lookup = lookup_client(&config.kafka)?;
-    let mut starts = BTreeMap::new();
+    let mut logs: BTreeMap<(String, i32), Option<(i64, i64)>> = BTreeMap::new();
     for s in sends {
         if let std::collections::btree_map::Entry::Vacant(e) =
-            starts.entry((s.topic.clone(), s.partition))
+            logs.entry((s.topic.clone(), s.partition))
         {
-            let (low, _) = tokio::task::block_in_place(|| {
+            let watermarks = tokio::task::block_in_place(|| {
                 lookup.fetch_watermarks(&s.topic, s.partition, Duration::from_secs(10))
-            })
-            .with_context(|| {
-                format!("reading where {} partition {} starts", s.topic, s.partition)
-            })?;
-            e.insert(low);
+            });
+            e.insert(watermarks.ok());
         }
     }
-    Ok(super::select::deleted(sends, &starts))
+    let nowhere: Vec<SourceRef> = sends
+        .iter()
+        .filter(|s| {
+            logs.get(&(s.topic.clone(), s.partition))
+                .copied()
+                .flatten()
+                .is_none_or(|(_, high)| s.offset < 0 || s.offset >= high)
+        })
+        .cloned()
+        .collect();
+    let starts = logs
+        .into_iter()
+        .filter_map(|(k, w)| w.map(|(low, _)| (k, low)))
+        .collect();
+    let skip: std::collections::HashSet<&SourceRef> = nowhere.iter().collect();
+    let real = sends.iter().filter(|s| !skip.contains(s));
+    Ok((super::select::deleted(real, &starts), nowhere))
 }
 
 pub(super) struct Redriven {

@@ -56,6 +56,9 @@ pub struct Selection {
     pub statuses: Vec<StatusFilter>,
     /// Also attempts that were retried (by default only sends that failed for good).
     pub all_attempts: bool,
+    /// The send topic: the only topic originals are read from (a failure event is foreign bytes, and one
+    /// naming another topic must not copy that topic's records into the send topic).
+    pub sends_topic: String,
 }
 
 fn any_or<T: PartialEq>(wanted: &[T], value: Option<&T>) -> bool {
@@ -89,6 +92,8 @@ pub struct Found {
     pub sends: BTreeMap<SourceRef, (i64, String, i32)>,
     /// Selected events without a recorded source (written before hookrelay recorded it).
     pub without_source: u64,
+    /// Selected events naming an original in another topic than the send topic: not redriven.
+    pub foreign_source: u64,
     pub events_read: u64,
     pub unreadable: u64,
 }
@@ -104,6 +109,10 @@ impl Found {
             self.without_source += 1;
             return;
         };
+        if source.topic != selection.sends_topic {
+            self.foreign_source += 1;
+            return;
+        }
         let at = event_ms(event);
         let entry = (
             at,
@@ -184,6 +193,7 @@ mod tests {
         Selection {
             since_ms: 1_000,
             until_ms: 2_000,
+            sends_topic: "webhook-sends".into(),
             ..Default::default()
         }
     }
@@ -257,9 +267,16 @@ mod tests {
         found.add(&s, &event("a", 404, 1_300, true, None));
         found.add(&s, &event("b", 500, 1_400, true, Some(8)));
         found.add(&s, &event("b", 500, 5_000, true, Some(9)));
+        let mut elsewhere = event("c", 500, 1_500, true, Some(1));
+        elsewhere.source_topic = Some("payroll".into());
+        found.add(&s, &elsewhere);
         assert_eq!(found.sends.len(), 2);
         assert_eq!(found.without_source, 1);
-        assert_eq!(found.events_read, 5);
+        assert_eq!(
+            found.foreign_source, 1,
+            "an event naming another topic is not redriven"
+        );
+        assert_eq!(found.events_read, 6);
         let tally = found.tally();
         assert_eq!(
             tally[&("a".to_string(), 404)],

@@ -179,3 +179,53 @@ async fn originals_deleted_by_retention_stop_the_replay_before_anything_is_produ
     assert!(out.contains("redriven 0 sends"), "{out}");
     reader.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_events_naming_records_that_do_not_exist_or_another_topic_are_skipped() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = Kafka::start(1);
+    let producer: FutureProducer = hookrelay::kafka::client::producer_config(&kafka.config.kafka)
+        .create()
+        .unwrap();
+    let now_ms = hookrelay::clock::now_ms();
+    let topics = &kafka.config.topics;
+    for (topic, partition, offset) in [
+        (topics.sends.as_str(), 99, 0),
+        (topics.sends.as_str(), 0, 1_000_000),
+        (topics.dead_letters.as_str(), 0, 0),
+    ] {
+        let event = hookrelay::events::FailureEvent {
+            http_status_code: Some(404),
+            app_group_id: Some("ws".into()),
+            id: format!("forged-{partition}-{offset}"),
+            time: i32::try_from(now_ms / 1000).unwrap(),
+            time_ms: Some(now_ms),
+            is_terminal: Some(true),
+            source_topic: Some(topic.into()),
+            source_partition: Some(partition),
+            source_offset: Some(offset),
+            ..Default::default()
+        };
+        let payload = event.encode(hookrelay::config::EventEncoding::SingleObject, None);
+        producer
+            .send(
+                FutureRecord::to(&topics.failures)
+                    .key("ws")
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let (ok, out, err) = replay(&kafka.config, &["--since", "10m"]).await;
+    assert!(ok, "forged coordinates do not stop a replay: {err}");
+    assert!(
+        out.contains("1 selected events name an original outside the send topic"),
+        "{out}"
+    );
+    assert!(
+        err.contains("skipping 2 sends whose failure events name no record"),
+        "{err}"
+    );
+    assert!(out.contains("redriven 0 sends"), "{out}");
+}
