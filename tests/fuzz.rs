@@ -281,7 +281,6 @@ fn retry_records() {
         first_attempt_ms: 1_700_000_000_000,
         due_ms: 1_700_000_060_000,
         last_status: 503,
-        slot_ms: None,
         source: None,
     };
     fuzz("retry record", 2, &[retry.encode()], |b| {

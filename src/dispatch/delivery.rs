@@ -10,7 +10,7 @@ use super::classify::{Attempt, FailureSource};
 use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
 use super::limits::HostLimits;
-use super::pacing::{Admission, HoldReason, Pacing};
+use super::pacing::{Admission, Pacing};
 use super::retry::parse_retry_after;
 use crate::clock::{now_ms, rfc3339};
 use crate::events::ValidSend;
@@ -28,15 +28,13 @@ pub struct Delivery {
     pub started: tokio::time::Instant,
 }
 
-/// What pacing made of a send about to go out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Paced {
-    Go,
-    /// Requeue it to a retry tier, due at `due_ms`; `slot_ms` is the rate slot booked for it, if any.
-    Requeue {
-        due_ms: i64,
-        slot_ms: Option<i64>,
-    },
+/// What became of a send handed to delivery.
+#[derive(Debug)]
+pub enum Delivered {
+    /// What happened on the wire (or instead of it: a 598 for a paused host), and how long it took.
+    Attempted(Attempt, Duration),
+    /// Held back longer than can be waited out here: requeue it to a retry tier, due at this UNIX ms.
+    Requeue { due_ms: i64 },
 }
 
 /// Frees a waiting send's place in its host's queue, also when the send is dropped while waiting.
@@ -62,10 +60,16 @@ fn millis(d: Duration) -> i64 {
 impl Delivery {
     /// The HTTP attempt, unless the host is paused: then a simulated 598 without touching the network. The
     /// pause is checked again once the send has its slots, so work queued before a pause does not reach
-    /// the host after it.
-    pub async fn deliver(&self, host: &HostKey, send: &ValidSend) -> (Attempt, Duration) {
+    /// the host after it. A send is paced (rate limit, `Retry-After`) first; a hold too long to wait out
+    /// here hands it back for requeueing.
+    pub async fn deliver(&self, host: &HostKey, send: &ValidSend) -> Delivered {
         if let Err(until_ms) = self.host_gate(host) {
             return paused(until_ms);
+        }
+        // Paced before it queues for its host's slot: a limited host's backlog then waits (boundedly) here or
+        // goes back to a tier, instead of filling the slots every host shares.
+        if let Some(due_ms) = self.pace(host).await {
+            return Delivered::Requeue { due_ms };
         }
         let _host_slot = self.host_limits.acquire(&host.host).await;
         let _slot = self
@@ -77,58 +81,36 @@ impl Delivery {
             return paused(until_ms);
         }
         self.metrics.in_flight.inc();
-        let result = self.executor.execute(send).await;
+        let (attempt, duration) = self.executor.execute(send).await;
         self.metrics.in_flight.dec();
         self.metrics
             .request_duration
-            .observe(result.1.as_secs_f64());
+            .observe(duration.as_secs_f64());
         // Counted before the slots are released: the next send waiting for them sees a pause this began.
         if let Attempt::Response {
             status,
             retry_after,
             ..
-        } = &result.0
+        } = &attempt
         {
             self.host_observe(host, *status);
             self.note_retry_after(host, *status, retry_after.as_deref());
         }
-        result
+        Delivered::Attempted(attempt, duration)
     }
 
     /// Holds a send back as its host's rate limit and any `Retry-After` on its host for its workspace require:
-    /// a short hold is waited out here, a long one is handed back for requeueing. `slot_ms` is the slot booked
-    /// for a send requeued earlier; it waits for that instead of being paced again.
-    pub async fn pace(&self, key: &HostKey, mut slot_ms: Option<i64>) -> Paced {
+    /// a short hold is waited out here; for a long one, the UNIX millisecond to requeue it for.
+    async fn pace(&self, key: &HostKey) -> Option<i64> {
         loop {
-            let now = self.started.elapsed();
-            // `queued`: the wait takes a place in the host's queue (a booked slot does not).
-            let (admission, queued) = {
-                let mut pacing = lock(&self.pacing);
-                let booked = slot_ms
-                    .take()
-                    .map(|slot| u64::try_from(slot.saturating_sub(now_ms())).unwrap_or(0))
-                    .map(Duration::from_millis)
-                    // A slot further off than a requeued send comes back early is not one this process
-                    // booked (a record is foreign bytes): it is paced afresh.
-                    .filter(|wait| *wait <= pacing.max_wait());
-                match booked {
-                    Some(wait) if pacing.held_until(key, now).is_none() => {
-                        if wait.is_zero() {
-                            return Paced::Go;
-                        }
-                        let reason = HoldReason::RateLimit;
-                        (Admission::Wait { wait, reason }, false)
-                    }
-                    _ => (pacing.admit(key, now), true),
-                }
-            };
+            let admission = lock(&self.pacing).admit(key, self.started.elapsed());
             match admission {
-                Admission::Go => return Paced::Go,
+                Admission::Go => return None,
                 Admission::Wait { wait, reason } => {
-                    let _place = queued.then(|| Waiting {
+                    let _place = Waiting {
                         pacing: &self.pacing,
                         host: &key.host,
-                    });
+                    };
                     self.metrics
                         .held_sends
                         .with_label_values(&[reason.as_str()])
@@ -138,34 +120,16 @@ impl Delivery {
                         .with_label_values(&[reason.as_str()])
                         .observe(wait.as_secs_f64());
                     tokio::time::sleep(wait).await;
-                    // A `Retry-After` that came in meanwhile holds this send too.
-                    if lock(&self.pacing)
-                        .held_until(key, self.started.elapsed())
-                        .is_none()
-                    {
-                        return Paced::Go;
-                    }
+                    // A `Retry-After` that came in meanwhile holds this send too: it is admitted again;
+                    // without one, it goes.
+                    lock(&self.pacing).held_until(key, self.started.elapsed())?;
                 }
-                Admission::Requeue {
-                    after,
-                    booked,
-                    reason,
-                } => {
+                Admission::Requeue { after, reason } => {
                     self.metrics
                         .requeued_sends
                         .with_label_values(&[reason.as_str()])
                         .inc();
-                    let go_ms = now_ms().saturating_add(millis(after));
-                    // Back a little before its slot, to wait for it here.
-                    let early = if booked {
-                        millis(lock(&self.pacing).max_wait())
-                    } else {
-                        0
-                    };
-                    return Paced::Requeue {
-                        due_ms: go_ms.saturating_sub(early),
-                        slot_ms: booked.then_some(go_ms),
-                    };
+                    return Some(now_ms().saturating_add(millis(after)));
                 }
             }
         }
@@ -235,10 +199,10 @@ impl Delivery {
     }
 }
 
-fn paused(until_ms: i64) -> (Attempt, Duration) {
+fn paused(until_ms: i64) -> Delivered {
     let attempt = Attempt::NoResponse {
         source: FailureSource::UnhealthyHost,
         error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
     };
-    (attempt, Duration::ZERO)
+    Delivered::Attempted(attempt, Duration::ZERO)
 }

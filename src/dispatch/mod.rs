@@ -138,9 +138,13 @@ fn pipeline(
             )),
             pacing: std::sync::Mutex::new(pacing::Pacing::new(
                 pacing::RateRules::new(&config.rate_limits),
-                config.dispatch.max_hold,
-                config.dispatch.max_in_flight_per_host,
-                config.retry.retry_after_cap,
+                pacing::PacingLimits {
+                    max_wait: config.dispatch.max_hold,
+                    max_waiting_per_host: config.dispatch.max_in_flight_per_host,
+                    // Held sends keep the consumer's admission slots: at most half of them.
+                    max_waiting: config.dispatch.max_in_flight / 2,
+                    retry_after_cap: config.retry.retry_after_cap,
+                },
             )),
             started: tokio::time::Instant::now(),
         },

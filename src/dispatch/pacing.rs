@@ -37,17 +37,16 @@ impl HoldReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Go,
-    /// Wait this long in the process, then go (call [`Pacing::woke`] afterwards).
+    /// Wait this long in the process, then go (call [`Pacing::woke`] afterwards). A rate slot is booked.
     Wait {
         wait: Duration,
         reason: HoldReason,
     },
-    /// Too long to wait in the process: requeue, to go this much later. `booked`: a rate slot is booked at
-    /// that time, so the send comes back a little before it and waits for it in the process, without being
-    /// paced again (unless a `Retry-After` holds its host then).
+    /// Too long to wait here, or too many waiting already: requeue, to come back this much later and be
+    /// admitted again. Nothing is booked for it, so a send that comes back late (or a retry record that lies
+    /// about when it is due) can never make a host exceed its rate.
     Requeue {
         after: Duration,
-        booked: bool,
         reason: HoldReason,
     },
 }
@@ -109,67 +108,108 @@ pub struct Pacing {
     max_wait: Duration,
     /// Sends one host may have waiting in the process at once; more are requeued.
     max_waiting_per_host: usize,
+    /// Sends all hosts together may have waiting; held sends keep the consumer's admission slots, so this
+    /// bounds what they can take from everyone else.
+    max_waiting: usize,
     /// The longest `Retry-After` honoured.
     cap: Duration,
-    /// Per rate-limited host: when its next request may go.
+    /// Per rate-limited host: when its next request may go (booked by sends waiting in the process).
     next_slot: HashMap<String, Duration>,
+    /// Per rate-limited host: where the queue of requeued sends ends, so that they come back spread out at
+    /// the host's rate instead of all at once.
+    horizon: HashMap<String, Duration>,
     /// Per host and workspace: no request before this.
     holds: HashMap<HostKey, Duration>,
     waiting: HashMap<String, usize>,
+    waiting_total: usize,
+    /// Map size above which expired entries are swept (doubling, so a sweep is amortised).
+    sweep_at: usize,
+}
+
+/// How the limits of [`Pacing`] are set.
+#[derive(Debug, Clone, Copy)]
+pub struct PacingLimits {
+    pub max_wait: Duration,
+    pub max_waiting_per_host: usize,
+    pub max_waiting: usize,
+    pub retry_after_cap: Duration,
 }
 
 impl Pacing {
-    pub fn new(
-        rules: RateRules,
-        max_wait: Duration,
-        max_waiting_per_host: usize,
-        cap: Duration,
-    ) -> Self {
+    pub fn new(rules: RateRules, limits: PacingLimits) -> Self {
         Self {
             rules,
-            max_wait,
-            max_waiting_per_host: max_waiting_per_host.max(1),
-            cap,
+            max_wait: limits.max_wait,
+            max_waiting_per_host: limits.max_waiting_per_host.max(1),
+            max_waiting: limits.max_waiting.max(1),
+            cap: limits.retry_after_cap,
             next_slot: HashMap::new(),
+            horizon: HashMap::new(),
             holds: HashMap::new(),
             waiting: HashMap::new(),
+            waiting_total: 0,
+            sweep_at: SWEEP_ABOVE,
         }
     }
 
-    /// When the send for `key` may go; books a rate slot if its host has a limit.
+    /// When the send for `key` may go. Books a rate slot only for a send that waits here for it.
     pub fn admit(&mut self, key: &HostKey, now: Duration) -> Admission {
         if self.holds.is_empty() && self.rules.is_empty() {
             // The common case, without hashing the key.
             return Admission::Go;
         }
+        self.sweep(now);
+        let host = key.host.trim_end_matches('.');
         let held = self.held_until(key, now);
+        if held.is_none() {
+            self.holds.remove(key);
+        }
         let earliest = held.unwrap_or(now);
-        let rate = self.rules.rate_for(&key.host);
-        let start = match rate {
-            Some(rate) => self.book(&key.host, earliest, now, rate),
+        let interval = self
+            .rules
+            .rate_for(host)
+            .map(|rate| Duration::from_secs_f64(1.0 / rate));
+        let start = match interval {
+            Some(_) => self
+                .next_slot
+                .get(host)
+                .copied()
+                .unwrap_or(now)
+                .max(earliest),
             None => earliest,
         };
-        let Some(wait) = start.checked_sub(now).filter(|w| !w.is_zero()) else {
-            return Admission::Go;
-        };
+        let wait = start.saturating_sub(now);
         let reason = if held == Some(start) {
             HoldReason::RetryAfter
         } else {
             HoldReason::RateLimit
         };
-        let waiting = self.waiting.entry(key.host.clone()).or_insert(0);
-        if wait <= self.max_wait && *waiting < self.max_waiting_per_host {
-            *waiting += 1;
+        let waiting = self.waiting.get(host).copied().unwrap_or(0);
+        let room = waiting < self.max_waiting_per_host && self.waiting_total < self.max_waiting;
+        if wait.is_zero() || (wait <= self.max_wait && room) {
+            if let Some(interval) = interval {
+                self.next_slot.insert(host.to_string(), start + interval);
+            }
+            if wait.is_zero() {
+                return Admission::Go;
+            }
+            *self.waiting.entry(host.to_string()).or_insert(0) += 1;
+            self.waiting_total += 1;
             return Admission::Wait { wait, reason };
         }
-        if *waiting == 0 {
-            self.waiting.remove(&key.host);
-        }
-        Admission::Requeue {
-            after: wait,
-            booked: rate.is_some(),
-            reason,
-        }
+        let after = match interval {
+            Some(interval) => {
+                let end = self.horizon.get(host).copied().unwrap_or(now).max(start);
+                self.horizon.insert(host.to_string(), end + interval);
+                // Back half an in-process wait before its turn, to wait for it here; never at once.
+                end.saturating_sub(now)
+                    .saturating_sub(self.max_wait / 2)
+                    .max(interval)
+                    .max(Duration::from_millis(100))
+            }
+            None => wait,
+        };
+        Admission::Requeue { after, reason }
     }
 
     /// When a `Retry-After` hold on `key` ends, if one is in force.
@@ -177,31 +217,37 @@ impl Pacing {
         self.holds.get(key).copied().filter(|until| *until > now)
     }
 
-    /// The longest wait spent in the process.
-    pub fn max_wait(&self) -> Duration {
-        self.max_wait
-    }
-
     /// A send that was told to wait has woken (or was dropped while waiting).
     pub fn woke(&mut self, host: &str) {
+        let host = host.trim_end_matches('.');
         if let Some(n) = self.waiting.get_mut(host) {
             *n = n.saturating_sub(1);
+            self.waiting_total = self.waiting_total.saturating_sub(1);
             if *n == 0 {
                 self.waiting.remove(host);
             }
         }
     }
 
-    /// Books the first free slot of a rate-limited host at or after `earliest`.
-    fn book(&mut self, host: &str, earliest: Duration, now: Duration, rate: f64) -> Duration {
-        if self.next_slot.len() > SWEEP_ABOVE {
-            self.next_slot.retain(|_, next| *next > now);
+    /// Drops expired slots, horizons and holds once the maps grow, at doubling sizes.
+    fn sweep(&mut self, now: Duration) {
+        let largest = self
+            .next_slot
+            .len()
+            .max(self.horizon.len())
+            .max(self.holds.len());
+        if largest <= self.sweep_at {
+            return;
         }
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        let next = self.next_slot.entry(host.to_string()).or_insert(now);
-        let start = (*next).max(earliest);
-        *next = start + interval;
-        start
+        self.next_slot.retain(|_, next| *next > now);
+        self.horizon.retain(|_, end| *end > now);
+        self.holds.retain(|_, until| *until > now);
+        let left = self
+            .next_slot
+            .len()
+            .max(self.horizon.len())
+            .max(self.holds.len());
+        self.sweep_at = (2 * left).max(SWEEP_ABOVE);
     }
 
     /// The host answered `Retry-After: after`: hold its sends for this workspace until then (capped).
@@ -211,9 +257,7 @@ impl Pacing {
             return None;
         }
         let until = now + after.min(self.cap);
-        if self.holds.len() > SWEEP_ABOVE {
-            self.holds.retain(|_, u| *u > now);
-        }
+        self.sweep(now);
         let full = self.holds.len() >= MAX_HOLDS;
         match self.holds.get_mut(key) {
             Some(u) if *u >= until => None,
@@ -227,11 +271,6 @@ impl Pacing {
                 Some(until)
             }
         }
-    }
-
-    /// Hosts and workspaces held by a `Retry-After` right now; a gauge.
-    pub fn holds_active(&self, now: Duration) -> usize {
-        self.holds.values().filter(|u| **u > now).count()
     }
 }
 

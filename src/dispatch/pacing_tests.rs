@@ -15,8 +15,17 @@ fn rules(pairs: &[(&str, f64)]) -> RateRules {
     RateRules::new(&pairs.iter().map(|(h, r)| (h.to_string(), *r)).collect())
 }
 
+fn limits(max_wait: Duration, per_host: usize, cap: Duration) -> PacingLimits {
+    PacingLimits {
+        max_wait,
+        max_waiting_per_host: per_host,
+        max_waiting: 10_000,
+        retry_after_cap: cap,
+    }
+}
+
 fn pacing(pairs: &[(&str, f64)]) -> Pacing {
-    Pacing::new(rules(pairs), 10 * SEC, 128, 3600 * SEC)
+    Pacing::new(rules(pairs), limits(10 * SEC, 128, 3600 * SEC))
 }
 
 #[test]
@@ -77,6 +86,14 @@ fn a_limited_host_gets_one_slot_per_interval_and_waits_for_it() {
         },
         "the limit is the host's, whatever the workspace"
     );
+    assert_eq!(
+        p.admit(&key("limited.example.", "w"), SEC),
+        Admission::Wait {
+            wait: 400 * MS,
+            reason: HoldReason::RateLimit
+        },
+        "a trailing dot names the same host"
+    );
 }
 
 #[test]
@@ -89,41 +106,66 @@ fn an_idle_limited_host_does_not_save_up_a_burst() {
 }
 
 #[test]
-fn waits_longer_than_the_in_process_bound_are_requeued_with_their_slot_booked() {
-    let mut p = Pacing::new(rules(&[("slow.example", 1.0)]), 2 * SEC, 128, 3600 * SEC);
+fn waits_longer_than_the_in_process_bound_are_requeued_spread_out_at_the_rate_and_book_nothing() {
+    let mut p = Pacing::new(
+        rules(&[("slow.example", 1.0)]),
+        limits(2 * SEC, 128, 3600 * SEC),
+    );
     let k = key("slow.example", "w");
     assert_eq!(p.admit(&k, SEC), Admission::Go);
     assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
     assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+    let first = p.admit(&k, SEC);
+    let second = p.admit(&k, SEC);
+    let (Admission::Requeue { after: a, .. }, Admission::Requeue { after: b, .. }) =
+        (first, second)
+    else {
+        panic!("requeued: {first:?} {second:?}")
+    };
+    assert_eq!(b - a, SEC, "requeued sends come back one interval apart");
     assert_eq!(
-        p.admit(&k, SEC),
-        Admission::Requeue {
-            after: 3 * SEC,
-            booked: true,
-            reason: HoldReason::RateLimit
-        }
+        a,
+        2 * SEC,
+        "half an in-process wait before the turn they would have had (3 s)"
     );
     assert_eq!(
-        p.admit(&k, SEC),
-        Admission::Requeue {
-            after: 4 * SEC,
-            booked: true,
+        p.admit(&k, 3 * SEC),
+        Admission::Wait {
+            wait: Duration::ZERO + SEC,
             reason: HoldReason::RateLimit
         },
-        "the requeued send kept its slot"
+        "nothing was booked for them: the next slot is the one after the waiting sends"
     );
 }
 
 #[test]
-fn more_waiting_sends_than_a_host_may_have_are_requeued_and_a_wake_frees_a_place() {
-    let mut p = Pacing::new(rules(&[("busy.example", 100.0)]), 10 * SEC, 2, 3600 * SEC);
-    let k = key("busy.example", "w");
-    assert_eq!(p.admit(&k, SEC), Admission::Go);
-    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
-    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
-    assert!(matches!(p.admit(&k, SEC), Admission::Requeue { .. }));
-    p.woke("busy.example");
-    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+fn waiting_is_bounded_per_host_and_in_all_and_a_wake_frees_a_place() {
+    let mut p = Pacing::new(
+        rules(&[("*.example", 100.0)]),
+        PacingLimits {
+            max_wait: 10 * SEC,
+            max_waiting_per_host: 2,
+            max_waiting: 3,
+            retry_after_cap: 3600 * SEC,
+        },
+    );
+    let a = key("a.example", "w");
+    let b = key("b.example", "w");
+    assert_eq!(p.admit(&a, SEC), Admission::Go);
+    assert!(matches!(p.admit(&a, SEC), Admission::Wait { .. }));
+    assert!(matches!(p.admit(&a, SEC), Admission::Wait { .. }));
+    assert!(
+        matches!(p.admit(&a, SEC), Admission::Requeue { .. }),
+        "per host"
+    );
+    assert_eq!(p.admit(&b, SEC), Admission::Go);
+    assert!(matches!(p.admit(&b, SEC), Admission::Wait { .. }));
+    assert!(
+        matches!(p.admit(&b, SEC), Admission::Requeue { .. }),
+        "in all"
+    );
+    p.woke("a.example");
+    assert!(matches!(p.admit(&b, SEC), Admission::Wait { .. }));
 }
 
 #[test]
@@ -145,7 +187,7 @@ fn retry_after_holds_the_host_for_that_workspace_only_until_it_ends() {
 
 #[test]
 fn retry_after_is_capped_never_shortened_and_zero_holds_nothing() {
-    let mut p = Pacing::new(RateRules::default(), 10 * SEC, 128, 60 * SEC);
+    let mut p = Pacing::new(RateRules::default(), limits(10 * SEC, 128, 60 * SEC));
     let k = key("api.example", "w");
     assert_eq!(p.hold(&k, SEC, Duration::ZERO), None);
     assert_eq!(p.hold(&k, SEC, 3600 * SEC), Some(61 * SEC), "capped");
@@ -158,7 +200,6 @@ fn retry_after_is_capped_never_shortened_and_zero_holds_nothing() {
         p.admit(&k, 2 * SEC),
         Admission::Requeue {
             after: 59 * SEC,
-            booked: false,
             reason: HoldReason::RetryAfter
         }
     );
@@ -194,8 +235,8 @@ fn many_hosts_and_holds_do_not_grow_memory_once_expired() {
         p.admit(&k, now);
         p.hold(&k, now, MS);
     }
-    assert!(p.next_slot.len() <= SWEEP_ABOVE + 1);
-    assert!(p.holds.len() <= SWEEP_ABOVE + 1);
+    assert!(p.next_slot.len() <= 2 * SWEEP_ABOVE + 1);
+    assert!(p.holds.len() <= 2 * SWEEP_ABOVE + 1);
 }
 
 proptest! {
@@ -203,17 +244,22 @@ proptest! {
     /// the rate at the receiver never exceeds the limit.
     #[test]
     fn slots_never_exceed_the_rate(rate in 1u32..500, arrivals in proptest::collection::vec(0u64..5_000, 1..300)) {
-        let mut p = Pacing::new(rules(&[("h.example", f64::from(rate))]), Duration::from_secs(3600), usize::MAX, SEC);
+        let mut p = Pacing::new(rules(&[("h.example", f64::from(rate))]), PacingLimits {
+            max_wait: Duration::from_secs(3600),
+            max_waiting_per_host: usize::MAX,
+            max_waiting: usize::MAX,
+            retry_after_cap: SEC,
+        });
         let mut sorted = arrivals;
         sorted.sort_unstable();
         let mut starts = Vec::new();
         for ms in sorted {
             let now = Duration::from_millis(ms);
-            let start = match p.admit(&key("h.example", "w"), now) {
-                Admission::Go => now,
-                Admission::Wait { wait, .. } | Admission::Requeue { after: wait, .. } => now + wait,
-            };
-            starts.push(start);
+            match p.admit(&key("h.example", "w"), now) {
+                Admission::Go => starts.push(now),
+                Admission::Wait { wait, .. } => starts.push(now + wait),
+                Admission::Requeue { .. } => {}
+            }
         }
         let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
         for pair in starts.windows(2) {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::classify::{Failure, FailureSource, NO_RESPONSE};
 pub use super::decode::{decode_retry, decode_send};
-use super::delivery::{Delivery, Paced};
+use super::delivery::{Delivered, Delivery};
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
 use super::report::{event_for, AttemptFacts, Target};
 use super::retry::RetryPolicy;
@@ -101,7 +101,6 @@ impl Pipeline {
             number: retry.attempts.saturating_add(1),
             first_attempt_ms: retry.first_attempt_ms,
             last_status: retry.last_status,
-            slot_ms: retry.slot_ms,
             source: retry.source,
         };
         let span = send_span(&send, turn.number);
@@ -167,28 +166,20 @@ impl Pipeline {
         Ok(Handled::DeadLettered)
     }
 
-    /// One attempt of a send: paced, delivered (or gated), planned, and the plan made durable.
+    /// One attempt of a send: delivered (paced, gated), planned, and the plan made durable; or requeued
+    /// when it is held back too long.
     async fn attempt(
         &self,
         record: &Record,
         send: &ValidSend,
         turn: Turn,
     ) -> Result<Handled, Abandoned> {
-        let host = host_key(send);
-        if let Paced::Requeue { due_ms, slot_ms } = self.delivery.pace(&host, turn.slot_ms).await {
-            return Box::pin(self.requeue(record, send, turn, due_ms, slot_ms)).await;
-        }
-        self.deliver_and_plan(record, send, &turn).await
-    }
-
-    /// The HTTP attempt (or its gate), planned and the plan made durable.
-    async fn deliver_and_plan(
-        &self,
-        record: &Record,
-        send: &ValidSend,
-        turn: &Turn,
-    ) -> Result<Handled, Abandoned> {
-        let (wire, duration) = self.delivery.deliver(&host_key(send), send).await;
+        let (wire, duration) = match self.delivery.deliver(&host_key(send), send).await {
+            Delivered::Attempted(wire, duration) => (wire, duration),
+            Delivered::Requeue { due_ms } => {
+                return Box::pin(self.requeue(record, send, &turn, due_ms)).await;
+            }
+        };
         let attempted = Attempted {
             send,
             number: turn.number,
@@ -234,22 +225,27 @@ impl Pipeline {
     }
 
     /// A send held back longer than `dispatch.max_hold` goes to a retry tier with its attempt count unchanged:
-    /// the hold spends none of its retry budget. If the tier refuses it, it goes now rather than never.
+    /// the hold spends none of its retry budget. If the tier refuses the record, the send is dead-lettered
+    /// with that reason (as a retry the tier refuses is).
     async fn requeue(
         &self,
         record: &Record,
         send: &ValidSend,
-        turn: Turn,
+        turn: &Turn,
         due_ms: i64,
-        slot_ms: Option<i64>,
     ) -> Result<Handled, Abandoned> {
         let retry = RetryRecord {
             send: send.request.clone(),
             attempts: turn.number.saturating_sub(1),
-            first_attempt_ms: turn.first_attempt_ms,
+            // A send not yet attempted carries the time it was first held, which is where an earlier
+            // version would start its retry window (this one starts it at the first real attempt).
+            first_attempt_ms: if turn.number == 1 {
+                now_ms()
+            } else {
+                turn.first_attempt_ms
+            },
             due_ms,
             last_status: turn.last_status,
-            slot_ms,
             source: turn.source.clone(),
         };
         let topic = self.tiers.topic_for(due_ms, now_ms()).to_string();
@@ -262,8 +258,11 @@ impl Pipeline {
             }
             Err(PublishError::Abandoned(a)) => Err(a),
             Err(PublishError::Rejected { topic, reason }) => {
-                tracing::warn!(%topic, %reason, "held send could not be requeued; sending it now");
-                self.deliver_and_plan(record, send, &turn).await
+                let why = invalid(
+                    InvalidKind::Unpublishable,
+                    format!("held back (rate limit or Retry-After) and {topic} refused the requeue: {reason}"),
+                );
+                self.dead_letter(record, &why).await
             }
         }
     }

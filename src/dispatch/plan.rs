@@ -123,7 +123,6 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
                 first_attempt_ms: attempted.first_attempt_ms,
                 due_ms,
                 last_status: failure.status,
-                slot_ms: None,
                 source: attempted.source.cloned(),
             },
             event: event(facts(Some(due_ms))),

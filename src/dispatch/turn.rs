@@ -34,8 +34,6 @@ pub(super) struct Turn {
     pub(super) number: u32,
     pub(super) first_attempt_ms: i64,
     pub(super) last_status: u16,
-    /// The rate slot booked for a send requeued by a hold.
-    pub(super) slot_ms: Option<i64>,
     /// Where the send's original record is.
     pub(super) source: Option<SourceRef>,
 }
@@ -47,7 +45,6 @@ impl Turn {
             number: 1,
             first_attempt_ms: 0,
             last_status: 0,
-            slot_ms: None,
             source: Some(SourceRef {
                 topic: record.tp.topic.to_string(),
                 partition: record.tp.partition,

@@ -21,10 +21,6 @@ pub struct RetryRecord {
     pub due_ms: i64,
     /// Status of the last attempt (0: none yet, a send requeued by a hold before its first attempt).
     pub last_status: u16,
-    /// A send requeued by a rate limit: the UNIX millisecond of the slot booked for it, which it waits for
-    /// when it comes back instead of being paced again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot_ms: Option<i64>,
     /// Where the send's original record is (absent in records written before this field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRef>,

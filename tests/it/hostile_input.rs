@@ -181,7 +181,6 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
         first_attempt_ms: 0,
         due_ms: 0,
         last_status: 503,
-        slot_ms: None,
         source: None,
     };
     produce(&kafka, &tier, &retry.encode(), OwnedHeaders::new()).await;
