@@ -71,8 +71,19 @@ impl Executor {
             .request(send.method.clone(), send.url.clone())
             .headers(send.headers.clone())
             .header("webhook-id", &send.request.id);
-        for (name, value) in crate::telemetry::traces::current_context() {
-            req = req.header(name, value);
+        let trace = crate::telemetry::traces::current_context();
+        if !trace.is_empty() {
+            // In place of any trace headers the send itself carries, not beside them.
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in trace {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::try_from(name),
+                    http::HeaderValue::try_from(value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            req = req.headers(headers);
         }
         let timestamp = crate::clock::now_ms() / 1000;
         if let Some(sig) = self.signer.signature(

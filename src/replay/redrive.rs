@@ -90,12 +90,50 @@ pub(super) async fn redrive(
     };
     let mut progress = Progress::new(sends.len() as i64);
     let mut pending = Vec::new();
+    let result = produce_all(
+        (&producer, &reader, config),
+        by_partition,
+        replay_id,
+        (&mut out, &mut pending, &mut progress),
+    )
+    .await;
+    // What was handed to the producer is delivered (or known to have failed) before any error is
+    // reported, so the count printed is what the send topic holds.
+    let acked = acknowledged(&mut pending, &config.topics.sends).await;
+    match (result, acked) {
+        (Ok(()), Ok(n)) => {
+            out.produced += n;
+            progress.done();
+            Ok(out)
+        }
+        (result, acked) => {
+            let produced = out.produced + acked.as_ref().map_or(0, |n| *n);
+            let error = match (result, acked) {
+                (Err(e), _) | (_, Err(e)) => e,
+                (Ok(()), Ok(_)) => unreachable!("handled above"),
+            };
+            Err(error.context(format!(
+                "the replay stopped after producing at least {produced} sends; a new run would produce those again"
+            )))
+        }
+    }
+}
+
+type Pending = Vec<rdkafka::producer::DeliveryFuture>;
+
+async fn produce_all(
+    (producer, reader, config): (&FutureProducer, &BaseConsumer, &Config),
+    by_partition: BTreeMap<(String, i32), Vec<i64>>,
+    replay_id: &str,
+    (out, pending, progress): (&mut Redriven, &mut Pending, &mut Progress),
+) -> anyhow::Result<()> {
+    let topic_out = &config.topics.sends;
     for ((topic, partition), mut offsets) in by_partition {
         offsets.sort_unstable();
         for run in offsets.chunk_by(|a, b| b - a <= SKIP_ABOVE) {
             let (first, last) = (run[0], run[run.len() - 1]);
             let mut originals = Vec::new();
-            read_range(&reader, &topic, partition, first, last + 1, |msg| {
+            read_range(reader, &topic, partition, first, last + 1, |msg| {
                 if run.binary_search(&msg.offset()).is_ok() {
                     originals.push(redriven_record(msg, replay_id));
                 }
@@ -103,27 +141,25 @@ pub(super) async fn redrive(
             })?;
             out.missing += (run.len() - originals.len()) as u64;
             for (key, payload, headers) in originals {
-                let record = FutureRecord::to(&config.topics.sends)
+                let record = FutureRecord::to(topic_out)
                     .payload(&payload)
                     .headers(headers);
                 let record = match &key {
                     Some(k) => record.key(k),
                     None => record,
                 };
-                let delivery = producer.send_result(record).map_err(|(e, _)| {
-                    anyhow::anyhow!("producing to {}: {e}", config.topics.sends)
-                })?;
+                let delivery = producer
+                    .send_result(record)
+                    .map_err(|(e, _)| anyhow::anyhow!("producing to {topic_out}: {e}"))?;
                 pending.push(delivery);
                 progress.read(0);
                 if pending.len() >= IN_FLIGHT {
-                    out.produced += acknowledged(&mut pending, &config.topics.sends).await?;
+                    out.produced += acknowledged(pending, topic_out).await?;
                 }
             }
         }
     }
-    out.produced += acknowledged(&mut pending, &config.topics.sends).await?;
-    progress.done();
-    Ok(out)
+    Ok(())
 }
 
 /// Waits for every delivery in `pending`; how many there were.

@@ -120,6 +120,15 @@ pub(super) fn read_range(
             }
             Some(Err(e)) => anyhow::bail!("reading {topic} partition {partition}: {e}"),
             None => {
+                // Transaction markers take offsets but are never handed out; the consumer's position
+                // moves past them, so a range that ends in them is done.
+                let position = reader
+                    .position()
+                    .ok()
+                    .and_then(|t| t.find_partition(topic, partition).map(|e| e.offset()));
+                if matches!(position, Some(Offset::Offset(p)) if p >= to) {
+                    break;
+                }
                 quiet += 1;
                 anyhow::ensure!(
                     quiet < 60,

@@ -88,7 +88,7 @@ pub fn current_context() -> Vec<(String, String)> {
     }
     let mut out = Fields::default();
     TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut out);
-    out.0.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+    out.sendable()
 }
 
 /// The W3C trace context a Kafka record came with, to pass on unchanged; empty when traces are off.
@@ -99,7 +99,7 @@ pub fn record_context(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
     let parent = TraceContextPropagator::new().extract(&RecordHeaders(headers));
     let mut out = Fields::default();
     TraceContextPropagator::new().inject_context(&parent, &mut out);
-    out.0.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+    out.sendable()
 }
 
 struct RecordHeaders<'a>(&'a [(String, Vec<u8>)]);
@@ -119,6 +119,18 @@ impl Extractor for RecordHeaders<'_> {
 
 #[derive(Default)]
 struct Fields(HashMap<String, String>);
+
+impl Fields {
+    /// Non-empty values that are valid HTTP header values. `tracestate` is copied from a record's headers
+    /// (foreign bytes) and the propagator accepts control characters in it; one that an HTTP client would
+    /// refuse is dropped rather than failing the webhook request.
+    fn sendable(self) -> Vec<(String, String)> {
+        self.0
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            .collect()
+    }
+}
 
 impl Injector for Fields {
     fn set(&mut self, key: &str, value: String) {
@@ -157,6 +169,14 @@ impl opentelemetry_http::HttpClient for Http {
 mod tests {
     use super::*;
 
+    /// `record_context` without the enabled switch (a global set by the exporter).
+    fn record_context_for_test(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+        let parent = TraceContextPropagator::new().extract(&RecordHeaders(headers));
+        let mut out = Fields::default();
+        TraceContextPropagator::new().inject_context(&parent, &mut out);
+        out.sendable()
+    }
+
     #[test]
     fn a_traceparent_header_is_read_whatever_its_case_and_garbage_is_ignored() {
         let headers = vec![(
@@ -168,6 +188,18 @@ mod tests {
         assert_eq!(
             cx.span().span_context().trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let hostile_state = vec![
+            headers[0].clone(),
+            ("tracestate".to_string(), b"a=x\x01y".to_vec()),
+        ];
+        assert_eq!(
+            record_context_for_test(&hostile_state),
+            vec![(
+                "traceparent".to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string()
+            )],
+            "a tracestate an HTTP client would refuse is not passed on"
         );
         let garbage = vec![("traceparent".to_string(), vec![0xff, 0x00, b'-'])];
         let cx = TraceContextPropagator::new().extract(&RecordHeaders(&garbage));
