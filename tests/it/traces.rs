@@ -45,6 +45,28 @@ async fn collector() -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, spans)
 }
 
+/// Produces send `id` to `url` with a `traceparent` header naming `TRACE_ID` and `PARENT_ID`.
+async fn produce_traced(kafka: &Kafka, id: &str, url: &str) {
+    let producer: FutureProducer = hookrelay::kafka::client::producer_config(&kafka.config.kafka)
+        .create()
+        .unwrap();
+    let payload = serde_json::to_vec(&send(id, url)).unwrap();
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    producer
+        .send(
+            FutureRecord::to(&kafka.config.topics.sends)
+                .key("ws")
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(&traceparent),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
 fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["attributes"]
         .as_array()?
@@ -67,24 +89,7 @@ async fn an_attempt_span_is_parented_by_the_record_s_traceparent_and_passes_its_
             .await
             .unwrap();
     let _dispatcher = ChildDispatcher::spawn(&kafka.config);
-    let producer: FutureProducer = hookrelay::kafka::client::producer_config(&kafka.config.kafka)
-        .create()
-        .unwrap();
-    let payload = serde_json::to_vec(&send("traced", &rx.url("/hook?status=503"))).unwrap();
-    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
-    producer
-        .send(
-            FutureRecord::to(&kafka.config.topics.sends)
-                .key("ws")
-                .payload(&payload)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "traceparent",
-                    value: Some(&traceparent),
-                })),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    produce_traced(&kafka, "traced", &rx.url("/hook?status=503")).await;
 
     wait_for(
         "the attempt span is exported",
@@ -168,24 +173,7 @@ async fn a_retry_that_hops_between_tiers_stays_in_the_send_s_trace() {
         .await
         .unwrap();
     let dispatcher = ChildDispatcher::spawn(&kafka.config);
-    let producer: FutureProducer = hookrelay::kafka::client::producer_config(&kafka.config.kafka)
-        .create()
-        .unwrap();
-    let payload = serde_json::to_vec(&send("retried", &rx.url("/hook?seq=503,200"))).unwrap();
-    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
-    producer
-        .send(
-            FutureRecord::to(&kafka.config.topics.sends)
-                .key("ws")
-                .payload(&payload)
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "traceparent",
-                    value: Some(&traceparent),
-                })),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    produce_traced(&kafka, "retried", &rx.url("/hook?seq=503,200")).await;
     wait_for(
         "both attempts' spans are exported",
         Duration::from_secs(30),
