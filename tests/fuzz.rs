@@ -19,7 +19,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hookrelay::config::Config;
 use hookrelay::dispatch::pipeline::{decode_retry, decode_send};
@@ -344,7 +344,7 @@ fn kafka_headers() {
 
 #[test]
 fn retry_after_values() {
-    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let now = 1_700_000_000_000;
     let policy = RetryPolicy::default();
     let failure = hookrelay::dispatch::classify::Failure {
         status: 503,
@@ -373,7 +373,7 @@ fn retry_after_values() {
                 0.5,
             );
         }
-        let _ = parse_retry_after(&text, SystemTime::now());
+        let _ = parse_retry_after(&text, hookrelay::clock::now_ms());
     });
 }
 

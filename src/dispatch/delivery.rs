@@ -2,7 +2,7 @@
 //! host-health bookkeeping of its answer. What the answer means is decided by the [plan](super::plan).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -140,10 +140,7 @@ impl Delivery {
         if !matches!(status, 429 | 503) {
             return;
         }
-        let Some(after) = value.and_then(|v| {
-            let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms()).unwrap_or(0));
-            parse_retry_after(v, now)
-        }) else {
+        let Some(after) = value.and_then(|v| parse_retry_after(v, now_ms())) else {
             return;
         };
         let now = self.started.elapsed();

@@ -5,7 +5,7 @@
 //! and the event id are arguments, so every row of Braze's table and every retry rule is a table test below.
 //! The pipeline around it is: decode → gate → deliver → **plan** → apply.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::classify::{classify, Attempt, Failure, Outcome};
 use super::report::{event_for, AttemptFacts, Target};
@@ -83,10 +83,10 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
         Outcome::Delivered { status } => return Plan::Delivered { status },
         Outcome::Failed(f) => f,
     };
-    let retry_after = failure.retry_after.as_deref().and_then(|v| {
-        let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now.now_ms).unwrap_or(0));
-        parse_retry_after(v, now)
-    });
+    let retry_after = failure
+        .retry_after
+        .as_deref()
+        .and_then(|v| parse_retry_after(v, now.now_ms));
     let decision = policy.retry.decide(
         &failure,
         attempted.number,
@@ -373,8 +373,9 @@ mod tests {
         );
         assert_eq!(later("5"), 30 * SEC, "never earlier than the backoff");
         assert_eq!(later("36000"), 60 * MIN, "capped at retry_after_cap (1 h)");
-        let date =
-            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis((T0 + 10 * MIN) as u64));
+        let date = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + Duration::from_millis((T0 + 10 * MIN) as u64),
+        );
         assert_eq!(later(&date), 10 * MIN, "an HTTP date");
         assert_eq!(later("soon"), 30 * SEC, "unreadable: the backoff");
     }

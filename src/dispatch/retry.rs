@@ -5,7 +5,7 @@
 //! `Retry-After` on a retriable response sets the earliest next attempt (capped), and never turns a
 //! non-retriable response into a retriable one.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -154,8 +154,10 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now`. Dates in the past mean 0.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+/// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now_ms` (UNIX milliseconds).
+/// Dates in the past mean 0.
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
+    let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -316,7 +318,7 @@ mod tests {
 
     #[test]
     fn parses_retry_after_in_both_forms() {
-        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
         assert_eq!(
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))
