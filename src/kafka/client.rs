@@ -66,12 +66,22 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     with_overrides(c, &kafka.properties, &kafka.consumer_properties)
 }
 
-/// The aggregator's group consumer, which replays partitions from far behind: as [`consumer_config`], but
-/// when its local queue is full it fetches again after 10 ms instead of librdkafka's 1 s
-/// (`fetch.queue.backoff.ms`). The loop drains the queue in well under that, and the default left a 200,000
-/// event replay idle for 1 s of its 1.1 s.
+/// The aggregator's group consumer, which replays partitions from far behind: as [`consumer_config`], with
+/// [`fast_refetch`].
 pub fn replay_consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
-    let mut c = consumer_config(kafka, group_id);
+    fast_refetch(consumer_config(kafka, group_id), kafka)
+}
+
+/// A standalone reader that reads a topic from far behind (`hookrelay replay`): as [`reader_config`], with
+/// [`fast_refetch`].
+pub fn scan_reader_config(kafka: &KafkaConfig) -> ClientConfig {
+    fast_refetch(reader_config(kafka), kafka)
+}
+
+/// When its local queue is full, a reader fetches again after 10 ms instead of librdkafka's 1 s
+/// (`fetch.queue.backoff.ms`), unless the operator set it. A reader that drains the queue at once waits
+/// otherwise: the default left a 200,000-event replay idle for 1 s of its 1.1 s.
+fn fast_refetch(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
     let key = "fetch.queue.backoff.ms";
     if !kafka.properties.contains_key(key) && !kafka.consumer_properties.contains_key(key) {
         c.set(key, "10");

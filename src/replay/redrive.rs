@@ -13,7 +13,7 @@ use super::scan::{read_range, Progress};
 use super::REPLAY_HEADER;
 use crate::config::Config;
 use crate::events::SourceRef;
-use crate::kafka::client::{producer_config, reader_config};
+use crate::kafka::client::producer_config;
 use crate::kafka::reader::lookup_client;
 
 /// Where the originals stand: per partition, those below its first offset (deleted by retention: how many,
@@ -73,10 +73,7 @@ pub(super) async fn redrive(
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
         .context("creating the producer")?;
-    let reader: BaseConsumer = reader_config(&config.kafka)
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .context("creating the reader")?;
+    let reader = super::scan::reader(config)?;
     let mut by_partition: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
     for s in sends {
         by_partition

@@ -9,8 +9,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::select::{Found, Selection};
 use crate::config::Config;
 use crate::events::FailureEvent;
-use crate::kafka::client::reader_config;
-use crate::kafka::reader::{lookup_client, partition_count};
+use crate::kafka::client::scan_reader_config;
+use crate::kafka::reader::{lookup_client, watermarks};
 
 /// Kafka timestamps of failure events from several dispatchers are not strictly ordered; the time look-up
 /// starts this much earlier, and the events' own times decide.
@@ -20,19 +20,15 @@ const CLOCK_SLACK_MS: i64 = 5 * 60 * 1000;
 pub(super) async fn scan(config: &Config, selection: &Selection) -> anyhow::Result<Found> {
     let topic = config.topics.failures.as_str();
     let lookup = lookup_client(&config.kafka)?;
-    let n = tokio::task::block_in_place(|| partition_count(&lookup, topic))?;
-    let mut ranges = Vec::new();
-    for p in 0..n {
-        let (low, high) = tokio::task::block_in_place(|| {
-            lookup.fetch_watermarks(topic, p, Duration::from_secs(10))
-        })
-        .with_context(|| format!("reading the offsets of {topic} partition {p}"))?;
-        ranges.push((p, low, high));
-    }
-    let reader: BaseConsumer = reader_config(&config.kafka)
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .context("creating the reader")?;
+    let mut ranges: Vec<(i32, i64, i64)> = watermarks(&lookup, topic)
+        .await
+        .with_context(|| format!("reading the offsets of {topic}"))?
+        .into_iter()
+        .map(|(p, (low, high))| (p, low, high))
+        .collect();
+    anyhow::ensure!(!ranges.is_empty(), "topic {topic} does not exist");
+    ranges.sort_unstable();
+    let reader = reader(config)?;
     let mut progress = Progress::new(ranges.iter().map(|(_, l, h)| h - l).sum());
     let mut found = Found::default();
     for (p, low, high) in ranges {
@@ -56,6 +52,13 @@ pub(super) async fn scan(config: &Config, selection: &Selection) -> anyhow::Resu
     }
     progress.done();
     Ok(found)
+}
+
+/// A reader for the replay's scans: no group, and quick to fetch again.
+pub(super) fn reader(config: &Config) -> anyhow::Result<BaseConsumer> {
+    scan_reader_config(&config.kafka)
+        .create()
+        .context("creating the reader")
 }
 
 /// Where to start reading a partition for events from `since`: the offset for that time where the broker
