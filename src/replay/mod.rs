@@ -16,7 +16,7 @@ use clap::Args;
 use crate::clock::{now_ms, rfc3339};
 use crate::config::Config;
 use crate::events::SourceRef;
-use redrive::{deleted_originals, redrive};
+use redrive::{logs_of, redrive};
 use scan::scan;
 use select::{Found, Selection, StatusFilter};
 
@@ -106,32 +106,28 @@ pub async fn run(config: Config, args: ReplayArgs) -> anyhow::Result<()> {
     if args.dry_run || found.sends.is_empty() {
         return Ok(());
     }
-    let mut sends: Vec<SourceRef> = found.sends.keys().cloned().collect();
-    let (gone, nowhere) = deleted_originals(&config, &sends).await?;
-    if !nowhere.is_empty() {
+    let originals: Vec<SourceRef> = found.sends.keys().cloned().collect();
+    let logs = logs_of(&config, &originals).await?;
+    let sorted = select::sort_out(originals, &logs);
+    if sorted.nowhere > 0 {
         eprintln!(
             "skipping {} sends whose failure events name no record (a partition that does not exist or an \
              offset past the end of its log)",
-            nowhere.len()
+            sorted.nowhere
         );
-        let skip: std::collections::HashSet<SourceRef> = nowhere.into_iter().collect();
-        sends.retain(|s| !skip.contains(s));
     }
-    if !gone.is_empty() {
-        let (n, text) = describe_deleted(&gone);
+    if !sorted.deleted.is_empty() {
+        let (n, text) = describe_deleted(&sorted.deleted);
         anyhow::ensure!(
             args.skip_deleted,
             "{n} of {} sends can no longer be redriven: their original records were deleted by retention \
              ({text}). Nothing was produced; re-run with --skip-deleted to redrive the other {}.",
-            sends.len(),
-            sends.len() as u64 - n
+            sorted.in_log.len() as u64 + n,
+            sorted.in_log.len()
         );
         eprintln!("skipping {n} sends whose originals were deleted by retention ({text})");
-        sends.retain(|s| {
-            gone.get(&(s.topic.clone(), s.partition))
-                .is_none_or(|(_, start)| s.offset >= *start)
-        });
     }
+    let sends = sorted.in_log;
     let replay_id = format!("replay-{}-{now}", std::process::id());
     let redriven = redrive(&config, &sends, &replay_id).await?;
     println!(

@@ -16,15 +16,13 @@ use crate::events::SourceRef;
 use crate::kafka::client::producer_config;
 use crate::kafka::reader::lookup_client;
 
-/// Where the originals stand: per partition, those below its first offset (deleted by retention: how many,
-/// and the first offset), and apart from them those that name no record at all (a partition that does not
-/// exist, an offset past the log's end — foreign bytes in a failure event, not retention).
-pub(super) async fn deleted_originals(
+/// Each partition's log of the originals: (first offset, end offset), or `None` when it cannot be read.
+pub(super) async fn logs_of(
     config: &Config,
     sends: &[SourceRef],
-) -> anyhow::Result<(BTreeMap<(String, i32), (u64, i64)>, Vec<SourceRef>)> {
+) -> anyhow::Result<BTreeMap<(String, i32), Option<(i64, i64)>>> {
     let lookup = lookup_client(&config.kafka)?;
-    let mut logs: BTreeMap<(String, i32), Option<(i64, i64)>> = BTreeMap::new();
+    let mut logs = BTreeMap::new();
     for s in sends {
         if let std::collections::btree_map::Entry::Vacant(e) =
             logs.entry((s.topic.clone(), s.partition))
@@ -35,23 +33,7 @@ pub(super) async fn deleted_originals(
             e.insert(watermarks.ok());
         }
     }
-    let nowhere: Vec<SourceRef> = sends
-        .iter()
-        .filter(|s| {
-            logs.get(&(s.topic.clone(), s.partition))
-                .copied()
-                .flatten()
-                .is_none_or(|(_, high)| s.offset < 0 || s.offset >= high)
-        })
-        .cloned()
-        .collect();
-    let starts = logs
-        .into_iter()
-        .filter_map(|(k, w)| w.map(|(low, _)| (k, low)))
-        .collect();
-    let skip: std::collections::HashSet<&SourceRef> = nowhere.iter().collect();
-    let real = sends.iter().filter(|s| !skip.contains(s));
-    Ok((super::select::deleted(real, &starts), nowhere))
+    Ok(logs)
 }
 
 pub(super) struct Redriven {

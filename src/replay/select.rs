@@ -137,22 +137,36 @@ impl Found {
     }
 }
 
-/// Originals already gone from their partition (`offset` below the log's start): deleted by retention.
-/// `starts` maps (topic, partition) to the first offset still in the log.
-pub fn deleted<'a>(
-    sends: impl IntoIterator<Item = &'a SourceRef>,
-    starts: &BTreeMap<(String, i32), i64>,
-) -> BTreeMap<(String, i32), (u64, i64)> {
-    let mut gone: BTreeMap<(String, i32), (u64, i64)> = BTreeMap::new();
+/// The originals sorted out against their partitions' logs, before anything is produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sorted {
+    /// Still in their partition: to redrive.
+    pub in_log: Vec<SourceRef>,
+    /// Below the log's first offset, deleted by retention: per partition, how many and that first offset.
+    pub deleted: BTreeMap<(String, i32), (u64, i64)>,
+    /// Naming no record at all — a partition that does not exist, an offset past the log's end: foreign
+    /// bytes in a failure event, not retention.
+    pub nowhere: u64,
+}
+
+/// Sorts `sends` out by `logs`: each partition's (first offset, end offset), `None` when it could not be
+/// read (it does not exist).
+pub fn sort_out(
+    sends: impl IntoIterator<Item = SourceRef>,
+    logs: &BTreeMap<(String, i32), Option<(i64, i64)>>,
+) -> Sorted {
+    let mut out = Sorted::default();
     for s in sends {
         let key = (s.topic.clone(), s.partition);
-        let start = starts.get(&key).copied().unwrap_or(i64::MAX);
-        if s.offset < start {
-            let e = gone.entry(key).or_insert((0, start));
-            e.0 += 1;
+        match logs.get(&key).copied().flatten() {
+            Some((low, high)) if (low..high).contains(&s.offset) => out.in_log.push(s),
+            Some((low, _)) if (0..low).contains(&s.offset) => {
+                out.deleted.entry(key).or_insert((0, low)).0 += 1;
+            }
+            _ => out.nowhere += 1,
         }
     }
-    gone
+    out
 }
 
 /// The table printed by a dry run and after a real one.
@@ -294,20 +308,32 @@ mod tests {
     }
 
     #[test]
-    fn originals_below_the_log_start_are_reported_as_deleted() {
-        let at = |offset| SourceRef {
+    fn originals_are_sorted_out_into_in_the_log_deleted_and_naming_no_record() {
+        let at = |partition, offset| SourceRef {
             topic: "webhook-sends".into(),
-            partition: 0,
+            partition,
             offset,
         };
-        let sends = [at(3), at(4), at(10)];
-        let starts = BTreeMap::from([(("webhook-sends".to_string(), 0), 5)]);
-        let gone = deleted(&sends, &starts);
-        assert_eq!(gone[&("webhook-sends".to_string(), 0)], (2, 5));
-        assert!(deleted(
-            &sends,
-            &BTreeMap::from([(("webhook-sends".to_string(), 0), 0)])
-        )
-        .is_empty());
+        let logs = BTreeMap::from([
+            (("webhook-sends".to_string(), 0), Some((5, 20))),
+            (("webhook-sends".to_string(), 1), None),
+        ]);
+        let sorted = sort_out(
+            [
+                at(0, 3),
+                at(0, 4),
+                at(0, 10),
+                at(0, 20),
+                at(0, -1),
+                at(1, 0),
+            ],
+            &logs,
+        );
+        assert_eq!(sorted.in_log, vec![at(0, 10)]);
+        assert_eq!(sorted.deleted[&("webhook-sends".to_string(), 0)], (2, 5));
+        assert_eq!(
+            sorted.nowhere, 3,
+            "past the end, negative, a partition that does not exist"
+        );
     }
 }
