@@ -155,7 +155,7 @@ impl Delivery {
     /// `Err(until)` while the host is paused; logs and counts pause transitions.
     fn host_gate(&self, key: &HostKey) -> Result<(), i64> {
         let now = now_ms();
-        let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = lock(&self.host_health);
         let (state, transition) = health.check(key, now);
         if let Some(t) = transition {
             self.note_transition(key, t, health.paused_hosts(now));
@@ -165,7 +165,7 @@ impl Delivery {
 
     fn host_observe(&self, key: &HostKey, status: u16) {
         let now = now_ms();
-        let mut health = self.host_health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = lock(&self.host_health);
         if let Some(t) = health.record(key, status, now) {
             self.note_transition(key, t, health.paused_hosts(now));
         }

@@ -160,10 +160,15 @@ impl Pacing {
         }
         self.sweep(now);
         let host = key.host.trim_end_matches('.');
-        let held = self.held_until(key, now);
-        if held.is_none() {
-            self.holds.remove(key);
-        }
+        let held = match self.holds.get(key) {
+            Some(until) if *until > now => Some(*until),
+            Some(_) => {
+                // Over: forgotten, so that the fast path above comes back once no hold is left.
+                self.holds.remove(key);
+                None
+            }
+            None => None,
+        };
         let earliest = held.unwrap_or(now);
         let interval = self
             .rules

@@ -66,8 +66,7 @@ impl Pipeline {
             Ok(send) => send,
             Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
-        let span = send_span(&send, 1);
-        crate::telemetry::traces::adopt_parent(&span, &record.headers);
+        let span = send_span(&send, 1, record);
         self.attempt(record, &send, Turn::first(record))
             .instrument(span)
             .await
@@ -103,8 +102,7 @@ impl Pipeline {
             last_status: retry.last_status,
             source: retry.source,
         };
-        let span = send_span(&send, turn.number);
-        crate::telemetry::traces::adopt_parent(&span, &record.headers);
+        let span = send_span(&send, turn.number, record);
         self.attempt(record, &send, turn).instrument(span).await
     }
 
@@ -239,11 +237,7 @@ impl Pipeline {
             attempts: turn.number.saturating_sub(1),
             // A send not yet attempted carries the time it was first held, which is where an earlier
             // version would start its retry window (this one starts it at the first real attempt).
-            first_attempt_ms: if turn.number == 1 {
-                now_ms()
-            } else {
-                turn.first_attempt_ms
-            },
+            first_attempt_ms: turn.first_attempt_ms(),
             due_ms,
             last_status: turn.last_status,
             source: turn.source.clone(),

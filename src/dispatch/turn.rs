@@ -70,8 +70,9 @@ pub(super) fn host_key(send: &ValidSend) -> HostKey {
     }
 }
 
-pub(super) fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
-    tracing::info_span!(
+/// The span of one attempt, parented by the trace context `record` came with (when traces are on).
+pub(super) fn send_span(send: &ValidSend, attempt: u32, record: &Record) -> tracing::Span {
+    let span = tracing::info_span!(
         "send",
         id = %send.request.id,
         workspace = %send.request.workspace_id,
@@ -79,5 +80,7 @@ pub(super) fn send_span(send: &ValidSend, attempt: u32) -> tracing::Span {
         attempt = i64::from(attempt),
         status = tracing::field::Empty,
         outcome = tracing::field::Empty,
-    )
+    );
+    crate::telemetry::traces::adopt_parent(&span, &record.headers);
+    span
 }
