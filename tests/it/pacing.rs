@@ -199,7 +199,7 @@ async fn a_backlog_longer_than_max_hold_keeps_the_rate_through_the_retry_tiers()
     )
     .await;
     assert_rate_near(&rx.requests(), 20.0);
-    // Most of the backlog was requeued with its slot booked.
+    // Most of the backlog was requeued, to come back at the host's rate.
     assert_counted(
         &dispatcher,
         "hookrelay_requeued_held_sends_total{reason=\"rate_limit\"}",
