@@ -1,13 +1,20 @@
 //! Retry records that have been consumed but are not ready yet. Pure: time is an argument.
 //!
-//! A tier partition's records become ready in offset order (each waits the tier's fixed delay from when it
-//! was written, or less if it is due sooner), so while the head is not ready the whole partition is paused
-//! and its records wait here, in order, holding their offsets uncommitted. Nothing is lost on a crash:
-//! parked records are simply consumed again.
+//! A tier partition's records are mostly ready in offset order (each waits the tier's fixed delay from when
+//! it was written), but not quite: a record due sooner than the tier's delay (a short backoff, a hop, a
+//! requeued hold) can sit behind one that waits the whole delay. Handing records on strictly in offset order
+//! would make it late by up to the tier's delay, so each is handed on as soon as it is ready, whatever waits
+//! before it. To bound memory, a partition reads at most [`READ_AHEAD`] records ahead of the ones that are
+//! ready and is paused beyond that. Parked records hold their offsets uncommitted, so nothing is lost on a
+//! crash: they are simply consumed again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Record, Ticket, TopicPartition};
+
+/// Records one tier partition may have parked before it is paused (it resumes below half). Their bytes also
+/// count against the partition's pending bytes.
+pub const READ_AHEAD: usize = 256;
 
 /// When a retry record read from a tier with `tier_delay_ms` may be handed on: once the tier's delay has
 /// passed since it was written, or once it is due, whichever comes first (a record not due by then hops on
@@ -24,32 +31,34 @@ pub struct Parked {
     pub ready_at_ms: i64,
 }
 
+/// Parked records per partition, by (ready time, offset).
 #[derive(Debug, Default)]
 pub struct Parking {
-    queues: HashMap<TopicPartition, VecDeque<Parked>>,
+    queues: HashMap<TopicPartition, BTreeMap<(i64, i64), Parked>>,
 }
 
 impl Parking {
-    /// Parks the record if its partition already has parked records or it is not ready; gives it back
-    /// otherwise, to be processed now.
+    /// Parks the record if it is not ready; gives it back otherwise, to be processed now.
     pub fn park_or_pass(&mut self, p: Parked, now_ms: i64) -> Option<Parked> {
-        let queue = self.queues.get(&p.ticket.tp);
-        if queue.is_none_or(VecDeque::is_empty) && p.ready_at_ms <= now_ms {
+        if p.ready_at_ms <= now_ms {
             return Some(p);
         }
         self.queues
             .entry(p.ticket.tp.clone())
             .or_default()
-            .push_back(p);
+            .insert((p.ready_at_ms, p.ticket.offset), p);
         None
     }
 
-    /// Takes every record that is ready, in order per partition.
+    /// Takes every record that is ready: per partition, the earliest ready first.
     pub fn take_ready(&mut self, now_ms: i64) -> Vec<Parked> {
         let mut ready = Vec::new();
         for queue in self.queues.values_mut() {
-            while queue.front().is_some_and(|p| p.ready_at_ms <= now_ms) {
-                ready.extend(queue.pop_front());
+            while let Some(entry) = queue.first_entry() {
+                if entry.get().ready_at_ms > now_ms {
+                    break;
+                }
+                ready.push(entry.remove());
             }
         }
         self.queues.retain(|_, q| !q.is_empty());
@@ -62,11 +71,21 @@ impl Parking {
     }
 
     pub fn len(&self, tp: &TopicPartition) -> usize {
-        self.queues.get(tp).map_or(0, VecDeque::len)
+        self.queues.get(tp).map_or(0, BTreeMap::len)
     }
 
     pub fn total(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
+        self.queues.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether `tp` has read as far ahead as it may: its partition is to be paused.
+    pub fn is_full(&self, tp: &TopicPartition) -> bool {
+        self.len(tp) >= READ_AHEAD
+    }
+
+    /// Whether `tp` may read ahead again (below half the read-ahead, so pauses do not flap).
+    pub fn has_room(&self, tp: &TopicPartition) -> bool {
+        self.len(tp) < READ_AHEAD / 2
     }
 }
 
@@ -102,20 +121,45 @@ mod tests {
     }
 
     #[test]
-    fn ready_records_pass_unless_others_wait_before_them() {
+    fn each_record_is_handed_on_when_it_is_ready_whatever_waits_before_it() {
         let mut p = Parking::default();
-        assert!(
-            p.park_or_pass(parked(0, 100), 100).is_some(),
-            "ready and nothing ahead"
-        );
+        assert!(p.park_or_pass(parked(0, 100), 100).is_some(), "ready");
         assert!(p.park_or_pass(parked(1, 500), 100).is_none(), "not ready");
         assert!(
-            p.park_or_pass(parked(2, 50), 100).is_none(),
-            "ready, but behind a waiting record"
+            p.park_or_pass(parked(2, 50), 100).is_some(),
+            "ready, though a record before it waits"
         );
-        assert!(p.take_ready(499).is_empty());
+        assert!(p.park_or_pass(parked(3, 300), 100).is_none());
+        assert!(p.park_or_pass(parked(4, 300), 100).is_none());
+        assert!(p.take_ready(299).is_empty());
+        let out: Vec<i64> = p.take_ready(300).iter().map(|x| x.ticket.offset).collect();
+        assert_eq!(
+            out,
+            vec![3, 4],
+            "before the record ahead of them, in offset order"
+        );
+        assert_eq!(p.len(&parked(0, 0).ticket.tp), 1);
         let out: Vec<i64> = p.take_ready(500).iter().map(|x| x.ticket.offset).collect();
-        assert_eq!(out, vec![1, 2], "in offset order");
+        assert_eq!(out, vec![1]);
         assert_eq!(p.total(), 0);
+    }
+
+    #[test]
+    fn a_partition_reads_ahead_up_to_the_limit_and_again_below_half_of_it() {
+        let mut p = Parking::default();
+        let tp = parked(0, 0).ticket.tp;
+        for offset in 0..READ_AHEAD as i64 - 1 {
+            assert!(p.park_or_pass(parked(offset, 1_000 + offset), 0).is_none());
+        }
+        assert!(!p.is_full(&tp));
+        assert!(p
+            .park_or_pass(parked(READ_AHEAD as i64, 5_000), 0)
+            .is_none());
+        assert!(p.is_full(&tp) && !p.has_room(&tp));
+        let half = (READ_AHEAD / 2) as i64;
+        assert_eq!(p.take_ready(1_000 + half - 1).len(), half as usize);
+        assert!(!p.has_room(&tp), "exactly half left");
+        assert_eq!(p.take_ready(1_000 + half).len(), 1);
+        assert!(p.has_room(&tp));
     }
 }

@@ -18,9 +18,19 @@ fn assert_rate_near(requests: &[Received], limit: f64) {
     let first = requests.iter().map(|r| r.at).min().unwrap();
     let last = requests.iter().map(|r| r.at).max().unwrap();
     let rate = (requests.len() - 1) as f64 / last.duration_since(first).as_secs_f64();
+    let mut times: Vec<_> = requests
+        .iter()
+        .map(|r| r.at.duration_since(first))
+        .collect();
+    times.sort();
+    let gaps: Vec<String> = times
+        .windows(2)
+        .filter(|w| w[1] - w[0] > Duration::from_secs_f64(2.0 / limit))
+        .map(|w| format!("{:.2}s..{:.2}s", w[0].as_secs_f64(), w[1].as_secs_f64()))
+        .collect();
     assert!(
         (limit * 0.9..=limit * 1.1).contains(&rate),
-        "requests per second at the limited host: {rate:.1}, the limit is {limit}"
+        "requests per second at the limited host: {rate:.1}, the limit is {limit}; gaps over two intervals: {gaps:?}"
     );
 }
 

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::support::{
-    free_port, produce_one, produce_sends, receiver, rig, stop, wait_for, ChildDispatcher,
-    Dispatcher, Kafka,
+    free_port, full_send, produce_one, produce_sends, receiver, rig, stop, wait_for,
+    ChildDispatcher, Dispatcher, Kafka,
 };
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::OutputReader;
@@ -151,6 +151,47 @@ async fn retry_after_in_seconds_or_as_an_http_date_sets_the_earliest_next_attemp
         "not before the HTTP date {date}: {dated:?}"
     );
     dispatcher.stop().await.unwrap();
+}
+
+/// A tier partition hands each retry on when it is ready, not after the records before it: a retry due in
+/// 200 ms, written to the 1 s tier just behind one that waits the whole second, is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_soon_is_not_held_behind_one_waiting_the_tier_s_whole_delay() {
+    let kafka = Kafka::start(1);
+    let rx = receiver().await;
+    let reader = OutputReader::start(&kafka.config).await.unwrap();
+    let _dispatcher = ChildDispatcher::spawn(&kafka.config);
+    let producer = kafka.producer();
+    // Retry-After: 4 puts its retry in the 1 s tier (the longest that fits), read back after a second.
+    produce_one(
+        &producer,
+        "later",
+        &rx.url("/hook?seq=429,200&retry_after=4"),
+    )
+    .await;
+    reader
+        .wait_until(Duration::from_secs(20), |o| o.failures.len() == 1)
+        .await;
+    // Its retry is written; this one's retry lands behind it in the same partition, due 200 ms on (another
+    // workspace, so that the host's Retry-After does not hold it).
+    producer
+        .json(&full_send("soon", "other", &rx.url("/hook?seq=503,200")))
+        .await
+        .unwrap();
+    wait_for(
+        "the retry due soon is delivered",
+        Duration::from_secs(20),
+        || async { arrivals(&rx, "soon").len() == 2 },
+    )
+    .await;
+    let soon = arrivals(&rx, "soon");
+    assert!(
+        soon[1] - soon[0] < 700,
+        "the retry due 200 ms on came {} ms on: held behind the record before it",
+        soon[1] - soon[0]
+    );
+    assert_eq!(arrivals(&rx, "later").len(), 1, "and that one still waits");
+    reader.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,7 +161,8 @@ impl Loop<'_> {
         over
     }
 
-    /// Registers a consumed record and starts its work, or parks it if it is a retry not ready yet.
+    /// Registers a consumed record and starts its work, or parks it if it is a retry not ready yet (pausing
+    /// its partition once [`super::parking::READ_AHEAD`] records are parked).
     fn take(&self, msg: rdkafka::message::BorrowedMessage<'_>) {
         let (shared, consumer) = (self.shared, self.consumer);
         let tp = TopicPartition::new(msg.topic(), msg.partition());
@@ -215,7 +216,7 @@ impl Loop<'_> {
             }
             None => {
                 shared.metrics.parked_records.inc();
-                if state.paused.insert(tp.clone()) {
+                if state.parked.is_full(&tp) && state.paused.insert(tp.clone()) {
                     let _ = consumer.pause(&single(&tp));
                     shared.update_gauges(&state);
                 }
@@ -264,7 +265,7 @@ fn resume_drained(
         .filter(|tp| {
             state.tracker.pending(tp) < resume_below
                 && state.pending_bytes.get(*tp).copied().unwrap_or(0) < resume_below_bytes
-                && state.parked.len(tp) == 0
+                && state.parked.has_room(tp)
         })
         .cloned()
         .collect();
