@@ -48,10 +48,11 @@ pub enum Command {
     /// Reads [topics].sends, executes each webhook, publishes failure events to [topics].failures and
     /// undecodable input to [topics].dead_letters. Offsets are committed only once each record's outcome is
     /// durable (at least once). At start-up every topic it uses must exist (it waits up to
-    /// [kafka].startup_timeout, then exits non-zero naming each missing topic and how to create it). SIGINT/SIGTERM lets in-flight sends finish, commits, leaves the group and exits
-    /// 0, all within [dispatch].shutdown_grace; unfinished sends stay uncommitted and are redone. Serves
-    /// /metrics, /healthz and /readyz (ready: partitions assigned and a broker reachable) on
-    /// [telemetry].listen.
+    /// [kafka].startup_timeout, then exits non-zero naming each missing topic and how to create it).
+    /// SIGINT/SIGTERM lets in-flight sends finish, commits, leaves the group and exits 0, all within
+    /// [dispatch].shutdown_grace; unfinished sends stay uncommitted and are redone. If Kafka is unreachable
+    /// and the stop cannot finish, it exits 1 at the end of the grace, saying so. Serves /metrics, /healthz
+    /// and /readyz (ready: partitions assigned and a broker reachable) on [telemetry].listen.
     Dispatch,
     /// Count each workspace's failures over 24 hours and email its admins past the threshold.
     ///
@@ -193,6 +194,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn run_dispatch(config: Config) -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
+    shutdown::exit_after_grace(&stop, config.dispatch.shutdown_grace, "the dispatcher");
     let metrics = DispatchMetrics::new();
     let health = Health::default();
     let m = metrics.clone();

@@ -241,6 +241,49 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
 }
 
 /// Every `hookrelay_…` name in `text`.
+/// With the cluster gone, the commit on the way out blocks inside librdkafka (for the session timeout and
+/// longer); the stop still ends within the grace, with status 1 and a line that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_down_still_ends_within_the_grace_and_says_why() {
+    let mut kafka = Kafka::start(2).without_retries();
+    let grace = Duration::from_secs(3);
+    kafka.config.dispatch.shutdown_grace = grace;
+    let script = Script {
+        latency: Duration::from_millis(500),
+        ..Script::default()
+    };
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), script)
+        .await
+        .unwrap();
+    let producer = kafka.producer();
+    for i in 0..40 {
+        produce_one(&producer, &format!("b{i}"), &rx.url("/hook")).await;
+    }
+    let mut dispatcher = ChildDispatcher::spawn_logged(&kafka.config);
+    wait_for("requests are under way", SECONDS_30, || async {
+        rx.count() >= 8
+    })
+    .await;
+    kafka.broker.mock().broker_down(1).unwrap();
+    let asked = Instant::now();
+    let status = dispatcher.terminate();
+    let took = asked.elapsed();
+    assert!(
+        took <= grace + Duration::from_millis(1_750),
+        "exited {took:?} after SIGTERM with the broker down; the grace is {grace:?}"
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an unfinished stop is not a clean one"
+    );
+    let log = dispatcher.log();
+    assert!(
+        log.contains("did not stop within its shutdown grace"),
+        "the log says why: {log}"
+    );
+}
+
 fn metric_names(text: &str) -> HashSet<String> {
     text.match_indices("hookrelay_")
         .map(|(i, _)| {

@@ -212,6 +212,8 @@ pub struct ChildDispatcher {
     pub child: Child,
     pub metrics_addr: SocketAddr,
     _config_file: tempfile::NamedTempFile,
+    /// Standard error, when kept (see [`ChildDispatcher::spawn_logged`]).
+    log: Option<tempfile::NamedTempFile>,
 }
 
 /// The configuration a child process runs with: the test's, with a telemetry listener of its own, the
@@ -275,18 +277,44 @@ impl ChildDispatcher {
 
     /// Any long-running subcommand (`dispatch`, `aggregate`) as a child.
     pub fn spawn_command(subcommand: &str, config: &Config, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_to(subcommand, config, extra, None)
+    }
+
+    /// A dispatcher whose standard error is kept, to be read with [`ChildDispatcher::log`].
+    pub fn spawn_logged(config: &Config) -> Self {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        Self::spawn_to("dispatch", config, &[], Some(log))
+    }
+
+    fn spawn_to(
+        subcommand: &str,
+        config: &Config,
+        extra: &[(&str, &str)],
+        log: Option<tempfile::NamedTempFile>,
+    ) -> Self {
         let metrics_addr = free_port();
         let file = config_file(&child_config(config, metrics_addr));
+        let stderr = match &log {
+            Some(f) => Stdio::from(f.reopen().expect("log file reopens")),
+            None => Stdio::inherit(),
+        };
         let child = hookrelay_command(subcommand, &file, extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("hookrelay starts");
         Self {
             child,
             metrics_addr,
             _config_file: file,
+            log,
         }
+    }
+
+    /// What a child from [`ChildDispatcher::spawn_logged`] has written to standard error so far.
+    pub fn log(&self) -> String {
+        let path = self.log.as_ref().expect("spawned with spawn_logged").path();
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     /// Runs `subcommand` to its end (it must end within `deadline`): exit status and standard error.
