@@ -22,6 +22,9 @@ use super::service::Aggregator;
 use crate::clock::now_ms;
 use crate::telemetry::AggregateMetrics;
 
+/// What a clean stop spends on its last checkpoint, the one in progress included.
+const LAST_CHECKPOINT: Duration = Duration::from_secs(15);
+
 /// Partitions being written, and partitions revoked meanwhile; shared with the revoke hook.
 #[derive(Default)]
 pub(super) struct Gate {
@@ -34,8 +37,12 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn begin(&self, partitions: impl IntoIterator<Item = i32>) {
+    /// Marks `partitions` as being written until the returned guard drops: when the write ends, or when it
+    /// is given up (the last checkpoint's deadline), so that a revocation never waits for a write that is
+    /// no longer going on.
+    fn begin(&self, partitions: impl IntoIterator<Item = i32>) -> Writing<'_> {
         self.lock().0.extend(partitions);
+        Writing(self)
     }
 
     fn still_owned(&self, partition: i32) -> bool {
@@ -73,6 +80,15 @@ impl Gate {
                 .0;
         }
         true
+    }
+}
+
+/// A checkpoint write under way; see [`Gate::begin`].
+struct Writing<'a>(&'a Gate);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -120,18 +136,25 @@ impl Aggregator {
     /// On a clean stop: waits for the write in progress, then writes a last checkpoint (bounded), so that
     /// the next owner replays almost nothing.
     pub(super) async fn final_checkpoint(&mut self) {
-        if let Some(h) = self.checkpoint.take() {
-            if let Ok(unwritten) = h.await {
-                self.mark_unwritten(unwritten);
+        let deadline = tokio::time::Instant::now() + LAST_CHECKPOINT;
+        if let Some(mut h) = self.checkpoint.take() {
+            match tokio::time::timeout_at(deadline, &mut h).await {
+                Ok(Ok(unwritten)) => self.mark_unwritten(unwritten),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    h.abort();
+                    tracing::warn!("a checkpoint was still being written after 15 s (is Kafka reachable?); the next owner replays more");
+                    return;
+                }
             }
         }
         let snapshot = self.snapshot();
-        if tokio::time::timeout(Duration::from_secs(15), self.writer(snapshot))
+        if tokio::time::timeout_at(deadline, self.writer(snapshot))
             .await
             .is_err()
         {
             tracing::warn!(
-                "the last checkpoint did not finish in 15 s; the next owner replays more"
+                "the last checkpoint did not finish in 15 s (is Kafka reachable?); the next owner replays more"
             );
         }
     }
@@ -178,7 +201,7 @@ async fn write(
     gate: Arc<Gate>,
     metrics: AggregateMetrics,
 ) -> Unwritten {
-    gate.begin(snapshot.iter().map(|s| s.partition));
+    let writing = gate.begin(snapshot.iter().map(|s| s.partition));
     let n = state_partitions.max(1);
     let (producer, topic) = (&producer, topic.as_str());
     let mut in_flight = futures::stream::FuturesUnordered::new();
@@ -221,7 +244,7 @@ async fn write(
             unwritten.push((s.partition, s.workspaces));
         }
     }
-    gate.end();
+    drop(writing);
     metrics.checkpoint_records.set(written as i64);
     if unwritten.is_empty() {
         metrics.checkpoints.inc();
@@ -255,5 +278,27 @@ async fn put(
             tracing::debug!(error = %e, key, "checkpoint record not written");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_waits_for_a_write_only_while_it_goes_on() {
+        let gate = Gate::default();
+        let revoked: HashSet<i32> = [1].into();
+        let writing = gate.begin([1, 2]);
+        assert!(
+            !gate.revoke(&revoked, Duration::from_millis(20)),
+            "waits for the write"
+        );
+        drop(writing);
+        assert!(
+            gate.revoke(&revoked, Duration::ZERO),
+            "a write given up (its future dropped) is not waited for"
+        );
+        assert!(!gate.still_owned(1) && gate.still_owned(2));
     }
 }
