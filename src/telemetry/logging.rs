@@ -1,6 +1,8 @@
 //! `tracing` set-up: human or JSON lines on stderr, so stdout stays for program output (the broker's
 //! `bootstrap.servers=` line, the demo's table); and, when configured, the attempt spans exported over OTLP.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -16,7 +18,11 @@ pub fn init(
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a file, a pipe or an orchestrator's log gets plain text.
+    let colour = std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let fmt = match cfg.log_format {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Human => fmt.boxed(),
