@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use crate::support::{
-    full_send, produce_one, produce_sends, receiver, rig, stop, wait_for, Dispatcher, Kafka,
+    full_send, produce_one, produce_sends, receiver, rig, slow_receiver, stop, wait_for,
+    Dispatcher, Kafka,
 };
 use apache_avro::Schema;
 use hookrelay::events::FailureEvent;
 use hookrelay::tools::harness::OutputReader;
-use hookrelay::tools::receiver::{Receiver, Script};
 
 const BRAZE_FAILURE: &str =
     include_str!("../../schemas/reference/users.messages.webhook.Failure.avsc");
@@ -395,13 +395,7 @@ fn our_failure_schema_is_a_compatible_superset_of_brazes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_many_sends_of_one_partition_at_once() {
     let kafka = Kafka::start(1);
-    let slow = Script {
-        latency: Duration::from_millis(300),
-        ..Script::default()
-    };
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), slow)
-        .await
-        .unwrap();
+    let rx = slow_receiver(Duration::from_millis(300)).await;
     let dispatcher = Dispatcher::spawn(&kafka.config);
     let producer = kafka.producer();
     produce_sends(&producer, "c", 20, &rx.url("/hook")).await;
@@ -446,13 +440,7 @@ async fn a_partition_holding_too_many_bytes_of_unfinished_work_is_paused_and_res
 /// 40 sends to a receiver taking 200 ms each: the partition pauses, everything is delivered, it resumes, and
 /// no more than `at_most` requests were ever in flight together.
 async fn paused_and_resumed(kafka: Kafka, at_most: u64) {
-    let slow = Script {
-        latency: Duration::from_millis(200),
-        ..Script::default()
-    };
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), slow)
-        .await
-        .unwrap();
+    let rx = slow_receiver(Duration::from_millis(200)).await;
     let producer = kafka.producer();
     produce_sends(&producer, "b", 40, &rx.url("/hook")).await;
     let dispatcher = Dispatcher::spawn(&kafka.config);

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    accounted, all_accounted, produce_one, produce_sends, wait_for, ChildDispatcher, Kafka,
+    accounted, all_accounted, produce_one, produce_sends, slow_receiver, wait_for, ChildDispatcher,
+    Kafka,
 };
 use hookrelay::tools::harness::OutputReader;
-use hookrelay::tools::receiver::{Receiver, Script};
 
 const SECONDS_30: Duration = Duration::from_secs(30);
 
@@ -189,13 +189,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
     let grace = Duration::from_secs(3);
     kafka.config.dispatch.shutdown_grace = grace;
     // Each request takes a second, so the drain cannot finish everything already started.
-    let script = Script {
-        latency: Duration::from_secs(1),
-        ..Script::default()
-    };
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), script)
-        .await
-        .unwrap();
+    let rx = slow_receiver(Duration::from_secs(1)).await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
     let ids: Vec<String> = (0..300).map(|i| format!("t{i:03}")).collect();
@@ -248,13 +242,7 @@ async fn sigterm_with_the_broker_down_still_ends_within_the_grace_and_says_why()
     let mut kafka = Kafka::start(2).without_retries();
     let grace = Duration::from_secs(3);
     kafka.config.dispatch.shutdown_grace = grace;
-    let script = Script {
-        latency: Duration::from_millis(500),
-        ..Script::default()
-    };
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), script)
-        .await
-        .unwrap();
+    let rx = slow_receiver(Duration::from_millis(500)).await;
     let producer = kafka.producer();
     for i in 0..40 {
         produce_one(&producer, &format!("b{i}"), &rx.url("/hook")).await;

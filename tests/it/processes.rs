@@ -6,19 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{all_accounted, hookrelay_bin, send, wait_for, ChildDispatcher, Kafka};
+use crate::support::{
+    all_accounted, hookrelay_bin, send, slow_receiver, wait_for, ChildDispatcher, Kafka,
+};
 use hookrelay::tools::harness::OutputReader;
-use hookrelay::tools::receiver::{Receiver, Script};
-
-async fn slow_receiver(latency_ms: u64) -> Receiver {
-    let script = Script {
-        latency: Duration::from_millis(latency_ms),
-        ..Script::default()
-    };
-    Receiver::start("127.0.0.1:0".parse().unwrap(), script)
-        .await
-        .unwrap()
-}
+use hookrelay::tools::receiver::Receiver;
 
 /// Produces `n` sends (every fifth fails with 500) and returns their ids.
 async fn produce(kafka: &Kafka, rx: &Receiver, n: usize) -> Vec<String> {
@@ -39,7 +31,7 @@ async fn produce(kafka: &Kafka, rx: &Receiver, n: usize) -> Vec<String> {
 async fn a_dispatcher_killed_mid_stream_loses_nothing_after_a_restart() {
     let mut kafka = Kafka::start(4);
     kafka.config.dispatch.max_in_flight = 32;
-    let rx = slow_receiver(150).await;
+    let rx = slow_receiver(Duration::from_millis(150)).await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let ids = produce(&kafka, &rx, 600).await;
 
@@ -73,7 +65,7 @@ async fn a_dispatcher_killed_mid_stream_loses_nothing_after_a_restart() {
 async fn two_dispatchers_share_partitions_and_a_stopped_one_hands_over_with_nothing_lost() {
     let mut kafka = Kafka::start(4);
     kafka.config.dispatch.max_in_flight = 16;
-    let rx = slow_receiver(100).await;
+    let rx = slow_receiver(Duration::from_millis(100)).await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let mut a = ChildDispatcher::spawn(&kafka.config);
     let b = ChildDispatcher::spawn(&kafka.config);

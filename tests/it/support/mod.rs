@@ -109,6 +109,18 @@ pub async fn receiver() -> hookrelay::tools::receiver::Receiver {
         .unwrap()
 }
 
+/// A receiver like [`receiver`] that takes `latency` over every answer.
+pub async fn slow_receiver(latency: Duration) -> hookrelay::tools::receiver::Receiver {
+    use hookrelay::tools::receiver::{Receiver, Script};
+    let script = Script {
+        latency,
+        ..Script::default()
+    };
+    Receiver::start("127.0.0.1:0".parse().unwrap(), script)
+        .await
+        .unwrap()
+}
+
 /// Polls `cond` until it holds; panics naming `what` at the deadline. No sleeping-and-hoping.
 pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut cond: F)
 where
