@@ -200,6 +200,7 @@ async fn run_dispatch(config: Config) -> anyhow::Result<()> {
     let m = metrics.clone();
     let listener = serve_telemetry(&config, Arc::new(move || m.render()), &health).await?;
     let result = dispatch::run(&config, metrics, health, stop).await;
+    shutdown::stopped();
     listener.cancel();
     result
 }

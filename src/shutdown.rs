@@ -1,6 +1,10 @@
-//! SIGINT/SIGTERM become a cancellation token every long-running task watches.
+//! SIGINT/SIGTERM become a cancellation token every long-running task watches; a watchdog bounds the stop.
 
-use std::time::Duration;
+// The watchdog measures its deadline.
+#![allow(clippy::disallowed_methods)]
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -18,18 +22,38 @@ pub fn on_signal() -> CancellationToken {
     token
 }
 
-/// Once `stop` is cancelled, gives the process `grace`, and a second more for its last bounded steps, to
-/// end; then ends it with status 1. A call into librdkafka with the cluster unreachable (the synchronous
-/// commit of revoked partitions, leaving the group) can block for the session timeout, 45 s, and longer:
-/// without this a stop would outlast its grace and end in the orchestrator's SIGKILL with no word of why.
-/// Nothing is lost: what was not committed is redone by the partitions' next owner.
+/// When the watchdog of [`exit_after_grace`] ends the process: `None` until a signal, and again once the
+/// stop is over.
+static DEADLINE: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn deadline() -> std::sync::MutexGuard<'static, Option<Instant>> {
+    DEADLINE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the last bounded steps of a stop may take past its grace (the producer's last flush, at least
+/// half a second, among them).
+const OVERRUN: Duration = Duration::from_secs(1);
+
+/// Once `stop` is cancelled, gives the process `grace` (or until [`stop_ends_at`] says, if later) and a
+/// second more to end; then ends it with status 1. A call into librdkafka with the cluster unreachable (the
+/// synchronous commit of revoked partitions, leaving the group) can block for the session timeout, 45 s,
+/// and longer: without this a stop would outlast its grace and end in the orchestrator's SIGKILL with no
+/// word of why. Nothing is lost: what was not committed is redone by the partitions' next owner.
 pub fn exit_after_grace(stop: &CancellationToken, grace: Duration, process: &'static str) {
     let stop = stop.clone();
     tokio::spawn(async move {
         stop.cancelled().await;
+        move_deadline(Instant::now() + grace + OVERRUN);
         // A thread of its own: the runtime may be waiting on the very call that blocks.
-        std::thread::spawn(move || {
-            std::thread::sleep(grace + Duration::from_secs(1));
+        std::thread::spawn(move || loop {
+            let Some(at) = *deadline() else {
+                return; // the stop is over
+            };
+            let now = Instant::now();
+            if now < at {
+                std::thread::sleep(at - now);
+                continue;
+            }
             tracing::error!(
                 ?grace,
                 "{process} did not stop within its shutdown grace (is Kafka reachable?): exiting with status 1; \
@@ -38,6 +62,23 @@ pub fn exit_after_grace(stop: &CancellationToken, grace: Duration, process: &'st
             std::process::exit(1);
         });
     });
+}
+
+/// The stop's own deadline, counted from when it really began (the consumer may have been inside a
+/// rebalance when the signal came): the watchdog waits for it too.
+pub fn stop_ends_at(at: Instant) {
+    move_deadline(at + OVERRUN);
+}
+
+/// The stop is over: the watchdog stands down (what follows, such as the last trace export, is bounded
+/// by its own timeouts).
+pub fn stopped() {
+    *deadline() = None;
+}
+
+fn move_deadline(to: Instant) {
+    let mut d = deadline();
+    *d = Some(d.map_or(to, |at| at.max(to)));
 }
 
 #[cfg(unix)]
