@@ -63,6 +63,7 @@ pub async fn run(
     let pipeline = Arc::new(pipeline(config, publisher, &metrics, tiers.clone())?);
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
+        producer.clone(),
         metrics.clone(),
         health.clone(),
     ));

@@ -41,6 +41,8 @@ struct Partition {
     next: Option<i64>,
     /// Last position handed out for commit.
     committed: Option<i64>,
+    /// Records in `window` not finished yet (the rest finished behind one that has not).
+    unfinished: usize,
 }
 
 impl Partition {
@@ -93,6 +95,7 @@ impl OffsetTracker {
             return None;
         }
         p.window.push_back((offset, false));
+        p.unfinished += 1;
         p.next = Some(offset + 1);
         Some(Ticket {
             tp: tp.clone(),
@@ -112,7 +115,9 @@ impl OffsetTracker {
         let Ok(i) = p.window.binary_search_by_key(&ticket.offset, |(o, _)| *o) else {
             return false;
         };
-        p.window[i].1 = true;
+        if !std::mem::replace(&mut p.window[i].1, true) {
+            p.unfinished -= 1;
+        }
         while p.window.front().is_some_and(|(_, done)| *done) {
             p.window.pop_front();
         }
@@ -133,6 +138,16 @@ impl OffsetTracker {
 
     pub fn total_pending(&self) -> usize {
         self.partitions.values().map(|p| p.window.len()).sum()
+    }
+
+    /// Records registered and not finished: [`OffsetTracker::pending`] less those that finished behind an
+    /// unfinished one (and wait only for it to be committed).
+    pub fn unfinished(&self, tp: &TopicPartition) -> usize {
+        self.partitions.get(tp).map_or(0, |p| p.unfinished)
+    }
+
+    pub fn total_unfinished(&self) -> usize {
+        self.partitions.values().map(|p| p.unfinished).sum()
     }
 
     /// The position that is safe to commit: the first unfinished offset, or one past the last seen.
@@ -267,6 +282,8 @@ mod tests {
                 if unfinished.is_empty() { break; }
                 let ticket = unfinished.remove(idx.index(unfinished.len()));
                 prop_assert!(t.finish(&ticket));
+                t.finish(&ticket); // twice: counted once
+                prop_assert_eq!(t.unfinished(&tp()), unfinished.len());
                 let pos = t.position(&tp()).unwrap();
                 for u in &unfinished {
                     prop_assert!(pos <= u.offset, "position {} passed unfinished {}", pos, u.offset);

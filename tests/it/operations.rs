@@ -234,7 +234,6 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_a_restart_finishes_the_
     reader.stop();
 }
 
-/// Every `hookrelay_…` name in `text`.
 /// With the cluster gone, the commit on the way out blocks inside librdkafka (for the session timeout and
 /// longer); the stop still ends within the grace, with status 1 and a line that says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,6 +271,7 @@ async fn sigterm_with_the_broker_down_still_ends_within_the_grace_and_says_why()
     );
 }
 
+/// Every `hookrelay_…` name in `text`.
 fn metric_names(text: &str) -> HashSet<String> {
     text.match_indices("hookrelay_")
         .map(|(i, _)| {

@@ -3,15 +3,11 @@
 
 use std::time::Duration;
 
-use crate::support::{full_send, produce_one, produce_sends, wait_for, ChildDispatcher, Kafka};
+use crate::support::{
+    full_send, produce_one, produce_sends, receiver_on, wait_for, ChildDispatcher, Kafka,
+};
 use hookrelay::tools::harness::{OutputReader, SendProducer};
-use hookrelay::tools::receiver::{Received, Receiver, Script};
-
-async fn receiver_on(ip: &str) -> Receiver {
-    Receiver::start(format!("{ip}:0").parse().unwrap(), Script::default())
-        .await
-        .unwrap()
-}
+use hookrelay::tools::receiver::{Received, Receiver};
 
 /// Requests per second between the first and the last request, which must be within 10 % of `limit`.
 fn assert_rate_near(requests: &[Received], limit: f64) {

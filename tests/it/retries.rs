@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::support::{
-    free_port, full_send, produce_one, produce_sends, receiver, rig, stop, wait_for,
+    free_port, produce_one, produce_sends, receiver, receiver_on, rig, stop, wait_for,
     ChildDispatcher, Dispatcher, Kafka,
 };
 use hookrelay::events::FailureEvent;
@@ -153,45 +153,111 @@ async fn retry_after_in_seconds_or_as_an_http_date_sets_the_earliest_next_attemp
     dispatcher.stop().await.unwrap();
 }
 
-/// A tier partition hands each retry on when it is ready, not after the records before it: a retry due in
-/// 200 ms, written to the 1 s tier just behind one that waits the whole second, is not held up by it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_due_soon_is_not_held_behind_one_waiting_the_tier_s_whole_delay() {
-    let kafka = Kafka::start(1);
-    let rx = receiver().await;
-    let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let _dispatcher = ChildDispatcher::spawn(&kafka.config);
+/// One 3 s tier, a send whose retry waits there the whole 3 s (`later`, Retry-After 8), and then `n` sends
+/// to another host of the same workspace (so in the same tier partition, behind it) that fail once with a
+/// 503, so that their retries, due 200 ms on, are written behind it.
+async fn retries_behind_a_long_one(
+    kafka: &Kafka,
+    dispatcher: &ChildDispatcher,
+    n: usize,
+) -> (Receiver, Receiver) {
+    let slow_host = receiver().await;
+    let other_host = receiver_on("127.0.0.2").await;
     let producer = kafka.producer();
-    // Retry-After: 4 puts its retry in the 1 s tier (the longest that fits), read back after a second.
     produce_one(
         &producer,
         "later",
-        &rx.url("/hook?seq=429,200&retry_after=4"),
+        &slow_host.url("/hook?seq=429,200&retry_after=8"),
     )
     .await;
-    reader
-        .wait_until(Duration::from_secs(20), |o| o.failures.len() == 1)
+    wait_for("its retry is written", Duration::from_secs(20), || async {
+        dispatcher
+            .metric("hookrelay_retries_scheduled_total{tier=\"webhook-retries-3s\"}")
+            .await
+            >= Some(1.0)
+    })
+    .await;
+    for i in 0..n {
+        produce_one(
+            &producer,
+            &format!("soon{i}"),
+            &other_host.url("/hook?seq=503,200"),
+        )
         .await;
-    // Its retry is written; this one's retry lands behind it in the same partition, due 200 ms on (another
-    // workspace, so that the host's Retry-After does not hold it).
-    producer
-        .json(&full_send("soon", "other", &rx.url("/hook?seq=503,200")))
-        .await
-        .unwrap();
+    }
+    (slow_host, other_host)
+}
+
+fn one_long_tier(config: &mut hookrelay::config::Config) {
+    config.topics.retry_tiers = vec!["3s".into()];
+}
+
+/// A tier partition hands each retry on when it is ready, not after the records before it: a retry due in
+/// 200 ms, written to the 3 s tier just behind one that waits the whole 3 s, is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_soon_is_not_held_behind_one_waiting_the_tier_s_whole_delay() {
+    let kafka = Kafka::start_with(1, one_long_tier);
+    let dispatcher = ChildDispatcher::spawn(&kafka.config);
+    let (slow_host, other_host) = retries_behind_a_long_one(&kafka, &dispatcher, 1).await;
     wait_for(
         "the retry due soon is delivered",
         Duration::from_secs(20),
-        || async { arrivals(&rx, "soon").len() == 2 },
+        || async { arrivals(&other_host, "soon0").len() == 2 },
     )
     .await;
-    let soon = arrivals(&rx, "soon");
+    let soon = arrivals(&other_host, "soon0");
     assert!(
-        soon[1] - soon[0] < 700,
+        soon[1] - soon[0] < 1_500,
         "the retry due 200 ms on came {} ms on: held behind the record before it",
         soon[1] - soon[0]
     );
-    assert_eq!(arrivals(&rx, "later").len(), 1, "and that one still waits");
-    reader.stop();
+    assert_eq!(
+        arrivals(&slow_host, "later").len(),
+        1,
+        "and that one still waits"
+    );
+}
+
+/// Retries that finished behind a parked one are not redone after a clean stop: the parked one is written
+/// back to its tier, so the committed position covers them, and it is still delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_redoes_no_retry_that_finished_behind_a_parked_one() {
+    let kafka = Kafka::start_with(1, one_long_tier);
+    let mut first = ChildDispatcher::spawn_logged(&kafka.config);
+    let (slow_host, other_host) = retries_behind_a_long_one(&kafka, &first, 5).await;
+    wait_for(
+        "the five retries are delivered",
+        Duration::from_secs(20),
+        || async {
+            first
+                .metric("hookrelay_sends_total{result=\"delivered\"}")
+                .await
+                >= Some(5.0)
+        },
+    )
+    .await;
+    assert_eq!(arrivals(&slow_host, "later").len(), 1, "still parked");
+    assert!(first.terminate().success(), "a clean stop");
+    assert!(
+        first.log().contains("written back to their tier"),
+        "{}",
+        first.log()
+    );
+    let _second = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "the parked retry is delivered by the next dispatcher",
+        Duration::from_secs(30),
+        || async { arrivals(&slow_host, "later").len() >= 2 },
+    )
+    .await;
+    assert_eq!(arrivals(&slow_host, "later").len(), 2, "once");
+    for i in 0..5 {
+        assert_eq!(
+            arrivals(&other_host, &format!("soon{i}")).len(),
+            2,
+            "soon{i}: a 503 and its retry, not redone"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use futures::future::BoxFuture;
 
+mod hand_back;
 mod shared;
 
 use shared::{commit_positions, single};
@@ -147,6 +148,7 @@ impl Loop<'_> {
             "stopping: draining in-flight sends"
         );
         let grace = self.settings.shutdown_grace;
+        crate::shutdown::stop_ends_at(now + grace);
         (now + drain_budget(grace), now + grace)
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::super::parking::Parking;
@@ -20,8 +21,8 @@ use crate::telemetry::{DispatchMetrics, Health};
 #[derive(Default)]
 pub struct State {
     pub tracker: OffsetTracker,
-    /// Partitions this thread paused, for backpressure or while retry records wait (librdkafka forgets
-    /// pauses on revocation; so do we).
+    /// Partitions this thread paused, for backpressure or once enough retry records are parked (librdkafka
+    /// forgets pauses on revocation; so do we).
     pub paused: HashSet<TopicPartition>,
     pub parked: Parking,
     /// Records given up at shutdown (their outcome could not be made durable): uncommitted, redone by the
@@ -41,15 +42,16 @@ impl State {
         }
     }
 
-    /// Records of `tp` being worked on now (parked ones wait for time, abandoned ones for nothing).
+    /// Records of `tp` being worked on now (parked ones wait for time, abandoned ones for nothing, and
+    /// finished ones behind a parked one only for their commit).
     pub(super) fn in_flight(&self, tp: &TopicPartition) -> usize {
         let idle = self.parked.len(tp) + self.abandoned.get(tp).copied().unwrap_or(0);
-        self.tracker.pending(tp).saturating_sub(idle)
+        self.tracker.unfinished(tp).saturating_sub(idle)
     }
 
     pub(super) fn total_in_flight(&self) -> usize {
         let idle = self.parked.total() + self.abandoned.values().sum::<usize>();
-        self.tracker.total_pending().saturating_sub(idle)
+        self.tracker.total_unfinished().saturating_sub(idle)
     }
 }
 
@@ -59,17 +61,25 @@ pub struct Shared {
     pub(super) finished: Condvar,
     pub(super) stopping: AtomicBool,
     pub(super) rebalance_grace: Duration,
+    /// Writes parked retries back to their tier on revocation (see [`super::hand_back`]).
+    pub(super) producer: FutureProducer,
     pub(super) metrics: DispatchMetrics,
     pub(super) health: Health,
 }
 
 impl Shared {
-    pub fn new(rebalance_grace: Duration, metrics: DispatchMetrics, health: Health) -> Self {
+    pub fn new(
+        rebalance_grace: Duration,
+        producer: FutureProducer,
+        metrics: DispatchMetrics,
+        health: Health,
+    ) -> Self {
         Self {
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
             rebalance_grace,
+            producer,
             metrics,
             health,
         }
@@ -149,10 +159,14 @@ impl ConsumerContext for DispatchContext {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         }
+        // With the assignment lost nothing can be committed, so a copy would only be a duplicate.
+        if !consumer.assignment_lost() {
+            state = hand_back_parked(shared, state, &revoked);
+        }
         let mut positions = Vec::new();
         let mut unfinished = 0;
         for tp in &revoked {
-            unfinished += state.tracker.pending(tp);
+            unfinished += state.tracker.unfinished(tp);
             let dropped = state.parked.remove(tp);
             shared.metrics.parked_records.sub(dropped as i64);
             if let Some(pos) = state.tracker.revoke(tp) {
@@ -182,6 +196,41 @@ impl ConsumerContext for DispatchContext {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
         }
     }
+}
+
+/// Writes back the parked retries of revoked partitions where finished records wait behind them, so that
+/// the position committed covers those records; what is acknowledged counts as finished.
+fn hand_back_parked<'a>(
+    shared: &'a Shared,
+    mut state: MutexGuard<'a, State>,
+    revoked: &[TopicPartition],
+) -> MutexGuard<'a, State> {
+    let mut parked = Vec::new();
+    for tp in revoked {
+        let (pending, unfinished) = (state.tracker.pending(tp), state.tracker.unfinished(tp));
+        if state.parked.len(tp) > 0 && unfinished < pending {
+            parked.extend(state.parked.take(tp));
+        }
+    }
+    if parked.is_empty() {
+        return state;
+    }
+    shared.metrics.parked_records.sub(parked.len() as i64);
+    let count = parked.len();
+    // Not under the lock: tasks finishing meanwhile need it.
+    drop(state);
+    let written = super::hand_back::hand_back(&shared.producer, parked);
+    tracing::info!(
+        written = written.len(),
+        of = count,
+        "parked retries of revoked partitions written back to their tier, so that finished work behind them is committed"
+    );
+    let mut state = shared.lock();
+    for (ticket, bytes) in &written {
+        state.release_bytes(ticket, *bytes);
+        state.tracker.finish(ticket);
+    }
+    state
 }
 
 /// Commits synchronously so that a failure is seen: the positions are then handed out again next tick

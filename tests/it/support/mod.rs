@@ -109,6 +109,14 @@ pub async fn receiver() -> hookrelay::tools::receiver::Receiver {
         .unwrap()
 }
 
+/// A receiver like [`receiver`] on another loopback address (`127.0.0.2`: another host to hookrelay).
+pub async fn receiver_on(ip: &str) -> hookrelay::tools::receiver::Receiver {
+    use hookrelay::tools::receiver::{Receiver, Script};
+    Receiver::start(format!("{ip}:0").parse().unwrap(), Script::default())
+        .await
+        .unwrap()
+}
+
 /// A receiver like [`receiver`] that takes `latency` over every answer.
 pub async fn slow_receiver(latency: Duration) -> hookrelay::tools::receiver::Receiver {
     use hookrelay::tools::receiver::{Receiver, Script};
