@@ -449,3 +449,15 @@ fn checkpoint_records_restored_by_the_aggregator() {
         ledger.restore(0, found.workspaces, now);
     });
 }
+
+#[test]
+fn commit_metadata_read_back_by_a_partition_s_next_owner() {
+    use hookrelay::kafka::finished_ahead::{decode, encode, ranges_of};
+    let seeds = vec![
+        encode(1_000, ranges_of([1_003, 1_004, 1_005, 1_009, 1_200])).into_bytes(),
+        encode(0, ranges_of((1..400).map(|i| i * 3))).into_bytes(),
+    ];
+    fuzz("commit metadata", 9, &seeds, |b| {
+        let _ = decode(42, b);
+    });
+}

@@ -63,7 +63,6 @@ pub async fn run(
     let pipeline = Arc::new(pipeline(config, publisher, &metrics, tiers.clone())?);
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
-        producer.clone(),
         metrics.clone(),
         health.clone(),
     ));

@@ -4,6 +4,7 @@ pub(crate) mod broker;
 pub mod client;
 pub mod consumer;
 pub mod feed;
+pub mod finished_ahead;
 pub(crate) mod offsets;
 pub(crate) mod parking;
 pub(crate) mod probe;
@@ -13,5 +14,5 @@ pub mod record;
 pub mod topics;
 
 pub use broker::EmbeddedBroker;
-pub use offsets::{OffsetTracker, Ticket, TopicPartition};
+pub use offsets::{Commit, OffsetTracker, Ticket, TopicPartition};
 pub use record::Record;

@@ -6,6 +6,8 @@
 //! record still finishing from an earlier assignment can never mark work of the current one done.
 
 use std::collections::{HashMap, VecDeque};
+
+use super::finished_ahead;
 use std::sync::Arc;
 
 /// A topic-partition.
@@ -39,16 +41,47 @@ struct Partition {
     window: VecDeque<(i64, bool)>,
     /// One past the highest offset registered: the position once everything has finished.
     next: Option<i64>,
-    /// Last position handed out for commit.
-    committed: Option<i64>,
+    /// Last commit handed out.
+    committed: Option<Commit>,
     /// Records in `window` not finished yet (the rest finished behind one that has not).
     unfinished: usize,
+    /// Offsets not reached yet that an earlier owner finished (from its last commit's metadata): skipped.
+    skip: VecDeque<(i64, i64)>,
 }
 
 impl Partition {
     fn position(&self) -> Option<i64> {
         self.window.front().map(|(o, _)| *o).or(self.next)
     }
+
+    /// The commit of the current position, naming the offsets beyond it already finished.
+    fn commit(&self) -> Option<Commit> {
+        let offset = self.position()?;
+        let finished = self
+            .window
+            .iter()
+            .filter(|(_, done)| *done)
+            .map(|(o, _)| *o);
+        let finished = finished_ahead::ranges_of(finished);
+        let ahead = finished.into_iter().chain(self.skip.iter().copied());
+        Some(Commit {
+            offset,
+            metadata: finished_ahead::encode(offset, ahead),
+        })
+    }
+
+    fn pop_finished(&mut self) {
+        while self.window.front().is_some_and(|(_, done)| *done) {
+            self.window.pop_front();
+        }
+    }
+}
+
+/// A position to commit, and the offsets beyond it already finished (see [`finished_ahead`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Commit {
+    pub offset: i64,
+    pub metadata: String,
 }
 
 #[derive(Debug, Default)]
@@ -64,19 +97,26 @@ impl OffsetTracker {
 
     /// Starts tracking a partition afresh (new epoch), forgetting anything from an earlier assignment.
     pub fn assign(&mut self, tp: TopicPartition) {
+        self.assign_skipping(tp, Vec::new());
+    }
+
+    /// As [`OffsetTracker::assign`], with the offsets an earlier owner finished beyond its last commit
+    /// (ascending ranges, as [`finished_ahead::decode`] gives them).
+    pub fn assign_skipping(&mut self, tp: TopicPartition, skip: finished_ahead::Ranges) {
         self.epochs += 1;
         self.partitions.insert(
             tp,
             Partition {
                 epoch: self.epochs,
+                skip: skip.into(),
                 ..Default::default()
             },
         );
     }
 
-    /// Stops tracking; returns the position that is safe to commit for it, if any record was seen.
-    pub fn revoke(&mut self, tp: &TopicPartition) -> Option<i64> {
-        self.partitions.remove(tp).and_then(|p| p.position())
+    /// Stops tracking; returns the commit that is safe for it, if any record was seen.
+    pub fn revoke(&mut self, tp: &TopicPartition) -> Option<Commit> {
+        self.partitions.remove(tp).and_then(|p| p.commit())
     }
 
     pub fn is_assigned(&self, tp: &TopicPartition) -> bool {
@@ -87,11 +127,25 @@ impl OffsetTracker {
         self.partitions.keys()
     }
 
-    /// Registers a record about to be processed. `None` means: not assigned here, or an offset this
-    /// assignment has already seen (a redelivery) — skip the record.
+    /// Registers a record about to be processed. `None` means: not assigned here, an offset this
+    /// assignment has already seen (a redelivery), or one an earlier owner finished — skip the record.
     pub fn start(&mut self, tp: &TopicPartition, offset: i64) -> Option<Ticket> {
         let p = self.partitions.get_mut(tp)?;
         if p.next.is_some_and(|n| offset < n) {
+            return None;
+        }
+        while p.skip.front().is_some_and(|(_, end)| *end < offset) {
+            p.skip.pop_front(); // passed over (compacted away, or transaction markers)
+        }
+        if let Some(range) = p.skip.front_mut().filter(|(start, _)| *start <= offset) {
+            if range.1 == offset {
+                p.skip.pop_front();
+            } else {
+                range.0 = offset + 1;
+            }
+            p.window.push_back((offset, true));
+            p.next = Some(offset + 1);
+            p.pop_finished();
             return None;
         }
         p.window.push_back((offset, false));
@@ -118,9 +172,7 @@ impl OffsetTracker {
         if !std::mem::replace(&mut p.window[i].1, true) {
             p.unfinished -= 1;
         }
-        while p.window.front().is_some_and(|(_, done)| *done) {
-            p.window.pop_front();
-        }
+        p.pop_finished();
         true
     }
 
@@ -155,10 +207,10 @@ impl OffsetTracker {
         self.partitions.get(tp).and_then(Partition::position)
     }
 
-    /// A commit of `position` failed: hand it out again on the next [`OffsetTracker::take_commits`].
-    pub fn commit_failed(&mut self, tp: &TopicPartition, position: i64) {
+    /// A commit failed: hand it out again on the next [`OffsetTracker::take_commits`].
+    pub fn commit_failed(&mut self, tp: &TopicPartition, commit: &Commit) {
         if let Some(p) = self.partitions.get_mut(tp) {
-            if p.committed == Some(position) {
+            if p.committed.as_ref() == Some(commit) {
                 p.committed = None;
             }
         }
@@ -171,14 +223,15 @@ impl OffsetTracker {
         }
     }
 
-    /// Positions that moved since the last call, marked as handed out.
-    pub fn take_commits(&mut self) -> Vec<(TopicPartition, i64)> {
+    /// Commits that changed since the last call (the position, or what is finished beyond it), marked as
+    /// handed out.
+    pub fn take_commits(&mut self) -> Vec<(TopicPartition, Commit)> {
         let mut out = Vec::new();
         for (tp, p) in &mut self.partitions {
-            if let Some(pos) = p.position() {
-                if p.committed != Some(pos) {
-                    p.committed = Some(pos);
-                    out.push((tp.clone(), pos));
+            if let Some(commit) = p.commit() {
+                if p.committed.as_ref() != Some(&commit) {
+                    p.committed = Some(commit.clone());
+                    out.push((tp.clone(), commit));
                 }
             }
         }
@@ -196,6 +249,72 @@ mod tests {
         TopicPartition::new("t", 0)
     }
 
+    fn at(offset: i64) -> Commit {
+        Commit {
+            offset,
+            metadata: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_commit_names_what_finished_beyond_it_and_the_next_owner_skips_that() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp());
+        let tickets: Vec<Ticket> = (10..16).map(|o| t.start(&tp(), o).unwrap()).collect();
+        for i in [1, 2, 4] {
+            t.finish(&tickets[i]); // 11, 12, 14 finish behind 10
+        }
+        let commits = t.take_commits();
+        assert_eq!(
+            commits[0].1,
+            Commit {
+                offset: 10,
+                metadata: "hookrelay.done:1-2,4".into()
+            }
+        );
+        t.finish(&tickets[5]);
+        assert_eq!(
+            t.take_commits()[0].1.metadata,
+            "hookrelay.done:1-2,4-5",
+            "more finished beyond the same position is committed again"
+        );
+
+        // The next owner reads from 10 and skips 11, 12, 14 and 15.
+        let done = finished_ahead::decode(10, b"hookrelay.done:1-2,4-5");
+        let mut next = OffsetTracker::new();
+        next.assign_skipping(tp(), done);
+        let ten = next.start(&tp(), 10).expect("10 is redone");
+        assert!(next.start(&tp(), 11).is_none() && next.start(&tp(), 12).is_none());
+        let thirteen = next.start(&tp(), 13).expect("13 is redone");
+        assert!(next.start(&tp(), 14).is_none());
+        assert_eq!(
+            next.take_commits()[0].1,
+            Commit {
+                offset: 10,
+                metadata: "hookrelay.done:1-2,4-5".into()
+            },
+            "what is finished but not reached yet is carried on"
+        );
+        next.finish(&thirteen);
+        next.finish(&ten);
+        assert_eq!(next.position(&tp()), Some(15));
+        assert!(next.start(&tp(), 15).is_none(), "15 as well");
+        assert_eq!(next.position(&tp()), Some(16));
+        assert_eq!(next.unfinished(&tp()), 0);
+    }
+
+    #[test]
+    fn skipped_offsets_passed_over_are_forgotten() {
+        let mut t = OffsetTracker::new();
+        t.assign_skipping(tp(), vec![(3, 3), (5, 5), (9, 9)]);
+        assert!(t.start(&tp(), 6).is_some(), "3 and 5 were compacted away");
+        assert_eq!(
+            t.take_commits()[0].1.metadata,
+            "hookrelay.done:3",
+            "only 9 is left (6 + 3)"
+        );
+    }
+
     #[test]
     fn commits_only_the_contiguous_finished_prefix() {
         let mut t = OffsetTracker::new();
@@ -209,7 +328,7 @@ mod tests {
         assert_eq!(t.position(&tp()), Some(10), "10 still runs");
         t.finish(&a);
         assert_eq!(t.position(&tp()), Some(14));
-        assert_eq!(t.take_commits(), vec![(tp(), 14)]);
+        assert_eq!(t.take_commits(), vec![(tp(), at(14))]);
         assert!(
             t.take_commits().is_empty(),
             "unchanged positions are not committed again"
@@ -222,14 +341,14 @@ mod tests {
         t.assign(tp());
         let a = t.start(&tp(), 0).unwrap();
         t.finish(&a);
-        assert_eq!(t.take_commits(), vec![(tp(), 1)]);
-        t.commit_failed(&tp(), 1);
+        assert_eq!(t.take_commits(), vec![(tp(), at(1))]);
+        t.commit_failed(&tp(), &at(1));
         assert_eq!(
             t.take_commits(),
-            vec![(tp(), 1)],
+            vec![(tp(), at(1))],
             "retried although nothing moved"
         );
-        t.commit_failed(&tp(), 0);
+        t.commit_failed(&tp(), &at(0));
         assert!(
             t.take_commits().is_empty(),
             "a stale failure does not trigger a re-commit"
@@ -241,7 +360,7 @@ mod tests {
         let mut t = OffsetTracker::new();
         t.assign(tp());
         let old = t.start(&tp(), 5).unwrap();
-        assert_eq!(t.revoke(&tp()), Some(5));
+        assert_eq!(t.revoke(&tp()), Some(at(5)));
         t.assign(tp());
         let new = t.start(&tp(), 5).unwrap();
         assert!(!t.finish(&old));

@@ -70,17 +70,6 @@ impl Parking {
         self.queues.remove(tp).map_or(0, |q| q.len())
     }
 
-    /// Takes a partition's records out, in offset order (to be written back to it).
-    pub fn take(&mut self, tp: &TopicPartition) -> Vec<Parked> {
-        let mut records: Vec<Parked> = self
-            .queues
-            .remove(tp)
-            .map(|q| q.into_values().collect())
-            .unwrap_or_default();
-        records.sort_by_key(|p| p.ticket.offset);
-        records
-    }
-
     pub fn len(&self, tp: &TopicPartition) -> usize {
         self.queues.get(tp).map_or(0, BTreeMap::len)
     }

@@ -3,6 +3,8 @@
 //! Header names are read through librdkafka's C API directly: rdkafka's own accessors (`Headers::get`,
 //! `iter`, `try_get`) `unwrap` the name as UTF-8 and would panic the consumer thread on a record any
 //! producer can write. Here a bad name is kept (lossily) and reported, and the record is dead-lettered.
+//! Commit metadata is read the same way, for the same reason: rdkafka's `metadata()` expects UTF-8 and any
+//! client can commit anything to the group.
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -62,6 +64,41 @@ pub fn header_name(raw: &[u8], idx: usize) -> (String, Option<String>) {
             (lossy, Some(why))
         }
     }
+}
+
+/// Each partition of a committed-offsets answer: topic, partition, offset (negative if none) and the commit's
+/// metadata as raw bytes, never panicking.
+pub fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let list = tpl.ptr();
+    if list.is_null() {
+        return out;
+    }
+    // SAFETY: `tpl` owns `list` for the borrow; `elems` points at `cnt` initialised entries.
+    let elems = unsafe {
+        let list = &*list;
+        if list.elems.is_null() || list.cnt <= 0 {
+            return out;
+        }
+        std::slice::from_raw_parts(list.elems, usize::try_from(list.cnt).unwrap_or(0))
+    };
+    for e in elems {
+        if e.topic.is_null() {
+            continue;
+        }
+        // SAFETY: topic names are NUL-terminated strings owned by the list.
+        let topic = unsafe { CStr::from_ptr(e.topic) }
+            .to_string_lossy()
+            .into_owned();
+        let metadata = if e.metadata.is_null() || e.metadata_size == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: `metadata` points at `metadata_size` bytes owned by the list.
+            unsafe { std::slice::from_raw_parts(e.metadata.cast::<u8>(), e.metadata_size) }.to_vec()
+        };
+        out.push((topic, e.partition, e.offset, metadata));
+    }
+    out
 }
 
 /// Every header of `msg`, never panicking: names that are not UTF-8 are converted lossily and reported.

@@ -218,12 +218,23 @@ async fn a_retry_due_soon_is_not_held_behind_one_waiting_the_tier_s_whole_delay(
     );
 }
 
-/// Retries that finished behind a parked one are not redone after a clean stop: the parked one is written
-/// back to its tier, so the committed position covers them, and it is still delivered, once.
+/// Retries that finished behind a parked one are not redone after a clean stop: the commit names them, the
+/// next dispatcher skips them, and the parked one is still delivered, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_redoes_no_retry_that_finished_behind_a_parked_one() {
+    finished_retries_are_not_redone_after(|d| assert!(d.terminate().success(), "a clean stop"))
+        .await;
+}
+
+/// The same after SIGKILL: every periodic commit names what finished beyond its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dispatcher_s_successor_redoes_no_retry_that_finished_behind_a_parked_one() {
+    finished_retries_are_not_redone_after(ChildDispatcher::kill).await;
+}
+
+async fn finished_retries_are_not_redone_after(stop: impl FnOnce(&mut ChildDispatcher)) {
     let kafka = Kafka::start_with(1, one_long_tier);
-    let mut first = ChildDispatcher::spawn_logged(&kafka.config);
+    let mut first = ChildDispatcher::spawn(&kafka.config);
     let (slow_host, other_host) = retries_behind_a_long_one(&kafka, &first, 5).await;
     wait_for(
         "the five retries are delivered",
@@ -236,14 +247,20 @@ async fn a_clean_stop_redoes_no_retry_that_finished_behind_a_parked_one() {
         },
     )
     .await;
+    let commits = first
+        .metric("hookrelay_offset_commits_total{result=\"ok\"}")
+        .await
+        .unwrap_or_default();
+    wait_for("two more commits", Duration::from_secs(10), || async {
+        first
+            .metric("hookrelay_offset_commits_total{result=\"ok\"}")
+            .await
+            >= Some(commits + 2.0)
+    })
+    .await;
     assert_eq!(arrivals(&slow_host, "later").len(), 1, "still parked");
-    assert!(first.terminate().success(), "a clean stop");
-    assert!(
-        first.log().contains("written back to their tier"),
-        "{}",
-        first.log()
-    );
-    let _second = ChildDispatcher::spawn(&kafka.config);
+    stop(&mut first);
+    let second = ChildDispatcher::spawn_logged(&kafka.config);
     wait_for(
         "the parked retry is delivered by the next dispatcher",
         Duration::from_secs(30),
@@ -258,6 +275,11 @@ async fn a_clean_stop_redoes_no_retry_that_finished_behind_a_parked_one() {
             "soon{i}: a 503 and its retry, not redone"
         );
     }
+    assert!(
+        second.log().contains("finished_ahead=5"),
+        "the next dispatcher read what its predecessor finished: {}",
+        second.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use futures::future::BoxFuture;
 
-mod hand_back;
 mod shared;
 
 use shared::{commit_positions, single};

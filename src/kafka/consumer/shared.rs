@@ -11,11 +11,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::super::finished_ahead;
 use super::super::parking::Parking;
-use super::super::{OffsetTracker, Ticket, TopicPartition};
+use super::super::{Commit, OffsetTracker, Ticket, TopicPartition};
 use crate::telemetry::{DispatchMetrics, Health};
 
 #[derive(Default)]
@@ -61,25 +61,17 @@ pub struct Shared {
     pub(super) finished: Condvar,
     pub(super) stopping: AtomicBool,
     pub(super) rebalance_grace: Duration,
-    /// Writes parked retries back to their tier on revocation (see [`super::hand_back`]).
-    pub(super) producer: FutureProducer,
     pub(super) metrics: DispatchMetrics,
     pub(super) health: Health,
 }
 
 impl Shared {
-    pub fn new(
-        rebalance_grace: Duration,
-        producer: FutureProducer,
-        metrics: DispatchMetrics,
-        health: Health,
-    ) -> Self {
+    pub fn new(rebalance_grace: Duration, metrics: DispatchMetrics, health: Health) -> Self {
         Self {
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
             rebalance_grace,
-            producer,
             metrics,
             health,
         }
@@ -159,10 +151,6 @@ impl ConsumerContext for DispatchContext {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
         }
-        // With the assignment lost nothing can be committed, so a copy would only be a duplicate.
-        if !consumer.assignment_lost() {
-            state = hand_back_parked(shared, state, &revoked);
-        }
         let mut positions = Vec::new();
         let mut unfinished = 0;
         for tp in &revoked {
@@ -184,61 +172,65 @@ impl ConsumerContext for DispatchContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            let finished = finished_by_earlier_owners(consumer, tpl);
+            let skipped: i64 = finished
+                .values()
+                .flat_map(|ranges| ranges.iter().map(|(s, e)| e - s + 1))
+                .sum();
             let mut state = self.shared.lock();
             for e in tpl.elements() {
-                state
-                    .tracker
-                    .assign(TopicPartition::new(e.topic(), e.partition()));
+                let tp = TopicPartition::new(e.topic(), e.partition());
+                let skip = finished.get(&tp).cloned().unwrap_or_default();
+                state.tracker.assign_skipping(tp, skip);
             }
             self.shared.update_gauges(&state);
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            tracing::info!(
+                partitions = tpl.count(),
+                finished_ahead = skipped,
+                "partitions assigned"
+            );
         }
     }
 }
 
-/// Writes back the parked retries of revoked partitions where finished records wait behind them, so that
-/// the position committed covers those records; what is acknowledged counts as finished.
-fn hand_back_parked<'a>(
-    shared: &'a Shared,
-    mut state: MutexGuard<'a, State>,
-    revoked: &[TopicPartition],
-) -> MutexGuard<'a, State> {
-    let mut parked = Vec::new();
-    for tp in revoked {
-        let (pending, unfinished) = (state.tracker.pending(tp), state.tracker.unfinished(tp));
-        if state.parked.len(tp) > 0 && unfinished < pending {
-            parked.extend(state.parked.take(tp));
+/// The offsets beyond each assigned partition's committed position that its earlier owner finished, from
+/// the commit's metadata (see [`finished_ahead`]). Without an answer, none: they are redone.
+fn finished_by_earlier_owners(
+    consumer: &BaseConsumer<DispatchContext>,
+    assigned: &TopicPartitionList,
+) -> HashMap<TopicPartition, finished_ahead::Ranges> {
+    let mut finished = HashMap::new();
+    let committed = match consumer.committed_offsets(assigned.clone(), READ_COMMITTED_WITHIN) {
+        Ok(committed) => committed,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the committed positions' metadata; records finished beyond them are redone");
+            return finished;
+        }
+    };
+    for (topic, partition, offset, metadata) in crate::kafka::record::committed_metadata(&committed)
+    {
+        if metadata.is_empty() || offset < 0 {
+            continue;
+        }
+        let done = finished_ahead::decode(offset, &metadata);
+        if !done.is_empty() {
+            finished.insert(TopicPartition::new(&topic, partition), done);
         }
     }
-    if parked.is_empty() {
-        return state;
-    }
-    shared.metrics.parked_records.sub(parked.len() as i64);
-    let count = parked.len();
-    // Not under the lock: tasks finishing meanwhile need it.
-    drop(state);
-    let written = super::hand_back::hand_back(&shared.producer, parked);
-    tracing::info!(
-        written = written.len(),
-        of = count,
-        "parked retries of revoked partitions written back to their tier, so that finished work behind them is committed"
-    );
-    let mut state = shared.lock();
-    for (ticket, bytes) in &written {
-        state.release_bytes(ticket, *bytes);
-        state.tracker.finish(ticket);
-    }
-    state
+    finished
 }
+
+/// How long an assignment waits for its committed positions' metadata (one round trip to the coordinator).
+const READ_COMMITTED_WITHIN: Duration = Duration::from_secs(5);
 
 /// Commits synchronously so that a failure is seen: the positions are then handed out again next tick
 /// (with nothing else moving they would otherwise never be sent again). One round trip per interval.
 pub(super) fn commit_positions(
     consumer: &BaseConsumer<DispatchContext>,
     shared: &Shared,
-    positions: &[(TopicPartition, i64)],
+    positions: &[(TopicPartition, Commit)],
 ) {
     if positions.is_empty() {
         return;
@@ -249,17 +241,19 @@ pub(super) fn commit_positions(
             shared.metrics.commits.with_label_values(&["error"]).inc();
             tracing::warn!(error = %e, partitions = positions.len(), "offset commit failed; retrying next interval");
             let mut state = shared.lock();
-            for (tp, pos) in positions {
-                state.tracker.commit_failed(tp, *pos);
+            for (tp, commit) in positions {
+                state.tracker.commit_failed(tp, commit);
             }
         }
     }
 }
 
-fn to_tpl(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
+fn to_tpl(positions: &[(TopicPartition, Commit)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    for (tp, pos) in positions {
-        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*pos));
+    for (tp, commit) in positions {
+        let mut e = tpl.add_partition(&tp.topic, tp.partition);
+        let _ = e.set_offset(Offset::Offset(commit.offset));
+        e.set_metadata(&commit.metadata);
     }
     tpl
 }
