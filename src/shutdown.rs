@@ -17,42 +17,61 @@ pub fn on_signal() -> CancellationToken {
     tokio::spawn(async move {
         signals.await;
         tracing::info!("signal received; shutting down");
+        *lock(&SIGNALLED) = Some(Instant::now());
         t.cancel();
     });
     token
 }
 
-/// When the watchdog of [`exit_after_grace`] ends the process: `None` until a signal, and again once the
-/// stop is over.
-static DEADLINE: Mutex<Option<Instant>> = Mutex::new(None);
+/// When the first signal came, if one has: a stop's grace counts from then.
+static SIGNALLED: Mutex<Option<Instant>> = Mutex::new(None);
 
-fn deadline() -> std::sync::MutexGuard<'static, Option<Instant>> {
-    DEADLINE.lock().unwrap_or_else(|p| p.into_inner())
+/// When the stop began: the signal's time (a stop asked for in-process, as tests do, has none).
+pub fn signalled_at() -> Option<Instant> {
+    *lock(&SIGNALLED)
 }
+
+fn lock<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The watchdog of [`exit_after_grace`]: idle until a signal, then armed, and done for good once the stop is
+/// over (a late arming cannot undo that).
+#[derive(Clone, Copy)]
+enum Watch {
+    Idle,
+    Armed,
+    Done,
+}
+
+static WATCH: Mutex<Watch> = Mutex::new(Watch::Idle);
 
 /// What the last bounded steps of a stop may take past its grace (the producer's last flush, at least
 /// half a second, among them).
 const OVERRUN: Duration = Duration::from_secs(1);
 
-/// Once `stop` is cancelled, gives the process `grace` (or until [`stop_ends_at`] says, if later) and a
-/// second more to end; then ends it with status 1. A call into librdkafka with the cluster unreachable (the
-/// synchronous commit of revoked partitions, leaving the group) can block for the session timeout, 45 s,
-/// and longer: without this a stop would outlast its grace and end in the orchestrator's SIGKILL with no
-/// word of why. Nothing is lost: what was not committed is redone by the partitions' next owner.
+/// Once `stop` is cancelled, gives the process `grace` from the signal, and a second more, to end; then ends
+/// it with status 1. A call into librdkafka with the cluster unreachable (the synchronous commit of revoked
+/// partitions, leaving the group) can block for the session timeout, 45 s, and longer: without this a stop
+/// would outlast its grace and end in the orchestrator's SIGKILL with no word of why. Nothing is lost: what
+/// was not committed is redone by the partitions' next owner.
 pub fn exit_after_grace(stop: &CancellationToken, grace: Duration, process: &'static str) {
     let stop = stop.clone();
     tokio::spawn(async move {
         stop.cancelled().await;
-        move_deadline(Instant::now() + grace + OVERRUN);
+        let at = signalled_at().unwrap_or_else(Instant::now) + grace + OVERRUN;
+        {
+            let mut watch = lock(&WATCH);
+            if !matches!(*watch, Watch::Idle) {
+                return;
+            }
+            *watch = Watch::Armed;
+        }
         // A thread of its own: the runtime may be waiting on the very call that blocks.
-        std::thread::spawn(move || loop {
-            let Some(at) = *deadline() else {
+        std::thread::spawn(move || {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            if !matches!(*lock(&WATCH), Watch::Armed) {
                 return; // the stop is over
-            };
-            let now = Instant::now();
-            if now < at {
-                std::thread::sleep(at - now);
-                continue;
             }
             tracing::error!(
                 ?grace,
@@ -64,21 +83,10 @@ pub fn exit_after_grace(stop: &CancellationToken, grace: Duration, process: &'st
     });
 }
 
-/// The stop's own deadline, counted from when it really began (the consumer may have been inside a
-/// rebalance when the signal came): the watchdog waits for it too.
-pub fn stop_ends_at(at: Instant) {
-    move_deadline(at + OVERRUN);
-}
-
-/// The stop is over: the watchdog stands down (what follows, such as the last trace export, is bounded
-/// by its own timeouts).
+/// The stop is over: the watchdog stands down for good (what follows, such as the last trace export, is
+/// bounded by its own timeouts).
 pub fn stopped() {
-    *deadline() = None;
-}
-
-fn move_deadline(to: Instant) {
-    let mut d = deadline();
-    *d = Some(d.map_or(to, |at| at.max(to)));
+    *lock(&WATCH) = Watch::Done;
 }
 
 #[cfg(unix)]

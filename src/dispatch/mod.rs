@@ -66,6 +66,11 @@ pub async fn run(
         metrics.clone(),
         health.clone(),
     ));
+    let stopping = (shutdown.clone(), shared.clone());
+    tokio::spawn(async move {
+        stopping.0.cancelled().await;
+        stopping.1.stop();
+    });
     start_probe(config, &shared, &metrics, &health, &shutdown)?;
     let consumer = subscribe(config, shared, &tiers)?;
     let settings = LoopSettings {

@@ -4,9 +4,9 @@
 //! it was written), but not quite: a record due sooner than the tier's delay (a short backoff, a hop, a
 //! requeued hold) can sit behind one that waits the whole delay. Handing records on strictly in offset order
 //! would make it late by up to the tier's delay, so each is handed on as soon as it is ready, whatever waits
-//! before it. To bound memory, a partition reads at most [`READ_AHEAD`] records ahead of the ones that are
-//! ready and is paused beyond that. Parked records hold their offsets uncommitted, so nothing is lost on a
-//! crash: they are simply consumed again.
+//! before it. To bound memory, a partition parks at most [`READ_AHEAD`] records and is paused beyond that.
+//! Parked records hold their offsets uncommitted, so nothing is lost on a crash: they are simply consumed
+//! again; what finished behind them is named in each commit (`kafka::finished_ahead`) and not redone.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -10,7 +10,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,8 +136,9 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Stops taking records and pauses everything; returns when the drain and the whole grace end.
     fn begin_drain(&self) -> (Instant, Instant) {
-        let now = Instant::now();
-        self.shared.stopping.store(true, Ordering::Relaxed);
+        // The grace counts from the signal: the loop may have been inside a rebalance when it came.
+        let now = crate::shutdown::signalled_at().unwrap_or_else(Instant::now);
+        self.shared.stop();
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
         }
@@ -147,7 +147,6 @@ impl Loop<'_> {
             "stopping: draining in-flight sends"
         );
         let grace = self.settings.shutdown_grace;
-        crate::shutdown::stop_ends_at(now + grace);
         (now + drain_budget(grace), now + grace)
     }
 

@@ -83,6 +83,13 @@ impl Shared {
     }
 
     /// Called by a pipeline task once the record's outcome is durable.
+    /// The process stops: a revocation no longer waits for in-flight work (the drain does, within the
+    /// shutdown grace), and one waiting now stops waiting.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.finished.notify_all();
+    }
+
     pub fn finish(&self, ticket: &Ticket, bytes: usize) {
         let mut state = self.lock();
         state.release_bytes(ticket, bytes);
@@ -137,9 +144,12 @@ impl ConsumerContext for DispatchContext {
         let shared = &self.shared;
         let mut state = shared.lock();
         // Give in-flight work on the revoked partitions a chance to finish, so the next owner redoes little.
+        // Not once the process stops: a signal that comes meanwhile ends the wait.
         if !shared.stopping.load(Ordering::Relaxed) {
             let deadline = Instant::now() + shared.rebalance_grace;
-            while revoked.iter().any(|tp| state.in_flight(tp) > 0) {
+            while !shared.stopping.load(Ordering::Relaxed)
+                && revoked.iter().any(|tp| state.in_flight(tp) > 0)
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
