@@ -47,6 +47,16 @@ struct Partition {
     unfinished: usize,
     /// Offsets not reached yet that an earlier owner finished (from its last commit's metadata): skipped.
     skip: VecDeque<(i64, i64)>,
+    /// The committed position `skip` was read with: reading that restarts below it (the log was cut and
+    /// its offsets reused, or the topic recreated) makes `skip` meaningless, and it is dropped.
+    skip_from: i64,
+}
+
+/// What an earlier owner finished beyond its committed position `from` (see [`finished_ahead`]).
+#[derive(Debug, Clone, Default)]
+pub struct Skip {
+    pub from: i64,
+    pub ranges: finished_ahead::Ranges,
 }
 
 impl Partition {
@@ -56,7 +66,16 @@ impl Partition {
 
     /// The commit of the current position, naming the offsets beyond it already finished.
     fn commit(&self) -> Option<Commit> {
-        let offset = self.position()?;
+        let mut offset = self.position()?;
+        if self.window.is_empty() {
+            // Nothing unfinished: the position moves past what an earlier owner finished right after it.
+            for (start, end) in &self.skip {
+                if *start != offset {
+                    break;
+                }
+                offset = end + 1;
+            }
+        }
         let finished = self
             .window
             .iter()
@@ -97,18 +116,18 @@ impl OffsetTracker {
 
     /// Starts tracking a partition afresh (new epoch), forgetting anything from an earlier assignment.
     pub fn assign(&mut self, tp: TopicPartition) {
-        self.assign_skipping(tp, Vec::new());
+        self.assign_skipping(tp, Skip::default());
     }
 
-    /// As [`OffsetTracker::assign`], with the offsets an earlier owner finished beyond its last commit
-    /// (ascending ranges, as [`finished_ahead::decode`] gives them).
-    pub fn assign_skipping(&mut self, tp: TopicPartition, skip: finished_ahead::Ranges) {
+    /// As [`OffsetTracker::assign`], with the offsets an earlier owner finished beyond its last commit.
+    pub fn assign_skipping(&mut self, tp: TopicPartition, skip: Skip) {
         self.epochs += 1;
         self.partitions.insert(
             tp,
             Partition {
                 epoch: self.epochs,
-                skip: skip.into(),
+                skip: skip.ranges.into(),
+                skip_from: skip.from,
                 ..Default::default()
             },
         );
@@ -133,6 +152,9 @@ impl OffsetTracker {
         let p = self.partitions.get_mut(tp)?;
         if p.next.is_some_and(|n| offset < n) {
             return None;
+        }
+        if p.next.is_none() && offset < p.skip_from {
+            p.skip.clear(); // not reading from the position the skips were committed with
         }
         while p.skip.front().is_some_and(|(_, end)| *end < offset) {
             p.skip.pop_front(); // passed over (compacted away, or transaction markers)
@@ -282,7 +304,13 @@ mod tests {
         // The next owner reads from 10 and skips 11, 12, 14 and 15.
         let done = finished_ahead::decode(10, b"hookrelay.done:1-2,4-5");
         let mut next = OffsetTracker::new();
-        next.assign_skipping(tp(), done);
+        next.assign_skipping(
+            tp(),
+            Skip {
+                from: 10,
+                ranges: done,
+            },
+        );
         let ten = next.start(&tp(), 10).expect("10 is redone");
         assert!(next.start(&tp(), 11).is_none() && next.start(&tp(), 12).is_none());
         let thirteen = next.start(&tp(), 13).expect("13 is redone");
@@ -304,9 +332,42 @@ mod tests {
     }
 
     #[test]
+    fn skips_are_dropped_when_reading_restarts_below_the_position_they_were_committed_with() {
+        let mut t = OffsetTracker::new();
+        let ranges = vec![(12, 13)];
+        t.assign_skipping(tp(), Skip { from: 10, ranges });
+        assert!(t.start(&tp(), 0).is_some(), "the log was reset below 10");
+        for o in 1..14 {
+            assert!(t.start(&tp(), o).is_some(), "{o} is a record of its own");
+        }
+    }
+
+    #[test]
+    fn with_nothing_unfinished_the_position_moves_past_skips_right_after_it() {
+        let mut t = OffsetTracker::new();
+        let ranges = vec![(11, 12), (14, 14)];
+        t.assign_skipping(tp(), Skip { from: 10, ranges });
+        let ten = t.start(&tp(), 10).unwrap();
+        t.finish(&ten);
+        assert_eq!(
+            t.take_commits()[0].1,
+            Commit {
+                offset: 13,
+                metadata: "hookrelay.done:1".into()
+            }
+        );
+    }
+
+    #[test]
     fn skipped_offsets_passed_over_are_forgotten() {
         let mut t = OffsetTracker::new();
-        t.assign_skipping(tp(), vec![(3, 3), (5, 5), (9, 9)]);
+        t.assign_skipping(
+            tp(),
+            Skip {
+                from: 0,
+                ranges: vec![(3, 3), (5, 5), (9, 9)],
+            },
+        );
         assert!(t.start(&tp(), 6).is_some(), "3 and 5 were compacted away");
         assert_eq!(
             t.take_commits()[0].1.metadata,
@@ -381,6 +442,37 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever finished, a successor assigned with the last commit (its metadata read back) redoes
+        /// every unfinished record, and nothing finished unless the metadata had no room for it.
+        #[test]
+        fn a_successor_redoes_every_unfinished_record_and_only_those_that_fit(
+            n in 1usize..400,
+            done in proptest::collection::vec(any::<bool>(), 400),
+        ) {
+            let mut t = OffsetTracker::new();
+            t.assign(tp());
+            let tickets: Vec<Ticket> = (0..n as i64).map(|o| t.start(&tp(), 100 + o).unwrap()).collect();
+            for (ticket, d) in tickets.iter().zip(&done) {
+                if *d {
+                    t.finish(ticket);
+                }
+            }
+            let Some((_, commit)) = t.take_commits().pop() else { return Ok(()) };
+            let ranges = finished_ahead::decode(commit.offset, commit.metadata.as_bytes());
+            let mut next = OffsetTracker::new();
+            next.assign_skipping(tp(), Skip { from: commit.offset, ranges });
+            let mut redone_finished = 0;
+            for o in commit.offset..100 + n as i64 {
+                let finished = done[(o - 100) as usize];
+                let redone = next.start(&tp(), o).is_some();
+                prop_assert!(finished || redone, "unfinished {} skipped", o);
+                redone_finished += usize::from(finished && redone);
+            }
+            if commit.metadata.len() < finished_ahead::MAX_METADATA - 20 {
+                prop_assert_eq!(redone_finished, 0);
+            }
+        }
+
         /// Whatever the completion order, the committable position never passes an unfinished record,
         /// and once everything has finished it is one past the last record.
         #[test]

@@ -66,9 +66,20 @@ pub fn header_name(raw: &[u8], idx: usize) -> (String, Option<String>) {
     }
 }
 
-/// Each partition of a committed-offsets answer: topic, partition, offset (negative if none) and the commit's
-/// metadata as raw bytes, never panicking.
-pub fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32, i64, Vec<u8>)> {
+/// One partition of a committed-offsets answer.
+pub struct Committed {
+    pub topic: String,
+    pub partition: i32,
+    /// Negative if nothing was committed.
+    pub offset: i64,
+    /// The commit's metadata, as raw bytes.
+    pub metadata: Vec<u8>,
+    /// The broker reported an error for this partition.
+    pub error: bool,
+}
+
+/// Each partition of a committed-offsets answer, never panicking.
+pub fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<Committed> {
     let mut out = Vec::new();
     let list = tpl.ptr();
     if list.is_null() {
@@ -96,7 +107,13 @@ pub fn committed_metadata(tpl: &rdkafka::TopicPartitionList) -> Vec<(String, i32
             // SAFETY: `metadata` points at `metadata_size` bytes owned by the list.
             unsafe { std::slice::from_raw_parts(e.metadata.cast::<u8>(), e.metadata_size) }.to_vec()
         };
-        out.push((topic, e.partition, e.offset, metadata));
+        out.push(Committed {
+            topic,
+            partition: e.partition,
+            offset: e.offset,
+            metadata,
+            error: e.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+        });
     }
     out
 }

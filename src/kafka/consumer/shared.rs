@@ -14,6 +14,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::super::finished_ahead;
+use super::super::offsets::Skip;
 use super::super::parking::Parking;
 use super::super::{Commit, OffsetTracker, Ticket, TopicPartition};
 use crate::telemetry::{DispatchMetrics, Health};
@@ -82,14 +83,17 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Called by a pipeline task once the record's outcome is durable.
     /// The process stops: a revocation no longer waits for in-flight work (the drain does, within the
     /// shutdown grace), and one waiting now stops waiting.
     pub fn stop(&self) {
+        // Under the lock, so that a revocation between its check and its wait cannot miss the wake-up.
+        let state = self.lock();
         self.stopping.store(true, Ordering::Relaxed);
+        drop(state);
         self.finished.notify_all();
     }
 
+    /// Called by a pipeline task once the record's outcome is durable.
     pub fn finish(&self, ticket: &Ticket, bytes: usize) {
         let mut state = self.lock();
         state.release_bytes(ticket, bytes);
@@ -187,7 +191,7 @@ impl ConsumerContext for DispatchContext {
             let finished = finished_by_earlier_owners(consumer, tpl);
             let skipped: i64 = finished
                 .values()
-                .flat_map(|ranges| ranges.iter().map(|(s, e)| e - s + 1))
+                .flat_map(|skip| skip.ranges.iter().map(|(s, e)| e - s + 1))
                 .sum();
             let mut state = self.shared.lock();
             for e in tpl.elements() {
@@ -210,7 +214,7 @@ impl ConsumerContext for DispatchContext {
 fn finished_by_earlier_owners(
     consumer: &BaseConsumer<DispatchContext>,
     assigned: &TopicPartitionList,
-) -> HashMap<TopicPartition, finished_ahead::Ranges> {
+) -> HashMap<TopicPartition, Skip> {
     let mut finished = HashMap::new();
     let committed = match consumer.committed_offsets(assigned.clone(), READ_COMMITTED_WITHIN) {
         Ok(committed) => committed,
@@ -219,14 +223,17 @@ fn finished_by_earlier_owners(
             return finished;
         }
     };
-    for (topic, partition, offset, metadata) in crate::kafka::record::committed_metadata(&committed)
-    {
-        if metadata.is_empty() || offset < 0 {
+    for c in crate::kafka::record::committed_metadata(&committed) {
+        if c.metadata.is_empty() || c.offset < 0 || c.error {
             continue;
         }
-        let done = finished_ahead::decode(offset, &metadata);
+        let done = finished_ahead::decode(c.offset, &c.metadata);
         if !done.is_empty() {
-            finished.insert(TopicPartition::new(&topic, partition), done);
+            let skip = Skip {
+                from: c.offset,
+                ranges: done,
+            };
+            finished.insert(TopicPartition::new(&c.topic, c.partition), skip);
         }
     }
     finished
