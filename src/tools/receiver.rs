@@ -175,6 +175,15 @@ impl Receiver {
         self.inner.log.lock().expect("log lock").clone()
     }
 
+    /// The requests that carried `webhook-id: id`, in arrival order.
+    pub fn requests_for(&self, id: &str) -> Vec<Received> {
+        let log = self.inner.log.lock().expect("log lock");
+        log.iter()
+            .filter(|r| r.webhook_id.as_deref() == Some(id))
+            .cloned()
+            .collect()
+    }
+
     pub fn count(&self) -> u64 {
         self.inner.stats.lock().expect("stats lock").total
     }

@@ -29,10 +29,8 @@ async fn delivers_2xx_without_a_failure_event_and_commits_its_offset() {
     assert_eq!(dispatcher.delivered(), 2);
     let requests = rx.requests();
     assert_eq!(requests.len(), 2);
-    let first = &requests
-        .iter()
-        .find(|r| r.webhook_id.as_deref() == Some("ok-1"))
-        .expect("ok-1 arrived");
+    let ok_1 = rx.requests_for("ok-1");
+    let first = ok_1.first().expect("ok-1 arrived");
     assert_eq!(first.method, "POST");
     assert_eq!(first.headers["x-test"], "ok-1");
     assert_eq!(&first.body[..], br#"{"id":"ok-1"}"#);

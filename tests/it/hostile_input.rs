@@ -193,11 +193,7 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
             reader.snapshot().dead_letters.len() == cases.len() + 3
                 && ["before", "with-bom", "odd-header-value", "after"]
                     .iter()
-                    .all(|id| {
-                        rx.requests()
-                            .iter()
-                            .any(|r| r.webhook_id.as_deref() == Some(id))
-                    })
+                    .all(|id| !rx.requests_for(id).is_empty())
         },
     )
     .await;

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use crate::support::{
-    child_config, config_file, free_port, full_send, hookrelay_command, produce_one, wait_for,
-    ChildDispatcher, Kafka,
+    child_config, config_file, free_port, full_send, hookrelay_command, produce_one, receiver,
+    wait_for, ChildDispatcher, Kafka,
 };
 use hookrelay::config::Config;
 use hookrelay::tools::harness::OutputReader;
-use hookrelay::tools::receiver::{Receiver, Script};
+use hookrelay::tools::receiver::Receiver;
 
 /// `hookrelay replay <args>` run to its end: whether it succeeded, standard output and standard error.
 async fn replay(config: &Config, args: &[&str]) -> (bool, String, String) {
@@ -34,20 +34,14 @@ async fn replay(config: &Config, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn requests_for(rx: &Receiver, id: &str) -> Vec<u16> {
-    rx.requests()
-        .iter()
-        .filter(|r| r.webhook_id.as_deref() == Some(id))
-        .map(|r| r.status)
-        .collect()
+fn statuses_for(rx: &Receiver, id: &str) -> Vec<u16> {
+    rx.requests_for(id).iter().map(|r| r.status).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_since_redrives_exactly_the_sends_that_failed_for_good_and_each_is_delivered_once() {
     let kafka = Kafka::start(2);
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap();
+    let rx = receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
     // A 404 is final; `seq` makes the endpoint answer 200 from its second request on: the fix.
@@ -107,21 +101,21 @@ async fn replay_since_redrives_exactly_the_sends_that_failed_for_good_and_each_i
     .await;
     for i in 0..4 {
         assert_eq!(
-            requests_for(&rx, &format!("broken{i}")),
+            statuses_for(&rx, &format!("broken{i}")),
             vec![404, 200],
             "broken{i}: once more, delivered"
         );
     }
     for i in 0..3 {
         assert_eq!(
-            requests_for(&rx, &format!("fine{i}")),
+            statuses_for(&rx, &format!("fine{i}")),
             vec![200],
             "fine{i} is not redriven"
         );
     }
     for i in 0..2 {
         assert_eq!(
-            requests_for(&rx, &format!("other{i}")),
+            statuses_for(&rx, &format!("other{i}")),
             vec![410],
             "other{i}: another workspace"
         );
@@ -147,9 +141,7 @@ async fn replay_since_redrives_exactly_the_sends_that_failed_for_good_and_each_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn originals_deleted_by_retention_stop_the_replay_before_anything_is_produced() {
     let kafka = Kafka::start(1);
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap();
+    let rx = receiver().await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
     let producer = kafka.producer();
     produce_one(&producer, "gone", &rx.url("/hook?status=404")).await;

@@ -22,11 +22,7 @@ fn events_for<'a>(events: &'a [FailureEvent], id: &str) -> Vec<&'a FailureEvent>
 }
 
 fn arrivals(rx: &Receiver, id: &str) -> Vec<i64> {
-    rx.requests()
-        .iter()
-        .filter(|r| r.webhook_id.as_deref() == Some(id))
-        .map(|r| r.at_unix_ms)
-        .collect()
+    rx.requests_for(id).iter().map(|r| r.at_unix_ms).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

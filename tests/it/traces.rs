@@ -10,9 +10,8 @@ use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-use crate::support::{send, wait_for, ChildDispatcher, Kafka};
+use crate::support::{receiver, send, wait_for, ChildDispatcher, Kafka};
 use hookrelay::config::OtlpProtocol;
-use hookrelay::tools::receiver::{Receiver, Script};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -81,9 +80,7 @@ async fn an_attempt_span_is_parented_by_the_record_s_traceparent_and_passes_its_
     let mut kafka = Kafka::start(1).without_retries();
     kafka.config.telemetry.otlp_endpoint = endpoint;
     kafka.config.telemetry.otlp_protocol = OtlpProtocol::HttpJson;
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap();
+    let rx = receiver().await;
     let failures =
         hookrelay::kafka::reader::assign_all(&kafka.config.kafka, &kafka.config.topics.failures)
             .await
@@ -169,9 +166,7 @@ async fn a_retry_that_hops_between_tiers_stays_in_the_send_s_trace() {
     });
     kafka.config.telemetry.otlp_endpoint = endpoint;
     kafka.config.telemetry.otlp_protocol = OtlpProtocol::HttpJson;
-    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), Script::default())
-        .await
-        .unwrap();
+    let rx = receiver().await;
     let dispatcher = ChildDispatcher::spawn(&kafka.config);
     produce_traced(&kafka, "retried", &rx.url("/hook?seq=503,200")).await;
     wait_for(
