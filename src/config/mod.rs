@@ -170,6 +170,15 @@ pub struct DispatchConfig {
     /// is requeued to a retry tier (its attempt count unchanged), so held sends never fill the slots.
     #[serde(with = "humantime_serde")]
     pub max_hold: Duration,
+    /// Sends one host may have queued for its `max_in_flight_per_host` slots; more are spilled to a retry
+    /// tier without an attempt, to come back at the rate the host absorbs.
+    pub max_queued_per_host: usize,
+    /// The longest a send waits in its host's queue before it is spilled.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
+    /// Bytes of consumed records not yet finished (bodies, copies, bookkeeping), across every partition
+    /// and queue; at the budget every partition is paused until a quarter of it is free again.
+    pub memory_budget: bytesize::ByteSize,
 }
 
 impl Default for DispatchConfig {
@@ -188,6 +197,9 @@ impl Default for DispatchConfig {
             max_id_bytes: 1024,
             max_field_bytes: 4096,
             max_hold: Duration::from_secs(10),
+            max_queued_per_host: 512,
+            max_queue_wait: Duration::from_secs(30),
+            memory_budget: bytesize::ByteSize::mib(256),
         }
     }
 }

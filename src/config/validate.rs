@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, EventEncoding, KNOWN_METHODS};
 
+/// Below this, the budget would pause the consumer for the records of a single large fetch.
+const MIN_MEMORY_BUDGET: u64 = 16 * 1024 * 1024;
+
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
@@ -105,6 +108,15 @@ impl Config {
         }
         if d.max_hold.is_zero() {
             p.push("dispatch.max_hold must be positive".into());
+        }
+        if d.max_queue_wait.is_zero() {
+            p.push("dispatch.max_queue_wait must be positive".into());
+        }
+        if d.memory_budget.as_u64() < MIN_MEMORY_BUDGET {
+            p.push(format!(
+                "dispatch.memory_budget must be at least 16 MiB (got {})",
+                d.memory_budget.display().iec()
+            ));
         }
         self.validate_rate_limits(p);
         if d.allowed_methods.is_empty() {

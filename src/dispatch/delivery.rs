@@ -4,24 +4,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use super::classify::{Attempt, FailureSource};
 use super::host_health::{HostHealth, HostKey, Transition};
 use super::http::Executor;
-use super::limits::HostLimits;
 use super::pacing::{Admission, Pacing};
 use super::retry::parse_retry_after;
+use super::slots::{Slot, Slots};
 use crate::clock::{now_ms, rfc3339};
 use crate::events::ValidSend;
+use crate::kafka::consumer::Admission as Admitted;
 use crate::telemetry::DispatchMetrics;
 
 pub struct Delivery {
     pub executor: Executor,
     pub metrics: DispatchMetrics,
-    /// Global limit on webhook requests in flight.
-    pub limiter: Arc<Semaphore>,
-    pub host_limits: HostLimits,
+    /// Request slots: per host, and shared fairly among hosts.
+    pub slots: Arc<Slots>,
     pub host_health: Mutex<HostHealth>,
     /// Rate limits and `Retry-After` holds, on a monotonic clock counted from `started`.
     pub pacing: Mutex<Pacing>,
@@ -33,7 +31,8 @@ pub struct Delivery {
 pub enum Delivered {
     /// What happened on the wire (or instead of it: a 598 for a paused host), and how long it took.
     Attempted(Attempt, Duration),
-    /// Held back longer than can be waited out here: requeue it to a retry tier, due at this UNIX ms.
+    /// Held back longer than can be waited out here, or spilled by its saturated host: requeue it to a
+    /// retry tier without an attempt, due at this UNIX ms.
     Requeue { due_ms: i64 },
 }
 
@@ -61,22 +60,30 @@ impl Delivery {
     /// The HTTP attempt, unless the host is paused: then a simulated 598 without touching the network. The
     /// pause is checked again once the send has its slots, so work queued before a pause does not reach
     /// the host after it. A send is paced (rate limit, `Retry-After`) first; a hold too long to wait out
-    /// here hands it back for requeueing.
-    pub async fn deliver(&self, host: &HostKey, send: &ValidSend) -> Delivered {
+    /// here hands it back for requeueing, and so does a full queue for its host. While it waits (held or
+    /// queued) it gives back its consumer admission slot.
+    pub async fn deliver(
+        &self,
+        host: &HostKey,
+        send: &ValidSend,
+        admission: &mut Admitted,
+    ) -> Delivered {
         if let Err(until_ms) = self.host_gate(host) {
             return paused(until_ms);
         }
         // Paced before it queues for its host's slot: a limited host's backlog then waits (boundedly) here or
         // goes back to a tier, instead of filling the slots every host shares.
-        if let Some(due_ms) = self.pace(host).await {
+        if let Some(due_ms) = self.pace(host, admission).await {
             return Delivered::Requeue { due_ms };
         }
-        let _host_slot = self.host_limits.acquire(&host.host).await;
-        let _slot = self
-            .limiter
-            .acquire()
-            .await
-            .expect("limiter is never closed");
+        let _slot = match self.slots.acquire(&host.host, admission).await {
+            Slot::Held(slot) => slot,
+            Slot::Spill { after, .. } => {
+                return Delivered::Requeue {
+                    due_ms: now_ms().saturating_add(millis(after)),
+                }
+            }
+        };
         if let Err(until_ms) = self.host_gate(host) {
             return paused(until_ms);
         }
@@ -101,10 +108,10 @@ impl Delivery {
 
     /// Holds a send back as its host's rate limit and any `Retry-After` on its host for its workspace require:
     /// a short hold is waited out here; for a long one, the UNIX millisecond to requeue it for.
-    async fn pace(&self, key: &HostKey) -> Option<i64> {
+    async fn pace(&self, key: &HostKey, admission: &mut Admitted) -> Option<i64> {
         loop {
-            let admission = lock(&self.pacing).admit(key, self.started.elapsed());
-            match admission {
+            let decision = lock(&self.pacing).admit(key, self.started.elapsed());
+            match decision {
                 Admission::Go => return None,
                 Admission::Wait { wait, reason } => {
                     let _place = Waiting {
@@ -119,7 +126,7 @@ impl Delivery {
                         .hold_wait
                         .with_label_values(&[reason.as_str()])
                         .observe(wait.as_secs_f64());
-                    tokio::time::sleep(wait).await;
+                    admission.outside(tokio::time::sleep(wait)).await;
                     // A `Retry-After` that came in meanwhile holds this send too: it is admitted again;
                     // without one, it goes.
                     lock(&self.pacing).held_until(key, self.started.elapsed())?;

@@ -5,13 +5,14 @@ pub mod classify;
 mod decode;
 pub(crate) mod delivery;
 pub(crate) mod host_health;
+pub mod host_queues;
 pub(crate) mod http;
-pub(crate) mod limits;
 pub mod pacing;
 pub mod pipeline;
 pub(crate) mod plan;
 pub mod report;
 pub mod retry;
+pub(crate) mod slots;
 pub(crate) mod tiers;
 mod turn;
 
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -86,7 +86,12 @@ pub async fn run(
         tier_delays: tiers.delays(),
         commit_interval: config.dispatch.commit_interval,
         shutdown_grace: config.dispatch.shutdown_grace,
+        memory_budget: held_budget(config),
     };
+    metrics
+        .isolation
+        .budget_bytes
+        .set(i64::try_from(config.dispatch.memory_budget.as_u64()).unwrap_or(i64::MAX));
     let runtime = tokio::runtime::Handle::current();
     let stop = shutdown.clone();
     let grace_ends = tokio::task::spawn_blocking(move || {
@@ -107,6 +112,24 @@ pub async fn run(
     }
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+/// What librdkafka may prefetch for the dispatcher: an eighth of `dispatch.memory_budget` (at most its
+/// own default, 64 MiB), unless the operator set `queued.max.messages.kbytes`.
+fn prefetch_kbytes(config: &Config) -> Option<u64> {
+    let key = "queued.max.messages.kbytes";
+    let k = &config.kafka;
+    if k.properties.contains_key(key) || k.consumer_properties.contains_key(key) {
+        return None;
+    }
+    Some((config.dispatch.memory_budget.as_u64() / 8 / 1024).clamp(1024, 65_536))
+}
+
+/// The budget for held records: `dispatch.memory_budget` less what librdkafka is allowed to prefetch.
+fn held_budget(config: &Config) -> usize {
+    let budget = config.dispatch.memory_budget.as_u64();
+    let prefetch = prefetch_kbytes(config).map_or(budget / 8, |kb| kb * 1024);
+    usize::try_from(budget.saturating_sub(prefetch)).unwrap_or(usize::MAX)
 }
 
 /// A fatal producer error stops the dispatcher; any stop makes it unready.
@@ -136,8 +159,7 @@ fn pipeline(
             executor: http::Executor::new(&config.http, &config.security, signer)
                 .context("creating the HTTP client")?,
             metrics: metrics.clone(),
-            limiter: Arc::new(Semaphore::new(config.dispatch.max_in_flight)),
-            host_limits: limits::HostLimits::new(config.dispatch.max_in_flight_per_host),
+            slots: slots(config, metrics),
             host_health: std::sync::Mutex::new(host_health::HostHealth::new(
                 config.host_health.clone(),
             )),
@@ -146,7 +168,7 @@ fn pipeline(
                 pacing::PacingLimits {
                     max_wait: config.dispatch.max_hold,
                     max_waiting_per_host: config.dispatch.max_in_flight_per_host,
-                    // Held sends keep the consumer's admission slots: at most half of them.
+                    // Held sends give back their admission slots while they wait, but each keeps its task.
                     max_waiting: config.dispatch.max_in_flight / 2,
                     retry_after_cap: config.retry.retry_after_cap,
                 },
@@ -160,6 +182,20 @@ fn pipeline(
         retry: config.retry.clone(),
         tiers,
     })
+}
+
+fn slots(config: &Config, metrics: &DispatchMetrics) -> Arc<slots::Slots> {
+    let d = &config.dispatch;
+    let limits = host_queues::QueueLimits {
+        max_in_flight: d.max_in_flight,
+        max_in_flight_per_host: d.max_in_flight_per_host,
+        max_queued_per_host: d.max_queued_per_host,
+        max_queue_wait: d.max_queue_wait,
+        request_timeout: config.http.request_timeout,
+    };
+    let slots = Arc::new(slots::Slots::new(limits, metrics.isolation.clone()));
+    slots.start_ticking(Duration::from_millis(250), CancellationToken::new());
+    slots
 }
 
 fn start_probe(
@@ -190,10 +226,13 @@ fn subscribe(
     shared: Arc<Shared>,
     tiers: &Tiers,
 ) -> anyhow::Result<BaseConsumer<DispatchContext>> {
-    let consumer: BaseConsumer<DispatchContext> =
-        consumer_config(&config.kafka, &config.kafka.dispatch_group_id)
-            .create_with_context(DispatchContext { shared })
-            .context("creating the Kafka consumer")?;
+    let mut settings = consumer_config(&config.kafka, &config.kafka.dispatch_group_id);
+    if let Some(kb) = prefetch_kbytes(config) {
+        settings.set("queued.max.messages.kbytes", kb.to_string());
+    }
+    let consumer: BaseConsumer<DispatchContext> = settings
+        .create_with_context(DispatchContext { shared })
+        .context("creating the Kafka consumer")?;
     let mut topics: Vec<&str> = vec![&config.topics.sends];
     topics.extend(tiers.topics());
     consumer

@@ -20,6 +20,7 @@ use super::turn::{count, host_key, send_span, Turn};
 use crate::clock::now_ms;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
 use crate::events::{FailureEvent, RetryRecord, Rules, SourceRef, ValidSend};
+use crate::kafka::consumer::Admission;
 use crate::kafka::publish::{Abandoned, PublishError, Publisher};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
@@ -61,19 +62,27 @@ const GIVE_UP_NO_LONGER_VALID: &str = "no_longer_valid";
 
 impl Pipeline {
     /// A fresh send request from the send topic.
-    pub async fn process(&self, record: &Record) -> Result<Handled, Abandoned> {
+    pub async fn process(
+        &self,
+        record: &Record,
+        admission: &mut Admission,
+    ) -> Result<Handled, Abandoned> {
         let send = match decode_send(record, &self.rules, self.accept_plain_avro) {
             Ok(send) => send,
             Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
         };
         let span = send_span(&send, 1, record);
-        self.attempt(record, &send, Turn::first(record))
+        self.attempt(record, &send, Turn::first(record), admission)
             .instrument(span)
             .await
     }
 
     /// A record from a retry tier, handed over by the consumer once the tier's delay has passed.
-    pub async fn process_retry(&self, record: &Record) -> Result<Handled, Abandoned> {
+    pub async fn process_retry(
+        &self,
+        record: &Record,
+        admission: &mut Admission,
+    ) -> Result<Handled, Abandoned> {
         let retry = match decode_retry(record, &self.rules) {
             Ok(r) => r,
             Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
@@ -103,7 +112,9 @@ impl Pipeline {
             source: retry.source,
         };
         let span = send_span(&send, turn.number, record);
-        self.attempt(record, &send, turn).instrument(span).await
+        self.attempt(record, &send, turn, admission)
+            .instrument(span)
+            .await
     }
 
     /// A scheduled retry that no longer passes validation (the rules changed since it was scheduled): its
@@ -171,8 +182,10 @@ impl Pipeline {
         record: &Record,
         send: &ValidSend,
         turn: Turn,
+        admission: &mut Admission,
     ) -> Result<Handled, Abandoned> {
-        let (wire, duration) = match self.delivery.deliver(&host_key(send), send).await {
+        let host = host_key(send);
+        let (wire, duration) = match self.delivery.deliver(&host, send, admission).await {
             Delivered::Attempted(wire, duration) => (wire, duration),
             Delivered::Requeue { due_ms } => {
                 return Box::pin(self.requeue(record, send, &turn, due_ms)).await;
@@ -375,11 +388,14 @@ impl crate::kafka::consumer::Handler for Pipeline {
         self: std::sync::Arc<Self>,
         kind: crate::kafka::consumer::Kind,
         record: Record,
+        mut admission: Admission,
     ) -> futures::future::BoxFuture<'static, bool> {
         Box::pin(async move {
             let result = match kind {
-                crate::kafka::consumer::Kind::Fresh => self.process(&record).await,
-                crate::kafka::consumer::Kind::Retry => self.process_retry(&record).await,
+                crate::kafka::consumer::Kind::Fresh => self.process(&record, &mut admission).await,
+                crate::kafka::consumer::Kind::Retry => {
+                    self.process_retry(&record, &mut admission).await
+                }
             };
             result.is_ok()
         })

@@ -66,8 +66,19 @@ impl Parking {
     }
 
     /// Forgets a revoked partition's records (uncommitted, so its next owner reads them again).
-    pub fn remove(&mut self, tp: &TopicPartition) -> usize {
-        self.queues.remove(tp).map_or(0, |q| q.len())
+    pub fn remove(&mut self, tp: &TopicPartition) -> Vec<Parked> {
+        self.queues
+            .remove(tp)
+            .map_or_else(Vec::new, |q| q.into_values().collect())
+    }
+
+    /// When the record parked longest was written to its tier (UNIX ms), if any is parked.
+    pub fn oldest_written_ms(&self) -> Option<i64> {
+        self.queues
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter_map(|p| p.record.timestamp_ms)
+            .min()
     }
 
     pub fn len(&self, tp: &TopicPartition) -> usize {

@@ -14,6 +14,10 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use super::TopicPartition;
 
+/// Bytes a held record costs beyond its own: the struct, its offset's bookkeeping, and the share of a
+/// started task (a decoded send is about its JSON's size again, counted by doubling the payload).
+pub const RECORD_OVERHEAD: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct Record {
     pub tp: TopicPartition,
@@ -40,6 +44,20 @@ impl Record {
             timestamp_ms: msg.timestamp().to_millis(),
             header_error,
         }
+    }
+
+    /// What holding this record costs against `dispatch.memory_budget`: its bytes, and a fixed share for
+    /// the copy, its bookkeeping and, once started, its decoded send and task (measured, not exact).
+    pub fn cost(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        RECORD_OVERHEAD
+            .saturating_add(self.payload.len().saturating_mul(2))
+            .saturating_add(self.key.as_ref().map_or(0, Vec::len))
+            .saturating_add(headers)
     }
 
     /// The value of the first header called `name`.

@@ -57,6 +57,7 @@ pub struct DispatchMetrics {
     pub retry_after_holds: IntCounter,
     /// Reachability, and lag and committed offset per owned partition.
     pub kafka: KafkaGauges,
+    pub isolation: super::IsolationMetrics,
 }
 
 pub const HOLD_REASONS: [&str; 2] = ["rate_limit", "retry_after"];
@@ -312,6 +313,7 @@ impl DispatchMetrics {
             send_latency,
             produce_errors,
             kafka: KafkaGauges::register(&r),
+            isolation: super::IsolationMetrics::register(&r),
             registry: r,
         }
     }

@@ -1,6 +1,7 @@
 //! Metrics, health endpoints and logging.
 
 pub(crate) mod aggregate_metrics;
+pub(crate) mod isolation_metrics;
 pub(crate) mod kafka_gauges;
 pub(crate) mod logging;
 pub mod metrics;
@@ -8,6 +9,7 @@ pub(crate) mod server;
 pub mod traces;
 
 pub use aggregate_metrics::AggregateMetrics;
+pub use isolation_metrics::IsolationMetrics;
 pub use kafka_gauges::KafkaGauges;
 pub use metrics::DispatchMetrics;
 pub use server::{serve, Health};

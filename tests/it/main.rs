@@ -9,6 +9,7 @@ mod commands;
 mod dispatch_outcomes;
 mod faults;
 mod hostile_input;
+mod isolation;
 mod operations;
 mod pacing;
 mod processes;

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use futures::future::BoxFuture;
 
+mod admission;
 mod shared;
+
+pub use admission::Admission;
 
 use shared::{commit_positions, single};
 pub use shared::{DispatchContext, Shared};
@@ -41,8 +45,14 @@ pub enum Kind {
 /// What the consumer thread hands records to (the dispatcher's pipeline). The future resolves once the
 /// record's outcome is durable (`true`: its offset may be committed) or abandoned (`false`: it stays
 /// uncommitted and is redone by the partition's next owner).
+/// The record's admission slot comes along, for the handler to give back while the record waits.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(self: Arc<Self>, kind: Kind, record: Record) -> BoxFuture<'static, bool>;
+    fn handle(
+        self: Arc<Self>,
+        kind: Kind,
+        record: Record,
+        admission: Admission,
+    ) -> BoxFuture<'static, bool>;
 }
 
 pub struct LoopSettings {
@@ -56,6 +66,8 @@ pub struct LoopSettings {
     pub tier_delays: HashMap<String, Duration>,
     pub commit_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Bytes all unfinished records may cost ([`Record::cost`]) before every partition is paused.
+    pub memory_budget: usize,
 }
 
 /// The part of the shutdown grace in-flight sends may use: all but the last fifth (at most 5 s), which is kept
@@ -102,14 +114,7 @@ pub fn poll_loop(
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
         }
         run.release_ready_retries();
-        resume_drained(
-            &consumer,
-            &shared,
-            (
-                (settings.max_pending_per_partition / 2).max(1),
-                (settings.max_pending_bytes_per_partition / 2).max(1),
-            ),
-        );
+        resume_drained(&consumer, &shared, &settings);
         if last_commit.elapsed() >= settings.commit_interval {
             ticks += 1;
             // Now and then every position is sent again, in case a partition-level error went unseen.
@@ -166,13 +171,16 @@ impl Loop<'_> {
     fn take(&self, msg: rdkafka::message::BorrowedMessage<'_>) {
         let (shared, consumer) = (self.shared, self.consumer);
         let tp = TopicPartition::new(msg.topic(), msg.partition());
+        let record = Record::from_message(&msg, tp.clone());
+        drop(msg);
+        let cost = record.cost();
         let ticket = {
             let mut state = shared.lock();
-            let Some(ticket) = state.tracker.start(&tp, msg.offset()) else {
+            let Some(ticket) = state.tracker.start(&tp, record.offset) else {
                 return;
             };
             let bytes = state.pending_bytes.entry(tp.clone()).or_default();
-            *bytes = bytes.saturating_add(msg.payload_len());
+            *bytes = bytes.saturating_add(record.payload.len());
             let too_many_bytes = *bytes >= self.settings.max_pending_bytes_per_partition;
             if (state.tracker.pending(&tp) >= self.settings.max_pending_per_partition
                 || too_many_bytes)
@@ -181,10 +189,10 @@ impl Loop<'_> {
                 let _ = consumer.pause(&single(&tp));
                 shared.update_gauges(&state);
             }
+            state.held = state.held.saturating_add(cost);
+            self.check_budget(&mut state, &tp);
             ticket
         };
-        let record = Record::from_message(&msg, tp);
-        drop(msg);
         let Some(&delay) = self.settings.tier_delays.get(&*record.tp.topic) else {
             return spawn(
                 (self.runtime, self.admission),
@@ -224,6 +232,30 @@ impl Loop<'_> {
         }
     }
 
+    /// At the memory budget every partition is paused, and a record still arriving (fetched before the
+    /// pause) pauses its own; they resume together once a quarter of the budget is free
+    /// ([`resume_drained`]), so one pause costs one refetch of what librdkafka had prefetched.
+    fn check_budget(&self, state: &mut shared::State, tp: &TopicPartition) {
+        if state.held < self.settings.memory_budget {
+            return;
+        }
+        if state.over_budget {
+            let _ = self.consumer.pause(&single(tp));
+            return;
+        }
+        state.over_budget = true;
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        self.shared.metrics.isolation.budget_pauses.inc();
+        tracing::info!(
+            held_bytes = state.held,
+            budget = self.settings.memory_budget,
+            "memory budget reached: every partition paused until a quarter of it is free"
+        );
+        self.shared.update_gauges(state);
+    }
+
     /// Hands on parked retries that have become ready.
     fn release_ready_retries(&self) {
         let ready = self.shared.lock().parked.take_ready(now_ms());
@@ -241,6 +273,13 @@ impl Loop<'_> {
     fn commit(&self, everything: bool) {
         let positions = {
             let mut state = self.shared.lock();
+            let oldest = state.parked.oldest_written_ms();
+            let age = oldest.map_or(0, |at| now_ms().saturating_sub(at).max(0));
+            self.shared
+                .metrics
+                .isolation
+                .waiting("parked")
+                .set(age as f64 / 1000.0);
             if everything {
                 state.tracker.recommit_all();
             }
@@ -253,10 +292,36 @@ impl Loop<'_> {
 fn resume_drained(
     consumer: &BaseConsumer<DispatchContext>,
     shared: &Shared,
-    (resume_below, resume_below_bytes): (usize, usize),
+    settings: &LoopSettings,
 ) {
+    let (resume_below, resume_below_bytes) = (
+        (settings.max_pending_per_partition / 2).max(1),
+        (settings.max_pending_bytes_per_partition / 2).max(1),
+    );
     let mut state = shared.lock();
+    if state.over_budget {
+        if state.held >= settings.memory_budget / 4 * 3 {
+            return;
+        }
+        state.over_budget = false;
+        if let Ok(assignment) = consumer.assignment() {
+            let mut resume = TopicPartitionList::new();
+            for e in assignment.elements() {
+                let tp = TopicPartition::new(e.topic(), e.partition());
+                if !state.paused.contains(&tp) {
+                    resume.add_partition(e.topic(), e.partition());
+                }
+            }
+            let _ = consumer.resume(&resume);
+        }
+        tracing::info!(
+            held_bytes = state.held,
+            "memory budget has room again: partitions resumed"
+        );
+        shared.update_gauges(&state);
+    }
     if state.paused.is_empty() {
+        shared.metrics.isolation.held_bytes.set(state.held as i64);
         return;
     }
     let ready: Vec<TopicPartition> = state
@@ -291,20 +356,21 @@ fn spawn(
     let (handler, shared, admission) = (handler.clone(), shared.clone(), admission.clone());
     shared.metrics.pending_records.inc();
     runtime.spawn(async move {
-        // Closed never: the semaphore lives as long as the loop's tasks.
-        let _admitted = admission.acquire_owned().await;
+        let admitted = Admission::acquire(admission).await;
         let bytes = match &work {
-            Work::Fresh(r, _) | Work::Retry(r, _) => r.payload.len(),
+            Work::Fresh(r, _) | Work::Retry(r, _) => (r.payload.len(), r.cost()),
         };
         let (ticket, result, produced_ms) = match work {
             Work::Fresh(record, ticket) => {
                 let produced_ms = record.timestamp_ms;
-                let done = handler.handle(Kind::Fresh, record).await;
+                let done = handler.handle(Kind::Fresh, record, admitted).await;
                 (ticket, done, produced_ms)
             }
-            Work::Retry(record, ticket) => {
-                (ticket, handler.handle(Kind::Retry, record).await, None)
-            }
+            Work::Retry(record, ticket) => (
+                ticket,
+                handler.handle(Kind::Retry, record, admitted).await,
+                None,
+            ),
         };
         if result {
             if let Some(at) = produced_ms {

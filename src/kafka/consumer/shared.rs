@@ -31,11 +31,17 @@ pub struct State {
     pub abandoned: HashMap<TopicPartition, usize>,
     /// Bytes of the records of each partition not finished yet (with `max_pending_bytes_per_partition`).
     pub pending_bytes: HashMap<TopicPartition, usize>,
+    /// What every unfinished record costs (`Record::cost`), against `dispatch.memory_budget`.
+    pub held: usize,
+    /// Every partition is paused because `held` reached the budget.
+    pub over_budget: bool,
 }
 
 impl State {
     /// A record of the current assignment is done with: its bytes no longer count.
-    fn release_bytes(&mut self, ticket: &Ticket, bytes: usize) {
+    fn release_bytes(&mut self, ticket: &Ticket, (bytes, cost): (usize, usize)) {
+        // Held memory is the process's, whichever partition it came from.
+        self.held = self.held.saturating_sub(cost);
         if self.tracker.is_current(ticket) {
             if let Some(b) = self.pending_bytes.get_mut(&ticket.tp) {
                 *b = b.saturating_sub(bytes);
@@ -94,7 +100,7 @@ impl Shared {
     }
 
     /// Called by a pipeline task once the record's outcome is durable.
-    pub fn finish(&self, ticket: &Ticket, bytes: usize) {
+    pub fn finish(&self, ticket: &Ticket, bytes: (usize, usize)) {
         let mut state = self.lock();
         state.release_bytes(ticket, bytes);
         state.tracker.finish(ticket);
@@ -103,7 +109,7 @@ impl Shared {
     }
 
     /// Called by a pipeline task whose outcome could not be made durable (shutdown, a fatal producer error).
-    pub fn abandon(&self, ticket: &Ticket, bytes: usize) {
+    pub fn abandon(&self, ticket: &Ticket, bytes: (usize, usize)) {
         let mut state = self.lock();
         state.release_bytes(ticket, bytes);
         // A ticket of an earlier assignment no longer counts among the partition's pending records.
@@ -122,9 +128,13 @@ impl Shared {
     pub(super) fn update_gauges(&self, state: &State) {
         let assigned = state.tracker.assigned().count();
         self.metrics.assigned_partitions.set(assigned as i64);
-        self.metrics
-            .paused_partitions
-            .set(state.paused.len() as i64);
+        let paused = if state.over_budget {
+            assigned
+        } else {
+            state.paused.len()
+        };
+        self.metrics.paused_partitions.set(paused as i64);
+        self.metrics.isolation.held_bytes.set(state.held as i64);
         self.health.set_ready(assigned > 0);
     }
 }
@@ -170,7 +180,9 @@ impl ConsumerContext for DispatchContext {
         for tp in &revoked {
             unfinished += state.tracker.unfinished(tp);
             let dropped = state.parked.remove(tp);
-            shared.metrics.parked_records.sub(dropped as i64);
+            shared.metrics.parked_records.sub(dropped.len() as i64);
+            let cost: usize = dropped.iter().map(|p| p.record.cost()).sum();
+            state.held = state.held.saturating_sub(cost);
             if let Some(pos) = state.tracker.revoke(tp) {
                 positions.push((tp.clone(), pos));
             }

@@ -1,0 +1,396 @@
+use super::*;
+use proptest::prelude::*;
+
+const SEC: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+fn limits(global: usize, per_host: usize, queued: usize) -> QueueLimits {
+    QueueLimits {
+        max_in_flight: global,
+        max_in_flight_per_host: per_host,
+        max_queued_per_host: queued,
+        max_queue_wait: 30 * SEC,
+        request_timeout: 90 * SEC,
+    }
+}
+
+fn queued(take: Take) -> u64 {
+    match take {
+        Take::Queued { ticket, .. } => ticket,
+        other => panic!("expected to be queued, got {other:?}"),
+    }
+}
+
+/// `n` requests to `host` at `now` that do not end: a second later the host is slow.
+fn hanging(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
+    for _ in 0..n {
+        assert_eq!(q.take(host, now), Take::Go);
+    }
+    assert!(!q.is_slow(host, now + SEC));
+    assert!(q.is_slow(host, now + SEC + MS));
+}
+
+#[test]
+fn a_host_at_its_cap_queues_its_own_sends_and_others_go_at_once() {
+    let mut q = HostQueues::new(limits(512, 2, 10));
+    assert_eq!(q.take("slow", SEC), Take::Go);
+    assert_eq!(q.take("slow", SEC), Take::Go);
+    let t = queued(q.take("slow", SEC));
+    assert_eq!(
+        q.take("fast", SEC),
+        Take::Go,
+        "another host is not held back"
+    );
+    let wakes = q.release("slow", SEC, 2 * SEC);
+    assert_eq!(
+        wakes,
+        vec![Wakeup {
+            ticket: t,
+            wake: Wake::Go
+        }]
+    );
+    assert_eq!(q.in_flight("slow"), 2);
+}
+
+#[test]
+fn a_slow_host_s_full_queue_spills_and_spilled_sends_come_back_spread_at_its_rate() {
+    let mut q = HostQueues::new(limits(512, 1, 2));
+    hanging(&mut q, "h", 1, Duration::ZERO);
+    assert_eq!(
+        q.take("h", 2 * SEC),
+        Take::Queued {
+            ticket: 0,
+            release: true
+        },
+        "a queued send waits without its admission slot"
+    );
+    queued(q.take("h", 2 * SEC));
+    let afters: Vec<Duration> = (0..3)
+        .map(|_| match q.take("h", 2 * SEC) {
+            Take::Spill { after, reason } => {
+                assert_eq!(reason, SpillReason::QueueFull);
+                after
+            }
+            other => panic!("expected a spill, got {other:?}"),
+        })
+        .collect();
+    // Nothing finished: one request per 90 s timeout at least; the queue of 2 ahead, then one more each.
+    assert_eq!(afters, [180 * SEC, 270 * SEC, 360 * SEC]);
+}
+
+#[test]
+fn a_fast_host_at_its_cap_is_never_spilled_however_long_its_queue() {
+    let mut q = HostQueues::new(limits(512, 1, 1));
+    let mut now = Duration::ZERO;
+    assert_eq!(q.take("h", now), Take::Go);
+    for _ in 0..50 {
+        assert!(matches!(
+            q.take("h", now),
+            Take::Queued { release: true, .. }
+        ));
+    }
+    // It keeps answering: one request ends every 10 ms, for 40 s, and the next queued one goes.
+    for _ in 0..4_000 {
+        now += 10 * MS;
+        let wakes = q.release("h", 10 * MS, now);
+        assert!(wakes.iter().all(|w| w.wake == Wake::Go));
+        let (wakes, _) = q.tick(now);
+        assert!(wakes.is_empty(), "a fast host's sends are not spilled");
+        while q.queued() < 50 {
+            assert!(matches!(q.take("h", now), Take::Queued { .. }));
+        }
+    }
+    assert!(!q.is_slow("h", now));
+}
+
+#[test]
+fn beyond_four_times_max_in_flight_fast_waiters_keep_their_admission_until_there_is_room() {
+    let mut q = HostQueues::new(limits(2, 1, 1));
+    assert_eq!(q.take("h", SEC), Take::Go);
+    for _ in 0..8 {
+        assert!(matches!(
+            q.take("h", SEC),
+            Take::Queued { release: true, .. }
+        ));
+    }
+    let kept = queued(q.take("h", SEC));
+    assert_eq!(q.settle("h", kept, SEC), Settle::Wait, "no room yet");
+    q.release("h", MS, SEC + MS);
+    assert_eq!(q.settle("h", kept, SEC + MS), Settle::Release);
+}
+
+#[test]
+fn a_host_that_turns_slow_spills_what_its_queue_cannot_hold() {
+    let mut q = HostQueues::new(limits(512, 1, 1));
+    assert_eq!(q.take("h", Duration::ZERO), Take::Go);
+    queued(q.take("h", Duration::ZERO));
+    assert!(
+        matches!(q.take("h", 2 * SEC), Take::Spill { .. }),
+        "the queue holds one"
+    );
+    assert_eq!(q.queued(), 1);
+}
+
+#[test]
+fn a_host_measured_fast_gets_its_spills_back_sooner() {
+    let mut q = HostQueues::new(limits(512, 4, 1));
+    let mut now = Duration::ZERO;
+    for _ in 0..40 {
+        q.take("h", now);
+        now += 25 * MS;
+        q.release("h", 25 * MS, now);
+    }
+    // Then it hangs with 4 in flight: slow, but it was measured at 40 a second.
+    for _ in 0..4 {
+        q.take("h", now);
+    }
+    q.tick(now + 600 * MS);
+    q.tick(now + 1100 * MS);
+    queued(q.take("h", now + 1100 * MS));
+    let Take::Spill { after, .. } = q.take("h", now + 1100 * MS) else {
+        panic!("queue full");
+    };
+    assert!(
+        after < SEC,
+        "back after {after:?}, not after the 22.5 s a 90 s timeout would give"
+    );
+}
+
+#[test]
+fn a_slow_host_s_sends_that_wait_too_long_are_spilled_by_the_tick() {
+    let mut q = HostQueues::new(limits(512, 1, 10));
+    hanging(&mut q, "h", 1, Duration::ZERO);
+    let t = queued(q.take("h", 2 * SEC));
+    let (wakes, _) = q.tick(31 * SEC);
+    assert!(wakes.is_empty());
+    let (wakes, _) = q.tick(32 * SEC);
+    assert_eq!(wakes.len(), 1);
+    assert_eq!(wakes[0].ticket, t);
+    assert!(matches!(
+        wakes[0].wake,
+        Wake::Spill {
+            reason: SpillReason::QueueWait,
+            ..
+        }
+    ));
+    assert_eq!(q.queued(), 0);
+}
+
+#[test]
+fn many_slow_hosts_cannot_take_the_slots_a_fast_host_needs() {
+    // Eight hosts that never answer, each wanting more than the global slots.
+    let mut q = HostQueues::new(limits(512, 128, 1000));
+    for h in 0..8 {
+        hanging(&mut q, &format!("slow{h}"), 50, Duration::ZERO);
+    }
+    for h in 0..8 {
+        for _ in 0..200 {
+            q.take(&format!("slow{h}"), 2 * SEC);
+        }
+    }
+    assert_eq!(q.in_use(), 512 - 512 / 8, "slow hosts leave the reserve");
+    for _ in 0..5 {
+        assert_eq!(
+            q.take("fast", 2 * SEC),
+            Take::Go,
+            "a fast host goes at once"
+        );
+    }
+}
+
+#[test]
+fn a_single_fast_host_may_use_every_slot() {
+    let mut q = HostQueues::new(limits(8, 128, 10));
+    for _ in 0..8 {
+        assert_eq!(q.take("h", SEC), Take::Go);
+    }
+}
+
+#[test]
+fn a_freed_slot_goes_to_the_waiting_host_with_the_fewest_in_flight() {
+    let mut q = HostQueues::new(limits(4, 4, 10));
+    for _ in 0..3 {
+        assert_eq!(q.take("a", SEC), Take::Go);
+    }
+    assert_eq!(q.take("b", SEC), Take::Go);
+    queued(q.take("a", SEC));
+    let tb = queued(q.take("b", SEC));
+    let wakes = q.release("a", MS, SEC + MS);
+    assert_eq!(
+        wakes,
+        vec![Wakeup {
+            ticket: tb,
+            wake: Wake::Go
+        }],
+        "b has one in flight, a two"
+    );
+}
+
+#[test]
+fn a_saturation_episode_begins_once_and_ends_after_a_quiet_spell() {
+    let mut q = HostQueues::new(limits(512, 1, 10));
+    hanging(&mut q, "h", 1, Duration::ZERO);
+    let t = queued(q.take("h", 2 * SEC));
+    let (_, e) = q.tick(2 * SEC);
+    assert!(matches!(&e[..], [Episode::Began { queued: 1, .. }]));
+    let (_, e) = q.tick(2 * SEC + 250 * MS);
+    assert!(e.is_empty(), "one line per episode");
+    assert_eq!(q.snapshot(2 * SEC, 5).top.len(), 1, "named while saturated");
+    assert_eq!(q.release("h", 3 * SEC, 3 * SEC)[0].ticket, t);
+    q.release("h", 10 * MS, 3 * SEC);
+    let (_, e) = q.tick(4 * SEC);
+    assert!(e.is_empty(), "not quiet long enough yet");
+    let (_, e) = q.tick(3 * SEC + QUIET_AFTER);
+    assert!(matches!(&e[..], [Episode::Ended { peak_queued: 1, .. }]));
+    q.tick(4 * SEC + QUIET_AFTER);
+    assert_eq!(q.lanes(), 0, "an idle host leaves nothing behind");
+}
+
+#[test]
+fn a_cancelled_waiter_leaves_the_queue_and_a_woken_one_cannot_be_cancelled() {
+    let mut q = HostQueues::new(limits(512, 1, 10));
+    q.take("h", SEC);
+    let t1 = queued(q.take("h", SEC));
+    let t2 = queued(q.take("h", SEC));
+    assert!(q.cancel("h", t1, SEC));
+    assert_eq!(q.release("h", MS, SEC)[0].ticket, t2);
+    assert!(!q.cancel("h", t2, SEC), "already woken: it holds a slot");
+    assert_eq!(q.in_flight("h"), 1);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Take(u8),
+    Release(u8, u16),
+    Cancel(u8),
+    Settle(u8),
+    Tick(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6).prop_map(Op::Take),
+        3 => (any::<u8>(), 0u16..3000).prop_map(|(i, ms)| Op::Release(i, ms)),
+        1 => any::<u8>().prop_map(Op::Cancel),
+        1 => any::<u8>().prop_map(Op::Settle),
+        2 => (0u16..40_000).prop_map(Op::Tick),
+    ]
+}
+
+/// What the model holds: the slots each host has, and the tickets still queued (and whether each waits
+/// without an admission slot).
+#[derive(Default)]
+struct Model {
+    held: Vec<String>,
+    queued: Vec<(String, u64, bool)>,
+}
+
+impl Model {
+    fn apply(&mut self, wakes: Vec<Wakeup>) {
+        for w in wakes {
+            let at = self
+                .queued
+                .iter()
+                .position(|(_, t, _)| *t == w.ticket)
+                .expect("woken tickets were queued");
+            let (host, _, _) = self.queued.remove(at);
+            if w.wake == Wake::Go {
+                self.held.push(host);
+            }
+        }
+    }
+}
+
+fn check(q: &HostQueues, m: &Model, l: QueueLimits) -> Result<(), TestCaseError> {
+    prop_assert!(q.in_use() <= l.max_in_flight, "global slots exceeded");
+    prop_assert_eq!(q.in_use(), m.held.len());
+    prop_assert_eq!(q.queued(), m.queued.len());
+    for h in 0..6 {
+        let host = format!("h{h}");
+        let held = m.held.iter().filter(|x| **x == host).count();
+        prop_assert_eq!(q.in_flight(&host), held);
+        prop_assert!(held <= l.max_in_flight_per_host, "a host over its cap");
+        let released = m.queued.iter().filter(|(x, _, r)| *x == host && *r).count();
+        prop_assert!(
+            released <= l.max_queued_per_host + 4 * l.max_in_flight,
+            "a queue over its bound"
+        );
+        let waiting = m.queued.iter().filter(|(x, _, _)| *x == host).count();
+        if waiting > 0 && held < l.max_in_flight_per_host {
+            prop_assert!(
+                q.in_use() >= l.max_in_flight - l.max_in_flight / 8,
+                "a host waits while shared slots are free"
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn no_host_exceeds_its_cap_no_queue_its_bound_and_no_waiting_host_starves(
+        global in 1usize..24,
+        per_host in 1usize..8,
+        queue in 0usize..6,
+        ops in proptest::collection::vec(op(), 1..300),
+    ) {
+        let l = limits(global, per_host, queue);
+        let mut q = HostQueues::new(l);
+        let mut m = Model::default();
+        let mut now = Duration::ZERO;
+        for op in ops {
+            match op {
+                Op::Take(h) => {
+                    let host = format!("h{h}");
+                    match q.take(&host, now) {
+                        Take::Go => m.held.push(host),
+                        Take::Queued { ticket, release } => m.queued.push((host, ticket, release)),
+                        Take::Spill { after, .. } => {
+                            prop_assert!(after > Duration::ZERO && after <= MAX_SPILL_DELAY);
+                        }
+                    }
+                }
+                Op::Release(i, ms) if !m.held.is_empty() => {
+                    let host = m.held.remove(usize::from(i) % m.held.len());
+                    let wakes = q.release(&host, Duration::from_millis(u64::from(ms)), now);
+                    m.apply(wakes);
+                }
+                Op::Cancel(i) if !m.queued.is_empty() => {
+                    let (host, t, _) = m.queued.remove(usize::from(i) % m.queued.len());
+                    prop_assert!(q.cancel(&host, t, now));
+                }
+                Op::Settle(i) if !m.queued.is_empty() => {
+                    let at = usize::from(i) % m.queued.len();
+                    let (host, t, released) = m.queued[at].clone();
+                    match q.settle(&host, t, now) {
+                        Settle::Wait => {}
+                        Settle::Release => {
+                            prop_assert!(!released);
+                            m.queued[at].2 = true;
+                        }
+                        Settle::Spill { .. } => {
+                            prop_assert!(!released);
+                            m.queued.remove(at);
+                        }
+                    }
+                }
+                Op::Tick(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    let (wakes, _) = q.tick(now);
+                    m.apply(wakes);
+                }
+                _ => {}
+            }
+            check(&q, &m, l)?;
+        }
+        // Every request ends: every queued send gets a slot (or is spilled), none waits for ever.
+        while let Some(host) = m.held.pop() {
+            now += MS;
+            let wakes = q.release(&host, MS, now);
+            m.apply(wakes);
+            check(&q, &m, l)?;
+        }
+        prop_assert!(m.queued.is_empty(), "sends left waiting with every slot free");
+        prop_assert_eq!(q.in_use(), 0);
+    }
+}
