@@ -1,6 +1,6 @@
 //! Request slots for the tasks that send: [`HostQueues`] decides, this parks and wakes the tasks. A send
-//! queued behind its busy host gives its consumer admission slot back while it waits (see
-//! [`Admission`]), so a slow host's queue never holds the capacity other hosts' records need.
+//! queued behind its busy host gives its consumer admission slot back (see [`Admission`]) and goes on
+//! without it once woken, so a slow host's queue never holds the capacity other hosts' records need.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -168,7 +168,9 @@ impl Slots {
             reason: SpillReason::QueueWait,
         });
         queued.woke = Some(wake);
-        admission.reacquire().await;
+        // A send given back its admission slot goes on without it: one that holds a request slot must not
+        // wait for an admission slot held by sends waiting for request slots. What runs on this way is
+        // bounded all the same: by the slots, and by the queues it waited in.
         match wake {
             Wake::Go => {
                 // The slot passes to the guard.
