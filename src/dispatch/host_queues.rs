@@ -2,10 +2,15 @@
 //! `max_in_flight_per_host`) and a queue of sends waiting for a slot. Free global slots (`max_in_flight`)
 //! go to the waiting lane with the fewest requests in flight first.
 //!
+//! A new lane starts with a quarter of its cap and gains a slot with every request that ends (slow start,
+//! as TCP does): a host is not known to be quick until it has answered, and slots handed to a host that
+//! turns out to hang are lost for its timeout. A host answering at once reaches its cap within a few
+//! dozen requests; one answering in 3 s doubles its share every 3 s.
+//!
 //! A lane is *slow* while its requests hold their slots for long: nothing of it has finished for a second
-//! with requests in flight, or its requests have lately taken over a second on average. A slow lane may
-//! not take the last eighth of the global slots, so slow or hanging hosts never take every slot from a
-//! host that answers at once, however many of them there are. Its queue is bounded: a send that finds it
+//! with requests in flight, or its requests have lately taken over a second on average. A slow lane, or
+//! one that has not answered yet, may not take the last eighth of the global slots, so slow or hanging
+//! hosts never take every slot from a host that answers at once, however many of them there are. Its queue is bounded: a send that finds it
 //! full (`max_queued_per_host`), or waits in it for `max_queue_wait`, is *spilled* — handed back to go to
 //! a retry tier without an attempt, due when the host can be expected to take it at the rate it has been
 //! answering.
@@ -53,15 +58,22 @@ pub struct QueueLimits {
 pub enum SpillReason {
     QueueFull,
     QueueWait,
+    /// The dispatcher is stopping.
+    Stopping,
 }
 
 impl SpillReason {
-    pub const ALL: [SpillReason; 2] = [SpillReason::QueueFull, SpillReason::QueueWait];
+    pub const ALL: [SpillReason; 3] = [
+        SpillReason::QueueFull,
+        SpillReason::QueueWait,
+        SpillReason::Stopping,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SpillReason::QueueFull => "queue_full",
             SpillReason::QueueWait => "queue_wait",
+            SpillReason::Stopping => "stopping",
         }
     }
 }
@@ -144,7 +156,7 @@ pub struct Snapshot {
 enum Waits {
     /// Keeping its admission slot.
     Keeping,
-    /// Without it, queued while its lane was slow.
+    /// Without it, counted against its lane's bound (queued while its lane was slow or not yet answered).
     ReleasedSlow,
     /// Without it, counted in `HostQueues::released_fast`.
     ReleasedFast,
@@ -153,11 +165,15 @@ enum Waits {
 #[derive(Debug, Default)]
 struct Lane {
     in_flight: usize,
+    /// Requests it may have in flight now (slow start, up to `max_in_flight_per_host`).
+    window: usize,
+    /// A request of it has ended.
+    answered: bool,
     /// `(ticket, queued at, how it waits)`, oldest first.
     queue: VecDeque<(u64, Duration, Waits)>,
     /// Queued sends that wait without an admission slot.
     released: usize,
-    /// When a request of this lane last finished (or the lane began).
+    /// When a request of this lane last finished, or it last went from idle to busy.
     last_done: Duration,
     /// Smoothed duration of its requests, in seconds.
     latency: f64,
@@ -174,8 +190,9 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(now: Duration) -> Self {
+    fn new(now: Duration, window: usize) -> Self {
         Self {
+            window,
             last_done: now,
             window_start: now,
             last_active: now,
@@ -183,9 +200,25 @@ impl Lane {
         }
     }
 
+    /// A request of this lane begins.
+    fn start(&mut self, now: Duration) {
+        if self.in_flight == 0 {
+            // Idle until now: nothing was owed, so nothing is overdue.
+            self.last_done = now;
+        }
+        self.in_flight += 1;
+        self.last_active = now;
+    }
+
     fn slow(&self, now: Duration) -> bool {
+        // A host that has never answered is suspect sooner: most answer well within a quarter second.
+        let overdue = if self.answered {
+            SLOW_LATENCY
+        } else {
+            SLOW_LATENCY / 4
+        };
         self.in_flight > 0
-            && (now.saturating_sub(self.last_done) > SLOW_LATENCY
+            && (now.saturating_sub(self.last_done) > overdue
                 || self.latency > SLOW_LATENCY.as_secs_f64())
     }
 }
@@ -211,6 +244,8 @@ pub struct HostQueues {
     /// Queued sends of lanes that are not slow waiting without an admission slot.
     released_fast: usize,
     lanes: HashMap<Arc<str>, Lane>,
+    /// Set once the dispatcher stops: slow lanes spill instead of queueing.
+    draining: bool,
     /// Lanes with a queue and room under their cap, by (in flight, ticket of the queue's head).
     ready: BTreeSet<(usize, u64, Arc<str>)>,
     next_ticket: u64,
@@ -230,6 +265,7 @@ impl HostQueues {
             in_use: 0,
             queued: 0,
             released_fast: 0,
+            draining: false,
             lanes: HashMap::new(),
             ready: BTreeSet::new(),
             next_ticket: 0,
@@ -241,25 +277,18 @@ impl HostQueues {
         let key = self.lane_key(host, now);
         let lane = &self.lanes[&key];
         if lane.queue.is_empty() && self.may_go(lane, now) {
-            let lane = self.lanes.get_mut(&key).expect("present");
-            lane.in_flight += 1;
-            lane.last_active = now;
+            self.lanes.get_mut(&key).expect("present").start(now);
             self.in_use += 1;
             return Take::Go;
         }
-        let slow = lane.slow(now);
-        if slow && lane.released >= self.limits.max_queued_per_host {
-            return Take::Spill {
-                after: self.spill_after(&key, now),
-                reason: SpillReason::QueueFull,
-            };
-        }
-        let waits = if slow {
-            Waits::ReleasedSlow
-        } else if self.released_fast < self.max_released {
-            Waits::ReleasedFast
-        } else {
-            Waits::Keeping
+        let waits = match self.how_to_wait(lane, now) {
+            Ok(waits) => waits,
+            Err(reason) => {
+                return Take::Spill {
+                    after: self.spill_after(&key, now),
+                    reason,
+                }
+            }
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -273,6 +302,54 @@ impl HostQueues {
             ticket,
             release: waits != Waits::Keeping,
         }
+    }
+
+    /// How a send that cannot go now waits in `lane`; `Err`: it is spilled, and why. A slow lane's sends, and
+    /// those of a lane not yet answered waiting for its own window, wait without their admission slot up
+    /// to the lane's bound; other lanes' sends up to the bound of them all, then keeping their slot. Only
+    /// a slow lane spills.
+    fn how_to_wait(&self, lane: &Lane, now: Duration) -> Result<Waits, SpillReason> {
+        let room = lane.released < self.limits.max_queued_per_host;
+        if self.draining && lane.slow(now) {
+            return Err(SpillReason::Stopping);
+        }
+        if lane.slow(now) {
+            return if room {
+                Ok(Waits::ReleasedSlow)
+            } else {
+                Err(SpillReason::QueueFull)
+            };
+        }
+        if !lane.answered && lane.in_flight >= self.cap(lane) && room {
+            return Ok(Waits::ReleasedSlow);
+        }
+        if self.released_fast < self.max_released {
+            return Ok(Waits::ReleasedFast);
+        }
+        Ok(Waits::Keeping)
+    }
+
+    /// The dispatcher stops: every send waiting for a slow host is spilled now (its record is then done
+    /// and committed, instead of redone by the partition's next owner), and so are later ones.
+    pub fn drain(&mut self, now: Duration) -> Vec<Wakeup> {
+        self.draining = true;
+        let mut wakes = Vec::new();
+        let keys: Vec<Arc<str>> = self.lanes.keys().cloned().collect();
+        for key in keys {
+            while self.lanes[&key].slow(now) && !self.lanes[&key].queue.is_empty() {
+                let ticket = self.lanes[&key].queue[0].0;
+                self.remove_at(&key, 0);
+                let after = self.spill_after(&key, now);
+                wakes.push(Wakeup {
+                    ticket,
+                    wake: Wake::Spill {
+                        after,
+                        reason: SpillReason::Stopping,
+                    },
+                });
+            }
+        }
+        wakes
     }
 
     /// Adds (`+1`) or takes away (`-1`) a waiter of `key` from the counts of how it waits.
@@ -305,21 +382,16 @@ impl HostQueues {
             return Settle::Wait;
         }
         let key = key.clone();
-        let slow = lane.slow(now);
-        if slow && lane.released >= self.limits.max_queued_per_host {
-            self.remove_at(&key, at);
-            return Settle::Spill {
-                after: self.spill_after(&key, now),
-                reason: SpillReason::QueueFull,
-            };
-        }
-        if !slow && self.released_fast >= self.max_released {
-            return Settle::Wait;
-        }
-        let waits = if slow {
-            Waits::ReleasedSlow
-        } else {
-            Waits::ReleasedFast
+        let waits = match self.how_to_wait(lane, now) {
+            Ok(Waits::Keeping) => return Settle::Wait,
+            Ok(waits) => waits,
+            Err(reason) => {
+                self.remove_at(&key, at);
+                return Settle::Spill {
+                    after: self.spill_after(&key, now),
+                    reason,
+                };
+            }
         };
         self.lanes.get_mut(&key).expect("present").queue[at].2 = waits;
         self.counted(&key, waits, 1);
@@ -337,6 +409,11 @@ impl HostQueues {
         lane.in_flight = lane.in_flight.saturating_sub(1);
         self.in_use = self.in_use.saturating_sub(1);
         lane.window_done = lane.window_done.saturating_add(1);
+        lane.window = lane
+            .window
+            .saturating_add(1)
+            .min(self.limits.max_in_flight_per_host);
+        lane.answered = true;
         lane.last_done = now;
         lane.last_active = now;
         lane.latency = 0.8 * lane.latency + 0.2 * took.as_secs_f64();
@@ -467,15 +544,31 @@ impl HostQueues {
             return key.clone();
         }
         let key: Arc<str> = Arc::from(host);
-        self.lanes.insert(key.clone(), Lane::new(now));
+        let window = (self.limits.max_in_flight_per_host / 4).max(1);
+        self.lanes.insert(key.clone(), Lane::new(now, window));
         key
+    }
+
+    /// Requests `lane` may have in flight now.
+    fn cap(&self, lane: &Lane) -> usize {
+        lane.window.min(self.limits.max_in_flight_per_host)
+    }
+
+    /// Requests `host` may have in flight now.
+    pub fn cap_of(&self, host: &str) -> usize {
+        self.lanes
+            .get(host.trim_end_matches('.'))
+            .map_or((self.limits.max_in_flight_per_host / 4).max(1), |l| {
+                self.cap(l)
+            })
     }
 
     /// Whether `lane` may take a free slot.
     fn may_go(&self, lane: &Lane, now: Duration) -> bool {
-        lane.in_flight < self.limits.max_in_flight_per_host
+        lane.in_flight < self.cap(lane)
             && self.in_use < self.limits.max_in_flight
-            && (self.in_use < self.limits.max_in_flight - self.reserve || !lane.slow(now))
+            && (self.in_use < self.limits.max_in_flight - self.reserve
+                || (lane.answered && !lane.slow(now)))
     }
 
     /// Hands free slots to queued sends, the lane with the fewest in flight first (slow lanes skipped
@@ -494,8 +587,7 @@ impl HostQueues {
             self.unready(&key);
             let lane = self.lanes.get_mut(&key).expect("ready lanes exist");
             let (ticket, _, waits) = lane.queue.pop_front().expect("ready lanes have a queue");
-            lane.in_flight += 1;
-            lane.last_active = now;
+            lane.start(now);
             self.counted(&key, waits, -1);
             self.in_use += 1;
             self.queued -= 1;
@@ -572,7 +664,7 @@ impl HostQueues {
     fn reready(&mut self, key: &Arc<str>) {
         let lane = &self.lanes[key];
         if let Some((ticket, _, _)) = lane.queue.front() {
-            if lane.in_flight < self.limits.max_in_flight_per_host {
+            if lane.in_flight < self.cap(lane) {
                 self.ready.insert((lane.in_flight, *ticket, key.clone()));
             }
         }

@@ -21,18 +21,28 @@ fn queued(take: Take) -> u64 {
     }
 }
 
-/// `n` requests to `host` at `now` that do not end: a second later the host is slow.
+/// `n` requests to `host` that end at once: it has answered, and may use its whole cap.
+fn warm(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
+    for _ in 0..n {
+        assert_eq!(q.take(host, now), Take::Go);
+        q.release(host, Duration::ZERO, now);
+    }
+}
+
+/// `n` requests to `host` at `now` that do not end: a host that never answered is slow a quarter second
+/// later.
 fn hanging(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
     for _ in 0..n {
         assert_eq!(q.take(host, now), Take::Go);
     }
-    assert!(!q.is_slow(host, now + SEC));
-    assert!(q.is_slow(host, now + SEC + MS));
+    assert!(!q.is_slow(host, now + SEC / 4));
+    assert!(q.is_slow(host, now + SEC / 4 + MS));
 }
 
 #[test]
 fn a_host_at_its_cap_queues_its_own_sends_and_others_go_at_once() {
     let mut q = HostQueues::new(limits(512, 2, 10));
+    warm(&mut q, "slow", 2, SEC);
     assert_eq!(q.take("slow", SEC), Take::Go);
     assert_eq!(q.take("slow", SEC), Take::Go);
     let t = queued(q.take("slow", SEC));
@@ -106,6 +116,7 @@ fn a_fast_host_at_its_cap_is_never_spilled_however_long_its_queue() {
 #[test]
 fn beyond_four_times_max_in_flight_fast_waiters_keep_their_admission_until_there_is_room() {
     let mut q = HostQueues::new(limits(2, 1, 1));
+    warm(&mut q, "h", 1, SEC);
     assert_eq!(q.take("h", SEC), Take::Go);
     for _ in 0..8 {
         assert!(matches!(
@@ -178,20 +189,34 @@ fn a_slow_host_s_sends_that_wait_too_long_are_spilled_by_the_tick() {
 
 #[test]
 fn many_slow_hosts_cannot_take_the_slots_a_fast_host_needs() {
-    // Eight hosts that never answer, each wanting more than the global slots.
+    // Eight hosts answering in 3 s, each wanting more than the global slots.
     let mut q = HostQueues::new(limits(512, 128, 1000));
+    let flood = |q: &mut HostQueues, now| {
+        for h in 0..8 {
+            for _ in 0..200 {
+                q.take(&format!("slow{h}"), now);
+            }
+        }
+    };
+    flood(&mut q, Duration::ZERO);
+    assert_eq!(
+        q.in_use(),
+        8 * 32,
+        "new hosts start with a quarter of their cap"
+    );
+    assert_eq!(q.take("fast", Duration::ZERO), Take::Go);
+    q.release("fast", MS, MS);
+    // Three seconds later their first requests end, and their windows have grown.
     for h in 0..8 {
-        hanging(&mut q, &format!("slow{h}"), 50, Duration::ZERO);
-    }
-    for h in 0..8 {
-        for _ in 0..200 {
-            q.take(&format!("slow{h}"), 2 * SEC);
+        for _ in 0..32 {
+            q.release(&format!("slow{h}"), 3 * SEC, 3 * SEC);
         }
     }
+    flood(&mut q, 3 * SEC);
     assert_eq!(q.in_use(), 512 - 512 / 8, "slow hosts leave the reserve");
     for _ in 0..5 {
         assert_eq!(
-            q.take("fast", 2 * SEC),
+            q.take("fast", 3 * SEC),
             Take::Go,
             "a fast host goes at once"
         );
@@ -199,8 +224,19 @@ fn many_slow_hosts_cannot_take_the_slots_a_fast_host_needs() {
 }
 
 #[test]
+fn a_new_host_starts_with_a_quarter_of_its_cap_and_gains_a_slot_per_answer() {
+    let mut q = HostQueues::new(limits(512, 128, 1000));
+    assert_eq!(q.cap_of("h"), 32);
+    warm(&mut q, "h", 10, SEC);
+    assert_eq!(q.cap_of("h"), 42);
+    warm(&mut q, "h", 200, SEC);
+    assert_eq!(q.cap_of("h"), 128, "never past max_in_flight_per_host");
+}
+
+#[test]
 fn a_single_fast_host_may_use_every_slot() {
     let mut q = HostQueues::new(limits(8, 128, 10));
+    warm(&mut q, "h", 1, SEC);
     for _ in 0..8 {
         assert_eq!(q.take("h", SEC), Take::Go);
     }
@@ -209,6 +245,8 @@ fn a_single_fast_host_may_use_every_slot() {
 #[test]
 fn a_freed_slot_goes_to_the_waiting_host_with_the_fewest_in_flight() {
     let mut q = HostQueues::new(limits(4, 4, 10));
+    warm(&mut q, "a", 3, SEC);
+    warm(&mut q, "b", 3, SEC);
     for _ in 0..3 {
         assert_eq!(q.take("a", SEC), Take::Go);
     }
@@ -244,6 +282,40 @@ fn a_saturation_episode_begins_once_and_ends_after_a_quiet_spell() {
     assert!(matches!(&e[..], [Episode::Ended { peak_queued: 1, .. }]));
     q.tick(4 * SEC + QUIET_AFTER);
     assert_eq!(q.lanes(), 0, "an idle host leaves nothing behind");
+}
+
+#[test]
+fn a_host_that_answered_is_slow_only_after_a_second_without_an_answer() {
+    let mut q = HostQueues::new(limits(512, 8, 10));
+    warm(&mut q, "h", 1, Duration::ZERO);
+    q.take("h", SEC);
+    assert!(!q.is_slow("h", 2 * SEC));
+    assert!(q.is_slow("h", 2 * SEC + MS));
+}
+
+#[test]
+fn stopping_spills_what_waits_for_slow_hosts_and_what_comes_for_them_later() {
+    let mut q = HostQueues::new(limits(512, 1, 10));
+    hanging(&mut q, "slow", 1, Duration::ZERO);
+    let t = queued(q.take("slow", SEC));
+    warm(&mut q, "fast", 1, SEC);
+    q.take("fast", SEC);
+    let f = queued(q.take("fast", SEC));
+    let wakes = q.drain(SEC);
+    assert_eq!(wakes.len(), 1);
+    assert_eq!(wakes[0].ticket, t);
+    assert!(matches!(
+        q.take("slow", SEC),
+        Take::Spill {
+            reason: SpillReason::Stopping,
+            ..
+        }
+    ));
+    assert_eq!(
+        q.release("fast", MS, SEC)[0].ticket,
+        f,
+        "a fast host's sends still go"
+    );
 }
 
 #[test]
@@ -316,7 +388,7 @@ fn check(q: &HostQueues, m: &Model, l: QueueLimits) -> Result<(), TestCaseError>
             "a queue over its bound"
         );
         let waiting = m.queued.iter().filter(|(x, _, _)| *x == host).count();
-        if waiting > 0 && held < l.max_in_flight_per_host {
+        if waiting > 0 && held < q.cap_of(&host) {
             prop_assert!(
                 q.in_use() >= l.max_in_flight - l.max_in_flight / 8,
                 "a host waits while shared slots are free"

@@ -60,11 +60,18 @@ pub async fn run(
         max_message_bytes: crate::kafka::client::max_message_bytes(&config.kafka),
     });
     let tiers = Tiers::from_config(&config.topics);
-    let pipeline = Arc::new(pipeline(config, publisher, &metrics, tiers.clone())?);
+    let pipeline = Arc::new(pipeline(
+        config,
+        publisher,
+        &metrics,
+        tiers.clone(),
+        &shutdown,
+    )?);
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
         metrics.clone(),
         health.clone(),
+        &config.topics.sends,
     ));
     let stopping = (shutdown.clone(), shared.clone());
     tokio::spawn(async move {
@@ -151,6 +158,7 @@ fn pipeline(
     publisher: Publisher,
     metrics: &DispatchMetrics,
     tiers: Tiers,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Pipeline> {
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
@@ -159,7 +167,7 @@ fn pipeline(
             executor: http::Executor::new(&config.http, &config.security, signer)
                 .context("creating the HTTP client")?,
             metrics: metrics.clone(),
-            slots: slots(config, metrics),
+            slots: slots(config, metrics, shutdown),
             host_health: std::sync::Mutex::new(host_health::HostHealth::new(
                 config.host_health.clone(),
             )),
@@ -184,7 +192,11 @@ fn pipeline(
     })
 }
 
-fn slots(config: &Config, metrics: &DispatchMetrics) -> Arc<slots::Slots> {
+fn slots(
+    config: &Config,
+    metrics: &DispatchMetrics,
+    shutdown: &CancellationToken,
+) -> Arc<slots::Slots> {
     let d = &config.dispatch;
     let limits = host_queues::QueueLimits {
         max_in_flight: d.max_in_flight,
@@ -194,7 +206,7 @@ fn slots(config: &Config, metrics: &DispatchMetrics) -> Arc<slots::Slots> {
         request_timeout: config.http.request_timeout,
     };
     let slots = Arc::new(slots::Slots::new(limits, metrics.isolation.clone()));
-    slots.start_ticking(Duration::from_millis(250), CancellationToken::new());
+    slots.start_ticking(Duration::from_millis(250), shutdown.clone());
     slots
 }
 

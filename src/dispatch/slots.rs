@@ -15,7 +15,7 @@ use crate::kafka::consumer::Admission;
 use crate::telemetry::IsolationMetrics;
 
 /// How often a send waiting with its admission slot asks whether its host has turned slow.
-const SETTLE_EVERY: Duration = Duration::from_millis(500);
+const SETTLE_EVERY: Duration = Duration::from_millis(200);
 
 /// How many hosts the metrics name, longest queue first.
 pub const TOP_HOSTS: usize = 5;
@@ -235,15 +235,37 @@ impl Slots {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut drained = false;
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    () = stop.cancelled(), if !drained => {
+                        drained = true;
+                        if let Some(slots) = slots.upgrade() {
+                            slots.drain();
+                        }
+                    }
                     _ = tick.tick() => {}
                 }
                 let Some(slots) = slots.upgrade() else { return };
                 slots.tick();
             }
         });
+    }
+
+    /// The dispatcher stops: sends waiting for slow hosts are spilled, so their records finish within the
+    /// grace instead of being redone by the next owner.
+    fn drain(&self) {
+        let mut inner = self.lock();
+        let wakes = inner.queues.drain(self.now());
+        let n = wakes.len();
+        inner.wake(wakes);
+        drop(inner);
+        if n > 0 {
+            tracing::info!(
+                spilled = n,
+                "stopping: sends waiting for slow hosts spilled to a retry tier"
+            );
+        }
     }
 
     fn tick(&self) {

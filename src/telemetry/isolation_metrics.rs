@@ -18,6 +18,7 @@ pub struct IsolationMetrics {
     pub oldest_waiting: GaugeVec,
     pub top_host_queue: IntGaugeVec,
     pub held_bytes: IntGauge,
+    pub paused_send_partitions: IntGauge,
     pub budget_bytes: IntGauge,
     pub budget_pauses: prometheus::IntCounter,
 }
@@ -81,6 +82,12 @@ impl IsolationMetrics {
                 "Bytes of consumed records not yet finished, counted against dispatch.memory_budget",
             ),
             budget_bytes: gauge(r, "memory_budget_bytes", "dispatch.memory_budget"),
+            paused_send_partitions: gauge(
+                r,
+                "paused_send_partitions",
+                "Send-topic partitions paused (backpressure or the memory budget); of \
+                 hookrelay_paused_partitions, the rest are retry tiers waiting for parked retries",
+            ),
             budget_pauses: super::metrics::counter(
                 r,
                 "memory_budget_pauses_total",

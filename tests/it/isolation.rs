@@ -140,10 +140,17 @@ async fn a_host_answering_in_3_s_does_not_slow_a_fast_host_in_the_same_partition
     )
     .await;
     assert_fast(p99_latency(&fast, &produced), alone, "beside one 3 s host");
+    // A new host starts with a quarter of its slots and gains one per answer: 32, 64, then 128 at once.
     wait_for(
-        "the slow host has had its slots in use for two rounds",
+        "the slow host has reached its max_in_flight_per_host",
+        Duration::from_secs(60),
+        || async { slow.stats().max_concurrent >= 128 },
+    )
+    .await;
+    wait_for(
+        "the slow host has had all its slots in use for a round",
         Duration::from_secs(30),
-        || async { slow.count() >= 256 },
+        || async { slow.count() >= 32 + 64 + 128 + 128 },
     )
     .await;
     assert_eq!(

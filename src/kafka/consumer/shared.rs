@@ -70,11 +70,20 @@ pub struct Shared {
     pub(super) rebalance_grace: Duration,
     pub(super) metrics: DispatchMetrics,
     pub(super) health: Health,
+    /// The send topic, whose paused partitions are shown apart (a tier partition pausing while its
+    /// parked retries wait is normal).
+    sends_topic: String,
 }
 
 impl Shared {
-    pub fn new(rebalance_grace: Duration, metrics: DispatchMetrics, health: Health) -> Self {
+    pub fn new(
+        rebalance_grace: Duration,
+        metrics: DispatchMetrics,
+        health: Health,
+        sends_topic: &str,
+    ) -> Self {
         Self {
+            sends_topic: sends_topic.to_string(),
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
@@ -134,6 +143,16 @@ impl Shared {
             state.paused.len()
         };
         self.metrics.paused_partitions.set(paused as i64);
+        let sends = |tp: &&TopicPartition| *tp.topic == *self.sends_topic;
+        let paused_sends = if state.over_budget {
+            state.tracker.assigned().filter(sends).count()
+        } else {
+            state.paused.iter().filter(sends).count()
+        };
+        self.metrics
+            .isolation
+            .paused_send_partitions
+            .set(paused_sends as i64);
         self.metrics.isolation.held_bytes.set(state.held as i64);
         self.health.set_ready(assigned > 0);
     }
