@@ -2,7 +2,7 @@
 //! `max_in_flight_per_host`) and a queue of sends waiting for a slot. Free global slots (`max_in_flight`)
 //! go to the waiting lane with the fewest requests in flight first.
 //!
-//! A new lane starts with a quarter of its cap and gains a slot with every request that ends (slow start,
+//! A new lane starts with a quarter of its cap (at least 4) and gains a slot with every request that ends (slow start,
 //! as TCP does): a host is not known to be quick until it has answered, and slots handed to a host that
 //! turns out to hang are lost for its timeout. A host answering at once reaches its cap within a few
 //! dozen requests; one answering in 3 s doubles its share every 3 s.
@@ -544,7 +544,7 @@ impl HostQueues {
             return key.clone();
         }
         let key: Arc<str> = Arc::from(host);
-        let window = (self.limits.max_in_flight_per_host / 4).max(1);
+        let window = self.initial_window();
         self.lanes.insert(key.clone(), Lane::new(now, window));
         key
     }
@@ -558,9 +558,13 @@ impl HostQueues {
     pub fn cap_of(&self, host: &str) -> usize {
         self.lanes
             .get(host.trim_end_matches('.'))
-            .map_or((self.limits.max_in_flight_per_host / 4).max(1), |l| {
-                self.cap(l)
-            })
+            .map_or(self.initial_window(), |l| self.cap(l))
+    }
+
+    /// What a new lane may have in flight: a quarter of its cap, at least 4 (or the whole cap if smaller).
+    fn initial_window(&self) -> usize {
+        let cap = self.limits.max_in_flight_per_host;
+        (cap / 4).max(cap.min(4))
     }
 
     /// Whether `lane` may take a free slot.
