@@ -142,7 +142,6 @@ pub enum Episode {
 /// What the metrics show.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub in_use: usize,
     pub queued: usize,
     pub saturated_hosts: usize,
     /// How long the send waiting longest in a queue has waited.
@@ -502,7 +501,6 @@ impl HostQueues {
         queues.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         queues.truncate(top);
         Snapshot {
-            in_use: self.in_use,
             queued: self.queued,
             saturated_hosts: saturated,
             oldest_queued: oldest,

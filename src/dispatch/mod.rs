@@ -124,9 +124,7 @@ pub async fn run(
 /// What librdkafka may prefetch for the dispatcher: an eighth of `dispatch.memory_budget` (at most its
 /// own default, 64 MiB), unless the operator set `queued.max.messages.kbytes`.
 fn prefetch_kbytes(config: &Config) -> Option<u64> {
-    let key = "queued.max.messages.kbytes";
-    let k = &config.kafka;
-    if k.properties.contains_key(key) || k.consumer_properties.contains_key(key) {
+    if crate::kafka::client::operator_set(&config.kafka, "queued.max.messages.kbytes") {
         return None;
     }
     Some((config.dispatch.memory_budget.as_u64() / 8 / 1024).clamp(1024, 65_536))

@@ -64,8 +64,9 @@ struct Queued<'a> {
     host: &'a str,
     ticket: u64,
     rx: oneshot::Receiver<Wake>,
-    /// What it was woken with; `None` while it waits, and again once a slot it got has passed to a guard.
+    /// What it was woken with; `None` while it waits.
     woke: Option<Wake>,
+    /// The slot it was woken with has passed to a [`SlotGuard`], which gives it back.
     handed_over: bool,
 }
 

@@ -83,10 +83,15 @@ pub fn scan_reader_config(kafka: &KafkaConfig) -> ClientConfig {
 /// otherwise: the default left a 200,000-event replay idle for 1 s of its 1.1 s.
 fn fast_refetch(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
     let key = "fetch.queue.backoff.ms";
-    if !kafka.properties.contains_key(key) && !kafka.consumer_properties.contains_key(key) {
+    if !operator_set(kafka, key) {
         c.set(key, "10");
     }
     c
+}
+
+/// Whether the operator passed the librdkafka consumer property `key` through (common or consumer).
+pub fn operator_set(kafka: &KafkaConfig, key: &str) -> bool {
+    kafka.properties.contains_key(key) || kafka.consumer_properties.contains_key(key)
 }
 
 fn group_protocol(kafka: &KafkaConfig) -> &str {

@@ -112,7 +112,18 @@ async fn p99_alone(kafka: &Kafka, fast: &Receiver) -> f64 {
     p99_latency(fast, &produced)
 }
 
-fn assert_fast(p99: f64, alone: f64, what: &str) {
+/// Produces `plan` (its fast sends to `fast`, 1,000 of them), waits until every fast one is delivered and
+/// asserts the fast host's p99 is within 1 s of `alone`.
+async fn assert_fast_beside(kafka: &Kafka, fast: &Receiver, plan: &Plan, alone: f64, what: &str) {
+    let produced = produce(&kafka.producer(), plan).await;
+    delivered(
+        fast,
+        1_500,
+        Duration::from_secs(30),
+        "every fast send is delivered",
+    )
+    .await;
+    let p99 = p99_latency(fast, &produced);
     eprintln!("isolation: {what}: fast host p99 {p99:.3} s, alone {alone:.3} s");
     assert!(
         p99 <= alone + 1.0,
@@ -131,15 +142,7 @@ async fn a_host_answering_in_3_s_does_not_slow_a_fast_host_in_the_same_partition
         sends("slow", 1_500, &slow.url("/hook?delay=3s")),
         sends("fast", 1_000, &fast.url("/hook")),
     ]);
-    let produced = produce(&kafka.producer(), &plan).await;
-    delivered(
-        &fast,
-        1_500,
-        Duration::from_secs(30),
-        "every fast send is delivered",
-    )
-    .await;
-    assert_fast(p99_latency(&fast, &produced), alone, "beside one 3 s host");
+    assert_fast_beside(&kafka, &fast, &plan, alone, "beside one 3 s host").await;
     // A new host starts with a quarter of its slots and gains one per answer: 32, 64, then 128 at once.
     wait_for(
         "the slow host has reached its max_in_flight_per_host",
@@ -184,19 +187,8 @@ async fn eight_slow_hosts_do_not_slow_a_fast_host() {
         .map(|(i, rx)| sends(&format!("slow{i}-"), 300, &rx.url("/hook?delay=3s")))
         .collect();
     plans.push(sends("fast", 1_000, &fast.url("/hook")));
-    let produced = produce(&kafka.producer(), &interleave(plans)).await;
-    delivered(
-        &fast,
-        1_500,
-        Duration::from_secs(30),
-        "every fast send is delivered",
-    )
-    .await;
-    assert_fast(
-        p99_latency(&fast, &produced),
-        alone,
-        "beside eight 3 s hosts",
-    );
+    let plan = interleave(plans);
+    assert_fast_beside(&kafka, &fast, &plan, alone, "beside eight 3 s hosts").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,19 +206,14 @@ async fn a_host_that_never_answers_delays_no_one_and_each_of_its_sends_ends_as_t
         hang_ids.clone(),
         sends("fast", 1_000, &fast.url("/hook")),
     ]);
-    let produced = produce(&kafka.producer(), &plan).await;
-    delivered(
+    assert_fast_beside(
+        &kafka,
         &fast,
-        1_500,
-        Duration::from_secs(30),
-        "every fast send is delivered",
-    )
-    .await;
-    assert_fast(
-        p99_latency(&fast, &produced),
+        &plan,
         alone,
         "beside a host that never answers",
-    );
+    )
+    .await;
     wait_for(
         "every send-topic offset is committed: no partition waits for the hanging host",
         Duration::from_secs(30),

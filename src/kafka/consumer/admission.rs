@@ -24,14 +24,6 @@ impl Admission {
         a
     }
 
-    /// An admission that holds nothing (for work driven outside the consumer, e.g. benchmarks).
-    pub fn unlimited() -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
-            permit: None,
-        }
-    }
-
     /// Gives the slot back while the record waits.
     pub fn release(&mut self) {
         self.permit = None;
