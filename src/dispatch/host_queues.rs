@@ -178,6 +178,8 @@ struct Lane {
     latency: f64,
     /// Where the spilled sends' return times end, so they come back spread at the host's rate.
     horizon: Duration,
+    /// The rate (sends a second) the horizon was spread at.
+    horizon_rate: f64,
     window_start: Duration,
     window_done: u32,
     /// Requests a second the host was seen to finish (smoothed), once a window has passed.
@@ -636,18 +638,40 @@ impl HostQueues {
     }
 
     /// When a send spilled now should come back: behind the host's queue and the sends spilled before it,
-    /// at the rate the host has been answering (at least its cap per request timeout).
+    /// spread at the rate the host could take them. That rate errs high — what it was seen to finish, or
+    /// every slot it can get at its latency, at least its cap per request timeout — because a send back
+    /// early is only spilled again, while one back late leaves the host idle with a backlog. A host that
+    /// has not answered yet gets its spills back within a request timeout, when it will have answered or
+    /// timed out and its rate is known.
     fn spill_after(&mut self, key: &Arc<str>, now: Duration) -> Duration {
-        let floor = self.limits.max_in_flight_per_host as f64
-            / self.limits.request_timeout.as_secs_f64().max(0.001);
+        let timeout = self.limits.request_timeout.max(Duration::from_millis(1));
+        let floor = self.limits.max_in_flight_per_host as f64 / timeout.as_secs_f64();
+        let reachable = self
+            .limits
+            .max_in_flight_per_host
+            .min(self.limits.max_in_flight - self.reserve)
+            .max(1) as f64;
         let lane = self.lanes.get_mut(key).expect("present");
-        let rate = lane.rate.unwrap_or(0.0).max(floor).max(1e-3);
-        let per_send = Duration::from_secs_f64(1.0 / rate).min(MAX_SPILL_DELAY);
+        let potential = if lane.answered {
+            reachable / lane.latency.max(0.001)
+        } else {
+            0.0
+        };
+        let rate = lane.rate.unwrap_or(0.0).max(floor).max(potential).max(1e-3);
+        if lane.horizon > now && rate > lane.horizon_rate {
+            // Faster than the spread so far assumed: what is still ahead is drawn in to the new rate.
+            let ahead = (lane.horizon - now).as_secs_f64() * lane.horizon_rate / rate;
+            lane.horizon = now + Duration::from_secs_f64(ahead.min(MAX_SPILL_DELAY.as_secs_f64()));
+        }
+        lane.horizon_rate = rate;
+        let most = if lane.answered {
+            MAX_SPILL_DELAY
+        } else {
+            timeout.min(MAX_SPILL_DELAY)
+        };
+        let per_send = Duration::from_secs_f64(1.0 / rate).min(most);
         let behind_queue = Duration::from_secs_f64((lane.queue.len() as f64 / rate).min(1e6));
-        let start = lane
-            .horizon
-            .max(now + behind_queue)
-            .min(now + MAX_SPILL_DELAY);
+        let start = lane.horizon.max(now + behind_queue).min(now + most);
         lane.horizon = start + per_send;
         lane.spilled_since_tick = true;
         if let Some(e) = &mut lane.episode {

@@ -63,7 +63,7 @@ fn a_host_at_its_cap_queues_its_own_sends_and_others_go_at_once() {
 }
 
 #[test]
-fn a_slow_host_s_full_queue_spills_and_spilled_sends_come_back_spread_at_its_rate() {
+fn a_host_that_never_answered_gets_its_spills_back_within_a_request_timeout() {
     let mut q = HostQueues::new(limits(512, 1, 2));
     hanging(&mut q, "h", 1, Duration::ZERO);
     assert_eq!(
@@ -84,8 +84,69 @@ fn a_slow_host_s_full_queue_spills_and_spilled_sends_come_back_spread_at_its_rat
             other => panic!("expected a spill, got {other:?}"),
         })
         .collect();
-    // Nothing finished: one request per 90 s timeout at least; the queue of 2 ahead, then one more each.
-    assert_eq!(afters, [180 * SEC, 270 * SEC, 360 * SEC]);
+    // Nothing finished: one request per 90 s timeout would put them 180, 270, 360 s out, behind the queue
+    // of 2; but by 90 s its requests have answered or timed out, and its rate is known.
+    assert_eq!(afters, [90 * SEC, 90 * SEC, 90 * SEC]);
+}
+
+#[test]
+fn a_slow_host_that_answered_gets_its_spills_spread_at_what_its_slots_take_at_its_latency() {
+    let mut q = HostQueues::new(limits(512, 2, 1));
+    for _ in 0..20 {
+        assert_eq!(q.take("h", Duration::ZERO), Take::Go);
+        q.release("h", 3 * SEC, Duration::ZERO);
+    }
+    // Two slots at about 3 s a request: a send every 1.5 s at best.
+    let now = 10 * SEC;
+    warm_busy(&mut q, "h", 2, now);
+    queued(q.take("h", now + 2 * SEC));
+    let afters: Vec<f64> = (0..3)
+        .map(|_| match q.take("h", now + 2 * SEC) {
+            Take::Spill { after, .. } => after.as_secs_f64(),
+            other => panic!("expected a spill, got {other:?}"),
+        })
+        .collect();
+    let step = afters[1] - afters[0];
+    assert!(
+        (1.4..1.7).contains(&step),
+        "spread {step} s apart: {afters:?}"
+    );
+    assert!((afters[2] - afters[1] - step).abs() < 1e-6);
+}
+
+#[test]
+fn spills_made_before_a_host_first_answered_do_not_push_back_those_after_it_answered_fast() {
+    let mut q = HostQueues::new(limits(512, 4, 1));
+    hanging(&mut q, "h", 4, Duration::ZERO);
+    queued(q.take("h", SEC));
+    for _ in 0..100 {
+        assert!(matches!(q.take("h", SEC), Take::Spill { .. }));
+    }
+    // Then it answers, in 100 ms, and is busy again.
+    let now = 2 * SEC;
+    for _ in 0..4 {
+        q.release("h", 100 * MS, now);
+    }
+    let (_, _) = q.tick(now);
+    let idle = 4 - q.in_flight("h");
+    warm_busy(&mut q, "h", idle, now);
+    while q.queued() < 1 {
+        queued(q.take("h", now));
+    }
+    let Take::Spill { after, .. } = q.take("h", now + 1100 * MS) else {
+        panic!("queue full");
+    };
+    assert!(
+        after < 5 * SEC,
+        "back after {after:?}: the 100 spilled before it answered were spread for a host unheard of"
+    );
+}
+
+/// `n` more requests to `host` begin at `now` and stay in flight.
+fn warm_busy(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
+    for _ in 0..n {
+        assert_eq!(q.take(host, now), Take::Go);
+    }
 }
 
 #[test]
