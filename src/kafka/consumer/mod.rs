@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,7 +237,8 @@ impl Loop<'_> {
     /// pause) pauses its own; they resume together once a quarter of the budget is free
     /// ([`resume_drained`]), so one pause costs one refetch of what librdkafka had prefetched.
     fn check_budget(&self, state: &mut shared::State, tp: &TopicPartition) {
-        if state.held < self.settings.memory_budget {
+        let used = self.shared.budget_use(state);
+        if used < self.settings.memory_budget {
             return;
         }
         if state.over_budget {
@@ -249,7 +251,7 @@ impl Loop<'_> {
         }
         self.shared.metrics.isolation.budget_pauses.inc();
         tracing::info!(
-            held_bytes = state.held,
+            held_bytes = used,
             budget = self.settings.memory_budget,
             "memory budget reached: every partition paused until a quarter of it is free"
         );
@@ -299,8 +301,9 @@ fn resume_drained(
         (settings.max_pending_bytes_per_partition / 2).max(1),
     );
     let mut state = shared.lock();
+    let used = shared.budget_use(&state);
     if state.over_budget {
-        if state.held >= settings.memory_budget / 4 * 3 {
+        if used >= settings.memory_budget / 4 * 3 {
             return;
         }
         state.over_budget = false;
@@ -315,13 +318,13 @@ fn resume_drained(
             let _ = consumer.resume(&resume);
         }
         tracing::info!(
-            held_bytes = state.held,
+            held_bytes = used,
             "memory budget has room again: partitions resumed"
         );
         shared.update_gauges(&state);
     }
     if state.paused.is_empty() {
-        shared.metrics.isolation.held_bytes.set(state.held as i64);
+        shared.metrics.isolation.held_bytes.set(used as i64);
         return;
     }
     let ready: Vec<TopicPartition> = state
@@ -357,6 +360,7 @@ fn spawn(
     shared.metrics.pending_records.inc();
     runtime.spawn(async move {
         let admitted = Admission::acquire(admission).await;
+        let started = Started::begin(&shared.started);
         let bytes = match &work {
             Work::Fresh(r, _) | Work::Retry(r, _) => (r.payload.len(), r.cost()),
         };
@@ -372,6 +376,7 @@ fn spawn(
                 None,
             ),
         };
+        drop(started);
         if result {
             if let Some(at) = produced_ms {
                 let secs = (now_ms().saturating_sub(at)).max(0) as f64 / 1000.0;
@@ -383,6 +388,22 @@ fn spawn(
         }
         shared.metrics.pending_records.dec();
     });
+}
+
+/// One send counted among the started ones for as long as it lives (a panicking handler included).
+struct Started<'a>(&'a AtomicUsize);
+
+impl<'a> Started<'a> {
+    fn begin(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn header_i64(record: &Record, name: &str) -> Option<i64> {

@@ -6,7 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::super::finished_ahead;
 use super::super::offsets::Skip;
 use super::super::parking::Parking;
+use super::super::record::STARTED_SEND_COST;
 use super::super::{Commit, OffsetTracker, Ticket, TopicPartition};
 use crate::telemetry::{DispatchMetrics, Health};
 
@@ -70,6 +71,10 @@ pub struct Shared {
     pub(super) rebalance_grace: Duration,
     pub(super) metrics: DispatchMetrics,
     pub(super) health: Health,
+    /// Sends whose handling has begun and not ended (admitted, including those waiting in their host's
+    /// queue): each also costs [`STARTED_SEND_COST`] against the budget. An atomic, so that starting a send
+    /// does not take the state's lock.
+    pub(super) started: AtomicUsize,
     /// The send topic, whose paused partitions are shown apart (a tier partition pausing while its
     /// parked retries wait is normal).
     sends_topic: String,
@@ -87,10 +92,19 @@ impl Shared {
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
             rebalance_grace,
             metrics,
             health,
         }
+    }
+
+    /// What counts against `dispatch.memory_budget` now: every held record, and every started send's state.
+    pub(super) fn budget_use(&self, state: &State) -> usize {
+        let started = self.started.load(Ordering::Relaxed);
+        state
+            .held
+            .saturating_add(started.saturating_mul(STARTED_SEND_COST))
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -153,7 +167,8 @@ impl Shared {
             .isolation
             .paused_send_partitions
             .set(paused_sends as i64);
-        self.metrics.isolation.held_bytes.set(state.held as i64);
+        let used = self.budget_use(state);
+        self.metrics.isolation.held_bytes.set(used as i64);
         self.health.set_ready(assigned > 0);
     }
 }
