@@ -179,16 +179,29 @@ def memory(args, producer, proc, metrics_port, fast_url):
     samples = []
     end = time.time() + args.minutes * 60
     i = 0
+    done = 0
     while time.time() < end:
         t = time.time()
-        for _ in range(args.rate // 10):
-            producer.produce("webhook-sends", send(i, "m", fast_url, body), key=f"ws{i % 7}")
-            i += 1
+        # The embedded broker keeps about 5 MiB per partition and drops the oldest beyond that; a consumer
+        # left behind the kept range is reset to its start again and again. So the producer outruns the
+        # dispatcher only up to a backlog the broker keeps: the dispatcher always has more than it can do.
+        if i - done <= args.backlog:
+            for _ in range(args.rate // 10):
+                producer.produce("webhook-sends", send(i, "m", fast_url, body), key=str(i))  # every partition
+                i += 1
+        else:
+            done = metric(metrics_port, 'hookrelay_sends_total{result="delivered"}') or done
         producer.poll(0)
         if int(t) % 10 == 0 and (not samples or samples[-1][0] < int(t)):
             held = metric(metrics_port, "hookrelay_held_bytes") or 0
+            done = metric(metrics_port, 'hookrelay_sends_total{result="delivered"}') or done
             samples.append((int(t), rss_mb(proc.pid), held / 2**20))
-            print(f"t={int(t - end + args.minutes * 60):4d}s rss {samples[-1][1]:.0f} MB held {samples[-1][2]:.1f} MiB produced {i}", flush=True)
+            in_flight = metric(metrics_port, "hookrelay_webhook_requests_in_flight") or 0
+            print(
+                f"t={int(t - end + args.minutes * 60):4d}s rss {samples[-1][1]:.0f} MB held {samples[-1][2]:.1f} MiB "
+                f"in flight {in_flight:.0f} produced {i} delivered {done:.0f}",
+                flush=True,
+            )
         time.sleep(max(0, 0.1 - (time.time() - t)))
     producer.flush()
     half = [s[1] for s in samples if s[0] >= end - args.minutes * 30]
@@ -210,13 +223,26 @@ def main():
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--rate", type=int, default=15000, help="memory: sends produced per second")
     ap.add_argument("--in-flight", type=int, default=10000, help="memory: max_in_flight")
+    ap.add_argument("--backlog", type=int, default=100000, help="memory: most sends produced and not yet delivered")
     ap.add_argument("--config-extra", default="")
     args = ap.parse_args()
 
     broker, bootstrap = start_broker(args.hookrelay, args.partitions)
     port = 19000 + os.getpid() % 1000
     extra = args.config_extra
-    fast = Receiver("127.0.0.1", delay=1.0 if args.scenario == "memory" else 0.0)
+    receiver_proc = None
+    if args.scenario == "memory":
+        # 10,000 connections held for 1 s each: hookrelay's own receiver (tokio), not a thread per request.
+        rx_port = 18500 + os.getpid() % 400
+        receiver_proc = subprocess.Popen(
+            [args.hookrelay, "receiver", "--listen", f"127.0.0.1:{rx_port}", "--latency", "1s"],
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "HOOKRELAY_TELEMETRY__LOG_LEVEL": "warn"},
+        )
+        fast = None
+        fast_url = f"http://127.0.0.1:{rx_port}/slow"
+    else:
+        fast = Receiver("127.0.0.1")
     if args.scenario == "memory":
         extra += f"\n[dispatch]\nmax_in_flight = {args.in_flight}\nmax_in_flight_per_host = {args.in_flight}\n"
         extra += f"[http]\npool_max_idle_per_host = {args.in_flight}\n"
@@ -237,8 +263,10 @@ def main():
             for name in ["hookrelay_spilled_sends_total{reason=\"queue_full\"}", "hookrelay_spilled_sends_total{reason=\"queue_wait\"}", "hookrelay_paused_partitions", "hookrelay_saturated_hosts"]:
                 print(f"{name} {metric(port, name)}")
         else:
-            memory(args, producer, proc, port, fast.url)
+            memory(args, producer, proc, port, fast_url)
     finally:
+        if receiver_proc:
+            receiver_proc.kill()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=40)
