@@ -226,6 +226,8 @@ def main():
     ap.add_argument("--backlog", type=int, default=100000, help="memory: most sends produced and not yet delivered")
     ap.add_argument("--config-extra", default="")
     args = ap.parse_args()
+    # A SIGTERM ends the run through the `finally` below, so no broker or dispatcher is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     broker, bootstrap = start_broker(args.hookrelay, args.partitions)
     port = 19000 + os.getpid() % 1000
@@ -274,6 +276,8 @@ def main():
             proc.kill()
         broker.send_signal(signal.SIGTERM)
         broker.wait(timeout=10)
+        if receiver_proc:
+            receiver_proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

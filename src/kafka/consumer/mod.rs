@@ -88,6 +88,9 @@ pub fn poll_loop(
 ) -> Option<Instant> {
     let shared = consumer.context().shared.clone();
     let admission = Arc::new(tokio::sync::Semaphore::new(settings.max_started.max(1)));
+    shared
+        .max_started
+        .store(settings.max_started.max(1), Ordering::Relaxed);
     let run = Loop {
         consumer: &consumer,
         shared: &shared,
@@ -358,9 +361,12 @@ fn spawn(
 ) {
     let (handler, shared, admission) = (handler.clone(), shared.clone(), admission.clone());
     shared.metrics.pending_records.inc();
+    shared.spawned.fetch_add(1, Ordering::Relaxed);
     runtime.spawn(async move {
+        let _spawned = Counted(&shared.spawned);
         let admitted = Admission::acquire(admission).await;
-        let started = Started::begin(&shared.started);
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        let started = Counted(&shared.started);
         let bytes = match &work {
             Work::Fresh(r, _) | Work::Retry(r, _) => (r.payload.len(), r.cost()),
         };
@@ -390,17 +396,10 @@ fn spawn(
     });
 }
 
-/// One send counted among the started ones for as long as it lives (a panicking handler included).
-struct Started<'a>(&'a AtomicUsize);
+/// Takes one off a count (of spawned or started sends) when dropped, a panicking handler's included.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> Started<'a> {
-    fn begin(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Started<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

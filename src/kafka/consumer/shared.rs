@@ -75,6 +75,10 @@ pub struct Shared {
     /// queue): each also costs [`STARTED_SEND_COST`] against the budget. An atomic, so that starting a send
     /// does not take the state's lock.
     pub(super) started: AtomicUsize,
+    /// Records handed to the runtime and not done; up to `max_started` of them will be started soon, so
+    /// they are counted as started already (the consumer thread cannot see them start).
+    pub(super) spawned: AtomicUsize,
+    pub(super) max_started: AtomicUsize,
     /// The send topic, whose paused partitions are shown apart (a tier partition pausing while its
     /// parked retries wait is normal).
     sends_topic: String,
@@ -93,6 +97,8 @@ impl Shared {
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
             started: AtomicUsize::new(0),
+            spawned: AtomicUsize::new(0),
+            max_started: AtomicUsize::new(usize::MAX),
             rebalance_grace,
             metrics,
             health,
@@ -101,7 +107,11 @@ impl Shared {
 
     /// What counts against `dispatch.memory_budget` now: every held record, and every started send's state.
     pub(super) fn budget_use(&self, state: &State) -> usize {
-        let started = self.started.load(Ordering::Relaxed);
+        let soon = self
+            .spawned
+            .load(Ordering::Relaxed)
+            .min(self.max_started.load(Ordering::Relaxed));
+        let started = self.started.load(Ordering::Relaxed).max(soon);
         state
             .held
             .saturating_add(started.saturating_mul(STARTED_SEND_COST))
