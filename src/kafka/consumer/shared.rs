@@ -336,3 +336,45 @@ pub(super) fn single(tp: &TopicPartition) -> TopicPartitionList {
     tpl.add_partition(&tp.topic, tp.partition);
     tpl
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_started: usize) -> Shared {
+        let s = Shared::new(
+            Duration::from_secs(1),
+            DispatchMetrics::new(),
+            Health::default(),
+            "sends",
+        );
+        s.max_started.store(max_started, Ordering::Relaxed);
+        s
+    }
+
+    #[test]
+    fn the_budget_counts_held_records_and_each_send_being_handled() {
+        let s = shared(100);
+        let state = State {
+            held: 1_000,
+            ..State::default()
+        };
+        assert_eq!(s.budget_use(&state), 1_000);
+        s.spawned.store(3, Ordering::Relaxed);
+        s.started.store(3, Ordering::Relaxed);
+        assert_eq!(s.budget_use(&state), 1_000 + 3 * STARTED_SEND_COST);
+    }
+
+    #[test]
+    fn records_handed_over_count_as_started_before_they_start_but_no_more_than_can_start() {
+        let s = shared(100);
+        let state = State::default();
+        s.spawned.store(40, Ordering::Relaxed);
+        assert_eq!(s.budget_use(&state), 40 * STARTED_SEND_COST);
+        s.spawned.store(5_000, Ordering::Relaxed);
+        assert_eq!(s.budget_use(&state), 100 * STARTED_SEND_COST);
+        // Sends waiting in their host's queue gave their admission back: started may pass max_started.
+        s.started.store(300, Ordering::Relaxed);
+        assert_eq!(s.budget_use(&state), 300 * STARTED_SEND_COST);
+    }
+}
