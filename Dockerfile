@@ -10,6 +10,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# .cargo/config.toml sets jemalloc's purge interval, built into the binary.
+COPY .cargo .cargo
 COPY src src
 COPY schemas schemas
 COPY benches benches
