@@ -359,14 +359,13 @@ fn spawn(
     shared: &Arc<Shared>,
     work: Work,
 ) {
-    let (handler, shared, admission) = (handler.clone(), shared.clone(), admission.clone());
-    shared.metrics.pending_records.inc();
-    shared.spawned.fetch_add(1, Ordering::Relaxed);
+    let (handler, admission) = (handler.clone(), admission.clone());
+    // Counted here, on the consumer thread, so the next budget check already sees it.
+    let spawned = Spawned::begin(shared.clone());
     runtime.spawn(async move {
-        let _spawned = Counted(&shared.spawned);
+        let shared = &spawned.0;
         let admitted = Admission::acquire(admission).await;
-        shared.started.fetch_add(1, Ordering::Relaxed);
-        let started = Counted(&shared.started);
+        let started = Started::begin(&shared.started);
         let bytes = match &work {
             Work::Fresh(r, _) | Work::Retry(r, _) => (r.payload.len(), r.cost()),
         };
@@ -392,14 +391,40 @@ fn spawn(
         } else {
             shared.abandon(&ticket, bytes);
         }
-        shared.metrics.pending_records.dec();
+        drop(spawned);
     });
 }
 
-/// Takes one off a count (of spawned or started sends) when dropped, a panicking handler's included.
-struct Counted<'a>(&'a AtomicUsize);
+/// A record handed to the runtime and not done, counted in `Shared::spawned` and the `pending_records`
+/// gauge together for as long as it lives (a panicking handler's included).
+struct Spawned(Arc<Shared>);
 
-impl Drop for Counted<'_> {
+impl Spawned {
+    fn begin(shared: Arc<Shared>) -> Self {
+        shared.spawned.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.pending_records.inc();
+        Self(shared)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.0.spawned.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.pending_records.dec();
+    }
+}
+
+/// A send counted in `Shared::started` for as long as it lives (a panicking handler's included).
+struct Started<'a>(&'a AtomicUsize);
+
+impl<'a> Started<'a> {
+    fn begin(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Started<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
