@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 mod aggregator;
+mod client_floor;
 mod separate;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -80,6 +81,14 @@ pub struct BenchArgs {
     /// Failure events after the checkpoints, replayed by the restoring aggregator (`--aggregate-restore`).
     #[arg(long, default_value_t = 20_000)]
     pub tail: u32,
+    /// Instead of the dispatcher: only its HTTP client, keeping this many requests in flight to the first
+    /// `--url` for `--duration`; reports the resident memory per request in flight in the steady state (the
+    /// client's floor, which the memory budget does not count).
+    #[arg(long, requires = "urls")]
+    pub client_floor: Option<usize>,
+    /// With `--client-floor`: how long to keep the requests going (the second half is measured).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
 }
 
 pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
@@ -87,6 +96,17 @@ pub fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
         config.dispatch.max_in_flight = n;
     }
     let p = args.partitions;
+    if let (Some(n), Some(url)) = (args.client_floor, args.urls.first()) {
+        let report = tokio::runtime::Runtime::new()?.block_on(client_floor::run(
+            &config,
+            n,
+            url,
+            args.body_bytes,
+            args.duration,
+        ))?;
+        println!("{report}");
+        return Ok(());
+    }
     if args.separate {
         let report = tokio::runtime::Runtime::new()?.block_on(separate::run(config, &args))?;
         println!("{report}");
