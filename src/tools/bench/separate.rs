@@ -65,7 +65,9 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
     if let Some(rate) = args.rate {
         paced(n, rate, &produce).await?;
     }
-    let (mut first, done, peak, stall) = child.wait_outcomes(u64::from(n), args.deadline).await?;
+    let (first, done, peak, stall) = child.wait_outcomes(u64::from(n), args.deadline).await?;
+    let cpu = done.cpu_secs - first.cpu_secs;
+    let (mut first, done) = ((first.at, first.outcomes), done.at);
     if args.rate.is_some() {
         // Paced: the sends were produced while the dispatcher ran, so the run starts with the producing.
         first = (producing, 0);
@@ -81,6 +83,7 @@ pub(super) async fn run(mut config: Config, args: &BenchArgs) -> anyhow::Result<
         args,
         &urls,
         (rate, secs, stall),
+        cpu / (f64::from(n) - first.1 as f64).max(1.0),
         &metrics,
         peak,
         ceiling,
@@ -92,6 +95,7 @@ fn report(
     args: &BenchArgs,
     urls: &[String],
     (rate, secs, stall): (f64, f64, Duration),
+    cpu_per_send: f64,
     metrics: &str,
     peak: u64,
     ceiling: Option<f64>,
@@ -104,7 +108,8 @@ fn report(
          from the first send produced)\n\
          longest pause without a new outcome: {} ms\n\
          latency produced → outcome durable (ms, histogram bucket): p50 {} · p90 {} · p99 {}\n\
-         dispatcher peak resident memory: {:.0} MB\n",
+         dispatcher peak resident memory: {:.0} MB\n\
+         dispatcher CPU (user + system, first outcome to last): {:.1} µs per send, {:.2} cores busy\n",
         urls.join(", "),
         args.rate.map_or("backlog produced first".into(), |r| format!("{r} sends/s")),
         args.body_bytes,
@@ -113,6 +118,8 @@ fn report(
         q(0.9),
         q(0.99),
         peak as f64 / 1024.0,
+        cpu_per_send * 1e6,
+        cpu_per_send * rate,
     );
     if let Some(c) = ceiling {
         out += &format!(
@@ -217,14 +224,14 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Waits until `n` sends have an outcome; returns (when the first had one, how many had by then), when
-    /// the n-th did, the peak resident memory (kB) sampled meanwhile, and the longest time between the first
-    /// and the last outcome without a new one (a stall, e.g. a rebalance, shows there rather than as noise).
+    /// Waits until `n` sends have an outcome; returns the moment the first had one, the moment the n-th did,
+    /// the peak resident memory (kB) sampled meanwhile, and the longest time between the first and the last
+    /// outcome without a new one (a stall, e.g. a rebalance, shows there rather than as noise).
     async fn wait_outcomes(
         &mut self,
         n: u64,
         deadline: Duration,
-    ) -> anyhow::Result<((Instant, u64), Instant, u64, Duration)> {
+    ) -> anyhow::Result<(Moment, Moment, u64, Duration)> {
         let started = Instant::now();
         let mut first = None;
         let mut peak = 0;
@@ -234,19 +241,24 @@ impl Dispatcher {
                 .metrics()
                 .await
                 .map_or(0, |m| sum(&m, "hookrelay_sends_total"));
-            peak = peak.max(super::aggregator::resident_kb(&self.child.id().to_string()));
-            let now = Instant::now();
+            let pid = self.child.id().to_string();
+            peak = peak.max(super::aggregator::resident_kb(&pid));
+            let now = Moment {
+                at: Instant::now(),
+                outcomes,
+                cpu_secs: cpu_secs(&pid),
+            };
             if outcomes > 0 && first.is_none() {
-                first = Some((now, outcomes));
+                first = Some(now);
             }
             if outcomes > last {
                 if last > 0 {
-                    stall = stall.max(now - progressed);
+                    stall = stall.max(now.at - progressed);
                 }
-                (last, progressed) = (outcomes, now);
+                (last, progressed) = (outcomes, now.at);
             }
             if outcomes >= n {
-                return Ok((first.unwrap_or((now, 0)), now, peak, stall));
+                return Ok((first.unwrap_or(now), now, peak, stall));
             }
             anyhow::ensure!(self.child.try_wait()?.is_none(), "the dispatcher exited");
             anyhow::ensure!(
@@ -273,6 +285,42 @@ impl Drop for Dispatcher {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The dispatcher as sampled at one moment of the run.
+#[derive(Clone, Copy)]
+struct Moment {
+    at: Instant,
+    outcomes: u64,
+    cpu_secs: f64,
+}
+
+/// User plus system CPU a process has used, in seconds (0 when /proc cannot tell).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: fields are counted after its closing parenthesis.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11) // state is field 3; utime and stime are fields 14 and 15
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / clock_ticks_per_sec()
+}
+
+/// The kernel's clock tick (`getconf CLK_TCK`), 100 on every common Linux build.
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|t: &f64| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 /// The sum of every series of a counter in a Prometheus text page.
