@@ -176,8 +176,8 @@ pub struct DispatchConfig {
     /// The longest a send waits in its host's queue before it is spilled.
     #[serde(with = "humantime_serde")]
     pub max_queue_wait: Duration,
-    /// Bytes of consumed records not yet finished (bodies, copies, bookkeeping), across every partition
-    /// and queue; at the budget every partition is paused until a quarter of it is free again.
+    /// Bytes of consumed records not yet finished (bodies, copies, bookkeeping) and of librdkafka's prefetch,
+    /// across every partition and queue; at the budget records are taken only as sends finish.
     pub memory_budget: bytesize::ByteSize,
 }
 

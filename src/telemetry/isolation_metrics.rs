@@ -91,7 +91,7 @@ impl IsolationMetrics {
             budget_pauses: super::metrics::counter(
                 r,
                 "memory_budget_pauses_total",
-                "Times every partition was paused because the held records reached dispatch.memory_budget",
+                "Times the held records reached dispatch.memory_budget (records are then taken only as sends finish)",
             ),
             spilled_sends,
             oldest_waiting,

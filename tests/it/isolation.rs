@@ -352,7 +352,7 @@ fn rss(pid: u32) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_far_over_the_memory_budget_pauses_the_consumer_and_stays_within_it() {
+async fn a_backlog_far_over_the_memory_budget_is_taken_only_as_sends_finish_and_stays_within_it() {
     let kafka = Kafka::start(8);
     let rx = receiver_on("127.0.0.1").await;
     let extra = [
@@ -397,7 +397,10 @@ async fn a_backlog_far_over_the_memory_budget_pauses_the_consumer_and_stays_with
         "memory budget test: peak held {peak_held} B, peak RSS {} MB, {pauses} pauses",
         peak_rss >> 20
     );
-    assert!(pauses >= 1.0, "the budget paused the consumer");
+    assert!(
+        pauses >= 1.0,
+        "the budget was reached and slowed the consumer"
+    );
     // The held records never pass the budget by more than one fetch's worth of records in transit.
     assert!(
         peak_held <= 16.0 * 1024.0 * 1024.0 * 1.25,

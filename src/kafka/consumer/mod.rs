@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use futures::future::BoxFuture;
@@ -71,6 +70,9 @@ pub struct LoopSettings {
     pub memory_budget: usize,
 }
 
+/// How often a record is taken while the memory budget is used up (at most 20 a second past the budget).
+const BUDGET_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The part of the shutdown grace in-flight sends may use: all but the last fifth (at most 5 s), which is kept
 /// for the final commit, leaving the group and flushing the producer.
 pub fn drain_budget(grace: Duration) -> Duration {
@@ -111,7 +113,7 @@ pub fn poll_loop(
                 break;
             }
         }
-        match consumer.poll(Duration::from_millis(50)) {
+        match run.poll() {
             // While draining, new records are neither started nor committed: the next owner gets them.
             Some(Ok(msg)) if drain.is_none() => run.take(msg),
             Some(Ok(_)) | None => {}
@@ -194,7 +196,7 @@ impl Loop<'_> {
                 shared.update_gauges(&state);
             }
             state.held = state.held.saturating_add(cost);
-            self.check_budget(&mut state, &tp);
+            self.check_budget(&mut state);
             ticket
         };
         let Some(&delay) = self.settings.tier_delays.get(&*record.tp.topic) else {
@@ -236,27 +238,30 @@ impl Loop<'_> {
         }
     }
 
-    /// At the memory budget every partition is paused, and a record still arriving (fetched before the
-    /// pause) pauses its own; they resume together once a quarter of the budget is free
-    /// ([`resume_drained`]), so one pause costs one refetch of what librdkafka had prefetched.
-    fn check_budget(&self, state: &mut shared::State, tp: &TopicPartition) {
-        let used = self.shared.budget_use(state);
-        if used < self.settings.memory_budget {
-            return;
+    /// Takes the next record, or an event. At the memory budget records are taken slowly instead of not at
+    /// all: pausing would make librdkafka drop its prefetch and fetch it again on resume, and the held bytes
+    /// would swing between the budget and the resume mark. Taken at most one per [`BUDGET_POLL_INTERVAL`],
+    /// records pass the budget by a trickle at worst, and rebalances and other events are still served.
+    fn poll(&self) -> Option<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
+        if self.shared.lock().over_budget {
+            std::thread::sleep(BUDGET_POLL_INTERVAL);
+            return self.consumer.poll(Duration::ZERO);
         }
-        if state.over_budget {
-            let _ = self.consumer.pause(&single(tp));
+        self.consumer.poll(Duration::from_millis(50))
+    }
+
+    /// Marks the budget reached: [`Loop::poll`] then takes records slowly until [`resume_drained`] sees room.
+    fn check_budget(&self, state: &mut shared::State) {
+        let used = self.shared.budget_use(state);
+        if used < self.settings.memory_budget || state.over_budget {
             return;
         }
         state.over_budget = true;
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&assignment);
-        }
         self.shared.metrics.isolation.budget_pauses.inc();
         tracing::info!(
             held_bytes = used,
             budget = self.settings.memory_budget,
-            "memory budget reached: every partition paused until a quarter of it is free"
+            "memory budget reached: records are taken only as sends finish"
         );
         self.shared.update_gauges(state);
     }
@@ -305,24 +310,13 @@ fn resume_drained(
     );
     let mut state = shared.lock();
     let used = shared.budget_use(&state);
-    if state.over_budget {
-        if used >= settings.memory_budget / 4 * 3 {
-            return;
-        }
+    // A sixteenth below the budget before records are taken at full speed again, so that a budget met over
+    // and over is logged and counted once per episode, not once per finished send.
+    if state.over_budget && used < settings.memory_budget / 16 * 15 {
         state.over_budget = false;
-        if let Ok(assignment) = consumer.assignment() {
-            let mut resume = TopicPartitionList::new();
-            for e in assignment.elements() {
-                let tp = TopicPartition::new(e.topic(), e.partition());
-                if !state.paused.contains(&tp) {
-                    resume.add_partition(e.topic(), e.partition());
-                }
-            }
-            let _ = consumer.resume(&resume);
-        }
         tracing::info!(
             held_bytes = used,
-            "memory budget has room again: partitions resumed"
+            "memory budget has room again: records are taken at full speed"
         );
         shared.update_gauges(&state);
     }
