@@ -18,9 +18,10 @@ use super::TopicPartition;
 /// started task (a decoded send is about its JSON's size again, counted by doubling the payload).
 pub const RECORD_OVERHEAD: usize = 1024;
 
-/// What a send costs against the budget while its handling is under way, beyond its record's cost: the
-/// handler's future, the built request and the pipeline's bookkeeping (about 13 KB per request in flight,
-/// measured in BENCHMARKS.md). The HTTP client's own share (its connection and buffers) is not counted.
+/// What a record handed to the pipeline costs against the budget beyond its own cost, started or not: once
+/// started, the handler's future, the built request and the pipeline's bookkeeping (about 13 KB per request
+/// in flight, measured in BENCHMARKS.md). The HTTP client's own share (its connection and buffers) is not
+/// counted.
 pub const STARTED_SEND_COST: usize = 12 * 1024;
 
 #[derive(Debug, Clone)]

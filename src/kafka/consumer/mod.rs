@@ -10,7 +10,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,9 +90,6 @@ pub fn poll_loop(
 ) -> Option<Instant> {
     let shared = consumer.context().shared.clone();
     let admission = Arc::new(tokio::sync::Semaphore::new(settings.max_started.max(1)));
-    shared
-        .max_started
-        .store(settings.max_started.max(1), Ordering::Relaxed);
     let run = Loop {
         consumer: &consumer,
         shared: &shared,
@@ -266,9 +263,11 @@ impl Loop<'_> {
         self.shared.update_gauges(state);
     }
 
-    /// Hands on parked retries that have become ready.
+    /// Hands on parked retries that have become ready (they are held already; handed over, each counts as a
+    /// send being handled, which may reach the budget).
     fn release_ready_retries(&self) {
         let ready = self.shared.lock().parked.take_ready(now_ms());
+        let any = !ready.is_empty();
         for p in ready {
             self.shared.metrics.parked_records.dec();
             spawn(
@@ -277,6 +276,9 @@ impl Loop<'_> {
                 self.shared,
                 Work::Retry(p.record, p.ticket),
             );
+        }
+        if any {
+            self.check_budget(&mut self.shared.lock());
         }
     }
 
@@ -359,7 +361,6 @@ fn spawn(
     runtime.spawn(async move {
         let shared = &spawned.0;
         let admitted = Admission::acquire(admission).await;
-        let started = Started::begin(&shared.started);
         let bytes = match &work {
             Work::Fresh(r, _) | Work::Retry(r, _) => (r.payload.len(), r.cost()),
         };
@@ -375,7 +376,6 @@ fn spawn(
                 None,
             ),
         };
-        drop(started);
         if result {
             if let Some(at) = produced_ms {
                 let secs = (now_ms().saturating_sub(at)).max(0) as f64 / 1000.0;
@@ -405,22 +405,6 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         self.0.spawned.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.pending_records.dec();
-    }
-}
-
-/// A send counted in `Shared::started` for as long as it lives (a panicking handler's included).
-struct Started<'a>(&'a AtomicUsize);
-
-impl<'a> Started<'a> {
-    fn begin(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Started<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

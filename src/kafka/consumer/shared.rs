@@ -71,14 +71,12 @@ pub struct Shared {
     pub(super) rebalance_grace: Duration,
     pub(super) metrics: DispatchMetrics,
     pub(super) health: Health,
-    /// Sends whose handling has begun and not ended (admitted, including those waiting in their host's
-    /// queue): each also costs [`STARTED_SEND_COST`] against the budget. An atomic, so that starting a send
-    /// does not take the state's lock.
-    pub(super) started: AtomicUsize,
-    /// Records handed to the runtime and not done; up to `max_started` of them will be started soon, so
-    /// they are counted as started already (the consumer thread cannot see them start).
+    /// Records handed to the runtime and not done: each also costs [`STARTED_SEND_COST`] against the budget,
+    /// started or not. A record waiting for an admission slot may start at any moment (whenever a send
+    /// moves to its host's queue and gives its slot back), and the consumer thread cannot see it start; so
+    /// the budget grows only where records are taken, where it is checked. An atomic, so that finishing a
+    /// send does not take the state's lock twice.
     pub(super) spawned: AtomicUsize,
-    pub(super) max_started: AtomicUsize,
     /// The send topic, whose paused partitions are shown apart (a tier partition pausing while its
     /// parked retries wait is normal).
     sends_topic: String,
@@ -96,9 +94,7 @@ impl Shared {
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
             stopping: AtomicBool::new(false),
-            started: AtomicUsize::new(0),
             spawned: AtomicUsize::new(0),
-            max_started: AtomicUsize::new(usize::MAX),
             rebalance_grace,
             metrics,
             health,
@@ -107,14 +103,10 @@ impl Shared {
 
     /// What counts against `dispatch.memory_budget` now: every held record, and every started send's state.
     pub(super) fn budget_use(&self, state: &State) -> usize {
-        let soon = self
-            .spawned
-            .load(Ordering::Relaxed)
-            .min(self.max_started.load(Ordering::Relaxed));
-        let started = self.started.load(Ordering::Relaxed).max(soon);
+        let handed_over = self.spawned.load(Ordering::Relaxed);
         state
             .held
-            .saturating_add(started.saturating_mul(STARTED_SEND_COST))
+            .saturating_add(handed_over.saturating_mul(STARTED_SEND_COST))
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -341,40 +333,34 @@ pub(super) fn single(tp: &TopicPartition) -> TopicPartitionList {
 mod tests {
     use super::*;
 
-    fn shared(max_started: usize) -> Shared {
-        let s = Shared::new(
+    fn shared() -> Shared {
+        Shared::new(
             Duration::from_secs(1),
             DispatchMetrics::new(),
             Health::default(),
             "sends",
-        );
-        s.max_started.store(max_started, Ordering::Relaxed);
-        s
+        )
     }
 
     #[test]
-    fn the_budget_counts_held_records_and_each_send_being_handled() {
-        let s = shared(100);
+    fn the_budget_counts_held_records_and_each_record_handed_to_the_pipeline() {
+        let s = shared();
         let state = State {
             held: 1_000,
             ..State::default()
         };
         assert_eq!(s.budget_use(&state), 1_000);
         s.spawned.store(3, Ordering::Relaxed);
-        s.started.store(3, Ordering::Relaxed);
         assert_eq!(s.budget_use(&state), 1_000 + 3 * STARTED_SEND_COST);
     }
 
     #[test]
-    fn records_handed_over_count_as_started_before_they_start_but_no_more_than_can_start() {
-        let s = shared(100);
+    fn records_handed_over_count_as_sends_being_handled_before_they_start() {
+        // However many wait for an admission slot: any of them may start once sends ahead of them move to
+        // their hosts' queues, without the consumer thread seeing it.
+        let s = shared();
         let state = State::default();
-        s.spawned.store(40, Ordering::Relaxed);
-        assert_eq!(s.budget_use(&state), 40 * STARTED_SEND_COST);
         s.spawned.store(5_000, Ordering::Relaxed);
-        assert_eq!(s.budget_use(&state), 100 * STARTED_SEND_COST);
-        // Sends waiting in their host's queue gave their admission back: started may pass max_started.
-        s.started.store(300, Ordering::Relaxed);
-        assert_eq!(s.budget_use(&state), 300 * STARTED_SEND_COST);
+        assert_eq!(s.budget_use(&state), 5_000 * STARTED_SEND_COST);
     }
 }
