@@ -9,11 +9,11 @@ pub mod host_queues;
 pub(crate) mod http;
 pub mod pacing;
 pub mod pipeline;
-pub(crate) mod plan;
+pub mod plan;
 pub mod report;
 pub mod retry;
 pub(crate) mod slots;
-pub(crate) mod tiers;
+pub mod tiers;
 mod turn;
 
 use std::sync::Arc;

@@ -211,7 +211,7 @@ impl Pipeline {
         let now = Circumstances {
             now_ms: now_ms(),
             jitter: rand::random(),
-            event_id: uuid::Uuid::new_v4().to_string(),
+            new_event_id: || uuid::Uuid::new_v4().to_string(),
         };
         let policy = Policy {
             retry: &self.retry,
@@ -279,7 +279,7 @@ impl Pipeline {
         match plan {
             Plan::Delivered { status } => {
                 tracing::debug!(status, attempt = number, "delivered");
-                self.metrics.sends.with_label_values(&["delivered"]).inc();
+                self.metrics.delivered.inc();
                 if number > 1 {
                     self.metrics.delivered_after_retry.inc();
                 }

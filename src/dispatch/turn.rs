@@ -12,10 +12,13 @@ use crate::telemetry::DispatchMetrics;
 
 /// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
 pub(super) fn count(metrics: &DispatchMetrics, plan: &Plan) {
-    metrics
-        .attempts
-        .with_label_values(&[status_class(plan.status())])
-        .inc();
+    match plan.status() {
+        200..=299 => metrics.attempts_2xx.inc(),
+        status => metrics
+            .attempts
+            .with_label_values(&[status_class(status)])
+            .inc(),
+    }
     if let Plan::GiveUp {
         failure, reason, ..
     } = plan

@@ -15,6 +15,10 @@ pub struct DispatchMetrics {
     pub sends: IntCounterVec,
     /// HTTP attempts by status class: 2xx, 3xx, 4xx, 5xx, 598, 599.
     pub attempts: IntCounterVec,
+    /// `sends{result="delivered"}` and `attempts{class="2xx"}`, looked up once: most sends count only these,
+    /// and a labelled lookup hashes the label and takes a lock every time.
+    pub delivered: IntCounter,
+    pub attempts_2xx: IntCounter,
     pub failure_events: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub request_duration: Histogram,
@@ -168,6 +172,20 @@ impl DispatchMetrics {
         for reason in HOLD_REASONS {
             hold_wait.with_label_values(&[reason]);
         }
+        let sends = counter_vec(
+            &r,
+            "sends_total",
+            "Send requests by result",
+            "result",
+            &["delivered", "failed", "dead_lettered"],
+        );
+        let attempts = counter_vec(
+            &r,
+            "webhook_attempts_total",
+            "Webhook attempts by status class",
+            "class",
+            &STATUS_CLASSES,
+        );
         Self {
             held_sends: counter_vec(
                 &r,
@@ -189,20 +207,10 @@ impl DispatchMetrics {
                 "Retry-After answers (429, 503) that set or lengthened a hold on a host for a workspace",
             ),
             hold_wait,
-            sends: counter_vec(
-                &r,
-                "sends_total",
-                "Send requests by result",
-                "result",
-                &["delivered", "failed", "dead_lettered"],
-            ),
-            attempts: counter_vec(
-                &r,
-                "webhook_attempts_total",
-                "Webhook attempts by status class",
-                "class",
-                &STATUS_CLASSES,
-            ),
+            delivered: sends.with_label_values(&["delivered"]),
+            attempts_2xx: attempts.with_label_values(&["2xx"]),
+            sends,
+            attempts,
             failure_events: counter_vec(
                 &r,
                 "failure_events_total",
