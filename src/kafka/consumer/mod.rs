@@ -255,7 +255,9 @@ impl Loop<'_> {
         }
         state.over_budget = true;
         self.shared.metrics.isolation.budget_pauses.inc();
-        tracing::info!(
+        // Debug, not info: under a steady backlog the budget is met every few seconds, and
+        // `hookrelay_memory_budget_pauses_total` and `hookrelay_held_bytes` show it without a log line each.
+        tracing::debug!(
             held_bytes = used,
             budget = self.settings.memory_budget,
             "memory budget reached: records are taken only as sends finish"
@@ -316,7 +318,7 @@ fn resume_drained(
     // and over is logged and counted once per episode, not once per finished send.
     if state.over_budget && used < settings.memory_budget / 16 * 15 {
         state.over_budget = false;
-        tracing::info!(
+        tracing::debug!(
             held_bytes = used,
             "memory budget has room again: records are taken at full speed"
         );
