@@ -198,7 +198,7 @@ def memory(args, producer, proc, metrics_port, fast_url):
             samples.append((int(t), rss_mb(proc.pid), held / 2**20))
             in_flight = metric(metrics_port, "hookrelay_webhook_requests_in_flight") or 0
             parked = metric(metrics_port, "hookrelay_parked_retry_records") or 0
-            queued = metric(metrics_port, "hookrelay_saturated_host_queued_sends") or 0
+            queued = metric(metrics_port, "hookrelay_host_queued_sends") or 0
             print(
                 f"t={int(t - end + args.minutes * 60):4d}s rss {samples[-1][1]:.0f} MB held {samples[-1][2]:.1f} MiB "
                 f"in flight {in_flight:.0f} queued {queued:.0f} parked {parked:.0f} produced {i} delivered {done:.0f}",

@@ -66,7 +66,9 @@ pub struct LoopSettings {
     pub tier_delays: HashMap<String, Duration>,
     pub commit_interval: Duration,
     pub shutdown_grace: Duration,
-    /// Bytes all unfinished records may cost ([`Record::cost`]) before every partition is paused.
+    /// Bytes all unfinished records may cost ([`Record::cost`], and
+    /// [`STARTED_SEND_COST`](super::record::STARTED_SEND_COST) each once handed over) before records are
+    /// taken only as sends finish.
     pub memory_budget: usize,
 }
 

@@ -34,7 +34,8 @@ pub struct State {
     pub pending_bytes: HashMap<TopicPartition, usize>,
     /// What every unfinished record costs (`Record::cost`), against `dispatch.memory_budget`.
     pub held: usize,
-    /// Every partition is paused because `held` reached the budget.
+    /// The budget is used up: records are taken only as sends finish (the gauges show every partition as
+    /// paused meanwhile, which in effect they are).
     pub over_budget: bool,
 }
 
