@@ -8,13 +8,14 @@ use hookrelay::aggregate::ledger::Ledger;
 use hookrelay::aggregate::window::Windows;
 use hookrelay::config::EventEncoding;
 use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
+use hookrelay::dispatch::consume::OffsetTracker;
 use hookrelay::dispatch::plan::{plan, Attempted, Circumstances, Policy};
 use hookrelay::dispatch::report::failure_event;
 use hookrelay::dispatch::retry::RetryPolicy;
 use hookrelay::dispatch::tiers::Tiers;
 use hookrelay::events::failure_view::ViewDecoder;
 use hookrelay::events::{FailureEvent, Rules, SendRequest};
-use hookrelay::kafka::{OffsetTracker, TopicPartition};
+use hookrelay::kafka::TopicPartition;
 
 const SEND: &str = r#"{"id":"send-000042","workspace_id":"ws_acme","workspace_name":"Acme Retail",
 "user_id":"user-1","campaign_id":"cmp_welcome","campaign_name":"Welcome Series","message_variation_id":"v_a",

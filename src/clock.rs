@@ -16,3 +16,39 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// One reading of both clocks: the wall clock for what is written down (UNIX ms), the monotonic one for
+/// what is scheduled (time since the dispatcher started, which no clock step can move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono: std::time::Duration,
+    pub wall_ms: i64,
+}
+
+/// The clock handle the dispatcher's send path is given: read it once per decision, pass the reading on.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::start()
+    }
+}
+
+impl Clock {
+    /// A clock whose monotonic readings count from now.
+    pub fn start() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Now {
+        Now {
+            mono: self.origin.elapsed(),
+            wall_ms: now_ms(),
+        }
+    }
+}

@@ -10,28 +10,31 @@
 //! - [`events`]: the data contracts. Send requests (decoding, validation), failure events (Avro writer, the
 //!   full and the fast reader, cutting to fit), retry records, framing, the Avro length guard. *Pure.*
 //!   Imports `security::headers` (header rules).
-//! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, host health, the **plan**
-//!   (what happens after an attempt) — *pure*; delivery (gate, slots, HTTP) and the pipeline (decode → gate
-//!   → deliver → plan → apply), which the consumer thread hands records to. Imports `events`, `kafka`,
-//!   `security`, `telemetry`.
+//! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, the **lanes** (one per host:
+//!   the unhealthy-host pause, rate limits, `Retry-After` holds, slots, queues and spills), the **plan**
+//!   (what happens after an attempt) and the **outcome** of a send — *pure*; the gate (tasks parked on the
+//!   lanes' decisions), delivery (ask the lane → send → tell the lane), the pipeline (decode → deliver →
+//!   plan → apply → report the outcome), and the dispatcher's own Kafka adapters: the consumer thread
+//!   (`consume`: offset tracking, admission, the memory budget, parked retries) and the publisher of
+//!   outcomes (`publish`). Imports `events`, `kafka`, `security`, `telemetry`.
 //! - [`aggregate`]: `hookrelay aggregate`. Windows, breakdown, the ledger (counting, checkpoint records,
 //!   restore), the checkpoint format and its fold, alert log, email rendering — *pure*; the mailer, alert
 //!   senders, decisions, checkpoint writing and restoring, and the service loop. Imports `events`, `kafka`,
 //!   `telemetry`.
-//! - [`kafka`]: everything that talks to librdkafka, behind a small surface: client settings, the start-up
-//!   topic check, the probe, records (headers read safely), the dispatcher's consumer thread (offset
-//!   tracking, backpressure, parked retries; it hands records to a `consumer::Handler`), the feeder (a group
-//!   consumer on its own thread handing batches, and assignments in order, to an async loop), the publisher
-//!   of outcomes, readers, the embedded broker. Imports `events`,
-//!   `telemetry` — never `dispatch` or `aggregate`.
+//! - [`kafka`]: what every subcommand shares of librdkafka, behind a small surface: client settings, the
+//!   start-up topic check, the probe, records (headers read safely), the feeder (a group consumer on its
+//!   own thread handing batches, and assignments in order, to an async loop), readers, the embedded broker.
+//!   Imports `events`, `telemetry` — never `dispatch` or `aggregate`.
 //! - [`replay`]: `hookrelay replay`. The selection of failure events and its summaries — *pure*; the scan of
 //!   the failure topic and the redrive of the original records. Imports `events`, `kafka`.
 //! - [`security`]: the SSRF guard (with its resolver), webhook signatures, request-header rules.
-//! - [`telemetry`]: typed metrics, `/metrics` `/healthz` `/readyz`, logging. Imports plain data types only
-//!   (`events`' dead-letter kinds, `kafka`'s partition offsets).
+//! - [`telemetry`]: typed metrics (their bounded label values declared beside them), `/metrics` `/healthz`
+//!   `/readyz`, logging. Imports plain data types only (`events`' dead-letter kinds, `kafka`'s
+//!   topic-partitions) — never `dispatch` or `aggregate`.
 //! - [`config`]: one typed configuration, loaded from TOML and the environment and validated at once. Imports
 //!   each section's type from the module that owns it.
-//! - [`clock`]: the wall clock, read in one place.
+//! - [`clock`]: the wall clock, read in one place, and the dispatcher's clock handle (one reading of the wall
+//!   and monotonic clocks per decision).
 //! - [`shutdown`]: SIGINT/SIGTERM as a cancellation token.
 //! - [`cli`]: the subcommands, parsing and wiring; `main.rs` only calls it.
 //! - [`tools`]: development tools — demo, load harness, scripted receiver, traffic generator, in-process

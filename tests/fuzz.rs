@@ -336,7 +336,7 @@ fn kafka_headers() {
         let (name, error) = hookrelay::kafka::record::header_name(name, 0);
         let mut r = record(&payload, vec![(name, value.to_vec())]);
         r.header_error = error;
-        let _ = hookrelay::kafka::consumer::parse_i64(value);
+        let _ = hookrelay::dispatch::consume::parse_i64(value);
         let _ = decode_send(&r, &rules, false);
         let _ = decode_retry(&r, &rules);
     });
@@ -452,7 +452,7 @@ fn checkpoint_records_restored_by_the_aggregator() {
 
 #[test]
 fn commit_metadata_read_back_by_a_partition_s_next_owner() {
-    use hookrelay::kafka::finished_ahead::{decode, encode, ranges_of};
+    use hookrelay::dispatch::consume::finished_ahead::{decode, encode, ranges_of};
     let seeds = vec![
         encode(1_000, ranges_of([1_003, 1_004, 1_005, 1_009, 1_200])).into_bytes(),
         encode(0, ranges_of((1..400).map(|i| i * 3))).into_bytes(),

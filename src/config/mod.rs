@@ -20,7 +20,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::config::AggregateConfig;
-use crate::dispatch::host_health::HostHealthConfig;
+use crate::dispatch::lane::HostHealthConfig;
 use crate::dispatch::retry::RetryPolicy;
 use crate::security::{SecurityConfig, SigningConfig};
 

@@ -2,17 +2,18 @@
 //! committed only once each outcome is durable.
 
 pub mod classify;
+pub mod consume;
 mod decode;
 pub(crate) mod delivery;
-pub(crate) mod host_health;
-pub mod host_queues;
+pub(crate) mod gate;
 pub(crate) mod http;
-pub mod pacing;
+pub mod lane;
+pub mod outcome;
 pub mod pipeline;
 pub mod plan;
+pub(crate) mod publish;
 pub mod report;
 pub mod retry;
-pub(crate) mod slots;
 pub mod tiers;
 mod turn;
 
@@ -26,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka::client::{consumer_config, producer_config};
-use crate::kafka::consumer::{self, DispatchContext, LoopSettings, Shared};
-use crate::kafka::publish::{Publisher, PublisherParts};
 use crate::telemetry::{DispatchMetrics, Health};
+use consume::{DispatchContext, LoopSettings, Shared};
 use delivery::Delivery;
 use pipeline::Pipeline;
+use publish::{Publisher, PublisherParts};
 use tiers::Tiers;
 
 /// Runs a dispatcher until `shutdown` is cancelled and its work is drained or handed off.
@@ -102,9 +103,9 @@ pub async fn run(
     let runtime = tokio::runtime::Handle::current();
     let stop = shutdown.clone();
     let grace_ends = tokio::task::spawn_blocking(move || {
-        consumer::poll_loop(
+        consume::poll_loop(
             consumer,
-            pipeline as Arc<dyn consumer::Handler>,
+            pipeline as Arc<dyn consume::Handler>,
             runtime,
             settings,
             stop,
@@ -162,26 +163,14 @@ fn pipeline(
 ) -> anyhow::Result<Pipeline> {
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
+    let clock = crate::clock::Clock::start();
     Ok(Pipeline {
         delivery: Delivery {
             executor: http::Executor::new(&config.http, &config.security, signer)
                 .context("creating the HTTP client")?,
             metrics: metrics.clone(),
-            slots: slots(config, metrics, shutdown),
-            host_health: std::sync::Mutex::new(host_health::HostHealth::new(
-                config.host_health.clone(),
-            )),
-            pacing: std::sync::Mutex::new(pacing::Pacing::new(
-                pacing::RateRules::new(&config.rate_limits),
-                pacing::PacingLimits {
-                    max_wait: config.dispatch.max_hold,
-                    max_waiting_per_host: config.dispatch.max_in_flight_per_host,
-                    // Held sends give back their admission slots while they wait, but each keeps its task.
-                    max_waiting: config.dispatch.max_in_flight / 2,
-                    retry_after_cap: config.retry.retry_after_cap,
-                },
-            )),
-            started: tokio::time::Instant::now(),
+            gate: gate(config, metrics, clock, shutdown),
+            clock,
         },
         publisher,
         metrics: metrics.clone(),
@@ -192,22 +181,39 @@ fn pipeline(
     })
 }
 
-fn slots(
+/// Every host's lane, behind the gate that parks and wakes the sends waiting on them.
+fn gate(
     config: &Config,
     metrics: &DispatchMetrics,
+    clock: crate::clock::Clock,
     shutdown: &CancellationToken,
-) -> Arc<slots::Slots> {
+) -> Arc<gate::Gate> {
     let d = &config.dispatch;
-    let limits = host_queues::QueueLimits {
-        max_in_flight: d.max_in_flight,
-        max_in_flight_per_host: d.max_in_flight_per_host,
-        max_queued_per_host: d.max_queued_per_host,
-        max_queue_wait: d.max_queue_wait,
-        request_timeout: config.http.request_timeout,
+    let settings = lane::LaneSettings {
+        health: config.host_health.clone(),
+        rules: lane::RateRules::new(&config.rate_limits),
+        rate: lane::RateLimits {
+            max_wait: d.max_hold,
+            max_waiting_per_host: d.max_in_flight_per_host,
+            // Held sends give back their admission slots while they wait, but each keeps its task.
+            max_waiting: d.max_in_flight / 2,
+            retry_after_cap: config.retry.retry_after_cap,
+        },
+        slots: lane::QueueLimits {
+            max_in_flight: d.max_in_flight,
+            max_in_flight_per_host: d.max_in_flight_per_host,
+            max_queued_per_host: d.max_queued_per_host,
+            max_queue_wait: d.max_queue_wait,
+            request_timeout: config.http.request_timeout,
+        },
     };
-    let slots = Arc::new(slots::Slots::new(limits, metrics.isolation.clone()));
-    slots.start_ticking(Duration::from_millis(250), shutdown.clone());
-    slots
+    let gate = Arc::new(gate::Gate::new(
+        lane::Lanes::new(settings),
+        clock,
+        metrics.clone(),
+    ));
+    gate.start_ticking(Duration::from_millis(250), shutdown.clone());
+    gate
 }
 
 fn start_probe(

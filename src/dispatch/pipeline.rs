@@ -1,5 +1,6 @@
-//! One record's journey: decode → pace → gate → deliver → plan → apply. Returns only once the outcome is durable,
-//! which is what allows the caller to mark the offset done.
+//! One record's journey: decode → deliver (ask the lane, send, tell the lane) → plan → apply → report the
+//! [outcome](super::outcome). Returns only once the outcome is durable, which is what allows the caller to
+//! mark the offset done.
 //!
 //! What happens to a send is decided by [`plan`](super::plan::plan), which is pure; this module does the
 //! I/O around it and handles what Kafka refuses for good (the outcome then goes to a dead letter, never
@@ -12,38 +13,20 @@ use tracing::Instrument;
 use super::classify::{Failure, FailureSource, NO_RESPONSE};
 pub use super::decode::{decode_retry, decode_send};
 use super::delivery::{Delivered, Delivery};
+use super::lane::RequeueReason;
+use super::outcome::{GiveUp, Outcome, Tried};
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
 use super::report::{event_for, AttemptFacts, Target};
 use super::retry::RetryPolicy;
 use super::tiers::Tiers;
-use super::turn::{count, host_key, send_span, Turn};
+use super::turn::{host_key, send_span, Turn};
 use crate::clock::now_ms;
+use crate::dispatch::consume::Admission;
+use crate::dispatch::publish::{Abandoned, PublishError, Publisher};
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
 use crate::events::{FailureEvent, RetryRecord, Rules, SourceRef, ValidSend};
-use crate::kafka::consumer::Admission;
-use crate::kafka::publish::{Abandoned, PublishError, Publisher};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
-
-/// What became of a record in this pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handled {
-    Delivered,
-    /// Failed; another attempt is scheduled in a retry tier.
-    Retrying {
-        status: u16,
-    },
-    /// Failed for good (terminal failure event written).
-    Failed {
-        status: u16,
-    },
-    /// A retry that was not yet due, moved on to a shorter tier.
-    Hopped,
-    /// Held back by a rate limit or `Retry-After` for longer than `dispatch.max_hold`: requeued to a retry
-    /// tier without an attempt.
-    Requeued,
-    DeadLettered,
-}
 
 pub struct Pipeline {
     pub delivery: Delivery,
@@ -55,26 +38,29 @@ pub struct Pipeline {
     pub tiers: Tiers,
 }
 
-/// `give_ups_total` reasons beside the plan's: a retry the tier refused to hold, and a scheduled retry that
-/// no longer passes validation.
-const GIVE_UP_RETRY_REFUSED: &str = "retry_refused";
-const GIVE_UP_NO_LONGER_VALID: &str = "no_longer_valid";
-
 impl Pipeline {
     /// A fresh send request from the send topic.
     pub async fn process(
         &self,
         record: &Record,
         admission: &mut Admission,
-    ) -> Result<Handled, Abandoned> {
+    ) -> Result<Outcome, Abandoned> {
         let send = match decode_send(record, &self.rules, self.accept_plain_avro) {
             Ok(send) => send,
-            Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
+            Err(why) => {
+                let ended = Box::pin(self.dead_letter(record, why, None, None)).await;
+                return self.report(record, ended);
+            }
         };
         let span = send_span(&send, 1, record);
-        self.attempt(record, &send, Turn::first(record), admission)
-            .instrument(span)
-            .await
+        async {
+            let ended = self
+                .attempt(record, &send, Turn::first(record), admission)
+                .await;
+            self.report(record, ended)
+        }
+        .instrument(span)
+        .await
     }
 
     /// A record from a retry tier, handed over by the consumer once the tier's delay has passed.
@@ -82,20 +68,20 @@ impl Pipeline {
         &self,
         record: &Record,
         admission: &mut Admission,
-    ) -> Result<Handled, Abandoned> {
+    ) -> Result<Outcome, Abandoned> {
         let retry = match decode_retry(record, &self.rules) {
             Ok(r) => r,
-            Err(why) => return Box::pin(self.dead_letter(record, &why)).await,
+            Err(why) => {
+                let ended = Box::pin(self.dead_letter(record, why, None, None)).await;
+                return self.report(record, ended);
+            }
         };
         let now = now_ms();
         if retry.due_ms > now {
             let topic = self.tiers.topic_for(retry.due_ms, now).to_string();
             let trace = crate::telemetry::traces::record_context(&record.headers);
             match Box::pin(self.publisher.retry_traced(&topic, &retry, trace)).await {
-                Ok(()) => {
-                    self.metrics.retry_hops.inc();
-                    return Ok(Handled::Hopped);
-                }
+                Ok(()) => return self.report(record, Ok(Outcome::Hopped)),
                 Err(PublishError::Abandoned(a)) => return Err(a),
                 // Cannot hop (the tier refuses it): try now rather than never.
                 Err(PublishError::Rejected { .. }) => {}
@@ -103,7 +89,10 @@ impl Pipeline {
         }
         let send = match retry.send.clone().validate(&self.rules) {
             Ok(send) => send,
-            Err(why) => return Box::pin(self.invalid_retry(record, &retry, &why)).await,
+            Err(why) => {
+                let ended = Box::pin(self.invalid_retry(record, &retry, why)).await;
+                return self.report(record, ended);
+            }
         };
         let turn = Turn {
             number: retry.attempts.saturating_add(1),
@@ -112,9 +101,24 @@ impl Pipeline {
             source: retry.source,
         };
         let span = send_span(&send, turn.number, record);
-        self.attempt(record, &send, turn, admission)
-            .instrument(span)
-            .await
+        async {
+            let ended = self.attempt(record, &send, turn, admission).await;
+            self.report(record, ended)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reports how the pass ended (once it is durable; an abandoned pass is redone, and reported then).
+    fn report(
+        &self,
+        record: &Record,
+        ended: Result<Outcome, Abandoned>,
+    ) -> Result<Outcome, Abandoned> {
+        if let Ok(outcome) = &ended {
+            outcome.report(record, &self.metrics);
+        }
+        ended
     }
 
     /// A scheduled retry that no longer passes validation (the rules changed since it was scheduled): its
@@ -124,8 +128,8 @@ impl Pipeline {
         &self,
         record: &Record,
         retry: &RetryRecord,
-        why: &InvalidSend,
-    ) -> Result<Handled, Abandoned> {
+        why: InvalidSend,
+    ) -> Result<Outcome, Abandoned> {
         let failure = Failure {
             status: NO_RESPONSE,
             source: FailureSource::InvalidRequest,
@@ -142,10 +146,6 @@ impl Pipeline {
             terminal: true,
             next_attempt_at_ms: None,
         };
-        self.metrics
-            .give_ups
-            .with_label_values(&[GIVE_UP_NO_LONGER_VALID])
-            .inc();
         let id = uuid::Uuid::new_v4().to_string();
         let mut event = event_for(
             &retry.send,
@@ -159,20 +159,25 @@ impl Pipeline {
             Ok(()) | Err(PublishError::Rejected { .. }) => {}
             Err(PublishError::Abandoned(a)) => return Err(a),
         }
-        self.dead_letter(record, why).await
+        self.dead_letter(record, why, None, Some(GiveUp::NoLongerValid))
+            .await
     }
 
-    async fn dead_letter(&self, record: &Record, why: &InvalidSend) -> Result<Handled, Abandoned> {
-        tracing::warn!(
-            topic = %record.tp.topic, partition = record.tp.partition, offset = record.offset,
-            reason = %why, "dead-lettering record"
-        );
-        self.publisher.dead_letter(record, why).await?;
-        self.metrics
-            .sends
-            .with_label_values(&["dead_lettered"])
-            .inc();
-        Ok(Handled::DeadLettered)
+    /// Writes the record to the dead-letter topic with why; `tried` and `give_up` when it ends an attempt.
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        why: InvalidSend,
+        tried: Option<Tried>,
+        give_up: Option<GiveUp>,
+    ) -> Result<Outcome, Abandoned> {
+        self.publisher.dead_letter(record, &why).await?;
+        Ok(Outcome::DeadLettered {
+            kind: why.kind,
+            detail: why.detail,
+            tried,
+            give_up,
+        })
     }
 
     /// One attempt of a send: delivered (paced, gated), planned, and the plan made durable; or requeued
@@ -183,12 +188,12 @@ impl Pipeline {
         send: &ValidSend,
         turn: Turn,
         admission: &mut Admission,
-    ) -> Result<Handled, Abandoned> {
+    ) -> Result<Outcome, Abandoned> {
         let host = host_key(send);
         let (wire, duration) = match self.delivery.deliver(&host, send, admission).await {
             Delivered::Attempted(wire, duration) => (wire, duration),
-            Delivered::Requeue { due_ms } => {
-                return Box::pin(self.requeue(record, send, &turn, due_ms)).await;
+            Delivered::Requeue { due_ms, reason } => {
+                return Box::pin(self.requeue(record, send, &turn, due_ms, reason)).await;
             }
         };
         let attempted = Attempted {
@@ -207,7 +212,7 @@ impl Pipeline {
         &self,
         record: &Record,
         attempted: &Attempted<'_>,
-    ) -> Result<Handled, Abandoned> {
+    ) -> Result<Outcome, Abandoned> {
         let now = Circumstances {
             now_ms: now_ms(),
             jitter: rand::random(),
@@ -218,18 +223,6 @@ impl Pipeline {
             tiers: &self.tiers,
         };
         let plan = plan(attempted, now, policy);
-        count(&self.metrics, &plan);
-        if crate::telemetry::traces::enabled() {
-            let outcome = match &plan {
-                Plan::Delivered { .. } => "delivered",
-                Plan::Retry { .. } => "retrying",
-                Plan::GiveUp { .. } => "failed",
-            };
-            tracing::Span::current()
-                // Signed: the trace layer exports unsigned integers as strings.
-                .record("status", i64::from(plan.status()))
-                .record("outcome", outcome);
-        }
         // Boxed: making a plan durable is the largest state of this future (6 KB), and without the box every
         // request in flight would carry it.
         Box::pin(self.apply(record, plan, attempted.number)).await
@@ -244,7 +237,8 @@ impl Pipeline {
         send: &ValidSend,
         turn: &Turn,
         due_ms: i64,
-    ) -> Result<Handled, Abandoned> {
+        reason: RequeueReason,
+    ) -> Result<Outcome, Abandoned> {
         let retry = RetryRecord {
             send: send.request.clone(),
             attempts: turn.number.saturating_sub(1),
@@ -257,41 +251,42 @@ impl Pipeline {
         };
         let topic = self.tiers.topic_for(due_ms, now_ms()).to_string();
         match self.publisher.retry(&topic, &retry).await {
-            Ok(()) => {
-                if crate::telemetry::traces::enabled() {
-                    tracing::Span::current().record("outcome", "requeued");
-                }
-                Ok(Handled::Requeued)
-            }
+            Ok(()) => Ok(Outcome::Requeued { reason, due_ms }),
             Err(PublishError::Abandoned(a)) => Err(a),
-            Err(PublishError::Rejected { topic, reason }) => {
+            Err(PublishError::Rejected { topic, reason: why }) => {
                 let why = invalid(
                     InvalidKind::Unpublishable,
-                    format!("held back (rate limit or Retry-After) and {topic} refused the requeue: {reason}"),
+                    format!(
+                        "{} and {topic} refused the requeue: {why}",
+                        reason.describe()
+                    ),
                 );
-                self.dead_letter(record, &why).await
+                self.dead_letter(record, why, None, None).await
             }
         }
     }
 
     /// Makes a plan durable. What Kafka refuses for good ends in a dead letter that says so.
-    async fn apply(&self, record: &Record, plan: Plan, number: u32) -> Result<Handled, Abandoned> {
+    async fn apply(&self, record: &Record, plan: Plan, number: u32) -> Result<Outcome, Abandoned> {
         match plan {
-            Plan::Delivered { status } => {
-                tracing::debug!(status, attempt = number, "delivered");
-                self.metrics.delivered.inc();
-                if number > 1 {
-                    self.metrics.delivered_after_retry.inc();
-                }
-                Ok(Handled::Delivered)
-            }
+            Plan::Delivered { status } => Ok(Outcome::Delivered(Tried {
+                number,
+                status,
+                source: None,
+            })),
             Plan::GiveUp {
                 failure,
                 reason,
                 event,
             } => {
-                tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, give_up = reason.as_str(), "webhook failed for good");
-                self.give_up(record, &failure, &event).await
+                let tried = tried(number, &failure);
+                let give_up = GiveUp::Policy(reason);
+                if let Err(why) = self.publish(record, &failure, &event).await? {
+                    return self
+                        .dead_letter(record, why, Some(tried), Some(give_up))
+                        .await;
+                }
+                Ok(Outcome::Failed { tried, give_up })
             }
             Plan::Retry {
                 failure,
@@ -299,7 +294,7 @@ impl Pipeline {
                 record: retry,
                 mut event,
             } => {
-                tracing::debug!(status = failure.status, source = %failure.source, reason = %failure.reason, due_ms = retry.due_ms, "webhook failed; retry scheduled");
+                let tried = tried(number, &failure);
                 // The retry record first: the failure event then tells the truth about whether one is scheduled.
                 match self.publisher.retry(&topic, &retry).await {
                     Ok(()) => {}
@@ -315,44 +310,20 @@ impl Pipeline {
                             InvalidKind::Unpublishable,
                             format!("retry record refused by {topic}: {reason}"),
                         );
-                        self.metrics
-                            .give_ups
-                            .with_label_values(&[GIVE_UP_RETRY_REFUSED])
-                            .inc();
-                        return self.dead_letter(record, &why).await;
+                        return self
+                            .dead_letter(record, why, Some(tried), Some(GiveUp::RetryRefused))
+                            .await;
                     }
                 }
-                self.metrics
-                    .retries_scheduled
-                    .with_label_values(&[topic.as_str()])
-                    .inc();
                 if let Err(mut why) = self.publish(record, &failure, &event).await? {
                     // The retry is durable, so the send goes on; the dead letter only keeps the event's news.
                     why.detail
                         .push_str("; the retry is scheduled: do not redrive this record");
                     self.publisher.dead_letter(record, &why).await?;
                 }
-                Ok(Handled::Retrying {
-                    status: failure.status,
-                })
+                Ok(Outcome::Retrying { tried, tier: topic })
             }
         }
-    }
-
-    /// The last attempt failed: a terminal failure event (or, if the broker refuses it, a dead letter).
-    async fn give_up(
-        &self,
-        record: &Record,
-        failure: &Failure,
-        event: &FailureEvent,
-    ) -> Result<Handled, Abandoned> {
-        if let Err(why) = self.publish(record, failure, event).await? {
-            return self.dead_letter(record, &why).await;
-        }
-        self.metrics.sends.with_label_values(&["failed"]).inc();
-        Ok(Handled::Failed {
-            status: failure.status,
-        })
     }
 
     /// Publishes a failure event; `Ok(Err(why))` when the broker refused it for good, for the caller to
@@ -383,21 +354,32 @@ impl Pipeline {
 }
 
 /// The consumer thread hands its records here.
-impl crate::kafka::consumer::Handler for Pipeline {
+impl crate::dispatch::consume::Handler for Pipeline {
     fn handle(
         self: std::sync::Arc<Self>,
-        kind: crate::kafka::consumer::Kind,
+        kind: crate::dispatch::consume::Kind,
         record: Record,
         mut admission: Admission,
     ) -> futures::future::BoxFuture<'static, bool> {
         Box::pin(async move {
             let result = match kind {
-                crate::kafka::consumer::Kind::Fresh => self.process(&record, &mut admission).await,
-                crate::kafka::consumer::Kind::Retry => {
+                crate::dispatch::consume::Kind::Fresh => {
+                    self.process(&record, &mut admission).await
+                }
+                crate::dispatch::consume::Kind::Retry => {
                     self.process_retry(&record, &mut admission).await
                 }
             };
             result.is_ok()
         })
+    }
+}
+
+/// What an attempt that failed with `failure` got.
+fn tried(number: u32, failure: &Failure) -> Tried {
+    Tried {
+        number,
+        status: failure.status,
+        source: Some(failure.source),
     }
 }

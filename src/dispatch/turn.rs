@@ -1,34 +1,9 @@
-//! Where a send stands before an attempt, and what an attempt is labelled with: its tracing span and the
-//! counters of its plan.
+//! Where a send stands before an attempt, and its tracing span.
 
-use super::classify::FailureSource;
-use super::host_health::HostKey;
-use super::plan::Plan;
+use super::lane::HostKey;
 use crate::clock::now_ms;
 use crate::events::{SourceRef, ValidSend};
 use crate::kafka::Record;
-use crate::telemetry::metrics::status_class;
-use crate::telemetry::DispatchMetrics;
-
-/// Counts what the plan of an attempt says: its status class, a refused destination, why it ended.
-pub(super) fn count(metrics: &DispatchMetrics, plan: &Plan) {
-    match plan.status() {
-        200..=299 => metrics.attempts_2xx.inc(),
-        status => metrics
-            .attempts
-            .with_label_values(&[status_class(status)])
-            .inc(),
-    }
-    if let Plan::GiveUp {
-        failure, reason, ..
-    } = plan
-    {
-        metrics.give_ups.with_label_values(&[reason.as_str()]).inc();
-        if failure.source == FailureSource::BlockedDestination {
-            metrics.blocked_destinations.inc();
-        }
-    }
-}
 
 /// Where a send stands before an attempt.
 #[derive(Debug, Clone)]

@@ -1,18 +1,14 @@
-//! Kafka plumbing shared by every subcommand: client settings, offset tracking, the embedded broker.
+//! Kafka plumbing every subcommand shares: client settings, records (headers read safely), the start-up
+//! topic check, the probe, the feeder, readers, the embedded broker. The dispatcher's own consumer thread
+//! and publisher live beside it, in `dispatch::consume` and `dispatch::publish`.
 
 pub(crate) mod broker;
 pub mod client;
-pub mod consumer;
 pub mod feed;
-pub mod finished_ahead;
-pub(crate) mod offsets;
-pub(crate) mod parking;
 pub(crate) mod probe;
-pub(crate) mod publish;
 pub mod reader;
 pub mod record;
 pub mod topics;
 
 pub use broker::EmbeddedBroker;
-pub use offsets::{Commit, OffsetTracker, Ticket, TopicPartition};
-pub use record::Record;
+pub use record::{Record, TopicPartition};

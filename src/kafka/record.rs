@@ -8,21 +8,30 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
+use std::sync::Arc;
 
 use rdkafka::bindings as rdsys;
 use rdkafka::message::{BorrowedMessage, Message};
-
-use super::TopicPartition;
 
 /// Bytes a held record costs beyond its own: the struct, its offset's bookkeeping, and the share of a
 /// started task (a decoded send is about its JSON's size again, counted by doubling the payload).
 pub const RECORD_OVERHEAD: usize = 1024;
 
-/// What a record handed to the pipeline costs against the budget beyond its own cost, started or not: once
-/// started, the handler's future, the built request and the pipeline's bookkeeping (about 13 KB per request
-/// in flight, measured in BENCHMARKS.md). The HTTP client's own share (its connection and buffers) is not
-/// counted.
-pub const STARTED_SEND_COST: usize = 12 * 1024;
+/// A topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Record {

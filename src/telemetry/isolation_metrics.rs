@@ -5,7 +5,20 @@
 use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::metrics::gauge;
-use crate::dispatch::host_queues::{Snapshot, SpillReason};
+
+/// Why a send was spilled (its host is slow); the `reason` label of `spilled_sends_total`.
+pub const SPILL_REASONS: [&str; 3] = ["queue_full", "queue_wait", "stopping"];
+
+/// What the metrics show of the hosts' queues.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub queued: usize,
+    pub saturated_hosts: usize,
+    /// How long the send waiting longest in a queue has waited.
+    pub oldest_queued: std::time::Duration,
+    /// The saturated hosts with the longest queues, longest first: `(host, queued, in flight)`.
+    pub top: Vec<(std::sync::Arc<str>, usize, usize)>,
+}
 
 /// Where a waiting send waits; a label of `oldest_waiting_send_seconds`.
 pub const WAITING_STATES: [&str; 2] = ["queued", "parked"];
@@ -20,7 +33,7 @@ pub struct IsolationMetrics {
     pub held_bytes: IntGauge,
     pub paused_send_partitions: IntGauge,
     pub budget_bytes: IntGauge,
-    pub budget_pauses: prometheus::IntCounter,
+    pub budget_reached: prometheus::IntCounter,
 }
 
 impl IsolationMetrics {
@@ -34,8 +47,8 @@ impl IsolationMetrics {
             &["reason"],
         )
         .expect("valid metric");
-        for reason in SpillReason::ALL {
-            spilled_sends.with_label_values(&[reason.as_str()]);
+        for reason in SPILL_REASONS {
+            spilled_sends.with_label_values(&[reason]);
         }
         let oldest_waiting = GaugeVec::new(
             Opts::new(
@@ -88,10 +101,11 @@ impl IsolationMetrics {
                 "Send-topic partitions paused (backpressure or the memory budget); of \
                  hookrelay_paused_partitions, the rest are retry tiers waiting for parked retries",
             ),
-            budget_pauses: super::metrics::counter(
+            budget_reached: super::metrics::counter(
                 r,
-                "memory_budget_pauses_total",
-                "Times the held records reached dispatch.memory_budget (records are then taken only as sends finish)",
+                "memory_budget_reached_total",
+                "Times what the dispatcher holds reached dispatch.memory_budget (it then takes one record per \
+                 50 ms until a sixteenth of the budget is free)",
             ),
             spilled_sends,
             oldest_waiting,
@@ -99,10 +113,9 @@ impl IsolationMetrics {
         }
     }
 
-    pub fn spilled(&self, reason: SpillReason) {
-        self.spilled_sends
-            .with_label_values(&[reason.as_str()])
-            .inc();
+    /// A send spilled, `reason` one of [`SPILL_REASONS`].
+    pub fn spilled(&self, reason: &str) {
+        self.spilled_sends.with_label_values(&[reason]).inc();
     }
 
     /// Sets the gauges from a snapshot of the queues; `gone` are hosts no longer among the top ones.

@@ -337,3 +337,18 @@ impl Default for DispatchMetrics {
         Self::new()
     }
 }
+
+impl DispatchMetrics {
+    /// A send held back in the process for `wait`, `reason` one of [`HOLD_REASONS`].
+    pub fn held(&self, reason: &str, wait: std::time::Duration) {
+        self.held_sends.with_label_values(&[reason]).inc();
+        self.hold_wait
+            .with_label_values(&[reason])
+            .observe(wait.as_secs_f64());
+    }
+
+    /// A host's pause began, was extended, or ended (`paused`, `extended`, `resumed`).
+    pub fn host_pause(&self, transition: &str) {
+        self.host_pauses.with_label_values(&[transition]).inc();
+    }
+}

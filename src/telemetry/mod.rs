@@ -1,7 +1,7 @@
 //! Metrics, health endpoints and logging.
 
 pub(crate) mod aggregate_metrics;
-pub(crate) mod isolation_metrics;
+pub mod isolation_metrics;
 pub(crate) mod kafka_gauges;
 pub(crate) mod logging;
 pub mod metrics;

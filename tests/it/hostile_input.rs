@@ -187,10 +187,12 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
 
     let mut d = ChildDispatcher::spawn(&kafka.config);
     wait_for(
-        "every hostile record is dead-lettered and every valid one delivered",
+        "every hostile record is dead-lettered, every valid one delivered, and the invalid retry's failure event written",
         Duration::from_secs(60),
         || async {
-            reader.snapshot().dead_letters.len() == cases.len() + 3
+            let seen = reader.snapshot();
+            seen.dead_letters.len() == cases.len() + 3
+                && !seen.failures.is_empty()
                 && ["before", "with-bom", "odd-header-value", "after"]
                     .iter()
                     .all(|id| !rx.requests_for(id).is_empty())

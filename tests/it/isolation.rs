@@ -390,7 +390,7 @@ async fn a_backlog_far_over_the_memory_budget_is_taken_only_as_sends_finish_and_
     .await;
     let (peak_held, peak_rss) = *peaks.lock().unwrap();
     let pauses = d
-        .metric("hookrelay_memory_budget_pauses_total")
+        .metric("hookrelay_memory_budget_reached_total")
         .await
         .unwrap_or(0.0);
     eprintln!(

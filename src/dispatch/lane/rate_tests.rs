@@ -15,8 +15,8 @@ fn rules(pairs: &[(&str, f64)]) -> RateRules {
     RateRules::new(&pairs.iter().map(|(h, r)| (h.to_string(), *r)).collect())
 }
 
-fn limits(max_wait: Duration, per_host: usize, cap: Duration) -> PacingLimits {
-    PacingLimits {
+fn limits(max_wait: Duration, per_host: usize, cap: Duration) -> RateLimits {
+    RateLimits {
         max_wait,
         max_waiting_per_host: per_host,
         max_waiting: 10_000,
@@ -24,8 +24,8 @@ fn limits(max_wait: Duration, per_host: usize, cap: Duration) -> PacingLimits {
     }
 }
 
-fn pacing(pairs: &[(&str, f64)]) -> Pacing {
-    Pacing::new(rules(pairs), limits(10 * SEC, 128, 3600 * SEC))
+fn pacing(pairs: &[(&str, f64)]) -> Rates {
+    Rates::new(rules(pairs), limits(10 * SEC, 128, 3600 * SEC))
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn an_exact_name_wins_over_a_suffix_and_a_longer_suffix_over_a_shorter_one() {
 fn a_host_without_a_rule_or_hold_goes_at_once() {
     let mut p = pacing(&[("limited.example", 10.0)]);
     for _ in 0..1000 {
-        assert_eq!(p.admit(&key("free.example", "w"), SEC), Admission::Go);
+        assert_eq!(p.admit(&key("free.example", "w"), SEC), Pace::Go);
     }
 }
 
@@ -63,24 +63,24 @@ fn a_host_without_a_rule_or_hold_goes_at_once() {
 fn a_limited_host_gets_one_slot_per_interval_and_waits_for_it() {
     let mut p = pacing(&[("limited.example", 10.0)]);
     let k = key("limited.example", "w");
-    assert_eq!(p.admit(&k, SEC), Admission::Go);
+    assert_eq!(p.admit(&k, SEC), Pace::Go);
     assert_eq!(
         p.admit(&k, SEC),
-        Admission::Wait {
+        Pace::Wait {
             wait: 100 * MS,
             reason: HoldReason::RateLimit
         }
     );
     assert_eq!(
         p.admit(&k, SEC),
-        Admission::Wait {
+        Pace::Wait {
             wait: 200 * MS,
             reason: HoldReason::RateLimit
         }
     );
     assert_eq!(
         p.admit(&key("limited.example", "other workspace"), SEC),
-        Admission::Wait {
+        Pace::Wait {
             wait: 300 * MS,
             reason: HoldReason::RateLimit
         },
@@ -88,7 +88,7 @@ fn a_limited_host_gets_one_slot_per_interval_and_waits_for_it() {
     );
     assert_eq!(
         p.admit(&key("limited.example.", "w"), SEC),
-        Admission::Wait {
+        Pace::Wait {
             wait: 400 * MS,
             reason: HoldReason::RateLimit
         },
@@ -100,26 +100,24 @@ fn a_limited_host_gets_one_slot_per_interval_and_waits_for_it() {
 fn an_idle_limited_host_does_not_save_up_a_burst() {
     let mut p = pacing(&[("limited.example", 10.0)]);
     let k = key("limited.example", "w");
-    assert_eq!(p.admit(&k, SEC), Admission::Go);
-    assert_eq!(p.admit(&k, 60 * SEC), Admission::Go);
-    assert!(matches!(p.admit(&k, 60 * SEC), Admission::Wait { .. }));
+    assert_eq!(p.admit(&k, SEC), Pace::Go);
+    assert_eq!(p.admit(&k, 60 * SEC), Pace::Go);
+    assert!(matches!(p.admit(&k, 60 * SEC), Pace::Wait { .. }));
 }
 
 #[test]
 fn waits_longer_than_the_in_process_bound_are_requeued_spread_out_at_the_rate_and_book_nothing() {
-    let mut p = Pacing::new(
+    let mut p = Rates::new(
         rules(&[("slow.example", 1.0)]),
         limits(2 * SEC, 128, 3600 * SEC),
     );
     let k = key("slow.example", "w");
-    assert_eq!(p.admit(&k, SEC), Admission::Go);
-    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
-    assert!(matches!(p.admit(&k, SEC), Admission::Wait { .. }));
+    assert_eq!(p.admit(&k, SEC), Pace::Go);
+    assert!(matches!(p.admit(&k, SEC), Pace::Wait { .. }));
+    assert!(matches!(p.admit(&k, SEC), Pace::Wait { .. }));
     let first = p.admit(&k, SEC);
     let second = p.admit(&k, SEC);
-    let (Admission::Requeue { after: a, .. }, Admission::Requeue { after: b, .. }) =
-        (first, second)
-    else {
+    let (Pace::Requeue { after: a, .. }, Pace::Requeue { after: b, .. }) = (first, second) else {
         panic!("requeued: {first:?} {second:?}")
     };
     assert_eq!(b - a, SEC, "requeued sends come back one interval apart");
@@ -130,7 +128,7 @@ fn waits_longer_than_the_in_process_bound_are_requeued_spread_out_at_the_rate_an
     );
     assert_eq!(
         p.admit(&k, 3 * SEC),
-        Admission::Wait {
+        Pace::Wait {
             wait: Duration::ZERO + SEC,
             reason: HoldReason::RateLimit
         },
@@ -140,9 +138,9 @@ fn waits_longer_than_the_in_process_bound_are_requeued_spread_out_at_the_rate_an
 
 #[test]
 fn waiting_is_bounded_per_host_and_in_all_and_a_wake_frees_a_place() {
-    let mut p = Pacing::new(
+    let mut p = Rates::new(
         rules(&[("*.example", 100.0)]),
-        PacingLimits {
+        RateLimits {
             max_wait: 10 * SEC,
             max_waiting_per_host: 2,
             max_waiting: 3,
@@ -151,21 +149,15 @@ fn waiting_is_bounded_per_host_and_in_all_and_a_wake_frees_a_place() {
     );
     let a = key("a.example", "w");
     let b = key("b.example", "w");
-    assert_eq!(p.admit(&a, SEC), Admission::Go);
-    assert!(matches!(p.admit(&a, SEC), Admission::Wait { .. }));
-    assert!(matches!(p.admit(&a, SEC), Admission::Wait { .. }));
-    assert!(
-        matches!(p.admit(&a, SEC), Admission::Requeue { .. }),
-        "per host"
-    );
-    assert_eq!(p.admit(&b, SEC), Admission::Go);
-    assert!(matches!(p.admit(&b, SEC), Admission::Wait { .. }));
-    assert!(
-        matches!(p.admit(&b, SEC), Admission::Requeue { .. }),
-        "in all"
-    );
+    assert_eq!(p.admit(&a, SEC), Pace::Go);
+    assert!(matches!(p.admit(&a, SEC), Pace::Wait { .. }));
+    assert!(matches!(p.admit(&a, SEC), Pace::Wait { .. }));
+    assert!(matches!(p.admit(&a, SEC), Pace::Requeue { .. }), "per host");
+    assert_eq!(p.admit(&b, SEC), Pace::Go);
+    assert!(matches!(p.admit(&b, SEC), Pace::Wait { .. }));
+    assert!(matches!(p.admit(&b, SEC), Pace::Requeue { .. }), "in all");
     p.woke("a.example");
-    assert!(matches!(p.admit(&b, SEC), Admission::Wait { .. }));
+    assert!(matches!(p.admit(&b, SEC), Pace::Wait { .. }));
 }
 
 #[test]
@@ -175,19 +167,19 @@ fn retry_after_holds_the_host_for_that_workspace_only_until_it_ends() {
     assert_eq!(p.hold(&k, SEC, 2 * SEC), Some(3 * SEC));
     assert_eq!(
         p.admit(&k, SEC + 500 * MS),
-        Admission::Wait {
+        Pace::Wait {
             wait: 1500 * MS,
             reason: HoldReason::RetryAfter
         }
     );
-    assert_eq!(p.admit(&key("api.example", "w2"), SEC), Admission::Go);
-    assert_eq!(p.admit(&key("other.example", "w1"), SEC), Admission::Go);
-    assert_eq!(p.admit(&k, 3 * SEC), Admission::Go, "the hold has ended");
+    assert_eq!(p.admit(&key("api.example", "w2"), SEC), Pace::Go);
+    assert_eq!(p.admit(&key("other.example", "w1"), SEC), Pace::Go);
+    assert_eq!(p.admit(&k, 3 * SEC), Pace::Go, "the hold has ended");
 }
 
 #[test]
 fn retry_after_is_capped_never_shortened_and_zero_holds_nothing() {
-    let mut p = Pacing::new(RateRules::default(), limits(10 * SEC, 128, 60 * SEC));
+    let mut p = Rates::new(RateRules::default(), limits(10 * SEC, 128, 60 * SEC));
     let k = key("api.example", "w");
     assert_eq!(p.hold(&k, SEC, Duration::ZERO), None);
     assert_eq!(p.hold(&k, SEC, 3600 * SEC), Some(61 * SEC), "capped");
@@ -198,7 +190,7 @@ fn retry_after_is_capped_never_shortened_and_zero_holds_nothing() {
     );
     assert_eq!(
         p.admit(&k, 2 * SEC),
-        Admission::Requeue {
+        Pace::Requeue {
             after: 59 * SEC,
             reason: HoldReason::RetryAfter
         }
@@ -212,14 +204,14 @@ fn a_limited_host_under_retry_after_books_its_slots_from_the_hold_s_end() {
     p.hold(&k, Duration::ZERO, 2 * SEC);
     assert_eq!(
         p.admit(&k, Duration::ZERO),
-        Admission::Wait {
+        Pace::Wait {
             wait: 2 * SEC,
             reason: HoldReason::RetryAfter
         }
     );
     assert_eq!(
         p.admit(&k, Duration::ZERO),
-        Admission::Wait {
+        Pace::Wait {
             wait: 2100 * MS,
             reason: HoldReason::RateLimit
         }
@@ -244,7 +236,7 @@ proptest! {
     /// the rate at the receiver never exceeds the limit.
     #[test]
     fn slots_never_exceed_the_rate(rate in 1u32..500, arrivals in proptest::collection::vec(0u64..5_000, 1..300)) {
-        let mut p = Pacing::new(rules(&[("h.example", f64::from(rate))]), PacingLimits {
+        let mut p = Rates::new(rules(&[("h.example", f64::from(rate))]), RateLimits {
             max_wait: Duration::from_secs(3600),
             max_waiting_per_host: usize::MAX,
             max_waiting: usize::MAX,
@@ -256,9 +248,9 @@ proptest! {
         for ms in sorted {
             let now = Duration::from_millis(ms);
             match p.admit(&key("h.example", "w"), now) {
-                Admission::Go => starts.push(now),
-                Admission::Wait { wait, .. } => starts.push(now + wait),
-                Admission::Requeue { .. } => {}
+                Pace::Go => starts.push(now),
+                Pace::Wait { wait, .. } => starts.push(now + wait),
+                Pace::Requeue { .. } => {}
             }
         }
         let interval = Duration::from_secs_f64(1.0 / f64::from(rate));

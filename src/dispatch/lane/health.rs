@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::HostKey;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostHealthConfig {
@@ -56,12 +58,6 @@ const SWEEP_EVERY: u32 = 4096;
 /// Buckets per window: the count is exact to 1/60 of the window.
 const BUCKETS: usize = 60;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HostKey {
-    pub host: String,
-    pub workspace: String,
-}
-
 #[derive(Debug)]
 struct Window {
     counts: [u32; BUCKETS],
@@ -102,6 +98,17 @@ pub enum Transition {
     Paused { until_ms: i64, count: u64 },
     PauseExtended { until_ms: i64, count: u64 },
     Resumed,
+}
+
+impl Transition {
+    /// The `transition` label of `host_pauses_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transition::Paused { .. } => "paused",
+            Transition::PauseExtended { .. } => "extended",
+            Transition::Resumed => "resumed",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -190,6 +197,7 @@ impl HostHealth {
     }
 
     /// Unhealthy responses counted for `key` in the window ending at `now_ms`.
+    #[cfg(test)]
     pub fn count(&mut self, key: &HostKey, now_ms: i64) -> u64 {
         let bucket = now_ms.div_euclid(self.bucket_ms);
         self.hosts.get_mut(key).map_or(0, |w| {
@@ -221,6 +229,7 @@ impl HostHealth {
         std::mem::take(&mut self.swept)
     }
 
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.hosts.len()
     }

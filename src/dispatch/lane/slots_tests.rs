@@ -1,3 +1,5 @@
+use super::super::spill::*;
+use super::super::waits::*;
 use super::*;
 use proptest::prelude::*;
 
@@ -22,7 +24,7 @@ fn queued(take: Take) -> u64 {
 }
 
 /// `n` requests to `host` that end at once: it has answered, and may use its whole cap.
-fn warm(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
+fn warm(q: &mut Slots, host: &str, n: usize, now: Duration) {
     for _ in 0..n {
         assert_eq!(q.take(host, now), Take::Go);
         q.release(host, Duration::ZERO, now);
@@ -31,7 +33,7 @@ fn warm(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
 
 /// `n` requests to `host` at `now` that do not end: a host that never answered is slow a quarter second
 /// later.
-fn hanging(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
+fn hanging(q: &mut Slots, host: &str, n: usize, now: Duration) {
     for _ in 0..n {
         assert_eq!(q.take(host, now), Take::Go);
     }
@@ -41,7 +43,7 @@ fn hanging(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
 
 #[test]
 fn a_host_at_its_cap_queues_its_own_sends_and_others_go_at_once() {
-    let mut q = HostQueues::new(limits(512, 2, 10));
+    let mut q = Slots::new(limits(512, 2, 10));
     warm(&mut q, "slow", 2, SEC);
     assert_eq!(q.take("slow", SEC), Take::Go);
     assert_eq!(q.take("slow", SEC), Take::Go);
@@ -64,7 +66,7 @@ fn a_host_at_its_cap_queues_its_own_sends_and_others_go_at_once() {
 
 #[test]
 fn a_host_that_never_answered_gets_its_spills_back_within_a_request_timeout() {
-    let mut q = HostQueues::new(limits(512, 1, 2));
+    let mut q = Slots::new(limits(512, 1, 2));
     hanging(&mut q, "h", 1, Duration::ZERO);
     assert_eq!(
         q.take("h", 2 * SEC),
@@ -91,7 +93,7 @@ fn a_host_that_never_answered_gets_its_spills_back_within_a_request_timeout() {
 
 #[test]
 fn a_slow_host_that_answered_gets_its_spills_spread_at_what_its_slots_take_at_its_latency() {
-    let mut q = HostQueues::new(limits(512, 2, 1));
+    let mut q = Slots::new(limits(512, 2, 1));
     for _ in 0..20 {
         assert_eq!(q.take("h", Duration::ZERO), Take::Go);
         q.release("h", 3 * SEC, Duration::ZERO);
@@ -116,7 +118,7 @@ fn a_slow_host_that_answered_gets_its_spills_spread_at_what_its_slots_take_at_it
 
 #[test]
 fn spills_made_before_a_host_first_answered_do_not_push_back_those_after_it_answered_fast() {
-    let mut q = HostQueues::new(limits(512, 4, 1));
+    let mut q = Slots::new(limits(512, 4, 1));
     hanging(&mut q, "h", 4, Duration::ZERO);
     queued(q.take("h", SEC));
     for _ in 0..100 {
@@ -143,7 +145,7 @@ fn spills_made_before_a_host_first_answered_do_not_push_back_those_after_it_answ
 }
 
 /// `n` more requests to `host` begin at `now` and stay in flight.
-fn warm_busy(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
+fn warm_busy(q: &mut Slots, host: &str, n: usize, now: Duration) {
     for _ in 0..n {
         assert_eq!(q.take(host, now), Take::Go);
     }
@@ -151,7 +153,7 @@ fn warm_busy(q: &mut HostQueues, host: &str, n: usize, now: Duration) {
 
 #[test]
 fn a_fast_host_at_its_cap_is_never_spilled_however_long_its_queue() {
-    let mut q = HostQueues::new(limits(512, 1, 1));
+    let mut q = Slots::new(limits(512, 1, 1));
     let mut now = Duration::ZERO;
     assert_eq!(q.take("h", now), Take::Go);
     for _ in 0..50 {
@@ -176,7 +178,7 @@ fn a_fast_host_at_its_cap_is_never_spilled_however_long_its_queue() {
 
 #[test]
 fn beyond_four_times_max_in_flight_fast_waiters_keep_their_admission_until_there_is_room() {
-    let mut q = HostQueues::new(limits(2, 1, 1));
+    let mut q = Slots::new(limits(2, 1, 1));
     warm(&mut q, "h", 1, SEC);
     assert_eq!(q.take("h", SEC), Take::Go);
     for _ in 0..8 {
@@ -193,7 +195,7 @@ fn beyond_four_times_max_in_flight_fast_waiters_keep_their_admission_until_there
 
 #[test]
 fn a_host_that_turns_slow_spills_what_its_queue_cannot_hold() {
-    let mut q = HostQueues::new(limits(512, 1, 1));
+    let mut q = Slots::new(limits(512, 1, 1));
     assert_eq!(q.take("h", Duration::ZERO), Take::Go);
     queued(q.take("h", Duration::ZERO));
     assert!(
@@ -205,7 +207,7 @@ fn a_host_that_turns_slow_spills_what_its_queue_cannot_hold() {
 
 #[test]
 fn a_host_measured_fast_gets_its_spills_back_sooner() {
-    let mut q = HostQueues::new(limits(512, 4, 1));
+    let mut q = Slots::new(limits(512, 4, 1));
     let mut now = Duration::ZERO;
     for _ in 0..40 {
         q.take("h", now);
@@ -230,7 +232,7 @@ fn a_host_measured_fast_gets_its_spills_back_sooner() {
 
 #[test]
 fn a_slow_host_s_sends_that_wait_too_long_are_spilled_by_the_tick() {
-    let mut q = HostQueues::new(limits(512, 1, 10));
+    let mut q = Slots::new(limits(512, 1, 10));
     hanging(&mut q, "h", 1, Duration::ZERO);
     let t = queued(q.take("h", 2 * SEC));
     let (wakes, _) = q.tick(31 * SEC);
@@ -251,8 +253,8 @@ fn a_slow_host_s_sends_that_wait_too_long_are_spilled_by_the_tick() {
 #[test]
 fn many_slow_hosts_cannot_take_the_slots_a_fast_host_needs() {
     // Eight hosts answering in 3 s, each wanting more than the global slots.
-    let mut q = HostQueues::new(limits(512, 128, 1000));
-    let flood = |q: &mut HostQueues, now| {
+    let mut q = Slots::new(limits(512, 128, 1000));
+    let flood = |q: &mut Slots, now| {
         for h in 0..8 {
             for _ in 0..200 {
                 q.take(&format!("slow{h}"), now);
@@ -286,7 +288,7 @@ fn many_slow_hosts_cannot_take_the_slots_a_fast_host_needs() {
 
 #[test]
 fn a_new_host_starts_with_a_quarter_of_its_cap_and_gains_a_slot_per_answer() {
-    let mut q = HostQueues::new(limits(512, 128, 1000));
+    let mut q = Slots::new(limits(512, 128, 1000));
     assert_eq!(q.cap_of("h"), 32);
     warm(&mut q, "h", 10, SEC);
     assert_eq!(q.cap_of("h"), 42);
@@ -296,7 +298,7 @@ fn a_new_host_starts_with_a_quarter_of_its_cap_and_gains_a_slot_per_answer() {
 
 #[test]
 fn a_single_fast_host_may_use_every_slot() {
-    let mut q = HostQueues::new(limits(8, 128, 10));
+    let mut q = Slots::new(limits(8, 128, 10));
     warm(&mut q, "h", 1, SEC);
     for _ in 0..8 {
         assert_eq!(q.take("h", SEC), Take::Go);
@@ -305,7 +307,7 @@ fn a_single_fast_host_may_use_every_slot() {
 
 #[test]
 fn a_freed_slot_goes_to_the_waiting_host_with_the_fewest_in_flight() {
-    let mut q = HostQueues::new(limits(4, 4, 10));
+    let mut q = Slots::new(limits(4, 4, 10));
     warm(&mut q, "a", 3, SEC);
     warm(&mut q, "b", 3, SEC);
     for _ in 0..3 {
@@ -327,7 +329,7 @@ fn a_freed_slot_goes_to_the_waiting_host_with_the_fewest_in_flight() {
 
 #[test]
 fn a_saturation_episode_begins_once_and_ends_after_a_quiet_spell() {
-    let mut q = HostQueues::new(limits(512, 1, 10));
+    let mut q = Slots::new(limits(512, 1, 10));
     hanging(&mut q, "h", 1, Duration::ZERO);
     let t = queued(q.take("h", 2 * SEC));
     let (_, e) = q.tick(2 * SEC);
@@ -347,7 +349,7 @@ fn a_saturation_episode_begins_once_and_ends_after_a_quiet_spell() {
 
 #[test]
 fn a_host_that_answered_is_slow_only_after_a_second_without_an_answer() {
-    let mut q = HostQueues::new(limits(512, 8, 10));
+    let mut q = Slots::new(limits(512, 8, 10));
     warm(&mut q, "h", 1, Duration::ZERO);
     q.take("h", SEC);
     assert!(!q.is_slow("h", 2 * SEC));
@@ -356,7 +358,7 @@ fn a_host_that_answered_is_slow_only_after_a_second_without_an_answer() {
 
 #[test]
 fn stopping_spills_what_waits_for_slow_hosts_and_what_comes_for_them_later() {
-    let mut q = HostQueues::new(limits(512, 1, 10));
+    let mut q = Slots::new(limits(512, 1, 10));
     hanging(&mut q, "slow", 1, Duration::ZERO);
     let t = queued(q.take("slow", SEC));
     warm(&mut q, "fast", 1, SEC);
@@ -381,7 +383,7 @@ fn stopping_spills_what_waits_for_slow_hosts_and_what_comes_for_them_later() {
 
 #[test]
 fn a_cancelled_waiter_leaves_the_queue_and_a_woken_one_cannot_be_cancelled() {
-    let mut q = HostQueues::new(limits(512, 1, 10));
+    let mut q = Slots::new(limits(512, 1, 10));
     q.take("h", SEC);
     let t1 = queued(q.take("h", SEC));
     let t2 = queued(q.take("h", SEC));
@@ -434,7 +436,7 @@ impl Model {
     }
 }
 
-fn check(q: &HostQueues, m: &Model, l: QueueLimits) -> Result<(), TestCaseError> {
+fn check(q: &Slots, m: &Model, l: QueueLimits) -> Result<(), TestCaseError> {
     prop_assert!(q.in_use() <= l.max_in_flight, "global slots exceeded");
     prop_assert_eq!(q.in_use(), m.held.len());
     prop_assert_eq!(q.queued(), m.queued.len());
@@ -468,7 +470,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..300),
     ) {
         let l = limits(global, per_host, queue);
-        let mut q = HostQueues::new(l);
+        let mut q = Slots::new(l);
         let mut m = Model::default();
         let mut now = Duration::ZERO;
         for op in ops {

@@ -10,7 +10,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,42 +17,26 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
-use futures::future::BoxFuture;
-
 mod admission;
+pub mod budget;
+pub mod finished_ahead;
+mod handoff;
+pub(crate) mod offsets;
+pub(crate) mod parking;
 mod shared;
 
 pub use admission::Admission;
+use handoff::{spawn, Work};
+pub use handoff::{Handler, Kind};
 
 use shared::{commit_positions, single};
 pub use shared::{DispatchContext, Shared};
 
-use super::parking::{ready_at, Parked};
-use super::{Record, Ticket, TopicPartition};
 use crate::clock::now_ms;
 use crate::events::retry_record::DUE_HEADER;
-
-/// What a consumed record is to its handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// From the send topic.
-    Fresh,
-    /// From a retry tier, handed over once the tier's delay has passed.
-    Retry,
-}
-
-/// What the consumer thread hands records to (the dispatcher's pipeline). The future resolves once the
-/// record's outcome is durable (`true`: its offset may be committed) or abandoned (`false`: it stays
-/// uncommitted and is redone by the partition's next owner).
-/// The record's admission slot comes along, for the handler to give back while the record waits.
-pub trait Handler: Send + Sync + 'static {
-    fn handle(
-        self: Arc<Self>,
-        kind: Kind,
-        record: Record,
-        admission: Admission,
-    ) -> BoxFuture<'static, bool>;
-}
+use crate::kafka::{Record, TopicPartition};
+pub use offsets::{Commit, OffsetTracker, Ticket};
+use parking::{ready_at, Parked};
 
 pub struct LoopSettings {
     pub max_pending_per_partition: usize,
@@ -66,14 +49,12 @@ pub struct LoopSettings {
     pub tier_delays: HashMap<String, Duration>,
     pub commit_interval: Duration,
     pub shutdown_grace: Duration,
-    /// Bytes all unfinished records may cost ([`Record::cost`], and
-    /// [`STARTED_SEND_COST`](super::record::STARTED_SEND_COST) each once handed over) before records are
-    /// taken only as sends finish.
+    /// Bytes all unfinished records may cost before records are taken slowly: see [`budget`].
     pub memory_budget: usize,
 }
 
 /// How often a record is taken while the memory budget is used up (at most 20 a second past the budget).
-const BUDGET_POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub const SLOW_POLL: Duration = Duration::from_millis(50);
 
 /// The part of the shutdown grace in-flight sends may use: all but the last fifth (at most 5 s), which is kept
 /// for the final commit, leaving the group and flushing the producer.
@@ -91,6 +72,7 @@ pub fn poll_loop(
     shutdown: CancellationToken,
 ) -> Option<Instant> {
     let shared = consumer.context().shared.clone();
+    shared.lock().budget = budget::MemoryBudget::new(settings.memory_budget);
     let admission = Arc::new(tokio::sync::Semaphore::new(settings.max_started.max(1)));
     let run = Loop {
         consumer: &consumer,
@@ -194,7 +176,7 @@ impl Loop<'_> {
                 let _ = consumer.pause(&single(&tp));
                 shared.update_gauges(&state);
             }
-            state.held = state.held.saturating_add(cost);
+            state.budget.hold(cost);
             self.check_budget(&mut state);
             ticket
         };
@@ -239,11 +221,11 @@ impl Loop<'_> {
 
     /// Takes the next record, or an event. At the memory budget records are taken slowly instead of not at
     /// all: pausing would make librdkafka drop its prefetch and fetch it again on resume, and the held bytes
-    /// would swing between the budget and the resume mark. Taken at most one per [`BUDGET_POLL_INTERVAL`],
+    /// would swing between the budget and the resume mark. Taken at most one per [`SLOW_POLL`],
     /// records pass the budget by a trickle at worst, and rebalances and other events are still served.
     fn poll(&self) -> Option<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
-        if self.shared.lock().over_budget {
-            std::thread::sleep(BUDGET_POLL_INTERVAL);
+        if self.shared.lock().budget.is_over() {
+            std::thread::sleep(SLOW_POLL);
             return self.consumer.poll(Duration::ZERO);
         }
         self.consumer.poll(Duration::from_millis(50))
@@ -251,18 +233,18 @@ impl Loop<'_> {
 
     /// Marks the budget reached: [`Loop::poll`] then takes records slowly until [`resume_drained`] sees room.
     fn check_budget(&self, state: &mut shared::State) {
-        let used = self.shared.budget_use(state);
-        if used < self.settings.memory_budget || state.over_budget {
+        let Some(budget::Crossing::Reached { used }) =
+            state.budget.check(self.shared.handed_over())
+        else {
             return;
-        }
-        state.over_budget = true;
-        self.shared.metrics.isolation.budget_pauses.inc();
+        };
+        self.shared.metrics.isolation.budget_reached.inc();
         // Debug, not info: under a steady backlog the budget is met every few seconds, and
-        // `hookrelay_memory_budget_pauses_total` and `hookrelay_held_bytes` show it without a log line each.
+        // `hookrelay_memory_budget_reached_total` and `hookrelay_held_bytes` show it without a log line each.
         tracing::debug!(
             held_bytes = used,
             budget = self.settings.memory_budget,
-            "memory budget reached: records are taken only as sends finish"
+            "memory budget reached: one record taken per 50 ms until a sixteenth of it is free"
         );
         self.shared.update_gauges(state);
     }
@@ -315,17 +297,14 @@ fn resume_drained(
         (settings.max_pending_bytes_per_partition / 2).max(1),
     );
     let mut state = shared.lock();
-    let used = shared.budget_use(&state);
-    // A sixteenth below the budget before records are taken at full speed again, so that a budget met over
-    // and over is logged and counted once per episode, not once per finished send.
-    if state.over_budget && used < settings.memory_budget / 16 * 15 {
-        state.over_budget = false;
+    if let Some(budget::Crossing::Room { used }) = state.budget.recheck(shared.handed_over()) {
         tracing::debug!(
             held_bytes = used,
             "memory budget has room again: records are taken at full speed"
         );
         shared.update_gauges(&state);
     }
+    let used = state.budget.used(shared.handed_over());
     if state.paused.is_empty() {
         shared.metrics.isolation.held_bytes.set(used as i64);
         return;
@@ -345,71 +324,6 @@ fn resume_drained(
         state.paused.remove(&tp);
     }
     shared.update_gauges(&state);
-}
-
-/// A record on its way to the pipeline.
-enum Work {
-    Fresh(Record, Ticket),
-    Retry(Record, Ticket),
-}
-
-fn spawn(
-    (runtime, admission): (&tokio::runtime::Handle, &Arc<tokio::sync::Semaphore>),
-    handler: &Arc<dyn Handler>,
-    shared: &Arc<Shared>,
-    work: Work,
-) {
-    let (handler, admission) = (handler.clone(), admission.clone());
-    // Counted here, on the consumer thread, so the next budget check already sees it.
-    let spawned = Spawned::begin(shared.clone());
-    runtime.spawn(async move {
-        let shared = &spawned.0;
-        let admitted = Admission::acquire(admission).await;
-        let bytes = match &work {
-            Work::Fresh(r, _) | Work::Retry(r, _) => (r.payload.len(), r.cost()),
-        };
-        let (ticket, result, produced_ms) = match work {
-            Work::Fresh(record, ticket) => {
-                let produced_ms = record.timestamp_ms;
-                let done = handler.handle(Kind::Fresh, record, admitted).await;
-                (ticket, done, produced_ms)
-            }
-            Work::Retry(record, ticket) => (
-                ticket,
-                handler.handle(Kind::Retry, record, admitted).await,
-                None,
-            ),
-        };
-        if result {
-            if let Some(at) = produced_ms {
-                let secs = (now_ms().saturating_sub(at)).max(0) as f64 / 1000.0;
-                shared.metrics.send_latency.observe(secs);
-            }
-            shared.finish(&ticket, bytes);
-        } else {
-            shared.abandon(&ticket, bytes);
-        }
-        drop(spawned);
-    });
-}
-
-/// A record handed to the runtime and not done, counted in `Shared::spawned` and the `pending_records`
-/// gauge together for as long as it lives (a panicking handler's included).
-struct Spawned(Arc<Shared>);
-
-impl Spawned {
-    fn begin(shared: Arc<Shared>) -> Self {
-        shared.spawned.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.pending_records.inc();
-        Self(shared)
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        self.0.spawned.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.pending_records.dec();
-    }
 }
 
 fn header_i64(record: &Record, name: &str) -> Option<i64> {

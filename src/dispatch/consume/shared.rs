@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::super::finished_ahead;
-use super::super::offsets::Skip;
-use super::super::parking::Parking;
-use super::super::record::STARTED_SEND_COST;
-use super::super::{Commit, OffsetTracker, Ticket, TopicPartition};
+use super::budget::MemoryBudget;
+use super::finished_ahead;
+use super::offsets::{Commit, OffsetTracker, Skip, Ticket};
+use super::parking::Parking;
+use crate::kafka::TopicPartition;
 use crate::telemetry::{DispatchMetrics, Health};
 
 #[derive(Default)]
@@ -32,18 +32,16 @@ pub struct State {
     pub abandoned: HashMap<TopicPartition, usize>,
     /// Bytes of the records of each partition not finished yet (with `max_pending_bytes_per_partition`).
     pub pending_bytes: HashMap<TopicPartition, usize>,
-    /// What every unfinished record costs (`Record::cost`), against `dispatch.memory_budget`.
-    pub held: usize,
-    /// The budget is used up: records are taken only as sends finish (the gauges show every partition as
-    /// paused meanwhile, which in effect they are).
-    pub over_budget: bool,
+    /// What every unfinished record costs against `dispatch.memory_budget`. While it is used up records are
+    /// taken slowly (the gauges show every partition as paused meanwhile, which in effect they nearly are).
+    pub budget: MemoryBudget,
 }
 
 impl State {
     /// A record of the current assignment is done with: its bytes no longer count.
     fn release_bytes(&mut self, ticket: &Ticket, (bytes, cost): (usize, usize)) {
         // Held memory is the process's, whichever partition it came from.
-        self.held = self.held.saturating_sub(cost);
+        self.budget.release(cost);
         if self.tracker.is_current(ticket) {
             if let Some(b) = self.pending_bytes.get_mut(&ticket.tp) {
                 *b = b.saturating_sub(bytes);
@@ -72,7 +70,8 @@ pub struct Shared {
     pub(super) rebalance_grace: Duration,
     pub(super) metrics: DispatchMetrics,
     pub(super) health: Health,
-    /// Records handed to the runtime and not done: each also costs [`STARTED_SEND_COST`] against the budget,
+    /// Records handed to the runtime and not done: each also costs
+    /// [`STARTED_SEND_COST`](super::budget::STARTED_SEND_COST) against the budget,
     /// started or not. A record waiting for an admission slot may start at any moment (whenever a send
     /// moves to its host's queue and gives its slot back), and the consumer thread cannot see it start; so
     /// the budget grows only where records are taken, where it is checked. An atomic, so that finishing a
@@ -102,12 +101,9 @@ impl Shared {
         }
     }
 
-    /// What counts against `dispatch.memory_budget` now: every held record, and every started send's state.
-    pub(super) fn budget_use(&self, state: &State) -> usize {
-        let handed_over = self.spawned.load(Ordering::Relaxed);
-        state
-            .held
-            .saturating_add(handed_over.saturating_mul(STARTED_SEND_COST))
+    /// Records handed to the pipeline and not done, which count against the budget too.
+    pub(super) fn handed_over(&self) -> usize {
+        self.spawned.load(Ordering::Relaxed)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -154,14 +150,14 @@ impl Shared {
     pub(super) fn update_gauges(&self, state: &State) {
         let assigned = state.tracker.assigned().count();
         self.metrics.assigned_partitions.set(assigned as i64);
-        let paused = if state.over_budget {
+        let paused = if state.budget.is_over() {
             assigned
         } else {
             state.paused.len()
         };
         self.metrics.paused_partitions.set(paused as i64);
         let sends = |tp: &&TopicPartition| *tp.topic == *self.sends_topic;
-        let paused_sends = if state.over_budget {
+        let paused_sends = if state.budget.is_over() {
             state.tracker.assigned().filter(sends).count()
         } else {
             state.paused.iter().filter(sends).count()
@@ -170,7 +166,7 @@ impl Shared {
             .isolation
             .paused_send_partitions
             .set(paused_sends as i64);
-        let used = self.budget_use(state);
+        let used = state.budget.used(self.handed_over());
         self.metrics.isolation.held_bytes.set(used as i64);
         self.health.set_ready(assigned > 0);
     }
@@ -219,7 +215,7 @@ impl ConsumerContext for DispatchContext {
             let dropped = state.parked.remove(tp);
             shared.metrics.parked_records.sub(dropped.len() as i64);
             let cost: usize = dropped.iter().map(|p| p.record.cost()).sum();
-            state.held = state.held.saturating_sub(cost);
+            state.budget.release(cost);
             if let Some(pos) = state.tracker.revoke(tp) {
                 positions.push((tp.clone(), pos));
             }
@@ -328,40 +324,4 @@ pub(super) fn single(tp: &TopicPartition) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&tp.topic, tp.partition);
     tpl
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shared() -> Shared {
-        Shared::new(
-            Duration::from_secs(1),
-            DispatchMetrics::new(),
-            Health::default(),
-            "sends",
-        )
-    }
-
-    #[test]
-    fn the_budget_counts_held_records_and_each_record_handed_to_the_pipeline() {
-        let s = shared();
-        let state = State {
-            held: 1_000,
-            ..State::default()
-        };
-        assert_eq!(s.budget_use(&state), 1_000);
-        s.spawned.store(3, Ordering::Relaxed);
-        assert_eq!(s.budget_use(&state), 1_000 + 3 * STARTED_SEND_COST);
-    }
-
-    #[test]
-    fn records_handed_over_count_as_sends_being_handled_before_they_start() {
-        // However many wait for an admission slot: any of them may start once sends ahead of them move to
-        // their hosts' queues, without the consumer thread seeing it.
-        let s = shared();
-        let state = State::default();
-        s.spawned.store(5_000, Ordering::Relaxed);
-        assert_eq!(s.budget_use(&state), 5_000 * STARTED_SEND_COST);
-    }
 }

@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Record, Ticket, TopicPartition};
+use super::Ticket;
+use crate::kafka::{Record, TopicPartition};
 
 /// Records one tier partition may have parked before it is paused (it resumes below half). Their bytes also
 /// count against the partition's pending bytes.

@@ -8,23 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::finished_ahead;
-use std::sync::Arc;
-
-/// A topic-partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    pub topic: Arc<str>,
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: &str, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
+use crate::kafka::TopicPartition;
 
 /// Proof that a record was registered; handed back to [`OffsetTracker::finish`].
 #[derive(Debug, Clone, PartialEq, Eq)]

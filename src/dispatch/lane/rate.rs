@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::host_health::HostKey;
+use super::HostKey;
 
 /// Maps above this many entries are swept of expired ones, keeping memory flat however many hosts appear.
 const SWEEP_ABOVE: usize = 4096;
@@ -35,9 +35,9 @@ impl HoldReason {
 
 /// What to do with a send about to go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Pace {
     Go,
-    /// Wait this long in the process, then go (call [`Pacing::woke`] afterwards). A rate slot is booked.
+    /// Wait this long in the process, then go (call [`Rates::woke`] afterwards). A rate slot is booked.
     Wait {
         wait: Duration,
         reason: HoldReason,
@@ -102,7 +102,7 @@ fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
 
 /// The schedule of every paced host and every `Retry-After` hold.
 #[derive(Debug)]
-pub struct Pacing {
+pub struct Rates {
     rules: RateRules,
     /// The longest wait spent in the process; longer holds are requeued.
     max_wait: Duration,
@@ -126,17 +126,17 @@ pub struct Pacing {
     sweep_at: usize,
 }
 
-/// How the limits of [`Pacing`] are set.
+/// How the limits of [`Rates`] are set.
 #[derive(Debug, Clone, Copy)]
-pub struct PacingLimits {
+pub struct RateLimits {
     pub max_wait: Duration,
     pub max_waiting_per_host: usize,
     pub max_waiting: usize,
     pub retry_after_cap: Duration,
 }
 
-impl Pacing {
-    pub fn new(rules: RateRules, limits: PacingLimits) -> Self {
+impl Rates {
+    pub fn new(rules: RateRules, limits: RateLimits) -> Self {
         Self {
             rules,
             max_wait: limits.max_wait,
@@ -153,10 +153,10 @@ impl Pacing {
     }
 
     /// When the send for `key` may go. Books a rate slot only for a send that waits here for it.
-    pub fn admit(&mut self, key: &HostKey, now: Duration) -> Admission {
+    pub fn admit(&mut self, key: &HostKey, now: Duration) -> Pace {
         if self.holds.is_empty() && self.rules.is_empty() {
             // The common case, without hashing the key.
-            return Admission::Go;
+            return Pace::Go;
         }
         self.sweep(now);
         let host = key.host.trim_end_matches('.');
@@ -196,11 +196,11 @@ impl Pacing {
                 self.next_slot.insert(host.to_string(), start + interval);
             }
             if wait.is_zero() {
-                return Admission::Go;
+                return Pace::Go;
             }
             *self.waiting.entry(host.to_string()).or_insert(0) += 1;
             self.waiting_total += 1;
-            return Admission::Wait { wait, reason };
+            return Pace::Wait { wait, reason };
         }
         let after = match interval {
             Some(interval) => {
@@ -214,7 +214,7 @@ impl Pacing {
             }
             None => wait,
         };
-        Admission::Requeue { after, reason }
+        Pace::Requeue { after, reason }
     }
 
     /// When a `Retry-After` hold on `key` ends, if one is in force.
@@ -280,5 +280,5 @@ impl Pacing {
 }
 
 #[cfg(test)]
-#[path = "pacing_tests.rs"]
+#[path = "rate_tests.rs"]
 mod tests;

@@ -1,0 +1,330 @@
+//! The lanes behind one lock, and the tasks parked on their decisions: a send asks its [lane](super::lane)
+//! once and gets a slot, a requeue with its reason, or a simulated 598. While it waits — held by a rate
+//! limit or `Retry-After`, or queued behind its busy host — it gives back its consumer admission slot (see
+//! [`Admission`]), and goes on without it once woken, so waiting for one host never holds the capacity
+//! other hosts' records need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+mod ticker;
+
+use super::lane::{Answer, Ask, HostKey, Lanes, RequeueReason, Settle, SpillReason, Wake, Wakeup};
+use crate::clock::{Clock, Now};
+use crate::dispatch::consume::Admission;
+use crate::telemetry::DispatchMetrics;
+
+/// How often a send waiting with its admission slot asks whether its host has turned slow.
+const SETTLE_EVERY: Duration = Duration::from_millis(200);
+
+/// How many hosts the metrics name, longest queue first.
+pub const TOP_HOSTS: usize = 5;
+
+pub struct Gate {
+    inner: Mutex<Inner>,
+    clock: Clock,
+    metrics: DispatchMetrics,
+}
+
+struct Inner {
+    lanes: Lanes,
+    waiting: HashMap<u64, oneshot::Sender<Wake>>,
+    /// Hosts named in the top-hosts gauge now, to take their series away once they leave it.
+    named: Vec<Arc<str>>,
+}
+
+/// What a send's lane decided.
+pub enum Decision<'a> {
+    /// Go: the slot is given back, with the host's answer, by [`SlotGuard::answer`] (or when dropped).
+    Go(SlotGuard<'a>),
+    /// To a retry tier without an attempt, due at this UNIX ms.
+    Requeue { due_ms: i64, reason: RequeueReason },
+    /// The host is paused as unhealthy for this workspace until this UNIX ms: a simulated 598.
+    Unhealthy { until_ms: i64 },
+}
+
+/// A request slot; dropped without an answer (its task cancelled), it is given back all the same.
+pub struct SlotGuard<'a> {
+    gate: &'a Gate,
+    key: &'a HostKey,
+    /// When the slot was taken, to measure how long the host holds its slots.
+    since: Duration,
+    answered: bool,
+}
+
+impl SlotGuard<'_> {
+    /// The lane has taken the slot back itself.
+    fn forget(mut self) {
+        self.answered = true;
+    }
+
+    /// Tells the lane what the host said (`status` `None`: no response) and gives the slot back.
+    pub fn answer(mut self, status: Option<u16>, retry_after: Option<Duration>) {
+        self.answered = true;
+        self.gate.answer(self.key, status, retry_after, self.since);
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gate.answer(self.key, None, None, self.since);
+        }
+    }
+}
+
+/// A send waiting in its host's queue; dropped early, it leaves the queue or gives back the slot it got.
+struct Queued<'a> {
+    gate: &'a Gate,
+    host: &'a str,
+    ticket: u64,
+    rx: oneshot::Receiver<Wake>,
+    /// Woken (its wake is settled by whoever took it), or still waiting.
+    woke: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.woke {
+            return;
+        }
+        let now = self.gate.clock.now();
+        let mut inner = self.gate.lock();
+        if !inner.lanes.cancel(self.host, self.ticket, now) {
+            // Woken under the lock before this drop: a slot that was granted goes back.
+            if let Ok(Wake::Go) = self.rx.try_recv() {
+                let key = HostKey {
+                    host: self.host.to_string(),
+                    workspace: String::new(),
+                };
+                let wakes = inner.lanes.answer(&key, no_answer(), now, &mut Vec::new());
+                inner.wake(wakes);
+            }
+        }
+        inner.waiting.remove(&self.ticket);
+    }
+}
+
+/// A held send's place among the waiting, freed however its wait ends.
+struct Holding<'a> {
+    gate: &'a Gate,
+    host: &'a str,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().lanes.hold_over(self.host);
+    }
+}
+
+fn no_answer() -> Answer {
+    Answer {
+        status: None,
+        retry_after: None,
+        took: Duration::ZERO,
+    }
+}
+
+fn due(now: Now, after: Duration) -> i64 {
+    now.wall_ms
+        .saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Inner {
+    fn wake(&mut self, wakes: Vec<Wakeup>) {
+        for w in wakes {
+            if let Some(tx) = self.waiting.remove(&w.ticket) {
+                // A receiver gone means its task is being dropped; its guard's drop settles the slot.
+                let _ = tx.send(w.wake);
+            }
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(lanes: Lanes, clock: Clock, metrics: DispatchMetrics) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                lanes,
+                waiting: HashMap::new(),
+                named: Vec::new(),
+            }),
+            clock,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks `key`'s lane whether a send may go, waiting (without the admission slot) as long as it says.
+    pub async fn ask<'a>(&'a self, key: &'a HostKey, admission: &mut Admission) -> Decision<'a> {
+        let mut held = false;
+        // The request slot, once the send has one and asks again with it.
+        let mut slot: Option<SlotGuard<'a>> = None;
+        let mut notes = Vec::new();
+        loop {
+            let now = self.clock.now();
+            let (ask, rx) = {
+                let mut inner = self.lock();
+                let ask = match slot {
+                    Some(_) => inner.lanes.with_slot(key, now, held, &mut notes),
+                    None => inner.lanes.ask(key, now, held, &mut notes),
+                };
+                let wakes = inner.lanes.wakes();
+                inner.wake(wakes);
+                let rx = match ask {
+                    Ask::Queued { ticket, .. } => {
+                        let (tx, rx) = oneshot::channel();
+                        inner.waiting.insert(ticket, tx);
+                        Some(rx)
+                    }
+                    _ => None,
+                };
+                (ask, rx)
+            };
+            self.notes(key, &mut notes);
+            held = false;
+            match ask {
+                Ask::Go => return Decision::Go(slot.unwrap_or_else(|| self.slot(key, now))),
+                Ask::Unhealthy { until_ms } => {
+                    // The lane took back a slot the send held.
+                    if let Some(s) = slot {
+                        s.forget();
+                    }
+                    return Decision::Unhealthy { until_ms };
+                }
+                Ask::Requeue { after, reason } => {
+                    if let Some(s) = slot {
+                        s.forget();
+                    }
+                    return Decision::Requeue {
+                        due_ms: due(now, after),
+                        reason,
+                    };
+                }
+                Ask::Hold {
+                    wait,
+                    reason,
+                    slot: with_slot,
+                } => {
+                    if with_slot && slot.is_none() {
+                        slot = Some(self.slot(key, now));
+                    }
+                    let _place = Holding {
+                        gate: self,
+                        host: &key.host,
+                    };
+                    self.metrics.held(reason.as_str(), wait);
+                    admission.outside(tokio::time::sleep(wait)).await;
+                    held = true;
+                }
+                Ask::Queued { ticket, release } => {
+                    let queued = Queued {
+                        gate: self,
+                        host: &key.host,
+                        ticket,
+                        rx: rx.expect("made for a queued send"),
+                        woke: false,
+                    };
+                    match self.queued(queued, release, admission).await {
+                        Wake::Go => slot = Some(self.slot(key, self.clock.now())),
+                        Wake::Spill { after, reason } => {
+                            return Decision::Requeue {
+                                due_ms: due(self.clock.now(), after),
+                                reason: reason.into(),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn slot<'a>(&'a self, key: &'a HostKey, now: Now) -> SlotGuard<'a> {
+        SlotGuard {
+            gate: self,
+            key,
+            since: now.mono,
+            answered: false,
+        }
+    }
+
+    /// Waits in the lane's queue for a slot. A send given back its admission slot goes on without it: one
+    /// that holds a request slot must not wait for an admission slot held by sends waiting for request
+    /// slots. What runs on this way is bounded all the same: by the slots, and by the queues it waited in.
+    async fn queued(
+        &self,
+        mut queued: Queued<'_>,
+        release: bool,
+        admission: &mut Admission,
+    ) -> Wake {
+        let wake = if release {
+            admission.release();
+            (&mut queued.rx).await
+        } else {
+            self.wait_keeping_admission(&mut queued, admission).await
+        };
+        // Settled here: a slot it was woken with passes to the caller's guard at once.
+        queued.woke = true;
+        wake.unwrap_or(Wake::Spill {
+            after: Duration::from_secs(1),
+            reason: SpillReason::QueueWait,
+        })
+    }
+
+    /// A send that waits keeping its admission slot (the dispatcher's own capacity is what it waits for)
+    /// asks again now and then, and gives the slot back once it may.
+    async fn wait_keeping_admission(
+        &self,
+        queued: &mut Queued<'_>,
+        admission: &mut Admission,
+    ) -> Result<Wake, oneshot::error::RecvError> {
+        loop {
+            match tokio::time::timeout(SETTLE_EVERY, &mut queued.rx).await {
+                Ok(wake) => return wake,
+                Err(_) => {
+                    let now = self.clock.now();
+                    let settle = self.lock().lanes.settle(queued.host, queued.ticket, now);
+                    match settle {
+                        Settle::Wait => {}
+                        Settle::Release => {
+                            admission.release();
+                            return (&mut queued.rx).await;
+                        }
+                        Settle::Spill { after, reason } => {
+                            self.lock().waiting.remove(&queued.ticket);
+                            return Ok(Wake::Spill { after, reason });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        key: &HostKey,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        since: Duration,
+    ) {
+        let now = self.clock.now();
+        let answer = Answer {
+            status,
+            retry_after,
+            took: now.mono.saturating_sub(since),
+        };
+        let mut notes = Vec::new();
+        {
+            let mut inner = self.lock();
+            let wakes = inner.lanes.answer(key, answer, now, &mut notes);
+            inner.wake(wakes);
+        }
+        self.notes(key, &mut notes);
+    }
+}
