@@ -5,7 +5,6 @@ pub mod classify;
 pub mod consume;
 mod decode;
 pub(crate) mod delivery;
-pub(crate) mod gate;
 pub(crate) mod http;
 pub mod lane;
 pub mod outcome;
@@ -163,15 +162,12 @@ fn pipeline(
 ) -> anyhow::Result<Pipeline> {
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
+    let executor = http::Executor::new(&config.http, &config.security, signer)
+        .context("creating the HTTP client")?;
     let clock = crate::clock::Clock::start();
     Ok(Pipeline {
-        delivery: Delivery {
-            executor: http::Executor::new(&config.http, &config.security, signer)
-                .context("creating the HTTP client")?,
-            metrics: metrics.clone(),
-            gate: gate(config, metrics, clock, shutdown),
-            clock,
-        },
+        delivery: delivery(config, executor, metrics, clock, shutdown),
+        clock,
         publisher,
         metrics: metrics.clone(),
         rules: crate::events::Rules::from_config(config),
@@ -181,13 +177,14 @@ fn pipeline(
     })
 }
 
-/// Every host's lane, behind the gate that parks and wakes the sends waiting on them.
-fn gate(
+/// Delivery, with every host's lane.
+fn delivery(
     config: &Config,
+    executor: http::Executor,
     metrics: &DispatchMetrics,
     clock: crate::clock::Clock,
     shutdown: &CancellationToken,
-) -> Arc<gate::Gate> {
+) -> Arc<Delivery> {
     let d = &config.dispatch;
     let settings = lane::LaneSettings {
         health: config.host_health.clone(),
@@ -207,13 +204,14 @@ fn gate(
             request_timeout: config.http.request_timeout,
         },
     };
-    let gate = Arc::new(gate::Gate::new(
+    let delivery = Arc::new(Delivery::new(
         lane::Lanes::new(settings),
+        executor,
         clock,
         metrics.clone(),
     ));
-    gate.start_ticking(Duration::from_millis(250), shutdown.clone());
-    gate
+    delivery.start_ticking(Duration::from_millis(250), shutdown.clone());
+    delivery
 }
 
 fn start_probe(

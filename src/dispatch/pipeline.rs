@@ -20,7 +20,6 @@ use super::report::{event_for, AttemptFacts, Target};
 use super::retry::RetryPolicy;
 use super::tiers::Tiers;
 use super::turn::{host_key, send_span, Turn};
-use crate::clock::now_ms;
 use crate::dispatch::consume::Admission;
 use crate::dispatch::publish::{Abandoned, PublishError, Publisher};
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
@@ -29,7 +28,9 @@ use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
 pub struct Pipeline {
-    pub delivery: Delivery,
+    pub delivery: std::sync::Arc<Delivery>,
+    /// The clock every decision of the path reads, once per decision.
+    pub clock: crate::clock::Clock,
     pub publisher: Publisher,
     pub metrics: DispatchMetrics,
     pub rules: Rules,
@@ -76,7 +77,7 @@ impl Pipeline {
                 return self.report(record, ended);
             }
         };
-        let now = now_ms();
+        let now = self.clock.now().wall_ms;
         if retry.due_ms > now {
             let topic = self.tiers.topic_for(retry.due_ms, now).to_string();
             let trace = crate::telemetry::traces::record_context(&record.headers);
@@ -142,7 +143,7 @@ impl Pipeline {
         let facts = AttemptFacts {
             attempt: retry.attempts.saturating_add(1),
             duration: Duration::ZERO,
-            now_ms: now_ms(),
+            now_ms: self.clock.now().wall_ms,
             terminal: true,
             next_attempt_at_ms: None,
         };
@@ -199,7 +200,7 @@ impl Pipeline {
         let attempted = Attempted {
             send,
             number: turn.number,
-            first_attempt_ms: turn.first_attempt_ms(),
+            first_attempt_ms: turn.first_attempt_ms(self.clock.now().wall_ms),
             wire,
             duration,
             source: turn.source.as_ref(),
@@ -214,7 +215,7 @@ impl Pipeline {
         attempted: &Attempted<'_>,
     ) -> Result<Outcome, Abandoned> {
         let now = Circumstances {
-            now_ms: now_ms(),
+            now_ms: self.clock.now().wall_ms,
             jitter: rand::random(),
             new_event_id: || uuid::Uuid::new_v4().to_string(),
         };
@@ -244,12 +245,15 @@ impl Pipeline {
             attempts: turn.number.saturating_sub(1),
             // A send not yet attempted carries the time it was first held, which is where an earlier
             // version would start its retry window (this one starts it at the first real attempt).
-            first_attempt_ms: turn.first_attempt_ms(),
+            first_attempt_ms: turn.first_attempt_ms(self.clock.now().wall_ms),
             due_ms,
             last_status: turn.last_status,
             source: turn.source.clone(),
         };
-        let topic = self.tiers.topic_for(due_ms, now_ms()).to_string();
+        let topic = self
+            .tiers
+            .topic_for(due_ms, self.clock.now().wall_ms)
+            .to_string();
         match self.publisher.retry(&topic, &retry).await {
             Ok(()) => Ok(Outcome::Requeued { reason, due_ms }),
             Err(PublishError::Abandoned(a)) => Err(a),

@@ -1,7 +1,6 @@
 //! Where a send stands before an attempt, and its tracing span.
 
 use super::lane::HostKey;
-use crate::clock::now_ms;
 use crate::events::{SourceRef, ValidSend};
 use crate::kafka::Record;
 
@@ -31,10 +30,11 @@ impl Turn {
         }
     }
 
-    /// Retry windows count from the first attempt actually made, not from a hold before it.
-    pub(super) fn first_attempt_ms(&self) -> i64 {
+    /// Retry windows count from the first attempt actually made, not from a hold before it: `now_ms` for
+    /// a first attempt.
+    pub(super) fn first_attempt_ms(&self, now_ms: i64) -> i64 {
         if self.number == 1 {
-            now_ms()
+            now_ms
         } else {
             self.first_attempt_ms
         }

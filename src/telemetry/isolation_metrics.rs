@@ -41,8 +41,9 @@ impl IsolationMetrics {
         let spilled_sends = IntCounterVec::new(
             Opts::new(
                 "spilled_sends_total",
-                "Sends moved to a retry tier without an attempt because their host's queue was full \
-                 (queue_full) or they waited in it longer than dispatch.max_queue_wait (queue_wait)",
+                "Sends a slow host's lane moved to a retry tier without an attempt: its queue was full \
+                 (queue_full), they waited in it for dispatch.max_queue_wait (queue_wait), or the \
+                 dispatcher stopped (stopping)",
             ),
             &["reason"],
         )

@@ -205,11 +205,7 @@ impl Lanes {
         if let Err(until_ms) = self.gate(key, now, notes) {
             return Ask::Unhealthy { until_ms };
         }
-        let pace = if held && self.rates.held_until(key, now.mono).is_none() {
-            Pace::Go
-        } else {
-            self.rates.admit(key, now.mono)
-        };
+        let pace = self.pace(key, now, held);
         match pace {
             Pace::Go => {}
             Pace::Wait { wait, reason } => {
@@ -251,11 +247,7 @@ impl Lanes {
             self.give_back(&key.host, now);
             return Ask::Unhealthy { until_ms };
         }
-        let pace = if held && self.rates.held_until(key, now.mono).is_none() {
-            Pace::Go
-        } else {
-            self.rates.admit(key, now.mono)
-        };
+        let pace = self.pace(key, now, held);
         match pace {
             Pace::Go => Ask::Go,
             Pace::Wait { wait, reason } => Ask::Hold {
@@ -350,6 +342,16 @@ impl Lanes {
     /// Requests in flight to every host.
     pub fn in_use(&self) -> usize {
         self.slots.in_use()
+    }
+
+    /// The rate limit and `Retry-After` step. A send that waited out its hold has its rate slot booked: only
+    /// a `Retry-After` that came meanwhile holds it again.
+    fn pace(&mut self, key: &HostKey, now: Now, held: bool) -> Pace {
+        if held && self.rates.held_until(key, now.mono).is_none() {
+            Pace::Go
+        } else {
+            self.rates.admit(key, now.mono)
+        }
     }
 
     /// `Err(until)` while `key` is paused; pause transitions go to `notes`.

@@ -206,6 +206,41 @@ fn a_host_that_turns_slow_spills_what_its_queue_cannot_hold() {
 }
 
 #[test]
+fn a_host_that_never_answers_keeps_no_more_than_its_queue_bound_once_it_turns_slow() {
+    // 3,000 sends for a new host at once: it has not answered, so it queues to its own bound and then among
+    // every quick host's places; once it turns slow, what is over its own bound is spilled, newest first.
+    let mut q = Slots::new(limits(512, 32, 512));
+    let mut tickets = Vec::new();
+    for _ in 0..3000 {
+        match q.take("h", Duration::ZERO) {
+            Take::Go => {}
+            Take::Queued { ticket, .. } => tickets.push(ticket),
+            Take::Spill { .. } => panic!("not slow yet"),
+        }
+    }
+    assert!(
+        q.queued() > 512,
+        "queued {} before it turned slow",
+        q.queued()
+    );
+    let (wakes, _) = q.tick(SEC);
+    assert_eq!(q.queued(), 512);
+    assert_eq!(wakes.len(), tickets.len() - 512);
+    assert!(wakes.iter().all(|w| matches!(
+        w.wake,
+        Wake::Spill {
+            reason: SpillReason::QueueFull,
+            ..
+        }
+    )));
+    let spilled: Vec<u64> = wakes.iter().map(|w| w.ticket).collect();
+    assert!(
+        spilled.iter().all(|t| !tickets[..512].contains(t)),
+        "the oldest 512 keep their places"
+    );
+}
+
+#[test]
 fn a_host_measured_fast_gets_its_spills_back_sooner() {
     let mut q = Slots::new(limits(512, 4, 1));
     let mut now = Duration::ZERO;

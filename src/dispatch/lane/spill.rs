@@ -178,7 +178,24 @@ impl Slots {
     }
 
     /// Spills the sends at the head of a slow lane's queue that have waited `max_queue_wait`.
+    /// Once a host has turned slow, what it queued beyond `max_queued_per_host` while it still looked quick
+    /// (or had not answered yet) is spilled too, newest first: its queue's bound holds from the next tick.
     pub(super) fn expire(&mut self, key: &Arc<str>, now: Duration, wakes: &mut Vec<Wakeup>) {
+        while self.lanes[key].slow(now)
+            && self.lanes[key].queue.len() > self.limits.max_queued_per_host
+        {
+            let at = self.lanes[key].queue.len() - 1;
+            let ticket = self.lanes[key].queue[at].0;
+            self.remove_at(key, at);
+            let after = self.spill_after(key, now);
+            wakes.push(Wakeup {
+                ticket,
+                wake: Wake::Spill {
+                    after,
+                    reason: SpillReason::QueueFull,
+                },
+            });
+        }
         loop {
             let lane = &self.lanes[key];
             let Some(&(ticket, at, _)) = lane.queue.front() else {

@@ -1,15 +1,15 @@
-//! What the gate does beside answering sends: the ticker (spilling what waited too long, refreshing the
+//! What delivery does beside sends: the ticker (spilling what waited too long, refreshing the
 //! queue gauges, logging saturation episodes), draining at shutdown, and the logs and metrics of what
 //! changed for a host (pauses, `Retry-After` holds).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Gate, TOP_HOSTS};
+use super::{Delivery, TOP_HOSTS};
 use crate::clock::rfc3339;
 use crate::dispatch::lane::{Episode, HostKey, Note, Transition};
 
-impl Gate {
+impl Delivery {
     /// Logs and counts what changed for a host.
     pub(super) fn notes(&self, key: &HostKey, notes: &mut Vec<Note>) {
         for note in notes.drain(..) {
@@ -50,7 +50,7 @@ impl Gate {
         every: Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let gate = Arc::downgrade(self);
+        let delivery = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,14 +59,16 @@ impl Gate {
                 tokio::select! {
                     () = stop.cancelled(), if !drained => {
                         drained = true;
-                        if let Some(gate) = gate.upgrade() {
-                            gate.drain();
+                        if let Some(delivery) = delivery.upgrade() {
+                            delivery.drain();
                         }
                     }
                     _ = tick.tick() => {}
                 }
-                let Some(gate) = gate.upgrade() else { return };
-                gate.tick();
+                let Some(delivery) = delivery.upgrade() else {
+                    return;
+                };
+                delivery.tick();
             }
         });
     }

@@ -1,6 +1,9 @@
-//! The lanes behind one lock, and the tasks parked on their decisions: a send asks its [lane](super::lane)
-//! once and gets a slot, a requeue with its reason, or a simulated 598. While it waits — held by a rate
-//! limit or `Retry-After`, or queued behind its busy host — it gives back its consumer admission slot (see
+//! Delivering one attempt: ask the send's [lane](super::lane), send the request, tell the lane the answer
+//! ([`Delivery::deliver`]). What the answer means is decided by the [plan](super::plan).
+//!
+//! The lanes live behind one lock here, with the tasks parked on their decisions: a send asks its lane
+//! and gets a slot, a requeue with its reason, or a simulated 598. While it waits — held by a rate limit or
+//! `Retry-After`, or queued behind its busy host — it gives back its consumer admission slot (see
 //! [`Admission`]), and goes on without it once woken, so waiting for one host never holds the capacity
 //! other hosts' records need.
 
@@ -12,9 +15,13 @@ use tokio::sync::oneshot;
 
 mod ticker;
 
+use super::classify::{Attempt, FailureSource};
+use super::http::Executor;
 use super::lane::{Answer, Ask, HostKey, Lanes, RequeueReason, Settle, SpillReason, Wake, Wakeup};
-use crate::clock::{Clock, Now};
+use super::retry::parse_retry_after;
+use crate::clock::{rfc3339, Clock, Now};
 use crate::dispatch::consume::Admission;
+use crate::events::ValidSend;
 use crate::telemetry::DispatchMetrics;
 
 /// How often a send waiting with its admission slot asks whether its host has turned slow.
@@ -23,10 +30,20 @@ const SETTLE_EVERY: Duration = Duration::from_millis(200);
 /// How many hosts the metrics name, longest queue first.
 pub const TOP_HOSTS: usize = 5;
 
-pub struct Gate {
+pub struct Delivery {
     inner: Mutex<Inner>,
+    executor: Executor,
     clock: Clock,
     metrics: DispatchMetrics,
+}
+
+/// What became of a send handed to delivery.
+#[derive(Debug)]
+pub enum Delivered {
+    /// What happened on the wire (or instead of it: a 598 for a paused host), and how long it took.
+    Attempted(Attempt, Duration),
+    /// Its lane sent it back to a retry tier without an attempt, due at this UNIX ms.
+    Requeue { due_ms: i64, reason: RequeueReason },
 }
 
 struct Inner {
@@ -37,8 +54,8 @@ struct Inner {
 }
 
 /// What a send's lane decided.
-pub enum Decision<'a> {
-    /// Go: the slot is given back, with the host's answer, by [`SlotGuard::answer`] (or when dropped).
+enum Decision<'a> {
+    /// Go: the slot is given back, with the host's answer, by `SlotGuard::answer` (or when dropped).
     Go(SlotGuard<'a>),
     /// To a retry tier without an attempt, due at this UNIX ms.
     Requeue { due_ms: i64, reason: RequeueReason },
@@ -47,8 +64,8 @@ pub enum Decision<'a> {
 }
 
 /// A request slot; dropped without an answer (its task cancelled), it is given back all the same.
-pub struct SlotGuard<'a> {
-    gate: &'a Gate,
+struct SlotGuard<'a> {
+    delivery: &'a Delivery,
     key: &'a HostKey,
     /// When the slot was taken, to measure how long the host holds its slots.
     since: Duration,
@@ -62,23 +79,24 @@ impl SlotGuard<'_> {
     }
 
     /// Tells the lane what the host said (`status` `None`: no response) and gives the slot back.
-    pub fn answer(mut self, status: Option<u16>, retry_after: Option<Duration>) {
+    fn answer(mut self, status: Option<u16>, retry_after: Option<Duration>) {
         self.answered = true;
-        self.gate.answer(self.key, status, retry_after, self.since);
+        self.delivery
+            .answer(self.key, status, retry_after, self.since);
     }
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.gate.answer(self.key, None, None, self.since);
+            self.delivery.answer(self.key, None, None, self.since);
         }
     }
 }
 
 /// A send waiting in its host's queue; dropped early, it leaves the queue or gives back the slot it got.
 struct Queued<'a> {
-    gate: &'a Gate,
+    delivery: &'a Delivery,
     host: &'a str,
     ticket: u64,
     rx: oneshot::Receiver<Wake>,
@@ -91,8 +109,8 @@ impl Drop for Queued<'_> {
         if self.woke {
             return;
         }
-        let now = self.gate.clock.now();
-        let mut inner = self.gate.lock();
+        let now = self.delivery.clock.now();
+        let mut inner = self.delivery.lock();
         if !inner.lanes.cancel(self.host, self.ticket, now) {
             // Woken under the lock before this drop: a slot that was granted goes back.
             if let Ok(Wake::Go) = self.rx.try_recv() {
@@ -110,13 +128,13 @@ impl Drop for Queued<'_> {
 
 /// A held send's place among the waiting, freed however its wait ends.
 struct Holding<'a> {
-    gate: &'a Gate,
+    delivery: &'a Delivery,
     host: &'a str,
 }
 
 impl Drop for Holding<'_> {
     fn drop(&mut self) {
-        self.gate.lock().lanes.hold_over(self.host);
+        self.delivery.lock().lanes.hold_over(self.host);
     }
 }
 
@@ -144,17 +162,53 @@ impl Inner {
     }
 }
 
-impl Gate {
-    pub fn new(lanes: Lanes, clock: Clock, metrics: DispatchMetrics) -> Self {
+impl Delivery {
+    pub fn new(lanes: Lanes, executor: Executor, clock: Clock, metrics: DispatchMetrics) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 lanes,
                 waiting: HashMap::new(),
                 named: Vec::new(),
             }),
+            executor,
             clock,
             metrics,
         }
+    }
+
+    /// Asks the lane, sends, tells the lane the answer. While the send waits (held or queued) it gives
+    /// back its consumer admission slot.
+    pub async fn deliver(
+        &self,
+        host: &HostKey,
+        send: &ValidSend,
+        admission: &mut Admission,
+    ) -> Delivered {
+        let slot = match self.ask(host, admission).await {
+            Decision::Go(slot) => slot,
+            Decision::Requeue { due_ms, reason } => return Delivered::Requeue { due_ms, reason },
+            Decision::Unhealthy { until_ms } => return paused(until_ms),
+        };
+        self.metrics.in_flight.inc();
+        let (attempt, duration) = self.executor.execute(send).await;
+        self.metrics.in_flight.dec();
+        self.metrics
+            .request_duration
+            .observe(duration.as_secs_f64());
+        match &attempt {
+            Attempt::Response {
+                status,
+                retry_after,
+                ..
+            } => {
+                let after = retry_after
+                    .as_deref()
+                    .and_then(|v| parse_retry_after(v, self.clock.now().wall_ms));
+                slot.answer(Some(*status), after);
+            }
+            Attempt::NoResponse { .. } => slot.answer(None, None),
+        }
+        Delivered::Attempted(attempt, duration)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -162,7 +216,7 @@ impl Gate {
     }
 
     /// Asks `key`'s lane whether a send may go, waiting (without the admission slot) as long as it says.
-    pub async fn ask<'a>(&'a self, key: &'a HostKey, admission: &mut Admission) -> Decision<'a> {
+    async fn ask<'a>(&'a self, key: &'a HostKey, admission: &mut Admission) -> Decision<'a> {
         let mut held = false;
         // The request slot, once the send has one and asks again with it.
         let mut slot: Option<SlotGuard<'a>> = None;
@@ -216,7 +270,7 @@ impl Gate {
                         slot = Some(self.slot(key, now));
                     }
                     let _place = Holding {
-                        gate: self,
+                        delivery: self,
                         host: &key.host,
                     };
                     self.metrics.held(reason.as_str(), wait);
@@ -225,7 +279,7 @@ impl Gate {
                 }
                 Ask::Queued { ticket, release } => {
                     let queued = Queued {
-                        gate: self,
+                        delivery: self,
                         host: &key.host,
                         ticket,
                         rx: rx.expect("made for a queued send"),
@@ -247,7 +301,7 @@ impl Gate {
 
     fn slot<'a>(&'a self, key: &'a HostKey, now: Now) -> SlotGuard<'a> {
         SlotGuard {
-            gate: self,
+            delivery: self,
             key,
             since: now.mono,
             answered: false,
@@ -327,4 +381,12 @@ impl Gate {
         }
         self.notes(key, &mut notes);
     }
+}
+
+fn paused(until_ms: i64) -> Delivered {
+    let attempt = Attempt::NoResponse {
+        source: FailureSource::UnhealthyHost,
+        error: format!("host paused as unhealthy until {}", rfc3339(until_ms)),
+    };
+    Delivered::Attempted(attempt, Duration::ZERO)
 }
