@@ -77,7 +77,7 @@ impl Pipeline {
                 return self.report(record, ended);
             }
         };
-        let now = self.clock.now().wall_ms;
+        let now = self.clock.wall_ms();
         if retry.due_ms > now {
             let topic = self.tiers.topic_for(retry.due_ms, now).to_string();
             let trace = crate::telemetry::traces::record_context(&record.headers);
@@ -143,7 +143,7 @@ impl Pipeline {
         let facts = AttemptFacts {
             attempt: retry.attempts.saturating_add(1),
             duration: Duration::ZERO,
-            now_ms: self.clock.now().wall_ms,
+            now_ms: self.clock.wall_ms(),
             terminal: true,
             next_attempt_at_ms: None,
         };
@@ -197,25 +197,27 @@ impl Pipeline {
                 return Box::pin(self.requeue(record, send, &turn, due_ms, reason)).await;
             }
         };
+        let now_ms = self.clock.wall_ms();
         let attempted = Attempted {
             send,
             number: turn.number,
-            first_attempt_ms: turn.first_attempt_ms(self.clock.now().wall_ms),
+            first_attempt_ms: turn.first_attempt_ms(now_ms),
             wire,
             duration,
             source: turn.source.as_ref(),
         };
-        self.planned(record, &attempted).await
+        self.planned(record, &attempted, now_ms).await
     }
 
-    /// The attempt planned, counted and the plan made durable.
+    /// The attempt, planned at `now_ms`, and the plan made durable.
     async fn planned(
         &self,
         record: &Record,
         attempted: &Attempted<'_>,
+        now_ms: i64,
     ) -> Result<Outcome, Abandoned> {
         let now = Circumstances {
-            now_ms: self.clock.now().wall_ms,
+            now_ms,
             jitter: rand::random(),
             new_event_id: || uuid::Uuid::new_v4().to_string(),
         };
@@ -245,14 +247,14 @@ impl Pipeline {
             attempts: turn.number.saturating_sub(1),
             // A send not yet attempted carries the time it was first held, which is where an earlier
             // version would start its retry window (this one starts it at the first real attempt).
-            first_attempt_ms: turn.first_attempt_ms(self.clock.now().wall_ms),
+            first_attempt_ms: turn.first_attempt_ms(self.clock.wall_ms()),
             due_ms,
             last_status: turn.last_status,
             source: turn.source.clone(),
         };
         let topic = self
             .tiers
-            .topic_for(due_ms, self.clock.now().wall_ms)
+            .topic_for(due_ms, self.clock.wall_ms())
             .to_string();
         match self.publisher.retry(&topic, &retry).await {
             Ok(()) => Ok(Outcome::Requeued { reason, due_ms }),

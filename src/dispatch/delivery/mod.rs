@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+mod guards;
 mod ticker;
+
+use guards::{Holding, Queued, SlotGuard};
 
 use super::classify::{Attempt, FailureSource};
 use super::http::Executor;
@@ -61,89 +64,6 @@ enum Decision<'a> {
     Requeue { due_ms: i64, reason: RequeueReason },
     /// The host is paused as unhealthy for this workspace until this UNIX ms: a simulated 598.
     Unhealthy { until_ms: i64 },
-}
-
-/// A request slot; dropped without an answer (its task cancelled), it is given back all the same.
-struct SlotGuard<'a> {
-    delivery: &'a Delivery,
-    key: &'a HostKey,
-    /// When the slot was taken, to measure how long the host holds its slots.
-    since: Duration,
-    answered: bool,
-}
-
-impl SlotGuard<'_> {
-    /// The lane has taken the slot back itself.
-    fn forget(mut self) {
-        self.answered = true;
-    }
-
-    /// Tells the lane what the host said (`status` `None`: no response) and gives the slot back.
-    fn answer(mut self, status: Option<u16>, retry_after: Option<Duration>) {
-        self.answered = true;
-        self.delivery
-            .answer(self.key, status, retry_after, self.since);
-    }
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.delivery.answer(self.key, None, None, self.since);
-        }
-    }
-}
-
-/// A send waiting in its host's queue; dropped early, it leaves the queue or gives back the slot it got.
-struct Queued<'a> {
-    delivery: &'a Delivery,
-    host: &'a str,
-    ticket: u64,
-    rx: oneshot::Receiver<Wake>,
-    /// Woken (its wake is settled by whoever took it), or still waiting.
-    woke: bool,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if self.woke {
-            return;
-        }
-        let now = self.delivery.clock.now();
-        let mut inner = self.delivery.lock();
-        if !inner.lanes.cancel(self.host, self.ticket, now) {
-            // Woken under the lock before this drop: a slot that was granted goes back.
-            if let Ok(Wake::Go) = self.rx.try_recv() {
-                let key = HostKey {
-                    host: self.host.to_string(),
-                    workspace: String::new(),
-                };
-                let wakes = inner.lanes.answer(&key, no_answer(), now, &mut Vec::new());
-                inner.wake(wakes);
-            }
-        }
-        inner.waiting.remove(&self.ticket);
-    }
-}
-
-/// A held send's place among the waiting, freed however its wait ends.
-struct Holding<'a> {
-    delivery: &'a Delivery,
-    host: &'a str,
-}
-
-impl Drop for Holding<'_> {
-    fn drop(&mut self) {
-        self.delivery.lock().lanes.hold_over(self.host);
-    }
-}
-
-fn no_answer() -> Answer {
-    Answer {
-        status: None,
-        retry_after: None,
-        took: Duration::ZERO,
-    }
 }
 
 fn due(now: Now, after: Duration) -> i64 {
@@ -221,26 +141,11 @@ impl Delivery {
         // The request slot, once the send has one and asks again with it.
         let mut slot: Option<SlotGuard<'a>> = None;
         let mut notes = Vec::new();
+        // The reading a send woken with a slot was woken at, for its next ask.
+        let mut woke: Option<Now> = None;
         loop {
-            let now = self.clock.now();
-            let (ask, rx) = {
-                let mut inner = self.lock();
-                let ask = match slot {
-                    Some(_) => inner.lanes.with_slot(key, now, held, &mut notes),
-                    None => inner.lanes.ask(key, now, held, &mut notes),
-                };
-                let wakes = inner.lanes.wakes();
-                inner.wake(wakes);
-                let rx = match ask {
-                    Ask::Queued { ticket, .. } => {
-                        let (tx, rx) = oneshot::channel();
-                        inner.waiting.insert(ticket, tx);
-                        Some(rx)
-                    }
-                    _ => None,
-                };
-                (ask, rx)
-            };
+            let now = woke.take().unwrap_or_else(|| self.clock.now());
+            let (ask, rx) = self.decide(key, now, slot.is_some(), held, &mut notes);
             self.notes(key, &mut notes);
             held = false;
             match ask {
@@ -286,7 +191,11 @@ impl Delivery {
                         woke: false,
                     };
                     match self.queued(queued, release, admission).await {
-                        Wake::Go => slot = Some(self.slot(key, self.clock.now())),
+                        Wake::Go => {
+                            let now = self.clock.now();
+                            slot = Some(self.slot(key, now));
+                            woke = Some(now);
+                        }
                         Wake::Spill { after, reason } => {
                             return Decision::Requeue {
                                 due_ms: due(self.clock.now(), after),
@@ -297,6 +206,35 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// One question to the lane, under the lock: with the slot the send holds, or without one. A queued
+    /// send gets the receiver of its wake.
+    fn decide(
+        &self,
+        key: &HostKey,
+        now: Now,
+        with_slot: bool,
+        held: bool,
+        notes: &mut Vec<super::lane::Note>,
+    ) -> (Ask, Option<oneshot::Receiver<Wake>>) {
+        let mut inner = self.lock();
+        let ask = if with_slot {
+            inner.lanes.with_slot(key, now, held, notes)
+        } else {
+            inner.lanes.ask(key, now, held, notes)
+        };
+        let wakes = inner.lanes.wakes();
+        inner.wake(wakes);
+        let rx = match ask {
+            Ask::Queued { ticket, .. } => {
+                let (tx, rx) = oneshot::channel();
+                inner.waiting.insert(ticket, tx);
+                Some(rx)
+            }
+            _ => None,
+        };
+        (ask, rx)
     }
 
     fn slot<'a>(&'a self, key: &'a HostKey, now: Now) -> SlotGuard<'a> {

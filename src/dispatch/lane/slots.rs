@@ -200,6 +200,24 @@ impl Slots {
         }
     }
 
+    /// Adds (`+1`) or takes away (`-1`) a waiter of `key` from the counts of how it waits.
+    pub(super) fn counted(&mut self, key: &Arc<str>, waits: Waits, sign: i8) {
+        let lane = self.lanes.get_mut(key).expect("present");
+        let step = |n: &mut usize| {
+            *n = if sign > 0 {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+        };
+        if waits != Waits::Keeping {
+            step(&mut lane.released);
+        }
+        if waits == Waits::ReleasedFast {
+            step(&mut self.released_fast);
+        }
+    }
+
     /// A request to `host` has ended after `took`: its slot goes to whoever should have it next.
     pub fn release(&mut self, host: &str, took: Duration, now: Duration) -> Vec<Wakeup> {
         let Some((key, _)) = self.lanes.get_key_value(host.trim_end_matches('.')) else {

@@ -2,7 +2,6 @@
 //! (a slow lane's, up to its bound; other lanes', up to `4 × max_in_flight` in all), keeping it, or not at
 //! all (spilled). Pure: time is an argument.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::slots::{Lane, Slots};
@@ -56,24 +55,6 @@ impl Slots {
             return Ok(Waits::ReleasedFast);
         }
         Ok(Waits::Keeping)
-    }
-
-    /// Adds (`+1`) or takes away (`-1`) a waiter of `key` from the counts of how it waits.
-    pub(super) fn counted(&mut self, key: &Arc<str>, waits: Waits, sign: i8) {
-        let lane = self.lanes.get_mut(key).expect("present");
-        let step = |n: &mut usize| {
-            *n = if sign > 0 {
-                *n + 1
-            } else {
-                n.saturating_sub(1)
-            };
-        };
-        if waits != Waits::Keeping {
-            step(&mut lane.released);
-        }
-        if waits == Waits::ReleasedFast {
-            step(&mut self.released_fast);
-        }
     }
 
     /// A waiter keeping its admission slot asks again whether it may give it back.
