@@ -149,7 +149,13 @@ impl Delivery {
             self.notes(key, &mut notes);
             held = false;
             match ask {
-                Ask::Go => return Decision::Go(slot.unwrap_or_else(|| self.slot(key, now))),
+                Ask::Go => {
+                    // The request's time with its slot starts now, not when a hold with it began: the lane
+                    // measures how long the host holds its slots.
+                    let mut slot = slot.unwrap_or_else(|| self.slot(key, now));
+                    slot.since = now.mono;
+                    return Decision::Go(slot);
+                }
                 Ask::Unhealthy { until_ms } => {
                     // The lane took back a slot the send held.
                     if let Some(s) = slot {

@@ -9,7 +9,10 @@
 //! 3. a request slot ([`slots`]: the host's cap, its fair share of `max_in_flight`, slow start): **go** with
 //!    it, or wait **queued** in the lane until woken; a slow host's full queue **requeues** the send
 //!    ([`spill`]), due when the host could take it. A send woken with a slot asks again
-//!    ([`Lanes::with_slot`]): the pause and the pace are checked at the time it can really start.
+//!    ([`Lanes::with_slot`]): the pause and the pace are checked at the time it can really start. So a
+//!    rate-limited host at its cap books a second rate slot for a send that queued (the first one is
+//!    lost: the cap, not the rate, is what holds that host back then), and a send that must wait for it
+//!    keeps its request slot meanwhile, at most `dispatch.max_hold`.
 //!
 //! After the request, [`Lanes::answer`] tells the lane what the host said, in one step: the unhealthy-host
 //! count, a `Retry-After` hold, and the slot given to whoever should have it next.
