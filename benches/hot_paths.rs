@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use hookrelay::aggregate::ledger::Ledger;
 use hookrelay::aggregate::window::Windows;
 use hookrelay::config::EventEncoding;
-use hookrelay::dispatch::classify::{classify, Attempt, Outcome};
+use hookrelay::dispatch::classify::{classify, Attempt, Verdict};
 use hookrelay::dispatch::consume::OffsetTracker;
 use hookrelay::dispatch::plan::{plan, Attempted, Circumstances, Policy};
 use hookrelay::dispatch::report::failure_event;
@@ -44,7 +44,7 @@ fn send_and_failure() -> (
         content_length: Some(20),
         retry_after: None,
     };
-    let Outcome::Failed(failure) = classify(attempt) else {
+    let Verdict::Failed(failure) = classify(attempt) else {
         unreachable!()
     };
     (send, failure)
@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         .unwrap()
         .validate(&methods)
         .unwrap();
-    let Outcome::Failed(failure) = classify(attempt.clone()) else {
+    let Verdict::Failed(failure) = classify(attempt.clone()) else {
         unreachable!()
     };
     g.bench_function("build_and_encode_failure_event", |b| {
@@ -264,5 +264,91 @@ fn offset_tracking(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, planning, aggregate_ingest, offset_tracking);
+/// What a lane costs a send: asked and answered for a host with no rules (the common case), and a send that
+/// queues behind its host's cap and is woken by the answer that frees a slot, then asks again.
+fn lanes(c: &mut Criterion) {
+    use hookrelay::dispatch::lane::{
+        Answer, Ask, HostHealthConfig, HostKey, LaneSettings, Lanes, Now, QueueLimits, RateLimits,
+        RateRules, Wake,
+    };
+    use std::time::Duration;
+    let settings = |per_host: usize| LaneSettings {
+        health: HostHealthConfig::default(),
+        rules: RateRules::default(),
+        rate: RateLimits {
+            max_wait: Duration::from_secs(10),
+            max_waiting_per_host: 128,
+            max_waiting: 256,
+            retry_after_cap: Duration::from_secs(3600),
+        },
+        slots: QueueLimits {
+            max_in_flight: 512,
+            max_in_flight_per_host: per_host,
+            max_queued_per_host: 512,
+            max_queue_wait: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(90),
+        },
+    };
+    let key = HostKey {
+        host: "hooks.example.com".into(),
+        workspace: "workspace-1".into(),
+    };
+    let ok = Answer {
+        status: Some(200),
+        retry_after: None,
+        took: Duration::from_millis(5),
+    };
+    let mut g = c.benchmark_group("lane");
+    g.throughput(Throughput::Elements(1));
+    let mut lanes = Lanes::new(settings(128));
+    let mut ms: u64 = 1_000;
+    let mut notes = Vec::new();
+    g.bench_function("ask_then_answer_no_rules", |b| {
+        b.iter(|| {
+            ms += 1;
+            let now = Now {
+                mono: Duration::from_millis(ms),
+                wall_ms: 1_700_000_000_000 + ms as i64,
+            };
+            let ask = lanes.ask(black_box(&key), now, false, &mut notes);
+            assert_eq!(ask, Ask::Go);
+            black_box(lanes.answer(&key, ok, now, &mut notes));
+        })
+    });
+    // One host at its cap of 4: each send queues, the answer of the oldest request wakes it, it asks again
+    // with its slot.
+    let mut lanes = Lanes::new(settings(4));
+    for _ in 0..4 {
+        let now = Now {
+            mono: Duration::from_millis(ms),
+            wall_ms: 1_700_000_000_000 + ms as i64,
+        };
+        assert_eq!(lanes.ask(&key, now, false, &mut notes), Ask::Go);
+    }
+    g.bench_function("queued_woken_and_asked_again", |b| {
+        b.iter(|| {
+            ms += 1;
+            let now = Now {
+                mono: Duration::from_millis(ms),
+                wall_ms: 1_700_000_000_000 + ms as i64,
+            };
+            let Ask::Queued { .. } = lanes.ask(black_box(&key), now, false, &mut notes) else {
+                panic!("the host is at its cap")
+            };
+            let wakes = lanes.answer(&key, ok, now, &mut notes);
+            assert!(matches!(&wakes[..], [w] if w.wake == Wake::Go));
+            assert_eq!(lanes.with_slot(&key, now, false, &mut notes), Ask::Go);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench,
+    planning,
+    aggregate_ingest,
+    offset_tracking,
+    lanes
+);
 criterion_main!(benches);

@@ -79,7 +79,7 @@ pub enum Attempt {
 
 /// The meaning of an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Verdict {
     Delivered { status: u16 },
     Failed(Failure),
 }
@@ -115,10 +115,10 @@ pub fn canonical_reason(status: u16) -> &'static str {
     }
 }
 
-pub fn classify(attempt: Attempt) -> Outcome {
+pub fn classify(attempt: Attempt) -> Verdict {
     match attempt {
         Attempt::Response { status, .. } if (200..300).contains(&status) => {
-            Outcome::Delivered { status }
+            Verdict::Delivered { status }
         }
         Attempt::Response {
             status,
@@ -126,7 +126,7 @@ pub fn classify(attempt: Attempt) -> Outcome {
             body,
             content_length,
             retry_after,
-        } => Outcome::Failed(Failure {
+        } => Verdict::Failed(Failure {
             status,
             source: FailureSource::ExternalEndpoint,
             reason: reason.unwrap_or_else(|| canonical_reason(status).to_string()),
@@ -135,7 +135,7 @@ pub fn classify(attempt: Attempt) -> Outcome {
             content_length,
             retry_after,
         }),
-        Attempt::NoResponse { source, error } => Outcome::Failed(Failure {
+        Attempt::NoResponse { source, error } => Verdict::Failed(Failure {
             status: if source == FailureSource::UnhealthyHost {
                 UNHEALTHY_HOST
             } else {
@@ -173,10 +173,10 @@ mod tests {
     #[test]
     fn follows_brazes_table() {
         for s in [200, 201, 204, 299] {
-            assert_eq!(classify(response(s)), Outcome::Delivered { status: s });
+            assert_eq!(classify(response(s)), Verdict::Delivered { status: s });
         }
         let failed = |s| match classify(response(s)) {
-            Outcome::Failed(f) => f,
+            Verdict::Failed(f) => f,
             o => panic!("{s} gave {o:?}"),
         };
         for s in [
@@ -199,7 +199,7 @@ mod tests {
             FailureSource::Timeout,
             FailureSource::ConnectionError,
         ] {
-            let Outcome::Failed(f) = classify(Attempt::NoResponse {
+            let Verdict::Failed(f) = classify(Attempt::NoResponse {
                 source,
                 error: "x".into(),
             }) else {
@@ -207,7 +207,7 @@ mod tests {
             };
             assert_eq!((f.status, f.retriable, f.source), (599, true, source));
         }
-        let Outcome::Failed(f) = classify(Attempt::NoResponse {
+        let Verdict::Failed(f) = classify(Attempt::NoResponse {
             source: FailureSource::UnhealthyHost,
             error: "paused".into(),
         }) else {
@@ -222,7 +222,7 @@ mod tests {
             FailureSource::InvalidRequest,
             FailureSource::BlockedDestination,
         ] {
-            let Outcome::Failed(f) = classify(Attempt::NoResponse {
+            let Verdict::Failed(f) = classify(Attempt::NoResponse {
                 source,
                 error: "x".into(),
             }) else {
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_servers_own_reason_phrase_is_kept() {
-        let Outcome::Failed(f) = classify(Attempt::Response {
+        let Verdict::Failed(f) = classify(Attempt::Response {
             status: 500,
             reason: Some("Database On Fire".into()),
             body: String::new(),
@@ -250,8 +250,8 @@ mod tests {
         #[test]
         fn every_status_has_exactly_one_meaning(status in 100u16..1000) {
             match classify(response(status)) {
-                Outcome::Delivered { .. } => prop_assert!((200..300).contains(&status)),
-                Outcome::Failed(f) => {
+                Verdict::Delivered { .. } => prop_assert!((200..300).contains(&status)),
+                Verdict::Failed(f) => {
                     prop_assert!(!(200..300).contains(&status));
                     prop_assert_eq!(f.retriable, status == 408 || status == 429 || (500..600).contains(&status));
                     prop_assert!(!f.reason.is_empty());

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::classify::{classify, Attempt, Failure, Outcome};
+use super::classify::{classify, Attempt, Failure, Verdict};
 use super::report::{event_for, AttemptFacts, Target};
 use super::retry::{parse_retry_after, Decision, GiveUpReason, RetryPolicy};
 use super::tiers::Tiers;
@@ -81,8 +81,8 @@ impl Plan {
 /// Decides what happens after `attempted`.
 pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -> Plan {
     let failure = match classify(attempted.wire.clone()) {
-        Outcome::Delivered { status } => return Plan::Delivered { status },
-        Outcome::Failed(f) => f,
+        Verdict::Delivered { status } => return Plan::Delivered { status },
+        Verdict::Failed(f) => f,
     };
     let retry_after = failure
         .retry_after
