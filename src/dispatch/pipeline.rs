@@ -11,17 +11,17 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::classify::{Failure, FailureSource, NO_RESPONSE};
+use super::consume::Admission;
 pub use super::decode::{decode_retry, decode_send};
 use super::delivery::{Delivered, Delivery};
 use super::lane::RequeueReason;
 use super::outcome::{GiveUp, Outcome, Tried};
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
+use super::publish::{Abandoned, PublishError, Publisher};
 use super::report::{event_for, AttemptFacts, Target};
 use super::retry::RetryPolicy;
 use super::tiers::Tiers;
 use super::turn::{host_key, send_span, Turn};
-use crate::dispatch::consume::Admission;
-use crate::dispatch::publish::{Abandoned, PublishError, Publisher};
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
 use crate::events::{FailureEvent, RetryRecord, Rules, SourceRef, ValidSend};
 use crate::kafka::Record;
@@ -360,21 +360,17 @@ impl Pipeline {
 }
 
 /// The consumer thread hands its records here.
-impl crate::dispatch::consume::Handler for Pipeline {
+impl super::consume::Handler for Pipeline {
     fn handle(
         self: std::sync::Arc<Self>,
-        kind: crate::dispatch::consume::Kind,
+        kind: super::consume::Kind,
         record: Record,
         mut admission: Admission,
     ) -> futures::future::BoxFuture<'static, bool> {
         Box::pin(async move {
             let result = match kind {
-                crate::dispatch::consume::Kind::Fresh => {
-                    self.process(&record, &mut admission).await
-                }
-                crate::dispatch::consume::Kind::Retry => {
-                    self.process_retry(&record, &mut admission).await
-                }
+                super::consume::Kind::Fresh => self.process(&record, &mut admission).await,
+                super::consume::Kind::Retry => self.process_retry(&record, &mut admission).await,
             };
             result.is_ok()
         })
