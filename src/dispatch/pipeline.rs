@@ -181,8 +181,8 @@ impl Pipeline {
         })
     }
 
-    /// One attempt of a send: delivered (paced, gated), planned, and the plan made durable; or requeued
-    /// when it is held back too long.
+    /// One attempt of a send: delivered (as its lane allows), planned, and the plan made durable; or requeued
+    /// when its lane sends it back without an attempt.
     async fn attempt(
         &self,
         record: &Record,

@@ -3,7 +3,7 @@
 //!
 //! This is the one place that decides what becomes of a send. It is pure: the clock value, the jitter draw
 //! and the event id are arguments, so every row of Braze's table and every retry rule is a table test below.
-//! The pipeline around it is: decode → gate → deliver → **plan** → apply.
+//! The pipeline around it is: decode → deliver (ask the lane, send, tell the lane) → **plan** → apply → report.
 
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //! written to the longest tier whose delay fits its remaining wait, read back once the tier's delay has
 //! passed since it was written (or once it is due, if sooner), and then either sent — when due — or hopped
 //! on to a shorter tier. So it is never sent early, and late only when the consumer's read-ahead is full
-//! (`kafka::parking`), by at most the shortest tier's delay. Records carry their due time in the
-//! `hookrelay-due-ms` header, so the consumer thread (`kafka::consumer`) knows it without decoding them.
+//! (`dispatch::consume::parking`), by at most the shortest tier's delay. Records carry their due time in the
+//! `hookrelay-due-ms` header, so the consumer thread (`dispatch::consume`) knows it without decoding them.
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! would make it late by up to the tier's delay, so each is handed on as soon as it is ready, whatever waits
 //! before it. To bound memory, a partition parks at most [`READ_AHEAD`] records and is paused beyond that.
 //! Parked records hold their offsets uncommitted, so nothing is lost on a crash: they are simply consumed
-//! again; what finished behind them is named in each commit (`kafka::finished_ahead`) and not redone.
+//! again; what finished behind them is named in each commit (`consume::finished_ahead`) and not redone.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -211,7 +211,7 @@ impl Model {
     }
 
     /// Hands out what the lanes woke: a send woken with a slot asks whether its host was paused meanwhile
-    /// (as the gate does), and gives the slot back if so.
+    /// (as delivery does), and gives the slot back if so.
     fn wake(&mut self, lanes: &mut Lanes, wakes: Vec<Wakeup>) -> Result<(), TestCaseError> {
         let mut pending = wakes;
         while let Some(w) = pending.pop() {

@@ -1,6 +1,6 @@
 //! One lane per host: the one place that decides *when* a send to a host may go. Pure: every call takes
 //! the clock reading it decides at ([`Now`]), so the whole schedule is unit- and property-tested without
-//! sleeping; the async side that parks tasks on these decisions is [`super::gate`].
+//! sleeping; the async side that parks tasks on these decisions is [`super::delivery`].
 //!
 //! Asked for a send, [`Lanes::ask`] answers once, in this order:
 //! 1. the host is paused as unhealthy for the send's workspace ([`health`], Braze's rule): **simulate 598**;
