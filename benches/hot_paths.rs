@@ -298,6 +298,10 @@ fn lanes(c: &mut Criterion) {
         retry_after: None,
         took: Duration::from_millis(5),
     };
+    let at = |ms: u64| Now {
+        mono: Duration::from_millis(ms),
+        wall_ms: 1_700_000_000_000 + ms as i64,
+    };
     let mut g = c.benchmark_group("lane");
     g.throughput(Throughput::Elements(1));
     let mut lanes = Lanes::new(settings(128));
@@ -306,10 +310,7 @@ fn lanes(c: &mut Criterion) {
     g.bench_function("ask_then_answer_no_rules", |b| {
         b.iter(|| {
             ms += 1;
-            let now = Now {
-                mono: Duration::from_millis(ms),
-                wall_ms: 1_700_000_000_000 + ms as i64,
-            };
+            let now = at(ms);
             let ask = lanes.ask(black_box(&key), now, false, &mut notes);
             assert_eq!(ask, Ask::Go);
             black_box(lanes.answer(&key, ok, now, &mut notes));
@@ -319,19 +320,12 @@ fn lanes(c: &mut Criterion) {
     // with its slot.
     let mut lanes = Lanes::new(settings(4));
     for _ in 0..4 {
-        let now = Now {
-            mono: Duration::from_millis(ms),
-            wall_ms: 1_700_000_000_000 + ms as i64,
-        };
-        assert_eq!(lanes.ask(&key, now, false, &mut notes), Ask::Go);
+        assert_eq!(lanes.ask(&key, at(ms), false, &mut notes), Ask::Go);
     }
     g.bench_function("queued_woken_and_asked_again", |b| {
         b.iter(|| {
             ms += 1;
-            let now = Now {
-                mono: Duration::from_millis(ms),
-                wall_ms: 1_700_000_000_000 + ms as i64,
-            };
+            let now = at(ms);
             let Ask::Queued { .. } = lanes.ask(black_box(&key), now, false, &mut notes) else {
                 panic!("the host is at its cap")
             };

@@ -237,6 +237,29 @@ impl Model {
         Ok(())
     }
 
+    /// A held send's wait is over now: it asks again, with its slot if it kept one.
+    fn hold_over(
+        &mut self,
+        lanes: &mut Lanes,
+        h: usize,
+        k: HostKey,
+        with_slot: bool,
+    ) -> Result<(), TestCaseError> {
+        let mut notes = Vec::new();
+        lanes.hold_over(HOSTS[h]);
+        let now = at(self.now);
+        if !with_slot {
+            let ask = lanes.ask(&k, now, true, &mut notes);
+            self.noted(&k, &mut notes);
+            return self.asked(h, k, ask);
+        }
+        let ask = lanes.with_slot(&k, now, true, &mut notes);
+        self.noted(&k, &mut notes);
+        let wakes = lanes.wakes();
+        self.after_slot(h, k, ask)?;
+        self.wake(lanes, wakes)
+    }
+
     /// What a send holding a slot was told.
     fn after_slot(&mut self, h: usize, k: HostKey, ask: Ask) -> Result<(), TestCaseError> {
         match ask {
@@ -394,18 +417,10 @@ proptest! {
                         m.now = m.now.max(t);
                         if let Some(i) = m.held.iter().position(|(at, _, _)| *at == t) {
                             let (_, h, k) = m.held.remove(i);
-                            lanes.hold_over(HOSTS[h]);
-                            let ask = lanes.ask(&k, at(m.now), true, &mut notes);
-                            m.noted(&k, &mut notes);
-                            m.asked(h, k, ask)?;
+                            m.hold_over(&mut lanes, h, k, false)?;
                         } else if let Some(i) = m.held_with_slot.iter().position(|(at, _, _)| *at == t) {
                             let (_, h, k) = m.held_with_slot.remove(i);
-                            lanes.hold_over(HOSTS[h]);
-                            let ask = lanes.with_slot(&k, at(m.now), true, &mut notes);
-                            m.noted(&k, &mut notes);
-                            let wakes = lanes.wakes();
-                            m.after_slot(h, k, ask)?;
-                            m.wake(&mut lanes, wakes)?;
+                            m.hold_over(&mut lanes, h, k, true)?;
                         }
                         check(&lanes, &m, per_host)?;
                     }
@@ -430,18 +445,10 @@ proptest! {
             }
             m.now += SEC;
             for (_, h, k) in std::mem::take(&mut m.held) {
-                lanes.hold_over(HOSTS[h]);
-                let ask = lanes.ask(&k, at(m.now), true, &mut notes);
-                m.noted(&k, &mut notes);
-                m.asked(h, k, ask)?;
+                m.hold_over(&mut lanes, h, k, false)?;
             }
             for (_, h, k) in std::mem::take(&mut m.held_with_slot) {
-                lanes.hold_over(HOSTS[h]);
-                let ask = lanes.with_slot(&k, at(m.now), true, &mut notes);
-                m.noted(&k, &mut notes);
-                let wakes = lanes.wakes();
-                m.after_slot(h, k, ask)?;
-                m.wake(&mut lanes, wakes)?;
+                m.hold_over(&mut lanes, h, k, true)?;
             }
             let (wakes, _) = lanes.tick(at(m.now));
             m.wake(&mut lanes, wakes)?;
