@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::Delivery;
-use crate::dispatch::lane::{Answer, HostKey, Wake};
+use crate::dispatch::lane::{HostKey, Wake};
 
 /// A request slot; dropped without an answer (its task cancelled), it is given back all the same.
 pub(super) struct SlotGuard<'a> {
@@ -59,11 +59,8 @@ impl Drop for Queued<'_> {
         if !inner.lanes.cancel(self.host, self.ticket, now) {
             // Woken under the lock before this drop: a slot that was granted goes back.
             if let Ok(Wake::Go) = self.rx.try_recv() {
-                let key = HostKey {
-                    host: self.host.to_string(),
-                    workspace: String::new(),
-                };
-                let wakes = inner.lanes.answer(&key, no_answer(), now, &mut Vec::new());
+                inner.lanes.give_back(self.host, now);
+                let wakes = inner.lanes.wakes();
                 inner.wake(wakes);
             }
         }
@@ -80,13 +77,5 @@ pub(super) struct Holding<'a> {
 impl Drop for Holding<'_> {
     fn drop(&mut self) {
         self.delivery.lock().lanes.hold_over(self.host);
-    }
-}
-
-fn no_answer() -> Answer {
-    Answer {
-        status: None,
-        retry_after: None,
-        took: Duration::ZERO,
     }
 }

@@ -123,7 +123,7 @@ impl Delivery {
             } => {
                 let after = retry_after
                     .as_deref()
-                    .and_then(|v| parse_retry_after(v, self.clock.now().wall_ms));
+                    .and_then(|v| parse_retry_after(v, self.clock.wall_ms()));
                 slot.answer(Some(*status), after);
             }
             Attempt::NoResponse { .. } => slot.answer(None, None),

@@ -273,7 +273,9 @@ impl Lanes {
         std::mem::take(&mut self.woken)
     }
 
-    fn give_back(&mut self, host: &str, now: Now) {
+    /// A slot handed to a send that will not use it (a pause or a requeue found after it was woken, or its
+    /// task dropped) goes back without counting as an answer of the host's; wakes in [`Lanes::wakes`].
+    pub fn give_back(&mut self, host: &str, now: Now) {
         let wakes = self.slots.release(host, Duration::ZERO, now.mono);
         self.woken.extend(wakes);
     }
