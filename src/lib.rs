@@ -8,7 +8,8 @@
 //! *pure*; the lints ban reading the clock outside `clock`.
 //!
 //! - [`events`]: the data contracts. Send requests (decoding, validation), failure events (Avro writer, the
-//!   full and the fast reader, cutting to fit), retry records, framing, the Avro length guard. *Pure.*
+//!   full and the fast reader, cutting to fit), the Currents `Send`/`Abort`/`Retry` events, retry records,
+//!   framing, the Avro length guard. *Pure.*
 //!   Imports `security::headers` (header rules).
 //! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, the **lanes** (one per host:
 //!   the unhealthy-host pause, rate limits, `Retry-After` holds, slots, queues and spills), the **plan**
@@ -25,6 +26,9 @@
 //!   start-up topic check, the probe, records (headers read safely), the feeder (a group consumer on its
 //!   own thread handing batches, and assignments in order, to an async loop), readers, the embedded broker.
 //!   Imports `events`, `telemetry` — never `dispatch` or `aggregate`.
+//! - [`registry`]: a Confluent-compatible Schema Registry: its REST client (bounded answers, errors that
+//!   tell a missing schema from an outage), the bounded cache of writer schemas by id, event schema
+//!   registration. Imports `events` (the reader schema, the Avro guard) and `dispatch::http`'s error text.
 //! - [`replay`]: `hookrelay replay`. The selection of failure events and its summaries — *pure*; the scan of
 //!   the failure topic and the redrive of the original records. Imports `events`, `kafka`.
 //! - [`security`]: the SSRF guard (with its resolver), webhook signatures, request-header rules.
@@ -50,6 +54,7 @@ pub mod config;
 pub mod dispatch;
 pub mod events;
 pub mod kafka;
+pub mod registry;
 pub mod replay;
 pub mod security;
 pub mod shutdown;

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hookrelay::config::Config;
-use hookrelay::dispatch::pipeline::{decode_retry, decode_send};
+use hookrelay::dispatch::pipeline::{decode_retry, decode_send, decode_written};
 use hookrelay::dispatch::retry::{parse_retry_after, RetryPolicy};
 use hookrelay::events::failure_view::ViewDecoder;
 use hookrelay::events::{FailureEvent, Rules, SendRequest};
@@ -269,6 +269,71 @@ fn send_requests_in_every_framing() {
     fuzz("send request", 1, &send_seeds(), |b| {
         let _ = decode_send(&record(b, vec![]), &rules, true);
         let _ = decode_send(&record(b, vec![]), &rules, false);
+    });
+}
+
+/// A producer's writer schema as the registry would hand it over: ours with a field added with a default,
+/// its fields in reverse order, and its `webhook` record named once and referred to again by name.
+fn registered_writer() -> hookrelay::registry::Writer {
+    let mut schema: serde_json::Value =
+        serde_json::from_str(hookrelay::events::SEND_REQUEST_SCHEMA_JSON).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields.insert(
+        1,
+        serde_json::json!({"name": "priority", "type": "int", "default": 0}),
+    );
+    let webhook = fields.iter().find(|f| f["name"] == "webhook").unwrap()["type"]["name"].clone();
+    fields.reverse();
+    fields.push(serde_json::json!({"name": "spare", "type": ["null", webhook], "default": null}));
+    let registered = hookrelay::registry::Registered {
+        schema: schema.to_string(),
+        schema_type: None,
+        references: vec![],
+    };
+    hookrelay::registry::writer(7, &registered, hookrelay::events::send_request_schema())
+        .expect("the writer reads as a send")
+}
+
+#[test]
+fn send_requests_written_with_a_registered_writer_schema() {
+    let rules = Rules::default();
+    let writer = registered_writer();
+    let send = sample_send();
+    let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(&send).unwrap()
+    else {
+        unreachable!("a send is a record")
+    };
+    fields.push(("priority".into(), apache_avro::types::Value::Int(3)));
+    let mut with_spare = fields.clone();
+    fields.push((
+        "spare".into(),
+        apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null)),
+    ));
+    let webhook = apache_avro::to_value(&send.webhook).unwrap();
+    with_spare.push((
+        "spare".into(),
+        apache_avro::types::Value::Union(1, Box::new(webhook)),
+    ));
+    let seeds: Vec<Vec<u8>> = [fields, with_spare]
+        .into_iter()
+        .map(|f| {
+            let value = apache_avro::types::Value::Record(f)
+                .resolve(&writer.schema)
+                .unwrap();
+            let mut framed = vec![0, 0, 0, 0, 7];
+            framed.extend(apache_avro::to_avro_datum(&writer.schema, value).unwrap());
+            framed
+        })
+        .collect();
+    assert_eq!(
+        decode_written(&record(&seeds[1], vec![]), &rules, &writer)
+            .unwrap()
+            .request,
+        send,
+        "the seed decodes"
+    );
+    fuzz("send request (registered writer)", 10, &seeds, |b| {
+        let _ = decode_written(&record(b, vec![]), &rules, &writer);
     });
 }
 

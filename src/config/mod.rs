@@ -9,10 +9,12 @@ use std::time::Duration;
 
 mod env;
 mod kafka;
+mod registry;
 mod telemetry;
 mod validate;
 
 pub use kafka::{is_secret_property, KafkaConfig};
+pub use registry::SchemaRegistryConfig;
 pub use telemetry::{LogFormat, OtlpProtocol, TelemetryConfig};
 
 use figment::providers::{Format, Serialized, Toml};
@@ -45,6 +47,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub signing: SigningConfig,
     pub aggregate: AggregateConfig,
+    pub schema_registry: SchemaRegistryConfig,
     /// Requests per second per host, per dispatcher instance: host names exact or `*.suffix`.
     pub rate_limits: std::collections::BTreeMap<String, f64>,
 }
@@ -346,6 +349,7 @@ impl Config {
         if !c.aggregate.smtp.password.is_empty() {
             c.aggregate.smtp.password = REDACTED.into();
         }
+        c.schema_registry.redact();
         toml::to_string(&c)
     }
 

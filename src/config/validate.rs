@@ -17,6 +17,7 @@ impl Config {
         self.retry.validate(&mut p);
         self.aggregate.validate(&mut p);
         self.host_health.validate(&mut p);
+        self.schema_registry.validate(&mut p);
         if let Err(problems) = crate::security::signing::Signer::from_config(&self.signing) {
             p.extend(problems);
         }
@@ -165,8 +166,14 @@ impl Config {
         if h.user_agent.is_empty() || http::HeaderValue::from_str(&h.user_agent).is_err() {
             p.push("http.user_agent must be a non-empty, valid header value".into());
         }
-        if self.events.encoding == EventEncoding::Confluent && self.events.schema_id.is_none() {
-            p.push("events.encoding = \"confluent\" needs events.schema_id".into());
+        if self.events.encoding == EventEncoding::Confluent
+            && self.events.schema_id.is_none()
+            && !self.schema_registry.enabled()
+        {
+            p.push(
+                "events.encoding = \"confluent\" needs events.schema_id, or a [schema_registry] to register it"
+                    .into(),
+            );
         }
         let t = &self.telemetry;
         if !t.listen.is_empty() && t.listen_addr().is_none() {

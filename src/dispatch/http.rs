@@ -181,7 +181,7 @@ fn no_response(e: &reqwest::Error) -> Attempt {
 
 /// `error sending request: connection refused` is more useful than the outermost message alone.
 /// The URL is left out: it may carry credentials in its query string and the event has it already.
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -13,6 +13,7 @@ pub mod plan;
 pub(crate) mod publish;
 pub mod report;
 pub mod retry;
+mod schemas;
 pub mod tiers;
 mod turn;
 
@@ -41,6 +42,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::kafka::topics::require_at_start(&config.kafka, config.topics.dispatch_topics()).await?;
+    let writers = crate::registry::Writers::connect(&config.schema_registry).await?;
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
         .context("creating the Kafka producer")?;
@@ -52,7 +54,7 @@ pub async fn run(
     let publisher = Publisher::new(PublisherParts {
         producer: producer.clone(),
         topics: config.topics.clone(),
-        events: config.events.clone(),
+        events: event_framing(config, writers.as_ref()).await?,
         metrics: metrics.clone(),
         shutdown: publish_stop.clone(),
         fatal,
@@ -66,6 +68,7 @@ pub async fn run(
         &metrics,
         tiers.clone(),
         &shutdown,
+        writers,
     )?);
     let shared = Arc::new(Shared::new(
         config.dispatch.rebalance_grace,
@@ -153,25 +156,56 @@ fn watch(fatal: &CancellationToken, shutdown: &CancellationToken, health: &Healt
     });
 }
 
+/// How failure events are framed: with a registry, Confluent's wire format with the id their schema has under
+/// `<failures topic>-value` (registered or looked up at start-up); without one, as `[events]` says.
+async fn event_framing(
+    config: &Config,
+    writers: Option<&crate::registry::Writers>,
+) -> anyhow::Result<crate::config::EventsConfig> {
+    let mut events = config.events.clone();
+    if let Some(writers) = writers {
+        let id = crate::registry::value_schema_id(
+            writers.client(),
+            &config.topics.failures,
+            crate::events::FAILURE_SCHEMA_JSON,
+            config.schema_registry.auto_register,
+        )
+        .await?;
+        events.encoding = crate::config::EventEncoding::Confluent;
+        events.schema_id = Some(id);
+    }
+    Ok(events)
+}
+
 fn pipeline(
     config: &Config,
     publisher: Publisher,
     metrics: &DispatchMetrics,
     tiers: Tiers,
     shutdown: &CancellationToken,
+    writers: Option<crate::registry::Writers>,
 ) -> anyhow::Result<Pipeline> {
     let signer = crate::security::signing::Signer::from_config(&config.signing)
         .map_err(|p| anyhow::anyhow!("signing secrets: {}", p.join("; ")))?;
     let executor = http::Executor::new(&config.http, &config.security, signer)
         .context("creating the HTTP client")?;
     let clock = crate::clock::Clock::start();
+    let rules = crate::events::Rules::from_config(config);
+    let decoder = schemas::SendDecoder::new(
+        rules.clone(),
+        config.dispatch.accept_plain_avro,
+        writers,
+        config.schema_registry.max_backoff,
+        shutdown.clone(),
+        metrics.clone(),
+    );
     Ok(Pipeline {
         delivery: delivery(config, executor, metrics, clock, shutdown),
         clock,
         publisher,
         metrics: metrics.clone(),
-        rules: crate::events::Rules::from_config(config),
-        accept_plain_avro: config.dispatch.accept_plain_avro,
+        rules,
+        decoder,
         retry: config.retry.clone(),
         tiers,
     })

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::classify::{Failure, FailureSource, NO_RESPONSE};
 use super::consume::Admission;
-pub use super::decode::{decode_retry, decode_send};
+pub use super::decode::{decode_retry, decode_send, decode_written};
 use super::delivery::{Delivered, Delivery};
 use super::lane::RequeueReason;
 use super::outcome::{GiveUp, Outcome, Tried};
@@ -34,7 +34,8 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub metrics: DispatchMetrics,
     pub rules: Rules,
-    pub accept_plain_avro: bool,
+    /// Fresh records as sends, with the schema registry when one is configured.
+    pub decoder: super::schemas::SendDecoder,
     pub retry: RetryPolicy,
     pub tiers: Tiers,
 }
@@ -46,7 +47,7 @@ impl Pipeline {
         record: &Record,
         admission: &mut Admission,
     ) -> Result<Outcome, Abandoned> {
-        let send = match decode_send(record, &self.rules, self.accept_plain_avro) {
+        let send = match self.decoder.decode(record, admission).await? {
             Ok(send) => send,
             Err(why) => {
                 let ended = Box::pin(self.dead_letter(record, why, None, None)).await;

@@ -7,7 +7,12 @@
 //! least one byte), any nesting deeper than [`MAX_DEPTH`] and any trailing byte, allocating nothing. After it,
 //! the decoder's allocations are bounded by a small multiple of the input's size.
 
-use apache_avro::schema::{RecordSchema, Schema};
+use std::collections::HashMap;
+
+use apache_avro::schema::{Name, RecordSchema, Schema};
+
+/// Named types a schema refers to by name (`Schema::Ref`), by full name.
+pub type Names = HashMap<Name, Schema>;
 
 /// Deeper nesting is refused (hookrelay's schemas nest two levels; recursion through named types could
 /// otherwise exhaust the stack).
@@ -31,12 +36,12 @@ pub fn missing_trailing_fields(schema: &Schema, body: &[u8]) -> Result<usize, Ma
                     missing = fields.len() - i;
                     break;
                 }
-                walk(&f.schema, &mut r, 1)?;
+                walk(&f.schema, &mut r, 1, &Names::new())?;
             }
             missing
         }
         other => {
-            walk(other, &mut r, 0)?;
+            walk(other, &mut r, 0, &Names::new())?;
             0
         }
     };
@@ -44,6 +49,17 @@ pub fn missing_trailing_fields(schema: &Schema, body: &[u8]) -> Result<usize, Ma
         return Err(Malformed("trailing bytes after the record"));
     }
     Ok(missing)
+}
+
+/// Checks that `body` is exactly one datum of a foreign writer's `schema` (its named types in `names`),
+/// every length and count within the bytes present and no byte left over.
+pub fn check_datum(schema: &Schema, names: &Names, body: &[u8]) -> Result<(), Malformed> {
+    let mut r = Cursor::new(body);
+    walk(schema, &mut r, 0, names)?;
+    if r.pos != body.len() {
+        return Err(Malformed("trailing bytes after the record"));
+    }
+    Ok(())
 }
 
 /// A union whose first branch is null: what a field added to a schema later must be.
@@ -153,7 +169,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn walk(schema: &Schema, r: &mut Cursor<'_>, depth: usize) -> Result<(), Malformed> {
+fn walk(schema: &Schema, r: &mut Cursor<'_>, depth: usize, names: &Names) -> Result<(), Malformed> {
     if depth > MAX_DEPTH {
         return Err(Malformed("nested too deeply"));
     }
@@ -185,7 +201,7 @@ fn walk(schema: &Schema, r: &mut Cursor<'_>, depth: usize) -> Result<(), Malform
         }
         Schema::String | Schema::Uuid => r.str().map(|_| ()),
         Schema::Fixed(f) => r.skip(f.size),
-        Schema::Decimal(d) => walk(&d.inner, r, depth + 1),
+        Schema::Decimal(d) => walk(&d.inner, r, depth + 1, names),
         Schema::Enum(e) => {
             let i = r.long()?;
             if usize::try_from(i).map_or(true, |i| i >= e.symbols.len()) {
@@ -199,18 +215,18 @@ fn walk(schema: &Schema, r: &mut Cursor<'_>, depth: usize) -> Result<(), Malform
                 .ok()
                 .and_then(|i| u.variants().get(i))
                 .ok_or(Malformed("a union branch is out of range"))?;
-            walk(branch, r, depth + 1)
+            walk(branch, r, depth + 1, names)
         }
         Schema::Record(RecordSchema { fields, .. }) => fields
             .iter()
-            .try_for_each(|f| walk(&f.schema, r, depth + 1)),
+            .try_for_each(|f| walk(&f.schema, r, depth + 1, names)),
         Schema::Array(a) => loop {
             let count = r.block_count()?;
             if count == 0 {
                 return Ok(());
             }
             for _ in 0..count {
-                walk(&a.items, r, depth + 1)?;
+                walk(&a.items, r, depth + 1, names)?;
             }
         },
         Schema::Map(m) => loop {
@@ -219,9 +235,13 @@ fn walk(schema: &Schema, r: &mut Cursor<'_>, depth: usize) -> Result<(), Malform
                 return Ok(());
             }
             for _ in 0..count {
-                walk(&Schema::String, r, depth + 1)?;
-                walk(&m.types, r, depth + 1)?;
+                walk(&Schema::String, r, depth + 1, names)?;
+                walk(&m.types, r, depth + 1, names)?;
             }
+        },
+        Schema::Ref { name } => match names.get(name) {
+            Some(named) => walk(named, r, depth + 1, names),
+            None => Err(Malformed("a schema refers to a type it does not define")),
         },
         _ => Err(Malformed("schema type not supported for foreign input")),
     }

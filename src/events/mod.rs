@@ -1,6 +1,7 @@
 //! The data contracts: send requests in, failure events out, and how both are framed on the wire.
 
 pub mod avro_guard;
+pub mod currents;
 pub mod failure;
 pub mod failure_view;
 pub mod fitting;
@@ -8,6 +9,9 @@ pub mod framing;
 pub mod retry_record;
 pub mod send_request;
 pub mod validation;
+
+#[cfg(test)]
+mod resolution_tests;
 
 pub use failure::FailureEvent;
 pub use framing::Frame;

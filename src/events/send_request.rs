@@ -111,6 +111,28 @@ impl SendRequest {
         apache_avro::from_value(&value).map_err(|e| undecodable(&e))
     }
 
+    /// The Avro body of a Confluent-framed record written with a producer's own `writer` schema (fetched
+    /// from the registry by the record's schema id; `names` its named types), resolved to hookrelay's: fields
+    /// added with defaults, removed optional fields, reordering and promotions all read as Avro's schema
+    /// resolution says. The bytes are bounds-checked against the writer's schema first.
+    pub fn from_writer(
+        body: &[u8],
+        writer: &apache_avro::Schema,
+        names: &super::avro_guard::Names,
+    ) -> Result<Self, InvalidSend> {
+        let undecodable = |e: &dyn fmt::Display| {
+            invalid(
+                InvalidKind::Undecodable,
+                format!("invalid Avro send request: {e}"),
+            )
+        };
+        super::avro_guard::check_datum(writer, names, body).map_err(|e| undecodable(&e))?;
+        let value =
+            apache_avro::from_avro_datum(writer, &mut &body[..], Some(send_request_schema()))
+                .map_err(|e| undecodable(&e))?;
+        apache_avro::from_value(&value).map_err(|e| undecodable(&e))
+    }
+
     /// Encodes as bare Avro binary with `schemas/send_request.avsc` (producers, tests, the load harness).
     pub fn to_avro(&self) -> Vec<u8> {
         let value = apache_avro::to_value(self).expect("send request serialises");

@@ -27,6 +27,9 @@ pub struct InvalidSend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InvalidKind {
     Undecodable,
+    /// A Confluent-framed record whose schema id the registry does not have, or whose schema cannot be read
+    /// as a send request.
+    UnknownSchema,
     MissingField,
     /// An identifier that cannot travel where it must go (`id` is the `webhook-id` header).
     InvalidField,
@@ -77,8 +80,9 @@ impl Default for Rules {
 }
 
 impl InvalidKind {
-    pub const ALL: [InvalidKind; 8] = [
+    pub const ALL: [InvalidKind; 9] = [
         InvalidKind::Undecodable,
+        InvalidKind::UnknownSchema,
         InvalidKind::MissingField,
         InvalidKind::InvalidField,
         InvalidKind::InvalidUrl,
@@ -91,6 +95,7 @@ impl InvalidKind {
     pub fn as_str(self) -> &'static str {
         match self {
             InvalidKind::Undecodable => "undecodable",
+            InvalidKind::UnknownSchema => "unknown_schema",
             InvalidKind::MissingField => "missing_field",
             InvalidKind::InvalidField => "invalid_field",
             InvalidKind::Unpublishable => "unpublishable",

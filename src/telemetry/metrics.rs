@@ -49,6 +49,10 @@ pub struct DispatchMetrics {
     pub parked_records: IntGauge,
     /// Sends refused by the SSRF guard or port policy (never sent).
     pub blocked_destinations: IntCounter,
+    /// Failed requests to the schema registry for a writer schema while records waited for it.
+    pub registry_unavailable: IntCounter,
+    /// Records waiting for the schema registry to answer (their partitions move on up to their bounds).
+    pub registry_waiting: IntGauge,
     /// Sends given up, by reason: not retriable, retries exhausted, window exhausted.
     pub give_ups: IntCounterVec,
     /// Sends held back before going out and waited for in the process, by reason: rate_limit, retry_after.
@@ -301,6 +305,16 @@ impl DispatchMetrics {
                 &r,
                 "blocked_destinations_total",
                 "Sends refused by the SSRF guard or port policy (never sent)",
+            ),
+            registry_unavailable: counter(
+                &r,
+                "schema_registry_unavailable_total",
+                "Failed schema registry requests for a writer schema while records waited for it",
+            ),
+            registry_waiting: gauge(
+                &r,
+                "schema_registry_waiting_records",
+                "Records waiting for the schema registry to answer with their writer schema",
             ),
             give_ups: counter_vec(
                 &r,

@@ -11,3 +11,4 @@ pub mod examples;
 pub mod harness;
 pub mod produce;
 pub mod receiver;
+pub mod schema_registry;

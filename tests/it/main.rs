@@ -13,6 +13,7 @@ mod isolation;
 mod operations;
 mod pacing;
 mod processes;
+mod registry;
 mod replay;
 mod retries;
 mod security;

@@ -65,6 +65,41 @@ impl Kafka {
         f64::from(send_partitions + 2 * self.config.topics.retry_tiers.len() as i32)
     }
 
+    /// The values of the first `n` records of `topic` (every partition, from the start), as written; panics
+    /// at the deadline naming how many it found.
+    pub async fn payloads(&self, topic: &str, n: usize, deadline: Duration) -> Vec<Vec<u8>> {
+        use rdkafka::Message as _;
+        let c = hookrelay::kafka::client::reader_config(&self.config.kafka);
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = c.create().unwrap();
+            let md = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in md.topics()[0].partitions() {
+                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)
+                    .unwrap();
+            }
+            consumer.assign(&tpl).unwrap();
+            let until = std::time::Instant::now() + deadline;
+            let mut out = Vec::new();
+            while out.len() < n {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "{topic}: {} of {n} records within {deadline:?}",
+                    out.len()
+                );
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    out.push(m.payload().unwrap_or_default().to_vec());
+                }
+            }
+            out
+        })
+        .await
+        .unwrap()
+    }
+
     /// Committed positions of the dispatch group on the send topic, by partition.
     pub async fn committed(&self, partitions: i32) -> HashMap<i32, i64> {
         let mut c = hookrelay::kafka::client::consumer_config(
