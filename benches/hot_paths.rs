@@ -140,6 +140,7 @@ fn planning(c: &mut Criterion) {
         wire,
         duration: Duration::from_millis(12),
         source: None,
+        requested_before: false,
     };
     let now = || Circumstances {
         now_ms: 1_763_700_000_000,

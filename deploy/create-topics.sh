@@ -43,4 +43,8 @@ create webhook-aggregate-state "$failures" --config cleanup.policy=compact
 for tier in 10s 1m 5m 30m 2h; do
   create "webhook-retries-$tier" "$sends" --config retention.ms=86400000
 done
+# Braze Currents' Send, Abort and Retry events, written when [events] enables them; keyed by workspace.
+create webhook-send-events "$failures" --config retention.ms=259200000
+create webhook-abort-events "$failures" --config retention.ms=259200000
+create webhook-retry-events "$failures" --config retention.ms=259200000
 echo "hookrelay topics ready on $bootstrap"

@@ -77,6 +77,12 @@ pub enum Command {
     /// Each request's query can override the script: ?status=503, ?delay=250ms, ?retry_after=2,
     /// ?seq=503,503,200 (per webhook-id), ?hang=1. GET /_stats returns the counters as JSON.
     Receiver(ReceiverArgs),
+    /// Run a small in-memory Schema Registry with the Confluent REST endpoints hookrelay uses, for trying
+    /// `[schema_registry]` on one machine (not for production: it keeps schemas in memory only).
+    ///
+    /// GET /subjects, GET /schemas/ids/{id}, POST /subjects/{subject}/versions (with the BACKWARD check),
+    /// POST /subjects/{subject}, GET /subjects/{subject}/versions/latest.
+    Registry(RegistryArgs),
     /// Run the whole system on this machine: embedded broker, dispatcher, receivers and demo traffic.
     ///
     /// Ends with a table of what happened (sent, delivered, failed by code, dead-lettered, rate, elapsed);
@@ -116,6 +122,13 @@ pub struct BrokerArgs {
     /// Brokers in the cluster (overrides [broker].brokers).
     #[arg(long)]
     pub brokers: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +191,7 @@ fn run_command(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Dispatch => runtime()?.block_on(run_dispatch(config)),
         Command::Aggregate => runtime()?.block_on(run_aggregate(config)),
         Command::Receiver(args) => runtime()?.block_on(run_receiver(args)),
+        Command::Registry(args) => runtime()?.block_on(run_registry(args)),
         Command::Demo(args) => demo::run(config, args),
         Command::Bench(args) => bench::run(config, args),
         Command::Produce(args) => runtime()?.block_on(crate::tools::produce::run(config, args)),
@@ -248,6 +262,16 @@ async fn run_receiver(args: ReceiverArgs) -> anyhow::Result<()> {
     shutdown::on_signal().cancelled().await;
     let stats = receiver.stats();
     println!("received {} requests: {:?}", stats.total, stats.by_status);
+    Ok(())
+}
+
+async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
+    let registry = crate::tools::schema_registry::SchemaRegistry::start(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("schema registry listening on {}", registry.url());
+    shutdown::on_signal().cancelled().await;
+    registry.stop();
     Ok(())
 }
 

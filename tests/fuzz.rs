@@ -347,6 +347,7 @@ fn retry_records() {
         due_ms: 1_700_000_060_000,
         last_status: 503,
         source: None,
+        requested: Some(true),
     };
     fuzz("retry record", 2, &[retry.encode()], |b| {
         if let Ok(r) = decode_retry(&record(b, vec![]), &rules) {

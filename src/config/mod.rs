@@ -8,11 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 mod env;
+mod events;
 mod kafka;
 mod registry;
 mod telemetry;
 mod validate;
 
+pub use events::{EventEncoding, EventsConfig};
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use registry::SchemaRegistryConfig;
 pub use telemetry::{LogFormat, OtlpProtocol, TelemetryConfig};
@@ -67,6 +69,10 @@ pub struct TopicsConfig {
     /// Delays of the retry tier topics, shortest first. A retry waits in the longest tier that fits its
     /// remaining delay, hops on to shorter ones, and is sent once due.
     pub retry_tiers: Vec<String>,
+    /// Braze Currents' `Send`, `Abort` and `Retry` webhook events, each written when `[events]` enables it.
+    pub send_events: String,
+    pub abort_events: String,
+    pub retry_events: String,
 }
 
 impl Default for TopicsConfig {
@@ -79,6 +85,9 @@ impl Default for TopicsConfig {
             aggregate_state: "webhook-aggregate-state".into(),
             retry_prefix: "webhook-retries".into(),
             retry_tiers: ["10s", "1m", "5m", "30m", "2h"].map(String::from).to_vec(),
+            send_events: "webhook-send-events".into(),
+            abort_events: "webhook-abort-events".into(),
+            retry_events: "webhook-retry-events".into(),
         }
     }
 }
@@ -129,6 +138,9 @@ impl TopicsConfig {
             self.dead_letters.clone(),
             self.alerts.clone(),
             self.aggregate_state.clone(),
+            self.send_events.clone(),
+            self.abort_events.clone(),
+            self.retry_events.clone(),
         ];
         all.extend(self.retry_tier_topics().into_iter().map(|(t, _)| t));
         all
@@ -244,34 +256,6 @@ impl Default for HttpConfig {
             max_request_headers: 64,
             max_request_header_bytes: 16 * 1024,
             max_url_bytes: 8 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EventEncoding {
-    /// Avro single-object encoding (`C3 01`, schema fingerprint, body): self-describing without a registry.
-    SingleObject,
-    /// Confluent wire format (`00`, 4-byte schema id, body); needs `schema_id`.
-    Confluent,
-    /// Bare Avro binary; readers must know the schema out of band.
-    Binary,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventsConfig {
-    pub encoding: EventEncoding,
-    /// Schema-registry id of `schemas/failure.avsc`, for the Confluent encoding.
-    pub schema_id: Option<u32>,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        Self {
-            encoding: EventEncoding::SingleObject,
-            schema_id: None,
         }
     }
 }

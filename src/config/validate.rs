@@ -43,6 +43,9 @@ impl Config {
         let t = &self.topics;
         for (name, topic) in [
             ("topics.sends", &t.sends),
+            ("topics.send_events", &t.send_events),
+            ("topics.abort_events", &t.abort_events),
+            ("topics.retry_events", &t.retry_events),
             ("topics.failures", &t.failures),
             ("topics.dead_letters", &t.dead_letters),
             ("topics.alerts", &t.alerts),
@@ -172,6 +175,17 @@ impl Config {
         {
             p.push(
                 "events.encoding = \"confluent\" needs events.schema_id, or a [schema_registry] to register it"
+                    .into(),
+            );
+        }
+        let e = &self.events;
+        if e.encoding == EventEncoding::Confluent
+            && !self.schema_registry.enabled()
+            && (e.send_events || e.abort_events || e.retry_events)
+        {
+            p.push(
+                "Currents Send/Abort/Retry events with events.encoding = \"confluent\" need a [schema_registry] \
+                 (events.schema_id is the failure schema's id only)"
                     .into(),
             );
         }

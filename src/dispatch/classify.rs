@@ -29,6 +29,18 @@ pub enum FailureSource {
 }
 
 impl FailureSource {
+    /// Whether hookrelay tried the network for it (a request went out, or a connection was tried), as
+    /// opposed to refusing or simulating the attempt itself.
+    pub fn tried_the_network(self) -> bool {
+        matches!(
+            self,
+            FailureSource::ExternalEndpoint
+                | FailureSource::HostUnreachable
+                | FailureSource::Timeout
+                | FailureSource::ConnectionError
+        )
+    }
+
     pub const ALL: [FailureSource; 7] = [
         FailureSource::ExternalEndpoint,
         FailureSource::HostUnreachable,

@@ -3,10 +3,12 @@
 
 pub mod classify;
 pub mod consume;
+mod currents;
 mod decode;
 pub(crate) mod delivery;
 pub(crate) mod http;
 pub mod lane;
+mod no_attempt;
 pub mod outcome;
 pub mod pipeline;
 pub mod plan;
@@ -26,12 +28,13 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::events::currents::CurrentsKind;
 use crate::kafka::client::{consumer_config, producer_config};
 use crate::telemetry::{DispatchMetrics, Health};
 use consume::{DispatchContext, LoopSettings, Shared};
 use delivery::Delivery;
 use pipeline::Pipeline;
-use publish::{Publisher, PublisherParts};
+use publish::{CurrentsTopics, Publisher, PublisherParts};
 use tiers::Tiers;
 
 /// Runs a dispatcher until `shutdown` is cancelled and its work is drained or handed off.
@@ -41,7 +44,7 @@ pub async fn run(
     health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::kafka::topics::require_at_start(&config.kafka, config.topics.dispatch_topics()).await?;
+    crate::kafka::topics::require_at_start(&config.kafka, required_topics(config)).await?;
     let writers = crate::registry::Writers::connect(&config.schema_registry).await?;
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
@@ -51,15 +54,17 @@ pub async fn run(
     // Cancelled by a fatal producer error: the process drains what it can and exits non-zero.
     let fatal = CancellationToken::new();
     watch(&fatal, &shutdown, &health);
+    let (events, currents) = event_framing(config, writers.as_ref()).await?;
     let publisher = Publisher::new(PublisherParts {
         producer: producer.clone(),
         topics: config.topics.clone(),
-        events: event_framing(config, writers.as_ref()).await?,
+        events,
         metrics: metrics.clone(),
         shutdown: publish_stop.clone(),
         fatal,
         health: health.clone(),
         max_message_bytes: crate::kafka::client::max_message_bytes(&config.kafka),
+        currents,
     });
     let tiers = Tiers::from_config(&config.topics);
     let pipeline = Arc::new(pipeline(
@@ -156,25 +161,59 @@ fn watch(fatal: &CancellationToken, shutdown: &CancellationToken, health: &Healt
     });
 }
 
-/// How failure events are framed: with a registry, Confluent's wire format with the id their schema has under
-/// `<failures topic>-value` (registered or looked up at start-up); without one, as `[events]` says.
+/// The topics a dispatcher reads or writes: its own, and those of the Currents events it writes.
+fn required_topics(config: &Config) -> Vec<String> {
+    let mut topics = config.topics.dispatch_topics();
+    topics.extend(currents_enabled(config).map(|(_, topic)| topic.clone()));
+    topics
+}
+
+/// The Currents event kinds `[events]` enables, with their topics.
+fn currents_enabled(config: &Config) -> impl Iterator<Item = (CurrentsKind, &String)> {
+    let (e, t) = (&config.events, &config.topics);
+    [
+        (CurrentsKind::Send, e.send_events, &t.send_events),
+        (CurrentsKind::Abort, e.abort_events, &t.abort_events),
+        (CurrentsKind::Retry, e.retry_events, &t.retry_events),
+    ]
+    .into_iter()
+    .filter(|(_, on, _)| *on)
+    .map(|(kind, _, topic)| (kind, topic))
+}
+
+/// How events are framed: with a registry, Confluent's wire format with the id each schema has under
+/// `<topic>-value` (registered or looked up at start-up); without one, as `[events]` says.
 async fn event_framing(
     config: &Config,
     writers: Option<&crate::registry::Writers>,
-) -> anyhow::Result<crate::config::EventsConfig> {
+) -> anyhow::Result<(crate::config::EventsConfig, CurrentsTopics)> {
+    let register = config.schema_registry.auto_register;
+    let schema_id = |topic: &str, schema: &'static str| {
+        let (client, topic) = (
+            writers.map(crate::registry::Writers::client),
+            topic.to_string(),
+        );
+        async move {
+            match client {
+                Some(c) => crate::registry::value_schema_id(c, &topic, schema, register)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        }
+    };
     let mut events = config.events.clone();
-    if let Some(writers) = writers {
-        let id = crate::registry::value_schema_id(
-            writers.client(),
-            &config.topics.failures,
-            crate::events::FAILURE_SCHEMA_JSON,
-            config.schema_registry.auto_register,
-        )
-        .await?;
+    if let Some(id) = schema_id(&config.topics.failures, crate::events::FAILURE_SCHEMA_JSON).await?
+    {
         events.encoding = crate::config::EventEncoding::Confluent;
         events.schema_id = Some(id);
     }
-    Ok(events)
+    let mut currents = CurrentsTopics::default();
+    for (kind, topic) in currents_enabled(config) {
+        let id = schema_id(topic, kind.schema_json()).await?;
+        currents.enable(kind, topic.clone(), id);
+    }
+    Ok((events, currents))
 }
 
 fn pipeline(

@@ -6,24 +6,21 @@
 //! I/O around it and handles what Kafka refuses for good (the outcome then goes to a dead letter, never
 //! nowhere).
 
-use std::time::Duration;
-
 use tracing::Instrument;
 
-use super::classify::{Failure, FailureSource, NO_RESPONSE};
+use super::classify::Failure;
 use super::consume::Admission;
+use super::currents;
 pub use super::decode::{decode_retry, decode_send, decode_written};
 use super::delivery::{Delivered, Delivery};
-use super::lane::RequeueReason;
 use super::outcome::{GiveUp, Outcome, Tried};
 use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
 use super::publish::{Abandoned, PublishError, Publisher};
-use super::report::{event_for, AttemptFacts, Target};
 use super::retry::RetryPolicy;
 use super::tiers::Tiers;
 use super::turn::{host_key, send_span, Turn};
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
-use crate::events::{FailureEvent, RetryRecord, Rules, SourceRef, ValidSend};
+use crate::events::{Rules, ValidSend};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -49,8 +46,14 @@ impl Pipeline {
     ) -> Result<Outcome, Abandoned> {
         let send = match self.decoder.decode(record, admission).await? {
             Ok(send) => send,
-            Err(why) => {
-                let ended = Box::pin(self.dead_letter(record, why, None, None)).await;
+            Err(mut why) => {
+                let request = why.request.take();
+                let mut ended = Box::pin(self.dead_letter(record, why, None, None)).await;
+                if let Some(send) = request {
+                    ended = self
+                        .tell(ended, currents::Context::of(&send, None, 0))
+                        .await;
+                }
                 return self.report(record, ended);
             }
         };
@@ -101,6 +104,10 @@ impl Pipeline {
             first_attempt_ms: retry.first_attempt_ms,
             last_status: retry.last_status,
             source: retry.source,
+            // A record from before the field: assume a request unless every attempt could have been a 598.
+            requested: retry
+                .requested
+                .unwrap_or(retry.attempts > 0 && retry.last_status != 598),
         };
         let span = send_span(&send, turn.number, record);
         async {
@@ -123,50 +130,8 @@ impl Pipeline {
         ended
     }
 
-    /// A scheduled retry that no longer passes validation (the rules changed since it was scheduled): its
-    /// earlier failure events promised another attempt, so a terminal one closes the story, beside the
-    /// dead letter that keeps the send for a human.
-    async fn invalid_retry(
-        &self,
-        record: &Record,
-        retry: &RetryRecord,
-        why: InvalidSend,
-    ) -> Result<Outcome, Abandoned> {
-        let failure = Failure {
-            status: NO_RESPONSE,
-            source: FailureSource::InvalidRequest,
-            reason: format!("no longer valid: {why}"),
-            retriable: false,
-            raw_response: None,
-            content_length: None,
-            retry_after: None,
-        };
-        let facts = AttemptFacts {
-            attempt: retry.attempts.saturating_add(1),
-            duration: Duration::ZERO,
-            now_ms: self.clock.wall_ms(),
-            terminal: true,
-            next_attempt_at_ms: None,
-        };
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut event = event_for(
-            &retry.send,
-            Target::unparsed(&retry.send),
-            &failure,
-            facts,
-            id,
-        );
-        SourceRef::stamp(retry.source.as_ref(), &mut event);
-        match self.publisher.failure(&event).await {
-            Ok(()) | Err(PublishError::Rejected { .. }) => {}
-            Err(PublishError::Abandoned(a)) => return Err(a),
-        }
-        self.dead_letter(record, why, None, Some(GiveUp::NoLongerValid))
-            .await
-    }
-
     /// Writes the record to the dead-letter topic with why; `tried` and `give_up` when it ends an attempt.
-    async fn dead_letter(
+    pub(super) async fn dead_letter(
         &self,
         record: &Record,
         why: InvalidSend,
@@ -192,10 +157,15 @@ impl Pipeline {
         admission: &mut Admission,
     ) -> Result<Outcome, Abandoned> {
         let host = host_key(send);
+        let at = currents::Context {
+            requested_before: turn.requested,
+            ..currents::Context::of(&send.request, send.url.host_str(), turn.number - 1)
+        };
         let (wire, duration) = match self.delivery.deliver(&host, send, admission).await {
             Delivered::Attempted(wire, duration) => (wire, duration),
             Delivered::Requeue { due_ms, reason } => {
-                return Box::pin(self.requeue(record, send, &turn, due_ms, reason)).await;
+                let ended = Box::pin(self.requeue(record, send, &turn, due_ms, reason)).await;
+                return self.tell(ended, at).await;
             }
         };
         let now_ms = self.clock.wall_ms();
@@ -206,8 +176,25 @@ impl Pipeline {
             wire,
             duration,
             source: turn.source.as_ref(),
+            requested_before: turn.requested,
         };
-        self.planned(record, &attempted, now_ms).await
+        let ended = self.planned(record, &attempted, now_ms).await;
+        self.tell(ended, at).await
+    }
+
+    /// Writes the Currents events an outcome owes (when `[events]` enables them), before it is reported.
+    pub(super) async fn tell(
+        &self,
+        ended: Result<Outcome, Abandoned>,
+        at: currents::Context<'_>,
+    ) -> Result<Outcome, Abandoned> {
+        let outcome = ended?;
+        let at = currents::Context {
+            now_ms: self.clock.wall_ms(),
+            ..at
+        };
+        currents::emit(&self.publisher, &outcome, at).await?;
+        Ok(outcome)
     }
 
     /// The attempt, planned at `now_ms`, and the plan made durable.
@@ -232,47 +219,6 @@ impl Pipeline {
         Box::pin(self.apply(record, plan, attempted.number)).await
     }
 
-    /// A send held back longer than `dispatch.max_hold` goes to a retry tier with its attempt count unchanged:
-    /// the hold spends none of its retry budget. If the tier refuses the record, the send is dead-lettered
-    /// with that reason (as a retry the tier refuses is).
-    async fn requeue(
-        &self,
-        record: &Record,
-        send: &ValidSend,
-        turn: &Turn,
-        due_ms: i64,
-        reason: RequeueReason,
-    ) -> Result<Outcome, Abandoned> {
-        let retry = RetryRecord {
-            send: send.request.clone(),
-            attempts: turn.number.saturating_sub(1),
-            // A send not yet attempted carries the time it was first held, which is where an earlier
-            // version would start its retry window (this one starts it at the first real attempt).
-            first_attempt_ms: turn.first_attempt_ms(self.clock.wall_ms()),
-            due_ms,
-            last_status: turn.last_status,
-            source: turn.source.clone(),
-        };
-        let topic = self
-            .tiers
-            .topic_for(due_ms, self.clock.wall_ms())
-            .to_string();
-        match self.publisher.retry(&topic, &retry).await {
-            Ok(()) => Ok(Outcome::Requeued { reason, due_ms }),
-            Err(PublishError::Abandoned(a)) => Err(a),
-            Err(PublishError::Rejected { topic, reason: why }) => {
-                let why = invalid(
-                    InvalidKind::Unpublishable,
-                    format!(
-                        "{} and {topic} refused the requeue: {why}",
-                        reason.describe()
-                    ),
-                );
-                self.dead_letter(record, why, None, None).await
-            }
-        }
-    }
-
     /// Makes a plan durable. What Kafka refuses for good ends in a dead letter that says so.
     async fn apply(&self, record: &Record, plan: Plan, number: u32) -> Result<Outcome, Abandoned> {
         match plan {
@@ -288,7 +234,11 @@ impl Pipeline {
             } => {
                 let tried = tried(number, &failure);
                 let give_up = GiveUp::Policy(reason);
-                if let Err(why) = self.publish(record, &failure, &event).await? {
+                if let Err(why) = self
+                    .publisher
+                    .failure_or_why(record, &failure, &event)
+                    .await?
+                {
                     return self
                         .dead_letter(record, why, Some(tried), Some(give_up))
                         .await;
@@ -312,7 +262,10 @@ impl Pipeline {
                         event.next_attempt_at = None;
                         event.error_reason = Some(format!("{}; {no_retry}", failure.reason));
                         // The dead letter keeps the send whether or not the terminal event went through.
-                        let _refused = self.publish(record, &failure, &event).await?;
+                        let _refused = self
+                            .publisher
+                            .failure_or_why(record, &failure, &event)
+                            .await?;
                         let why = invalid(
                             InvalidKind::Unpublishable,
                             format!("retry record refused by {topic}: {reason}"),
@@ -322,39 +275,17 @@ impl Pipeline {
                             .await;
                     }
                 }
-                if let Err(mut why) = self.publish(record, &failure, &event).await? {
+                if let Err(mut why) = self
+                    .publisher
+                    .failure_or_why(record, &failure, &event)
+                    .await?
+                {
                     // The retry is durable, so the send goes on; the dead letter only keeps the event's news.
                     why.detail
                         .push_str("; the retry is scheduled: do not redrive this record");
                     self.publisher.dead_letter(record, &why).await?;
                 }
                 Ok(Outcome::Retrying { tried, tier: topic })
-            }
-        }
-    }
-
-    /// Publishes a failure event; `Ok(Err(why))` when the broker refused it for good, for the caller to
-    /// dead-letter the record with that reason.
-    async fn publish(
-        &self,
-        record: &Record,
-        failure: &Failure,
-        event: &FailureEvent,
-    ) -> Result<Result<(), InvalidSend>, Abandoned> {
-        match self.publisher.failure(event).await {
-            Ok(()) => Ok(Ok(())),
-            Err(PublishError::Abandoned(a)) => Err(a),
-            Err(PublishError::Rejected { topic, reason }) => {
-                tracing::error!(%topic, %reason, offset = record.offset, "failure event refused; dead-lettering the send instead");
-                Ok(Err(invalid(
-                    InvalidKind::Unpublishable,
-                    format!(
-                        "failure event ({} {}, attempt {}) refused by {topic}: {reason}",
-                        failure.status,
-                        failure.source,
-                        event.attempt.unwrap_or_default()
-                    ),
-                )))
             }
         }
     }

@@ -26,6 +26,8 @@ pub struct Attempted<'a> {
     pub duration: Duration,
     /// Where the send's original record is, carried into its failure events and retries.
     pub source: Option<&'a SourceRef>,
+    /// An earlier attempt tried the network.
+    pub requested_before: bool,
 }
 
 /// What the plan may not find out by itself.
@@ -125,6 +127,7 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
                 due_ms,
                 last_status: failure.status,
                 source: attempted.source.cloned(),
+                requested: Some(attempted.requested_before || failure.source.tried_the_network()),
             },
             event: event(facts(Some(due_ms))),
             failure,
@@ -196,6 +199,7 @@ mod tests {
             wire,
             duration: Duration::from_millis(12),
             source: None,
+            requested_before: false,
         };
         let now = Circumstances {
             now_ms,

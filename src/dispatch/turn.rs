@@ -13,6 +13,8 @@ pub(super) struct Turn {
     pub(super) last_status: u16,
     /// Where the send's original record is.
     pub(super) source: Option<SourceRef>,
+    /// An attempt before this one tried the network.
+    pub(super) requested: bool,
 }
 
 impl Turn {
@@ -27,6 +29,7 @@ impl Turn {
                 partition: record.tp.partition,
                 offset: record.offset,
             }),
+            requested: false,
         }
     }
 

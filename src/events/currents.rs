@@ -140,7 +140,13 @@ impl CurrentsEvent {
             ("id".into(), Value::String(self.id.clone())),
             (
                 "user_id".into(),
-                Value::String(s.user_id.clone().unwrap_or_default()),
+                // As in failure events: Braze requires it.
+                Value::String(
+                    s.user_id
+                        .clone()
+                        .or_else(|| s.external_user_id.clone())
+                        .unwrap_or_default(),
+                ),
             ),
             (
                 "time".into(),

@@ -24,6 +24,10 @@ pub struct RetryRecord {
     /// Where the send's original record is (absent in records written before this field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRef>,
+    /// Whether an attempt so far tried the network (absent in records written before this field existed):
+    /// a Currents `Send` event is written with the first attempt that does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<bool>,
 }
 
 /// Where a send request's original record is: failure events carry it so that `hookrelay replay` can

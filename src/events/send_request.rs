@@ -12,7 +12,7 @@ use super::send_request_schema;
 pub use super::validation::{invalid, shorten, InvalidKind, InvalidSend, Rules, ValidSend};
 
 /// A send request as producers write it (README, "Send requests"; `schemas/send_request.avsc`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendRequest {
     pub id: String,
     pub workspace_id: String,
@@ -54,7 +54,7 @@ pub struct SendRequest {
     pub created_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     pub url: String,
     pub request_method: String,

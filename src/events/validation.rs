@@ -22,6 +22,8 @@ pub struct ValidSend {
 pub struct InvalidSend {
     pub kind: InvalidKind,
     pub detail: String,
+    /// The send, when it decoded and its identifiers are fit to travel (so a Currents `Abort` can name it).
+    pub request: Option<Box<SendRequest>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,6 +121,7 @@ pub fn invalid(kind: InvalidKind, detail: impl Into<String>) -> InvalidSend {
     InvalidSend {
         kind,
         detail: detail.into(),
+        request: None,
     }
 }
 
@@ -127,6 +130,22 @@ impl SendRequest {
     /// reported in a failure event that fits in Kafka.
     pub fn validate(self, rules: &Rules) -> Result<ValidSend, InvalidSend> {
         self.check_identifiers(rules)?;
+        match self.check_request(rules) {
+            Ok((url, method, headers)) => Ok(ValidSend {
+                request: self,
+                url,
+                method,
+                headers,
+            }),
+            Err(mut why) => {
+                why.request = Some(Box::new(self));
+                Err(why)
+            }
+        }
+    }
+
+    /// What is sent: the URL, the method, the body's size and the headers.
+    fn check_request(&self, rules: &Rules) -> Result<(Url, Method, HeaderMap), InvalidSend> {
         let url = self.check_url(rules)?;
         let method = self.check_method(rules)?;
         let body_len = self.webhook.body.as_ref().map_or(0, String::len);
@@ -139,13 +158,7 @@ impl SendRequest {
                 ),
             ));
         }
-        let headers = self.check_headers(rules)?;
-        Ok(ValidSend {
-            request: self,
-            url,
-            method,
-            headers,
-        })
+        Ok((url, method, self.check_headers(rules)?))
     }
 
     /// An http(s) URL with a host, within the length limit, that the HTTP client can send.

@@ -49,6 +49,8 @@ pub struct DispatchMetrics {
     pub parked_records: IntGauge,
     /// Sends refused by the SSRF guard or port policy (never sent).
     pub blocked_destinations: IntCounter,
+    /// Braze Currents events written, by kind: send, abort, retry.
+    pub currents_events: IntCounterVec,
     /// Failed requests to the schema registry for a writer schema while records waited for it.
     pub registry_unavailable: IntCounter,
     /// Records waiting for the schema registry to answer (their partitions move on up to their bounds).
@@ -305,6 +307,13 @@ impl DispatchMetrics {
                 &r,
                 "blocked_destinations_total",
                 "Sends refused by the SSRF guard or port policy (never sent)",
+            ),
+            currents_events: counter_vec(
+                &r,
+                "currents_events_total",
+                "Braze Currents Send, Abort and Retry events written, by kind",
+                "kind",
+                &["send", "abort", "retry"],
             ),
             registry_unavailable: counter(
                 &r,

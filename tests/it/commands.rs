@@ -220,6 +220,18 @@ async fn every_subcommand_runs_as_a_process_with_the_documented_arguments() {
         dir.path(),
     );
     assert!(receiver.first_line().contains(&readme_rx));
+    let registry_addr = free_port().to_string();
+    let mut registry = Process::start(
+        "registry (README)",
+        &["registry", "--listen", &registry_addr],
+        &[],
+        dir.path(),
+    );
+    assert!(registry.first_line().contains(&registry_addr));
+    assert_eq!(
+        http_status(&format!("http://{registry_addr}/subjects")).await,
+        Some(200)
+    );
     assert_eq!(
         http_status(&format!("http://{readme_rx}/_stats")).await,
         Some(200)

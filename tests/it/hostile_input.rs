@@ -182,6 +182,7 @@ async fn hostile_records_are_dead_lettered_with_their_reason_and_the_partition_m
         due_ms: 0,
         last_status: 503,
         source: None,
+        requested: Some(true),
     };
     produce(&kafka, &tier, &retry.encode(), OwnedHeaders::new()).await;
 

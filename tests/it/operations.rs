@@ -371,15 +371,7 @@ fn the_topic_script_creates_every_topic_the_default_configuration_uses() {
         .map(String::from)
         .collect();
     let c = hookrelay::config::Config::default();
-    let mut wanted = vec![
-        c.topics.sends.clone(),
-        c.topics.failures.clone(),
-        c.topics.dead_letters.clone(),
-        c.topics.alerts.clone(),
-        c.topics.aggregate_state.clone(),
-    ];
-    wanted.extend(c.topics.retry_tier_topics().into_iter().map(|(t, _)| t));
-    for topic in wanted {
+    for topic in c.topics.all() {
         assert!(created.contains(&topic), "create-topics.sh misses {topic}");
     }
 }

@@ -169,6 +169,7 @@ fn every_subcommand_has_help() {
         "produce",
         "broker",
         "receiver",
+        "registry",
         "demo",
         "bench",
         "check-config",

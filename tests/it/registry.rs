@@ -360,3 +360,113 @@ async fn a_failure_schema_the_registry_refuses_as_incompatible_fails_start_up_wi
         "nothing was registered"
     );
 }
+
+const BRAZE_SEND: &str = include_str!("../../schemas/reference/users.messages.webhook.Send.avsc");
+const BRAZE_ABORT: &str = include_str!("../../schemas/reference/users.messages.webhook.Abort.avsc");
+const BRAZE_RETRY: &str = include_str!("../../schemas/reference/users.messages.webhook.Retry.avsc");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_abort_and_retry_events_read_back_through_the_registry_and_with_braze_s_schemas() {
+    let mut kafka = Kafka::start(2);
+    let registry = SchemaRegistry::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ours = registry.register(SUBJECT, &writers().ours).unwrap();
+    let c = &mut kafka.config;
+    c.schema_registry.url = registry.url();
+    c.events.send_events = true;
+    c.events.abort_events = true;
+    c.events.retry_events = true;
+    // A host at 2 requests a second, and no send held in the process for longer than 100 ms: a burst to it
+    // is deferred to the retry tiers without attempts.
+    c.rate_limits.insert("127.0.0.2".into(), 2.0);
+    c.dispatch.max_hold = Duration::from_millis(100);
+    let rx = receiver().await;
+    let limited = crate::support::receiver_on("127.0.0.2").await;
+    let d = ChildDispatcher::spawn(&kafka.config);
+    let producer = kafka.producer();
+    let mut sends = vec![
+        full_send("plain", "ws", &rx.url("/ok")),
+        full_send("flaky", "ws", &rx.url("/flaky?seq=503,200")),
+    ];
+    for i in 0..4 {
+        sends.push(full_send(
+            &format!("limited-{i}"),
+            "ws",
+            &limited.url("/ok"),
+        ));
+    }
+    for s in &sends {
+        produce(&producer, s, &writers().ours, ours).await;
+    }
+    let mut brew = full_send("brew", "ws", &rx.url("/ok"));
+    brew.webhook.request_method = "BREW".into();
+    produce(&producer, &brew, &writers().ours, ours).await;
+
+    wait_for(
+        "every valid send is delivered",
+        Duration::from_secs(60),
+        || async {
+            sends.iter().all(|s| {
+                [&rx, &limited]
+                    .iter()
+                    .any(|r| r.requests_for(&s.id).iter().any(|q| q.status == 200))
+            })
+        },
+    )
+    .await;
+    let topics = &kafka.config.topics;
+    let send_events = kafka
+        .payloads(&topics.send_events, sends.len(), Duration::from_secs(30))
+        .await;
+    let mut sent = Vec::new();
+    for p in &send_events {
+        let e = read_back(&registry, p, BRAZE_SEND).await;
+        assert_eq!(field(&e, "app_group_id").as_deref(), Some("ws"));
+        assert!(field(&e, "campaign_name").is_some_and(|n| n.starts_with("Campaign name-")));
+        sent.push(field(&e, "dispatch_id").unwrap());
+    }
+    sent.sort();
+    let mut expected: Vec<String> = sends.iter().map(|s| format!("dispatch-{}", s.id)).collect();
+    expected.sort();
+    assert_eq!(
+        sent, expected,
+        "one Send per send request, the flaky one's retry included"
+    );
+    wait_for(
+        "no second Send is written for any send",
+        Duration::from_secs(10),
+        || async {
+            d.metric("hookrelay_currents_events_total{kind=\"send\"}")
+                .await
+                .is_some_and(|n| n == sends.len() as f64)
+        },
+    )
+    .await;
+
+    let abort = kafka
+        .payloads(&topics.abort_events, 1, Duration::from_secs(30))
+        .await;
+    let abort = read_back(&registry, &abort[0], BRAZE_ABORT).await;
+    assert_eq!(
+        field(&abort, "dispatch_id").as_deref(),
+        Some("dispatch-brew")
+    );
+    assert_eq!(
+        field(&abort, "abort_type").as_deref(),
+        Some("invalid_method")
+    );
+    assert!(field(&abort, "abort_log").is_some_and(|l| l.contains("BREW")));
+
+    let retries = kafka
+        .payloads(&topics.retry_events, 1, Duration::from_secs(30))
+        .await;
+    let retry = read_back(&registry, &retries[0], BRAZE_RETRY).await;
+    assert!(field(&retry, "dispatch_id").is_some_and(|id| id.starts_with("dispatch-limited-")));
+    assert_eq!(field(&retry, "retry_type").as_deref(), Some("rate_limit"));
+    assert!(field(&retry, "retry_log").is_some_and(|l| l.contains("rate limit")));
+    for kind in ["send", "abort", "retry"] {
+        let subject = format!("webhook-{kind}-events-value");
+        assert_eq!(registry.versions(&subject).len(), 1, "{subject} registered");
+    }
+}

@@ -14,9 +14,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventEncoding, EventsConfig, TopicsConfig};
+mod currents;
 mod fault;
 mod letter;
 
+pub use currents::CurrentsTopics;
 pub use fault::{produce_fault, ProduceFault};
 use letter::{why_headers, Letter};
 
@@ -61,6 +63,7 @@ pub struct Publisher {
     health: Health,
     /// The producer's `message.max.bytes`: nothing larger is produced.
     max_message_bytes: usize,
+    currents: CurrentsTopics,
 }
 
 pub struct PublisherParts {
@@ -72,6 +75,7 @@ pub struct PublisherParts {
     pub fatal: CancellationToken,
     pub health: Health,
     pub max_message_bytes: usize,
+    pub currents: CurrentsTopics,
 }
 
 impl Publisher {
@@ -85,6 +89,7 @@ impl Publisher {
             fatal: p.fatal,
             health: p.health,
             max_message_bytes: p.max_message_bytes,
+            currents: p.currents,
         }
     }
 
@@ -102,13 +107,6 @@ impl Publisher {
     /// An event too large for a record is cut to fit (marked `truncated`); `Rejected` if it cannot be.
     pub async fn failure(&self, event: &FailureEvent) -> Result<(), PublishError> {
         let (encoding, schema_id) = (self.events.encoding, self.events.schema_id);
-        let content_type = match encoding {
-            EventEncoding::SingleObject => {
-                "application/vnd.apache.avro+binary; encoding=single-object"
-            }
-            EventEncoding::Confluent => "application/vnd.apache.avro+binary; encoding=confluent",
-            EventEncoding::Binary => "application/vnd.apache.avro+binary",
-        };
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "hookrelay-schema",
@@ -116,7 +114,7 @@ impl Publisher {
             })
             .insert(Header {
                 key: "content-type",
-                value: Some(content_type),
+                value: Some(content_type(encoding)),
             });
         let headers = with_trace(headers, crate::telemetry::traces::current_context());
         let key = event.app_group_id.as_deref().unwrap_or_default();
@@ -145,6 +143,32 @@ impl Publisher {
             .with_label_values(&[terminal])
             .inc();
         Ok(())
+    }
+
+    /// Publishes a failure event; `Ok(Err(why))` when the broker refused it for good, for the caller to
+    /// dead-letter the record with that reason.
+    pub async fn failure_or_why(
+        &self,
+        record: &Record,
+        failure: &crate::dispatch::classify::Failure,
+        event: &FailureEvent,
+    ) -> Result<Result<(), InvalidSend>, Abandoned> {
+        match self.failure(event).await {
+            Ok(()) => Ok(Ok(())),
+            Err(PublishError::Abandoned(a)) => Err(a),
+            Err(PublishError::Rejected { topic, reason }) => {
+                tracing::error!(%topic, %reason, offset = record.offset, "failure event refused; dead-lettering the send instead");
+                Ok(Err(crate::events::send_request::invalid(
+                    crate::events::send_request::InvalidKind::Unpublishable,
+                    format!(
+                        "failure event ({} {}, attempt {}) refused by {topic}: {reason}",
+                        failure.status,
+                        failure.source,
+                        event.attempt.unwrap_or_default()
+                    ),
+                )))
+            }
+        }
     }
 
     /// Writes a scheduled retry to a tier topic, stamped with the current time: the tier consumer measures
@@ -324,6 +348,15 @@ impl Publisher {
 
 /// A W3C trace context (`traceparent`), when traces are on, so a consumer of the failure event (or the next
 /// attempt, for a retry) continues the send's trace.
+/// The `content-type` header of an Avro event framed as `encoding`.
+fn content_type(encoding: EventEncoding) -> &'static str {
+    match encoding {
+        EventEncoding::SingleObject => "application/vnd.apache.avro+binary; encoding=single-object",
+        EventEncoding::Confluent => "application/vnd.apache.avro+binary; encoding=confluent",
+        EventEncoding::Binary => "application/vnd.apache.avro+binary",
+    }
+}
+
 fn with_trace(mut headers: OwnedHeaders, trace: Vec<(String, String)>) -> OwnedHeaders {
     for (key, value) in trace {
         headers = headers.insert(Header {

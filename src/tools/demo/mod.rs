@@ -1,5 +1,6 @@
 //! `hookrelay demo`: the whole system on one machine, with realistic traffic and a table that adds up.
 
+mod registry;
 mod report;
 
 use std::net::SocketAddr;
@@ -82,8 +83,17 @@ fn demo_timings(config: &mut Config) {
     config.aggregate.eml_dir = "demo-out/mail".into();
 }
 
-async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> {
+async fn demo(mut config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> {
     let endpoints = Endpoints::start().await?;
+    let registry = registry::DemoRegistry::start(&config).await?;
+    config.schema_registry.url = registry.url();
+    config.events.send_events = true;
+    config.events.abort_events = true;
+    config.events.retry_events = true;
+    // The overloaded host takes 40 requests a second and no send waits longer than half a second for it:
+    // bursts to it are deferred to the retry tiers (Currents Retry events).
+    config.rate_limits.insert("localhost".into(), 40.0);
+    config.dispatch.max_hold = Duration::from_millis(500);
     let dispatcher = LocalDispatcher::spawn(&config);
     let aggregator = LocalAggregator::spawn(&config);
     let metrics = dispatcher.metrics.clone();
@@ -91,7 +101,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     let started = Instant::now();
     let started_wall = std::time::SystemTime::now();
     let progress = show_progress(metrics.clone(), reader.clone(), args.sends, started);
-    let sent = produce_traffic(&config, &args, &endpoints).await?;
+    let (sent, framed) = produce_traffic(&config, &args, &endpoints, &registry).await?;
     let observed = reader
         .wait_until(args.deadline, |o| {
             metrics.sends.with_label_values(&["delivered"]).get()
@@ -105,6 +115,7 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
     dispatcher.stop().await?;
     reader.stop();
     let alerts = settle_aggregator(&aggregator, observed.failures.len() as u64).await;
+    let currents = registry.read_back(&config).await?;
     aggregator.stop().await?;
     let report = Report {
         sent,
@@ -122,8 +133,16 @@ async fn demo(config: Config, args: DemoArgs) -> anyhow::Result<(String, bool)> 
         ],
     };
     let mut text = report.render();
+    let [send, abort, retry] = currents.read;
+    text.push_str(&format!(
+        "\n  schema registry {}: {framed} sends produced Confluent-framed with a producer's own schema \
+         (id {}: ours and a field added with a default), each read with it\n  Braze Currents events read \
+         back through the registry with Braze's schemas: Send {send} · Abort {abort} · Retry {retry}\n",
+        registry.url(),
+        registry.writer_id,
+    ));
     text.push_str(&alert_summary(&config, alerts, started_wall));
-    Ok((text, report.adds_up()))
+    Ok((text, report.adds_up() && currents.undecodable == 0))
 }
 
 impl Endpoints {
@@ -184,24 +203,32 @@ fn show_progress(
     })
 }
 
-/// Produces the planned traffic; returns how many records went out.
+/// Produces the planned traffic; returns how many records went out, and how many of them registry-framed.
 async fn produce_traffic(
     config: &Config,
     args: &DemoArgs,
     endpoints: &Endpoints,
-) -> anyhow::Result<u64> {
+    registry: &registry::DemoRegistry,
+) -> anyhow::Result<(u64, u64)> {
     let producer = SendProducer::new(&config.kafka, &config.topics.sends)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let planned: Vec<Traffic> = (0..args.sends)
         .map(|i| traffic(i, &mut rng, endpoints))
         .collect();
+    let framed = planned
+        .iter()
+        .filter(|t| matches!(t, Traffic::Avro(_)))
+        .count() as u64;
     let sent = futures::stream::iter(planned)
         .map(|t| {
             let producer = producer.clone();
             async move {
                 match t {
                     Traffic::Json(send) => producer.json(&send).await,
-                    Traffic::Avro(send) => producer.avro(&send).await,
+                    Traffic::Avro(send) => {
+                        let bytes = registry.framed(&send)?;
+                        producer.raw(send.workspace_id.as_bytes(), &bytes).await
+                    }
                     Traffic::Garbage(bytes) => producer.raw(b"unknown", &bytes).await,
                 }
             }
@@ -212,7 +239,7 @@ async fn produce_traffic(
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?
         .len();
-    Ok(sent as u64)
+    Ok((sent as u64, framed))
 }
 
 /// The aggregator reads the same failure events: gives it until it has counted them all and mailed (30 s
