@@ -48,12 +48,12 @@ impl<'a> Context<'a> {
 }
 
 /// The events `outcome` owes, by the rules above.
-pub fn owed(outcome: &Outcome, at: Context<'_>) -> Vec<CurrentsEvent> {
+pub fn owed<'a>(outcome: &Outcome, at: Context<'a>) -> Vec<CurrentsEvent<'a>> {
     let mut out = Vec::new();
     let event = |kind, discriminator: i64| {
         let mut e = CurrentsEvent::new(kind, at.send, discriminator, at.now_ms);
-        e.endpoint_url = Some(at.send.webhook.url.clone());
-        e.host = at.host.map(str::to_string);
+        e.endpoint_url = Some(at.send.webhook.url.as_str());
+        e.host = at.host;
         e
     };
     let tried = match outcome {
@@ -68,9 +68,9 @@ pub fn owed(outcome: &Outcome, at: Context<'_>) -> Vec<CurrentsEvent> {
         e.attempt = Some(t.number);
         out.push(e);
     }
-    let abort = |type_: &str, log: String, attempts: u32| {
+    let abort = |type_: &'static str, log: String, attempts: u32| {
         let mut e = event(CurrentsKind::Abort, i64::from(attempts));
-        e.type_ = Some(type_.to_string());
+        e.type_ = Some(type_);
         e.log = Some(log);
         e.retry_count = Some(attempts);
         e
@@ -103,7 +103,7 @@ pub fn owed(outcome: &Outcome, at: Context<'_>) -> Vec<CurrentsEvent> {
         }
         Outcome::Requeued { reason, due_ms } => {
             let mut e = event(CurrentsKind::Retry, *due_ms);
-            e.type_ = Some(reason.as_str().to_string());
+            e.type_ = Some(reason.as_str());
             e.log = Some(reason.describe().to_string());
             e.retry_count = Some(at.attempts_before);
             e.next_attempt_at = Some(*due_ms);
@@ -166,7 +166,7 @@ mod tests {
         outcome: &Outcome,
         requested_before: bool,
         attempts_before: u32,
-    ) -> Vec<(CurrentsKind, Option<String>)> {
+    ) -> Vec<(CurrentsKind, Option<&'static str>)> {
         let send = send();
         let at = Context {
             requested_before,
@@ -224,10 +224,7 @@ mod tests {
             tried: None,
             give_up: None,
         };
-        assert_eq!(
-            kinds(&dead, false, 0),
-            [(Abort, Some("invalid_method".into()))]
-        );
+        assert_eq!(kinds(&dead, false, 0), [(Abort, Some("invalid_method"))]);
         for (source, type_) in [
             (FailureSource::BlockedDestination, "blocked_destination"),
             (FailureSource::InvalidRequest, "invalid_request"),
@@ -237,7 +234,7 @@ mod tests {
                 tried: tried(3, 599, Some(source)),
                 give_up: GiveUp::Policy(GiveUpReason::WindowExhausted),
             };
-            assert_eq!(kinds(&failed, true, 2), [(Abort, Some(type_.into()))]);
+            assert_eq!(kinds(&failed, true, 2), [(Abort, Some(type_))]);
         }
         let answered = Outcome::Failed {
             tried: tried(3, 404, Some(FailureSource::ExternalEndpoint)),
@@ -255,7 +252,7 @@ mod tests {
         };
         assert_eq!(
             kinds(&refused_after_a_request, false, 0),
-            [(Send, None), (Abort, Some("unpublishable".into()))]
+            [(Send, None), (Abort, Some("unpublishable"))]
         );
     }
 
@@ -270,7 +267,7 @@ mod tests {
         assert_eq!(events.len(), 1);
         let e = &events[0];
         assert_eq!(e.kind, CurrentsKind::Retry);
-        assert_eq!(e.type_.as_deref(), Some("queue_full"));
+        assert_eq!(e.type_, Some("queue_full"));
         assert_eq!(e.next_attempt_at, Some(1_767_000_030_000));
         assert_eq!(e.retry_count, Some(2));
         assert!(owed(&Outcome::Hopped, Context::of(&send, None, 2)).is_empty());

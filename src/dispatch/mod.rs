@@ -54,18 +54,21 @@ pub async fn run(
     // Cancelled by a fatal producer error: the process drains what it can and exits non-zero.
     let fatal = CancellationToken::new();
     watch(&fatal, &shutdown, &health);
-    let (events, currents) = event_framing(config, writers.as_ref()).await?;
-    let publisher = Publisher::new(PublisherParts {
+    let parts = PublisherParts {
         producer: producer.clone(),
         topics: config.topics.clone(),
-        events,
+        events: config.events.clone(),
         metrics: metrics.clone(),
         shutdown: publish_stop.clone(),
         fatal,
         health: health.clone(),
         max_message_bytes: crate::kafka::client::max_message_bytes(&config.kafka),
-        currents,
-    });
+        currents: CurrentsTopics::default(),
+        acks: Arc::default(),
+        client: producer_config(&config.kafka),
+    };
+    let publisher = Publisher::new(event_framing(config, writers.as_ref(), parts).await?)
+        .context("creating the Currents events' Kafka producer")?;
     let tiers = Tiers::from_config(&config.topics);
     let pipeline = Arc::new(pipeline(
         config,
@@ -80,6 +83,7 @@ pub async fn run(
         metrics.clone(),
         health.clone(),
         &config.topics.sends,
+        pipeline.publisher.acks(),
     ));
     let stopping = (shutdown.clone(), shared.clone());
     tokio::spawn(async move {
@@ -88,21 +92,7 @@ pub async fn run(
     });
     start_probe(config, &shared, &metrics, &health, &shutdown)?;
     let consumer = subscribe(config, shared, &tiers)?;
-    let settings = LoopSettings {
-        max_pending_per_partition: config.dispatch.max_pending_per_partition,
-        max_pending_bytes_per_partition: config.dispatch.max_pending_bytes_per_partition,
-        // An eighth more than the requests in flight, so failure events and retries of finished attempts can
-        // be written while the next requests go out; every started record holds its decoded send and the
-        // handler's future, so not more.
-        max_started: config
-            .dispatch
-            .max_in_flight
-            .saturating_add((config.dispatch.max_in_flight / 8).max(64)),
-        tier_delays: tiers.delays(),
-        commit_interval: config.dispatch.commit_interval,
-        shutdown_grace: config.dispatch.shutdown_grace,
-        memory_budget: held_budget(config),
-    };
+    let settings = loop_settings(config, &tiers);
     metrics
         .isolation
         .budget_bytes
@@ -161,6 +151,25 @@ fn watch(fatal: &CancellationToken, shutdown: &CancellationToken, health: &Healt
     });
 }
 
+/// How the consumer thread takes records and commits.
+fn loop_settings(config: &Config, tiers: &Tiers) -> LoopSettings {
+    LoopSettings {
+        max_pending_per_partition: config.dispatch.max_pending_per_partition,
+        max_pending_bytes_per_partition: config.dispatch.max_pending_bytes_per_partition,
+        // An eighth more than the requests in flight, so failure events and retries of finished attempts can
+        // be written while the next requests go out; every started record holds its decoded send and the
+        // handler's future, so not more.
+        max_started: config
+            .dispatch
+            .max_in_flight
+            .saturating_add((config.dispatch.max_in_flight / 8).max(64)),
+        tier_delays: tiers.delays(),
+        commit_interval: config.dispatch.commit_interval,
+        shutdown_grace: config.dispatch.shutdown_grace,
+        memory_budget: held_budget(config),
+    }
+}
+
 /// The topics a dispatcher reads or writes: its own, and those of the Currents events it writes.
 fn required_topics(config: &Config) -> Vec<String> {
     let mut topics = config.topics.dispatch_topics();
@@ -186,7 +195,8 @@ fn currents_enabled(config: &Config) -> impl Iterator<Item = (CurrentsKind, &Str
 async fn event_framing(
     config: &Config,
     writers: Option<&crate::registry::Writers>,
-) -> anyhow::Result<(crate::config::EventsConfig, CurrentsTopics)> {
+    mut parts: PublisherParts,
+) -> anyhow::Result<PublisherParts> {
     let register = config.schema_registry.auto_register;
     let schema_id = |topic: &str, schema: &'static str| {
         let (client, topic) = (
@@ -202,18 +212,17 @@ async fn event_framing(
             }
         }
     };
-    let mut events = config.events.clone();
+    let events = &mut parts.events;
     if let Some(id) = schema_id(&config.topics.failures, crate::events::FAILURE_SCHEMA_JSON).await?
     {
         events.encoding = crate::config::EventEncoding::Confluent;
         events.schema_id = Some(id);
     }
-    let mut currents = CurrentsTopics::default();
     for (kind, topic) in currents_enabled(config) {
         let id = schema_id(topic, kind.schema_json()).await?;
-        currents.enable(kind, topic.clone(), id);
+        parts.currents.enable(kind, topic.clone(), id);
     }
-    Ok((events, currents))
+    Ok(parts)
 }
 
 fn pipeline(

@@ -6,9 +6,9 @@
 
 use std::sync::OnceLock;
 
-use apache_avro::types::Value;
 use apache_avro::Schema;
 
+use super::currents_wire as wire;
 use super::framing;
 use super::SendRequest;
 use crate::config::EventEncoding;
@@ -61,18 +61,18 @@ impl CurrentsKind {
     }
 }
 
-/// One event, with the send's identifiers.
+/// One event about a send (borrowed: events are written as soon as they are made).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CurrentsEvent {
+pub struct CurrentsEvent<'a> {
     pub kind: CurrentsKind,
     /// Unique per event, and the same when the same event is written again after a crash, so consumers
     /// dedupe on it.
     pub id: String,
     /// UNIX seconds.
     pub time: i64,
-    pub send: SendRequest,
-    pub endpoint_url: Option<String>,
-    pub host: Option<String>,
+    pub send: &'a SendRequest,
+    pub endpoint_url: Option<&'a str>,
+    pub host: Option<&'a str>,
     /// `Send`: the attempt that made the first request.
     pub attempt: Option<u32>,
     /// `Abort`, `Retry`: attempts made so far.
@@ -80,14 +80,14 @@ pub struct CurrentsEvent {
     /// `Retry`: UNIX milliseconds before which the send is not attempted.
     pub next_attempt_at: Option<i64>,
     /// `Abort`: `abort_type`, `abort_log`; `Retry`: `retry_type`, `retry_log`.
-    pub type_: Option<String>,
+    pub type_: Option<&'static str>,
     pub log: Option<String>,
 }
 
-impl CurrentsEvent {
+impl<'a> CurrentsEvent<'a> {
     /// An event about `send`, its id made from the kind, the send and `discriminator` (what makes this event
     /// of the send unique: the attempt, the due time).
-    pub fn new(kind: CurrentsKind, send: &SendRequest, discriminator: i64, now_ms: i64) -> Self {
+    pub fn new(kind: CurrentsKind, send: &'a SendRequest, discriminator: i64, now_ms: i64) -> Self {
         let dispatch = send.dispatch_id.as_deref().unwrap_or(&send.id);
         Self {
             kind,
@@ -98,7 +98,7 @@ impl CurrentsEvent {
                 dispatch
             ),
             time: now_ms.div_euclid(1000),
-            send: send.clone(),
+            send,
             endpoint_url: None,
             host: None,
             attempt: None,
@@ -109,97 +109,44 @@ impl CurrentsEvent {
         }
     }
 
-    /// Avro binary with the kind's schema, framed as `encoding` says.
+    /// Avro binary with the kind's schema, framed as `encoding` says. Serialised straight from borrowed
+    /// fields by the schema-aware serializer, as failure events are: no value tree, no copy of the send.
     pub fn encode(&self, encoding: EventEncoding, schema_id: Option<u32>) -> Vec<u8> {
+        let mut body = Vec::with_capacity(384);
         let schema = self.kind.schema();
-        let value = Value::Record(self.fields())
-            .resolve(schema)
-            .expect("a Currents event fits its schema");
-        let body = apache_avro::to_avro_datum(schema, value).expect("a Currents event encodes");
+        let written = match self.kind {
+            CurrentsKind::Send => {
+                apache_avro::write_avro_datum_ref(schema, &wire::Send::from(self), &mut body)
+            }
+            CurrentsKind::Abort => {
+                apache_avro::write_avro_datum_ref(schema, &wire::Abort::from(self), &mut body)
+            }
+            CurrentsKind::Retry => {
+                apache_avro::write_avro_datum_ref(schema, &wire::Retry::from(self), &mut body)
+            }
+        };
+        written.expect("a Currents event always matches its schema");
         framing::frame(encoding, schema_id, self.kind.fingerprint(), &body)
     }
 
-    fn fields(&self) -> Vec<(String, Value)> {
-        let s = &self.send;
-        let text = |v: &Option<String>| match v {
-            Some(t) => Value::Union(1, Box::new(Value::String(t.clone()))),
-            None => Value::Union(0, Box::new(Value::Null)),
-        };
-        let int = |v: Option<u32>| match v {
-            Some(n) => Value::Union(
-                1,
-                Box::new(Value::Int(i32::try_from(n).unwrap_or(i32::MAX))),
-            ),
-            None => Value::Union(0, Box::new(Value::Null)),
-        };
-        let (type_field, log_field) = match self.kind {
-            CurrentsKind::Abort => ("abort_type", "abort_log"),
-            _ => ("retry_type", "retry_log"),
-        };
-        let mut f = vec![
-            ("id".into(), Value::String(self.id.clone())),
-            (
-                "user_id".into(),
-                // As in failure events: Braze requires it.
-                Value::String(
-                    s.user_id
-                        .clone()
-                        .or_else(|| s.external_user_id.clone())
-                        .unwrap_or_default(),
-                ),
-            ),
-            (
-                "time".into(),
-                Value::Int(i32::try_from(self.time).unwrap_or(i32::MAX)),
-            ),
-            ("app_group_id".into(), text(&Some(s.workspace_id.clone()))),
-            (
-                "dispatch_id".into(),
-                text(&Some(s.dispatch_id.clone().unwrap_or_else(|| s.id.clone()))),
-            ),
-            ("external_user_id".into(), text(&s.external_user_id)),
-            ("send_id".into(), text(&s.send_id)),
-            ("campaign_id".into(), text(&s.campaign_id)),
-            ("campaign_name".into(), text(&s.campaign_name)),
-            ("message_variation_id".into(), text(&s.message_variation_id)),
-            (
-                "message_variation_name".into(),
-                text(&s.message_variation_name),
-            ),
-            ("canvas_id".into(), text(&s.canvas_id)),
-            ("canvas_name".into(), text(&s.canvas_name)),
-            ("canvas_variation_id".into(), text(&s.canvas_variation_id)),
-            (
-                "canvas_variation_name".into(),
-                text(&s.canvas_variation_name),
-            ),
-            ("canvas_step_id".into(), text(&s.canvas_step_id)),
-            ("canvas_step_name".into(), text(&s.canvas_step_name)),
-            (
-                "canvas_step_message_variation_id".into(),
-                text(&s.canvas_step_message_variation_id),
-            ),
-            ("workspace_name".into(), text(&s.workspace_name)),
-            ("endpoint_url".into(), text(&self.endpoint_url)),
-            ("host".into(), text(&self.host)),
-            ("attempt".into(), int(self.attempt)),
-            ("retry_count".into(), int(self.retry_count)),
-            (type_field.into(), text(&self.type_)),
-            (log_field.into(), text(&self.log)),
-        ];
-        if let Some(at) = self.next_attempt_at {
-            f.push((
-                "next_attempt_at".into(),
-                Value::Union(1, Box::new(Value::Long(at))),
-            ));
-        }
-        f
+    /// Braze requires `user_id`: the send's, else its `external_user_id`, else empty (as in failure events).
+    pub(super) fn user_id(&self) -> &'a str {
+        let s = self.send;
+        s.user_id
+            .as_deref()
+            .or(s.external_user_id.as_deref())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn dispatch_id(&self) -> &'a str {
+        self.send.dispatch_id.as_deref().unwrap_or(&self.send.id)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apache_avro::types::Value;
 
     fn braze(kind: CurrentsKind) -> Schema {
         let text = match kind {
@@ -232,7 +179,7 @@ mod tests {
             .build();
         for kind in CurrentsKind::ALL {
             let mut e = CurrentsEvent::new(kind, &send, 1, 1_767_000_000_500);
-            e.type_ = Some("rate_limit".into());
+            e.type_ = Some("rate_limit");
             e.log = Some("held back".into());
             e.next_attempt_at = Some(1_767_000_060_000);
             let bytes = e.encode(EventEncoding::Binary, None);

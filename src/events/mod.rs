@@ -2,6 +2,7 @@
 
 pub mod avro_guard;
 pub mod currents;
+mod currents_wire;
 pub mod failure;
 pub mod failure_view;
 pub mod fitting;

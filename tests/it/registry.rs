@@ -107,6 +107,21 @@ fn field(record: &[(String, Value)], name: &str) -> Option<String> {
 const BRAZE_FAILURE: &str =
     include_str!("../../schemas/reference/users.messages.webhook.Failure.avsc");
 
+/// Runs `hookrelay dispatch` with `config` as a process, which must exit non-zero: its standard error.
+async fn dispatch_fails_to_start(config: &hookrelay::config::Config) -> String {
+    let file = crate::support::config_file(config);
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::hookrelay_command("dispatch", &file, &[])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "start-up fails: {err}");
+    err
+}
+
 async fn produce(producer: &SendProducer, send: &SendRequest, writer: &str, id: u32) {
     producer
         .raw(send.workspace_id.as_bytes(), &framed(send, writer, id))
@@ -309,17 +324,8 @@ async fn a_configured_registry_that_does_not_answer_fails_start_up_naming_it_aft
     let closed = crate::support::free_port();
     kafka.config.schema_registry.url = format!("http://{closed}");
     kafka.config.schema_registry.startup_timeout = Duration::from_secs(2);
-    let file = crate::support::config_file(&kafka.config);
     let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::support::hookrelay_command("dispatch", &file, &[])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "start-up fails: {err}");
+    let err = dispatch_fails_to_start(&kafka.config).await;
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "it waited schema_registry.startup_timeout first"
@@ -340,16 +346,7 @@ async fn a_failure_schema_the_registry_refuses_as_incompatible_fails_start_up_wi
     let subject = format!("{}-value", kafka.config.topics.failures);
     registry.register(&subject, earlier).unwrap();
     kafka.config.schema_registry.url = registry.url();
-    let file = crate::support::config_file(&kafka.config);
-    let out = tokio::task::spawn_blocking(move || {
-        crate::support::hookrelay_command("dispatch", &file, &[])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "start-up fails: {err}");
+    let err = dispatch_fails_to_start(&kafka.config).await;
     assert!(
         err.contains(&subject) && err.contains("incompatible with an earlier schema"),
         "the error carries the registry's message: {err}"

@@ -80,6 +80,9 @@ pub struct Shared {
     /// The send topic, whose paused partitions are shown apart (a tier partition pausing while its
     /// parked retries wait is normal).
     sends_topic: String,
+    /// Currents events not yet acknowledged: an offset is committed only once the events written before it
+    /// are.
+    acks: Arc<crate::dispatch::publish::Acks>,
 }
 
 impl Shared {
@@ -88,8 +91,10 @@ impl Shared {
         metrics: DispatchMetrics,
         health: Health,
         sends_topic: &str,
+        acks: Arc<crate::dispatch::publish::Acks>,
     ) -> Self {
         Self {
+            acks,
             sends_topic: sends_topic.to_string(),
             state: Mutex::new(State::default()),
             finished: Condvar::new(),
@@ -289,6 +294,9 @@ const READ_COMMITTED_WITHIN: Duration = Duration::from_secs(5);
 
 /// Commits synchronously so that a failure is seen: the positions are then handed out again next tick
 /// (with nothing else moving they would otherwise never be sent again). One round trip per interval.
+/// How long a commit waits for the Currents events written before it to be acknowledged.
+const EVENTS_SETTLE: Duration = Duration::from_secs(5);
+
 pub(super) fn commit_positions(
     consumer: &BaseConsumer<DispatchContext>,
     shared: &Shared,
@@ -297,11 +305,25 @@ pub(super) fn commit_positions(
     if positions.is_empty() {
         return;
     }
-    match consumer.commit(&to_tpl(positions), CommitMode::Sync) {
+    // The sends of these offsets have finished, so their Currents events were handed over before now.
+    let settled = shared.acks.wait_settled(EVENTS_SETTLE);
+    let committed = if settled {
+        consumer.commit(&to_tpl(positions), CommitMode::Sync)
+    } else {
+        Err(rdkafka::error::KafkaError::Canceled)
+    };
+    match committed {
         Ok(()) => shared.metrics.commits.with_label_values(&["ok"]).inc(),
         Err(e) => {
             shared.metrics.commits.with_label_values(&["error"]).inc();
-            tracing::warn!(error = %e, partitions = positions.len(), "offset commit failed; retrying next interval");
+            if settled {
+                tracing::warn!(error = %e, partitions = positions.len(), "offset commit failed; retrying next interval");
+            } else {
+                tracing::warn!(
+                    partitions = positions.len(),
+                    "Currents events not yet acknowledged; the commit waits for the next interval"
+                );
+            }
             let mut state = shared.lock();
             for (tp, commit) in positions {
                 state.tracker.commit_failed(tp, commit);

@@ -3,13 +3,18 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 
+use rdkafka::producer::{BaseRecord, Producer as _};
+
+use super::acks::{opaque, CurrentsProducer};
 use super::{content_type, with_trace, PublishError, Publisher};
 use crate::events::currents::{CurrentsEvent, CurrentsKind};
 
 /// Where each enabled kind goes: its topic, and its schema's registry id (Confluent framing).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CurrentsTopics {
     by_kind: [Option<(String, Option<u32>)>; 3],
+    /// The producer of their own, once the publisher runs with any kind enabled.
+    pub(super) producer: Option<CurrentsProducer>,
 }
 
 impl CurrentsTopics {
@@ -22,7 +27,7 @@ impl CurrentsTopics {
         self.by_kind[kind as usize].as_ref()
     }
 
-    fn any(&self) -> bool {
+    pub(super) fn any(&self) -> bool {
         self.by_kind.iter().any(Option::is_some)
     }
 }
@@ -35,7 +40,7 @@ impl Publisher {
 
     /// Writes `event` if its kind is enabled, keyed by workspace. `Rejected` if it is too large for a record
     /// (identifiers are bounded, so only a tiny `message.max.bytes` does that) or the broker refuses it.
-    pub async fn currents(&self, event: &CurrentsEvent) -> Result<(), PublishError> {
+    pub async fn currents(&self, event: &CurrentsEvent<'_>) -> Result<(), PublishError> {
         let Some((topic, schema_id)) = self.currents.get(event.kind) else {
             return Ok(());
         };
@@ -43,18 +48,15 @@ impl Publisher {
             Some(_) => crate::config::EventEncoding::Confluent,
             None => self.events.encoding,
         };
-        let schema_name = format!(
-            "dataexport.S3.inner.users.messages.webhook.{}",
-            match event.kind {
-                CurrentsKind::Send => "Send",
-                CurrentsKind::Abort => "Abort",
-                CurrentsKind::Retry => "Retry",
-            }
-        );
+        let schema_name = match event.kind {
+            CurrentsKind::Send => "dataexport.S3.inner.users.messages.webhook.Send",
+            CurrentsKind::Abort => "dataexport.S3.inner.users.messages.webhook.Abort",
+            CurrentsKind::Retry => "dataexport.S3.inner.users.messages.webhook.Retry",
+        };
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "hookrelay-schema",
-                value: Some(&schema_name),
+                value: Some(schema_name),
             })
             .insert(Header {
                 key: "content-type",
@@ -70,11 +72,30 @@ impl Publisher {
                 reason: format!("the event takes {} bytes, more than {room}", payload.len()),
             });
         }
-        self.produce(topic, key, &payload, headers).await?;
-        self.metrics
-            .currents_events
-            .with_label_values(&[event.kind.as_str()])
-            .inc();
+        let Some(producer) = &self.currents.producer else {
+            return self.produce(topic, key, &payload, headers).await;
+        };
+        let acks = &producer.context().acks;
+        let seq = acks.open();
+        let record = BaseRecord::with_opaque_to(topic, opaque(seq, event.kind))
+            .key(key)
+            .payload(&payload)
+            .headers(headers)
+            .timestamp(crate::clock::now_ms());
+        if let Err((_, refused)) = producer.send(record) {
+            // librdkafka's queue is full (or the record refused at once): the slow path, which waits for
+            // room and classifies what is refused.
+            let headers = refused.headers.unwrap_or_default();
+            let written = self.produce(topic, key, &payload, headers).await;
+            if !matches!(written, Err(PublishError::Abandoned(_))) {
+                acks.close(seq);
+            }
+            written?;
+            self.metrics
+                .currents_events
+                .with_label_values(&[event.kind.as_str()])
+                .inc();
+        }
         Ok(())
     }
 }

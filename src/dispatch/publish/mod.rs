@@ -14,10 +14,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EventEncoding, EventsConfig, TopicsConfig};
+mod acks;
 mod currents;
 mod fault;
 mod letter;
 
+pub use acks::Acks;
 pub use currents::CurrentsTopics;
 pub use fault::{produce_fault, ProduceFault};
 use letter::{why_headers, Letter};
@@ -64,6 +66,7 @@ pub struct Publisher {
     /// The producer's `message.max.bytes`: nothing larger is produced.
     max_message_bytes: usize,
     currents: CurrentsTopics,
+    acks: std::sync::Arc<Acks>,
 }
 
 pub struct PublisherParts {
@@ -76,11 +79,27 @@ pub struct PublisherParts {
     pub health: Health,
     pub max_message_bytes: usize,
     pub currents: CurrentsTopics,
+    /// Currents events handed over and not yet acknowledged; commits wait for them.
+    pub acks: std::sync::Arc<Acks>,
+    /// Settings of the Currents events' own producer (librdkafka's), created when any kind is enabled.
+    pub client: rdkafka::ClientConfig,
 }
 
 impl Publisher {
-    pub fn new(p: PublisherParts) -> Self {
-        Self {
+    /// The publisher; with any Currents event enabled, their own producer too, and the task that writes
+    /// again what it gives up on (in the runtime this is called from).
+    pub fn new(p: PublisherParts) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut currents = p.currents;
+        let (undelivered, rewrites) = tokio::sync::mpsc::unbounded_channel();
+        if currents.any() {
+            let context = acks::CurrentsContext {
+                acks: p.acks.clone(),
+                metrics: p.metrics.clone(),
+                undelivered,
+            };
+            currents.producer = Some(p.client.create_with_context(context)?);
+        }
+        let publisher = Self {
             producer: p.producer,
             topics: p.topics,
             events: p.events,
@@ -89,8 +108,18 @@ impl Publisher {
             fatal: p.fatal,
             health: p.health,
             max_message_bytes: p.max_message_bytes,
-            currents: p.currents,
+            currents,
+            acks: p.acks,
+        };
+        if publisher.currents.producer.is_some() {
+            tokio::spawn(acks::rewrite(publisher.clone(), rewrites));
         }
+        Ok(publisher)
+    }
+
+    /// The Currents events not yet acknowledged, for the consumer's commits to wait on.
+    pub fn acks(&self) -> std::sync::Arc<Acks> {
+        self.acks.clone()
     }
 
     pub fn producer(&self) -> &FutureProducer {
