@@ -34,16 +34,28 @@ pub struct SchemaRegistry {
     pub addr: SocketAddr,
     store: Arc<Mutex<Store>>,
     stop: Arc<Mutex<CancellationToken>>,
+    /// The `Authorization` header every request must carry, if any (`Basic …` or `Bearer …`).
+    authorization: Option<Arc<str>>,
 }
 
 impl SchemaRegistry {
     /// Binds `addr` (port 0 for an ephemeral port) and serves until [`SchemaRegistry::stop`].
     pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// As [`SchemaRegistry::start`], answering 401 to any request without `authorization` as its
+    /// `Authorization` header (e.g. `Bearer token`, or `Basic ` and base64 of `user:password`).
+    pub async fn start_with(
+        addr: SocketAddr,
+        authorization: Option<&str>,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let r = Self {
             addr: listener.local_addr()?,
             store: Arc::default(),
             stop: Arc::default(),
+            authorization: authorization.map(Arc::from),
         };
         r.serve(listener);
         Ok(r)
@@ -85,6 +97,10 @@ impl SchemaRegistry {
             .route("/subjects/{subject}", post(lookup))
             .route("/subjects/{subject}/versions", post(register_version))
             .route("/subjects/{subject}/versions/latest", get(latest))
+            .layer(axum::middleware::from_fn_with_state(
+                self.authorization.clone(),
+                authorized,
+            ))
             .with_state(self.store.clone());
         let token = self.stop.lock().expect("stop lock").clone();
         tokio::spawn(async move {
@@ -96,6 +112,24 @@ impl SchemaRegistry {
 }
 
 type Shared = Arc<Mutex<Store>>;
+
+/// Refuses a request without the expected `Authorization` header, as Confluent's registry does.
+async fn authorized(
+    State(expected): State<Option<Arc<str>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match expected {
+        Some(expected) if given != Some(&*expected) => {
+            error(StatusCode::UNAUTHORIZED, 40101, "Unauthorized".into())
+        }
+        _ => next.run(request).await,
+    }
+}
 
 #[derive(Deserialize)]
 struct SchemaBody {

@@ -1,8 +1,9 @@
-//! Sends written through a Confluent Schema Registry, end to end with `hookrelay dispatch` as a child process
-//! and a registry server in the test (`tools::schema_registry`): each record is read with the writer schema
-//! its id names, resolved to hookrelay's; an id the registry does not have is dead-lettered with that
-//! reason; a registry that stops costs no send.
-
+//! Speaking the Kafka shop's Avro, end to end with `hookrelay dispatch` as a child process and a registry
+//! server in the test (`tools::schema_registry`): each record is read with the writer schema its id names,
+//! resolved to hookrelay's; an id the registry does not have is dead-lettered with that reason; a registry
+//! that stops costs no send; credentials are sent and a refusal stops start-up; and Braze Currents' Send,
+//! Abort and Retry events are written, read back through the registry with Braze's schemas, and always
+//! before the offsets of the sends they speak of are committed.
 use std::time::Duration;
 
 use apache_avro::types::Value;
@@ -466,4 +467,112 @@ async fn send_abort_and_retry_events_read_back_through_the_registry_and_with_bra
         let subject = format!("webhook-{kind}-events-value");
         assert_eq!(registry.versions(&subject).len(), 1, "{subject} registered");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_credentials_are_sent_and_a_registry_refusing_them_stops_start_up() {
+    let mut kafka = Kafka::start(1);
+    // `key:secret`, as HTTP basic authentication carries it.
+    let registry = SchemaRegistry::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("Basic a2V5OnNlY3JldA=="),
+    )
+    .await
+    .unwrap();
+    let ours = registry.register(SUBJECT, &writers().ours).unwrap();
+    let c = &mut kafka.config.schema_registry;
+    c.url = registry.url();
+    c.username = "key".into();
+    c.password = "wrong".into();
+    c.startup_timeout = Duration::from_secs(1);
+    let err = dispatch_fails_to_start(&kafka.config).await;
+    assert!(
+        err.contains("HTTP 401") && err.contains("Unauthorized"),
+        "the refusal is named: {err}"
+    );
+    assert!(!err.contains("wrong"), "the password is not printed: {err}");
+
+    kafka.config.schema_registry.password = "secret".into();
+    let rx = receiver().await;
+    let _d = ChildDispatcher::spawn(&kafka.config);
+    let send = full_send("authorised", "ws", &rx.url("/ok"));
+    produce(&kafka.producer(), &send, &writers().ours, ours).await;
+    wait_for(
+        "a send read through the registry with the credentials is delivered",
+        Duration::from_secs(60),
+        || async { !rx.requests_for("authorised").is_empty() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_offset_is_committed_before_the_send_events_of_its_sends_are_acknowledged() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mut kafka = Kafka::start(2);
+    kafka.config.events.send_events = true;
+    let rx = receiver().await;
+    let d = ChildDispatcher::spawn(&kafka.config);
+    wait_for(
+        "the dispatcher owns partitions",
+        Duration::from_secs(30),
+        || async {
+            d.metric("hookrelay_assigned_partitions")
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+        },
+    )
+    .await;
+    // Every send waits 2 s for its answer; meanwhile every Produce request starts failing, so the Send
+    // events its delivery owes cannot be written.
+    crate::support::produce_sends(&kafka.producer(), "held", 50, &rx.url("/ok?delay=2s")).await;
+    kafka.broker.mock().request_errors(
+        RDKafkaApiKey::Produce,
+        &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    wait_for(
+        "every send is delivered",
+        Duration::from_secs(30),
+        || async {
+            d.metric("hookrelay_sends_total{result=\"delivered\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 50.0
+        },
+    )
+    .await;
+    wait_for(
+        "a commit held back for unacknowledged events",
+        Duration::from_secs(30),
+        || async {
+            d.metric("hookrelay_offset_commits_total{result=\"error\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        kafka.committed(2).await.values().sum::<i64>(),
+        0,
+        "the sends are delivered, but their Send events are not written: nothing is committed"
+    );
+    kafka
+        .broker
+        .mock()
+        .clear_request_errors(RDKafkaApiKey::Produce);
+    wait_for(
+        "every offset is committed once the events are written",
+        Duration::from_secs(60),
+        || async { kafka.committed(2).await.values().sum::<i64>() == 50 },
+    )
+    .await;
+    let events = kafka
+        .payloads(
+            &kafka.config.topics.send_events,
+            50,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(events.len() >= 50);
 }
