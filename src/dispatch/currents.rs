@@ -30,21 +30,8 @@ pub struct Context<'a> {
     pub requested_before: bool,
     /// Attempts made before this pass.
     pub attempts_before: u32,
+    /// When the events are made (the pipeline sets it as it derives them).
     pub now_ms: i64,
-}
-
-impl<'a> Context<'a> {
-    /// `send` (to `host`), after `attempts_before` attempts, none known to have tried the network; `now_ms`
-    /// is read when the events are made.
-    pub fn of(send: &'a SendRequest, host: Option<&'a str>, attempts_before: u32) -> Self {
-        Self {
-            send,
-            host,
-            requested_before: false,
-            attempts_before,
-            now_ms: 0,
-        }
-    }
 }
 
 /// The events `outcome` owes, by the rules above.
@@ -150,6 +137,20 @@ mod tests {
     use crate::dispatch::retry::GiveUpReason;
     use crate::events::send_request::InvalidKind;
 
+    fn context<'a>(
+        send: &'a SendRequest,
+        host: Option<&'a str>,
+        attempts_before: u32,
+    ) -> Context<'a> {
+        Context {
+            send,
+            host,
+            requested_before: false,
+            attempts_before,
+            now_ms: 0,
+        }
+    }
+
     fn send() -> SendRequest {
         crate::tools::examples::ExampleSend::new("s1", "ws", "https://h.example/p").build()
     }
@@ -170,7 +171,7 @@ mod tests {
         let send = send();
         let at = Context {
             requested_before,
-            ..Context::of(&send, Some("h.example"), attempts_before)
+            ..context(&send, Some("h.example"), attempts_before)
         };
         owed(outcome, at)
             .into_iter()
@@ -263,26 +264,26 @@ mod tests {
             reason: RequeueReason::QueueFull,
             due_ms: 1_767_000_030_000,
         };
-        let events = owed(&requeued, Context::of(&send, None, 2));
+        let events = owed(&requeued, context(&send, None, 2));
         assert_eq!(events.len(), 1);
         let e = &events[0];
         assert_eq!(e.kind, CurrentsKind::Retry);
         assert_eq!(e.type_, Some("queue_full"));
         assert_eq!(e.next_attempt_at, Some(1_767_000_030_000));
         assert_eq!(e.retry_count, Some(2));
-        assert!(owed(&Outcome::Hopped, Context::of(&send, None, 2)).is_empty());
+        assert!(owed(&Outcome::Hopped, context(&send, None, 2)).is_empty());
     }
 
     #[test]
     fn the_same_event_written_again_has_the_same_id() {
         let send = send();
         let d = Outcome::Delivered(tried(1, 200, None));
-        let once = owed(&d, Context::of(&send, None, 0));
+        let once = owed(&d, context(&send, None, 0));
         let again = owed(
             &d,
             Context {
                 now_ms: 99_000,
-                ..Context::of(&send, None, 0)
+                ..context(&send, None, 0)
             },
         );
         assert_eq!(once[0].id, again[0].id);

@@ -83,7 +83,7 @@ pub async fn run(
         metrics.clone(),
         health.clone(),
         &config.topics.sends,
-        pipeline.publisher.acks(),
+        pipeline.writes_currents.then(|| pipeline.publisher.acks()),
     ));
     let stopping = (shutdown.clone(), shared.clone());
     tokio::spawn(async move {
@@ -239,21 +239,25 @@ fn pipeline(
         .context("creating the HTTP client")?;
     let clock = crate::clock::Clock::start();
     let rules = crate::events::Rules::from_config(config);
-    let decoder = schemas::SendDecoder::new(
-        rules.clone(),
-        config.dispatch.accept_plain_avro,
-        writers,
-        config.schema_registry.max_backoff,
-        shutdown.clone(),
-        metrics.clone(),
-    );
+    let registry = writers.map(|writers| {
+        schemas::SendDecoder::new(
+            rules.clone(),
+            config.dispatch.accept_plain_avro,
+            writers,
+            config.schema_registry.max_backoff,
+            shutdown.clone(),
+            metrics.clone(),
+        )
+    });
     Ok(Pipeline {
+        writes_currents: publisher.writes_currents(),
         delivery: delivery(config, executor, metrics, clock, shutdown),
         clock,
         publisher,
         metrics: metrics.clone(),
         rules,
-        decoder,
+        accept_plain_avro: config.dispatch.accept_plain_avro,
+        registry,
         retry: config.retry.clone(),
         tiers,
     })

@@ -58,8 +58,11 @@ impl Pipeline {
             .dead_letter(record, why, None, Some(GiveUp::NoLongerValid))
             .await;
         let at = currents::Context {
+            send: &retry.send,
+            host: None,
             requested_before: true,
-            ..currents::Context::of(&retry.send, None, retry.attempts)
+            attempts_before: retry.attempts,
+            now_ms: 0,
         };
         self.tell(ended, at).await
     }

@@ -31,8 +31,11 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub metrics: DispatchMetrics,
     pub rules: Rules,
-    /// Fresh records as sends, with the schema registry when one is configured.
-    pub decoder: super::schemas::SendDecoder,
+    pub accept_plain_avro: bool,
+    /// Fresh records as sends through the schema registry, when one is configured.
+    pub registry: Option<super::schemas::SendDecoder>,
+    /// Whether any Currents event is written (most deployments: none, and nothing is derived).
+    pub writes_currents: bool,
     pub retry: RetryPolicy,
     pub tiers: Tiers,
 }
@@ -44,15 +47,24 @@ impl Pipeline {
         record: &Record,
         admission: &mut Admission,
     ) -> Result<Outcome, Abandoned> {
-        let send = match self.decoder.decode(record, admission).await? {
+        let decoded = match &self.registry {
+            Some(registry) => registry.decode(record, admission).await?,
+            None => decode_send(record, &self.rules, self.accept_plain_avro),
+        };
+        let send = match decoded {
             Ok(send) => send,
             Err(mut why) => {
                 let request = why.request.take();
                 let mut ended = Box::pin(self.dead_letter(record, why, None, None)).await;
                 if let Some(send) = request {
-                    ended = self
-                        .tell(ended, currents::Context::of(&send, None, 0))
-                        .await;
+                    let at = currents::Context {
+                        send: &send,
+                        host: None,
+                        requested_before: false,
+                        attempts_before: 0,
+                        now_ms: 0,
+                    };
+                    ended = self.tell(ended, at).await;
                 }
                 return self.report(record, ended);
             }
@@ -158,8 +170,11 @@ impl Pipeline {
     ) -> Result<Outcome, Abandoned> {
         let host = host_key(send);
         let at = currents::Context {
+            send: &send.request,
+            host: send.url.host_str(),
             requested_before: turn.requested,
-            ..currents::Context::of(&send.request, send.url.host_str(), turn.number - 1)
+            attempts_before: turn.number - 1,
+            now_ms: 0,
         };
         let (wire, duration) = match self.delivery.deliver(&host, send, admission).await {
             Delivered::Attempted(wire, duration) => (wire, duration),
@@ -189,6 +204,9 @@ impl Pipeline {
         at: currents::Context<'_>,
     ) -> Result<Outcome, Abandoned> {
         let outcome = ended?;
+        if !self.writes_currents {
+            return Ok(outcome);
+        }
         let at = currents::Context {
             now_ms: self.clock.wall_ms(),
             ..at

@@ -28,8 +28,8 @@ use crate::telemetry::DispatchMetrics;
 pub struct SendDecoder {
     pub rules: Rules,
     pub accept_plain_avro: bool,
-    /// The registry's writer schemas, when one is configured.
-    pub writers: Option<Writers>,
+    /// The registry's writer schemas.
+    pub writers: Writers,
     pub max_backoff: Duration,
     /// Cancelled when the dispatcher stops: a record still waiting is left unfinished, to be redone.
     pub stop: CancellationToken,
@@ -42,7 +42,7 @@ impl SendDecoder {
     pub fn new(
         rules: Rules,
         accept_plain_avro: bool,
-        writers: Option<Writers>,
+        writers: Writers,
         max_backoff: Duration,
         stop: CancellationToken,
         metrics: DispatchMetrics,
@@ -65,10 +65,10 @@ impl SendDecoder {
         record: &Record,
         admission: &mut Admission,
     ) -> Result<Result<ValidSend, InvalidSend>, Abandoned> {
-        let (Some(writers), Some(id)) = (&self.writers, registry_schema_id(record, &self.rules))
-        else {
+        let Some(id) = registry_schema_id(record, &self.rules) else {
             return Ok(decode_send(record, &self.rules, self.accept_plain_avro));
         };
+        let writers = &self.writers;
         let fetched = match writers.get(id).await {
             Err(e) if e.is_transient() => {
                 let _waiting = Waiting::new(&self.metrics.registry_waiting);

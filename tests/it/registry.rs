@@ -4,6 +4,7 @@
 //! that stops costs no send; credentials are sent and a refusal stops start-up; and Braze Currents' Send,
 //! Abort and Retry events are written, read back through the registry with Braze's schemas, and always
 //! before the offsets of the sends they speak of are committed.
+
 use std::time::Duration;
 
 use apache_avro::types::Value;

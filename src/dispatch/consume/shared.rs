@@ -80,9 +80,9 @@ pub struct Shared {
     /// The send topic, whose paused partitions are shown apart (a tier partition pausing while its
     /// parked retries wait is normal).
     sends_topic: String,
-    /// Currents events not yet acknowledged: an offset is committed only once the events written before it
-    /// are.
-    acks: Arc<crate::dispatch::publish::Acks>,
+    /// Currents events not yet acknowledged, when any are written: an offset is committed only once the
+    /// events written before it are.
+    acks: Option<Arc<crate::dispatch::publish::Acks>>,
 }
 
 impl Shared {
@@ -91,7 +91,7 @@ impl Shared {
         metrics: DispatchMetrics,
         health: Health,
         sends_topic: &str,
-        acks: Arc<crate::dispatch::publish::Acks>,
+        acks: Option<Arc<crate::dispatch::publish::Acks>>,
     ) -> Self {
         Self {
             acks,
@@ -306,7 +306,10 @@ pub(super) fn commit_positions(
         return;
     }
     // The sends of these offsets have finished, so their Currents events were handed over before now.
-    let settled = shared.acks.wait_settled(EVENTS_SETTLE);
+    let settled = shared
+        .acks
+        .as_ref()
+        .is_none_or(|acks| acks.wait_settled(EVENTS_SETTLE));
     let committed = if settled {
         consumer.commit(&to_tpl(positions), CommitMode::Sync)
     } else {
