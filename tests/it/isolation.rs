@@ -72,23 +72,6 @@ fn p99_latency(rx: &Receiver, produced: &HashMap<String, i64>) -> f64 {
     lat.get(i).copied().unwrap_or_default() as f64 / 1000.0
 }
 
-/// A dispatcher child once it owns partitions, so the sends after it are measured from their produce.
-async fn ready_dispatcher(kafka: &Kafka, extra: &[(&str, &str)]) -> ChildDispatcher {
-    let d = ChildDispatcher::spawn_with(&kafka.config, extra);
-    wait_for(
-        "the dispatcher owns partitions",
-        Duration::from_secs(30),
-        || async {
-            d.metric("hookrelay_assigned_partitions")
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
-    )
-    .await;
-    d
-}
-
 async fn delivered(rx: &Receiver, n: u64, within: Duration, what: &str) {
     wait_for(what, within, || async {
         rx.stats().by_status.get(&200).copied().unwrap_or(0) >= n
@@ -133,7 +116,9 @@ async fn a_host_answering_in_3_s_does_not_slow_a_fast_host_in_the_same_partition
     let kafka = Kafka::start(4);
     let fast = receiver_on("127.0.0.1").await;
     let slow = receiver_on("127.0.0.2").await;
-    let d = ready_dispatcher(&kafka, &[("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "4s")]).await;
+    let d =
+        ChildDispatcher::spawn_ready(&kafka.config, &[("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "4s")])
+            .await;
     let alone = p99_alone(&kafka, &fast).await;
     let plan = interleave(vec![
         sends("slow", 1_500, &slow.url("/hook?delay=3s")),
@@ -176,7 +161,9 @@ async fn eight_slow_hosts_do_not_slow_a_fast_host() {
     for i in 2..10 {
         slow.push(receiver_on(&format!("127.0.0.{i}")).await);
     }
-    let _d = ready_dispatcher(&kafka, &[("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "4s")]).await;
+    let _d =
+        ChildDispatcher::spawn_ready(&kafka.config, &[("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "4s")])
+            .await;
     let alone = p99_alone(&kafka, &fast).await;
     let mut plans: Vec<Plan> = slow
         .iter()
@@ -196,7 +183,9 @@ async fn a_host_that_never_answers_delays_no_one_and_each_of_its_sends_ends_as_t
     let fast = receiver_on("127.0.0.1").await;
     let hanging = receiver_on("127.0.0.2").await;
     let reader = OutputReader::start(&kafka.config).await.unwrap();
-    let d = ready_dispatcher(&kafka, &[("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "2s")]).await;
+    let d =
+        ChildDispatcher::spawn_ready(&kafka.config, &[("HOOKRELAY_HTTP__REQUEST_TIMEOUT", "2s")])
+            .await;
     let alone = p99_alone(&kafka, &fast).await;
     let hang_ids = sends("hang", 1_000, &hanging.url("/hook?hang=1"));
     let plan = interleave(vec![
@@ -300,7 +289,7 @@ async fn a_dispatcher_killed_while_a_slow_host_spills_loses_no_send_after_a_rest
         ("HOOKRELAY_DISPATCH__MAX_IN_FLIGHT_PER_HOST", "64"),
         ("HOOKRELAY_DISPATCH__MAX_QUEUED_PER_HOST", "64"),
     ];
-    let mut first = ready_dispatcher(&kafka, &extra).await;
+    let mut first = ChildDispatcher::spawn_ready(&kafka.config, &extra).await;
     let plan = interleave(vec![
         sends("slow", 800, &slow.url("/hook?delay=1s")),
         sends("fast", 400, &fast.url("/hook")),

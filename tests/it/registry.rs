@@ -512,18 +512,7 @@ async fn no_offset_is_committed_before_the_send_events_of_its_sends_are_acknowle
     let mut kafka = Kafka::start(2);
     kafka.config.events.send_events = true;
     let rx = receiver().await;
-    let d = ChildDispatcher::spawn(&kafka.config);
-    wait_for(
-        "the dispatcher owns partitions",
-        Duration::from_secs(30),
-        || async {
-            d.metric("hookrelay_assigned_partitions")
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
-    )
-    .await;
+    let d = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
     // Every send waits 2 s for its answer; meanwhile every Produce request starts failing, so the Send
     // events its delivery owes cannot be written.
     crate::support::produce_sends(&kafka.producer(), "held", 50, &rx.url("/ok?delay=2s")).await;

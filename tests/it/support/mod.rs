@@ -330,6 +330,24 @@ impl ChildDispatcher {
         Self::spawn_command("dispatch", config, extra)
     }
 
+    /// As [`ChildDispatcher::spawn_with`], returning once it owns partitions, so that what is produced after
+    /// is taken at once.
+    pub async fn spawn_ready(config: &Config, extra: &[(&str, &str)]) -> Self {
+        let d = Self::spawn_with(config, extra);
+        wait_for(
+            "the dispatcher owns partitions",
+            Duration::from_secs(30),
+            || async {
+                d.metric("hookrelay_assigned_partitions")
+                    .await
+                    .unwrap_or(0.0)
+                    > 0.0
+            },
+        )
+        .await;
+        d
+    }
+
     /// Any long-running subcommand (`dispatch`, `aggregate`) as a child.
     pub fn spawn_command(subcommand: &str, config: &Config, extra: &[(&str, &str)]) -> Self {
         Self::spawn_to(subcommand, config, extra, None)
