@@ -18,4 +18,5 @@ mod replay;
 mod retries;
 mod security;
 mod support;
+mod tansu;
 mod traces;

@@ -2,6 +2,7 @@
 //! dispatchers, send requests with every identifier filled in, and waiting on conditions with a deadline.
 
 pub mod aggregator;
+pub mod tansu;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,14 +33,7 @@ impl Kafka {
     /// As [`Kafka::start`], with the configuration adjusted before topics are created (retry tiers).
     pub fn start_with(send_partitions: i32, adjust: impl FnOnce(&mut Config)) -> Self {
         let broker = EmbeddedBroker::start(1).expect("embedded broker starts");
-        let mut config = local_config(&broker.bootstrap_servers());
-        config.http.request_timeout = Duration::from_secs(5);
-        // Fast retries for tests: short backoff, one short tier.
-        config.retry.initial_backoff = Duration::from_millis(200);
-        config.retry.max_backoff = Duration::from_secs(2);
-        config.retry.jitter = 0.0;
-        config.topics.retry_tiers = vec!["1s".into(), "5s".into()];
-        config.telemetry.probe_interval = Duration::from_millis(300);
+        let mut config = test_config(&broker.bootstrap_servers());
         adjust(&mut config);
         broker
             .create_topics(&config.topics, send_partitions, 2)
@@ -247,6 +241,18 @@ pub fn send(id: &str, url: &str) -> SendRequest {
     let mut s = full_send(id, "ws", url);
     s.workspace_name = None;
     s
+}
+
+/// The tests' configuration for a broker at `bootstrap`: fast retries, two short tiers, quick probes.
+pub fn test_config(bootstrap: &str) -> Config {
+    let mut config = local_config(bootstrap);
+    config.http.request_timeout = Duration::from_secs(5);
+    config.retry.initial_backoff = Duration::from_millis(200);
+    config.retry.max_backoff = Duration::from_secs(2);
+    config.retry.jitter = 0.0;
+    config.topics.retry_tiers = vec!["1s".into(), "5s".into()];
+    config.telemetry.probe_interval = Duration::from_millis(300);
+    config
 }
 
 /// A free loopback port (bound and released; fine for tests on one machine).
