@@ -16,18 +16,7 @@ async fn on_tansu_sends_are_delivered_retried_through_a_tier_and_committed() {
         return;
     };
     let rx = receiver().await;
-    let d = ChildDispatcher::spawn(&tansu.config);
-    wait_for(
-        "the dispatcher owns partitions on tansu",
-        Duration::from_secs(90),
-        || async {
-            d.metric("hookrelay_assigned_partitions")
-                .await
-                .unwrap_or(0.0)
-                > 0.0
-        },
-    )
-    .await;
+    let d = ChildDispatcher::spawn_ready(&tansu.config, &[]).await;
     let producer = SendProducer::new(&tansu.config.kafka, &tansu.config.topics.sends).unwrap();
     for i in 0..18 {
         producer

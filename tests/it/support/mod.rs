@@ -337,12 +337,12 @@ impl ChildDispatcher {
     }
 
     /// As [`ChildDispatcher::spawn_with`], returning once it owns partitions, so that what is produced after
-    /// is taken at once.
+    /// is taken at once (up to 90 s: a first assignment on tansu has taken 23 s).
     pub async fn spawn_ready(config: &Config, extra: &[(&str, &str)]) -> Self {
         let d = Self::spawn_with(config, extra);
         wait_for(
             "the dispatcher owns partitions",
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             || async {
                 d.metric("hookrelay_assigned_partitions")
                     .await
