@@ -1,5 +1,6 @@
 //! The end-to-end path on tansu, a second, independent Kafka-compatible broker (see `support::tansu`):
-//! consumed, delivered, retried through a tier topic, committed — as on the embedded broker.
+//! consumed, delivered, retried through a tier topic, failed for good with its failure event, dead-lettered with
+//! its reason, committed — as on the embedded broker.
 //!
 //! Where tansu differs from Kafka here: a consumer group's first assignment took from 4 s to 23 s in these
 //! runs (the embedded broker: about 3 s), so these tests wait up to 90 s for it.
@@ -8,16 +9,25 @@ use std::time::Duration;
 
 use crate::support::tansu::Tansu;
 use crate::support::{receiver, send, wait_for, ChildDispatcher};
-use hookrelay::tools::harness::SendProducer;
+use hookrelay::tools::harness::{OutputReader, SendProducer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_tansu_sends_are_delivered_retried_through_a_tier_and_committed() {
+async fn on_tansu_sends_are_delivered_retried_failed_dead_lettered_and_committed() {
     let Some(tansu) = Tansu::start(2) else {
         return;
     };
     let rx = receiver().await;
     let d = ChildDispatcher::spawn_ready(&tansu.config, &[]).await;
+    let reader = OutputReader::start(&tansu.config).await.unwrap();
     let producer = SendProducer::new(&tansu.config.kafka, &tansu.config.topics.sends).unwrap();
+    producer
+        .raw(b"ws", b"\x07 not a send request")
+        .await
+        .unwrap();
+    producer
+        .json(&send("gone", &rx.url("/gone?status=404")))
+        .await
+        .unwrap();
     for i in 0..18 {
         producer
             .json(&send(&format!("ok-{i}"), &rx.url("/ok")))
@@ -42,6 +52,24 @@ async fn on_tansu_sends_are_delivered_retried_through_a_tier_and_committed() {
             .collect();
         assert_eq!(got, [503, 200], "flaky-{i} went through a retry tier once");
     }
+    let seen = reader
+        .wait_until(Duration::from_secs(60), |o| {
+            !o.dead_letters.is_empty() && o.terminal_failures() >= 1
+        })
+        .await;
+    assert_eq!(seen.dead_letters.len(), 1, "the undecodable record");
+    assert_eq!(
+        seen.dead_letters[0].headers["hookrelay-error-kind"],
+        "undecodable"
+    );
+    let gone: Vec<_> = seen
+        .failures
+        .iter()
+        .filter(|e| e.http_status_code == Some(404))
+        .collect();
+    assert_eq!(gone.len(), 1, "one terminal failure event for the 404");
+    assert_eq!(gone[0].is_terminal, Some(true));
+    reader.stop();
     wait_for(
         "the offsets are committed on tansu and nothing is pending",
         Duration::from_secs(30),
