@@ -84,3 +84,39 @@ async fn on_tansu_sends_are_delivered_retried_failed_dead_lettered_and_committed
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tansu_a_dispatcher_killed_mid_stream_loses_nothing_after_a_restart() {
+    let Some(tansu) = Tansu::start(2) else {
+        return;
+    };
+    let rx = receiver().await;
+    let producer = SendProducer::new(&tansu.config.kafka, &tansu.config.topics.sends).unwrap();
+    crate::support::produce_sends(&producer, "k", 400, &rx.url("/slow?delay=20ms")).await;
+    let mut first = ChildDispatcher::spawn_ready(&tansu.config, &[]).await;
+    wait_for(
+        "a part of the sends is delivered",
+        Duration::from_secs(60),
+        || async { rx.count() >= 100 },
+    )
+    .await;
+    first.kill();
+    let before = rx.count();
+    let _second = ChildDispatcher::spawn_ready(&tansu.config, &[]).await;
+    let missing = || {
+        (0..400)
+            .filter(|i| rx.requests_for(&format!("k{i}")).is_empty())
+            .count()
+    };
+    wait_for(
+        "every send is delivered after the restart",
+        Duration::from_secs(120),
+        || async { missing() == 0 },
+    )
+    .await;
+    eprintln!(
+        "tansu: killed after {before} requests; {} requests in all for 400 sends (the redone ones are \
+         at-least-once duplicates)",
+        rx.count()
+    );
+}
