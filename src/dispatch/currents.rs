@@ -106,16 +106,14 @@ fn tried_the_network(t: &Tried) -> bool {
     t.source.is_none_or(FailureSource::tried_the_network)
 }
 
-/// Writes the events `outcome` owes that `[events]` enables. A Currents event the broker refuses for good is
-/// logged and counted, never the send's undoing: it is news about the send, not the send.
+/// Writes the events `outcome` owes that `[events]` enables (the pipeline calls it only when some kind is). A
+/// Currents event the broker refuses for good is logged and counted, never the send's undoing: it is news about
+/// the send, not the send.
 pub async fn emit(
     publisher: &Publisher,
     outcome: &Outcome,
     at: Context<'_>,
 ) -> Result<(), Abandoned> {
-    if !publisher.writes_currents() {
-        return Ok(());
-    }
     for event in owed(outcome, at) {
         match publisher.currents(&event).await {
             Ok(()) => {}

@@ -241,8 +241,6 @@ fn pipeline(
     let rules = crate::events::Rules::from_config(config);
     let registry = writers.map(|writers| {
         schemas::SendDecoder::new(
-            rules.clone(),
-            config.dispatch.accept_plain_avro,
             writers,
             config.schema_registry.max_backoff,
             shutdown.clone(),

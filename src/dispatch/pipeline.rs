@@ -48,7 +48,12 @@ impl Pipeline {
         admission: &mut Admission,
     ) -> Result<Outcome, Abandoned> {
         let decoded = match &self.registry {
-            Some(registry) => registry.decode(record, admission).await?,
+            Some(registry) => {
+                let accept = self.accept_plain_avro;
+                registry
+                    .decode(record, &self.rules, accept, admission)
+                    .await?
+            }
             None => decode_send(record, &self.rules, self.accept_plain_avro),
         };
         let send = match decoded {

@@ -24,10 +24,8 @@ use crate::kafka::Record;
 use crate::registry::{backoff, RegistryError, Writer, Writers};
 use crate::telemetry::DispatchMetrics;
 
-/// How fresh records are decoded.
+/// Fresh records decoded through the registry.
 pub struct SendDecoder {
-    pub rules: Rules,
-    pub accept_plain_avro: bool,
     /// The registry's writer schemas.
     pub writers: Writers,
     pub max_backoff: Duration,
@@ -40,16 +38,12 @@ pub struct SendDecoder {
 
 impl SendDecoder {
     pub fn new(
-        rules: Rules,
-        accept_plain_avro: bool,
         writers: Writers,
         max_backoff: Duration,
         stop: CancellationToken,
         metrics: DispatchMetrics,
     ) -> Self {
         Self {
-            rules,
-            accept_plain_avro,
             writers,
             max_backoff,
             stop,
@@ -58,15 +52,18 @@ impl SendDecoder {
         }
     }
 
-    /// The record as a send that can go out, or why not; `Err(Abandoned)` if the dispatcher stopped while
-    /// it waited for the registry.
+    /// The record as a send that can go out under `rules`, or why not; `Err(Abandoned)` if the dispatcher
+    /// stopped while it waited for the registry. A record that is not Confluent-framed is decoded as without
+    /// a registry.
     pub async fn decode(
         &self,
         record: &Record,
+        rules: &Rules,
+        accept_plain_avro: bool,
         admission: &mut Admission,
     ) -> Result<Result<ValidSend, InvalidSend>, Abandoned> {
-        let Some(id) = registry_schema_id(record, &self.rules) else {
-            return Ok(decode_send(record, &self.rules, self.accept_plain_avro));
+        let Some(id) = registry_schema_id(record, rules) else {
+            return Ok(decode_send(record, rules, accept_plain_avro));
         };
         let writers = &self.writers;
         let fetched = match writers.get(id).await {
@@ -78,7 +75,7 @@ impl SendDecoder {
             answer => answer,
         };
         Ok(match fetched {
-            Ok(w) => decode_written(record, &self.rules, &w),
+            Ok(w) => decode_written(record, rules, &w),
             Err(e) => Err(invalid(InvalidKind::UnknownSchema, e.to_string())),
         })
     }

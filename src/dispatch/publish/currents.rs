@@ -41,7 +41,10 @@ impl Publisher {
     /// Writes `event` if its kind is enabled, keyed by workspace. `Rejected` if it is too large for a record
     /// (identifiers are bounded, so only a tiny `message.max.bytes` does that) or the broker refuses it.
     pub async fn currents(&self, event: &CurrentsEvent<'_>) -> Result<(), PublishError> {
-        let Some((topic, schema_id)) = self.currents.get(event.kind) else {
+        // Both or neither: the producer exists exactly when some kind is enabled.
+        let (Some((topic, schema_id)), Some(producer)) =
+            (self.currents.get(event.kind), &self.currents.producer)
+        else {
             return Ok(());
         };
         let encoding = match schema_id {
@@ -72,9 +75,6 @@ impl Publisher {
                 reason: format!("the event takes {} bytes, more than {room}", payload.len()),
             });
         }
-        let Some(producer) = &self.currents.producer else {
-            return self.produce(topic, key, &payload, headers).await;
-        };
         let acks = &producer.context().acks;
         let seq = acks.open();
         let record = BaseRecord::with_opaque_to(topic, opaque(seq, event.kind))
