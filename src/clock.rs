@@ -25,6 +25,14 @@ pub struct Now {
     pub wall_ms: i64,
 }
 
+impl Now {
+    /// The UNIX millisecond `after` this reading.
+    pub fn due_in(&self, after: std::time::Duration) -> i64 {
+        let after = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        self.wall_ms.saturating_add(after)
+    }
+}
+
 /// The clock handle the dispatcher's send path is given: read it once per decision, pass the reading on.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {

@@ -420,6 +420,7 @@ fn retry_after_values() {
         raw_response: None,
         content_length: None,
         retry_after: None,
+        requested: false,
     };
     let seeds = vec![
         b"120".to_vec(),

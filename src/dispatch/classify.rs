@@ -2,6 +2,7 @@
 //! no clock.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Braze's simulated code while a host is marked unhealthy: no request is sent.
 pub const UNHEALTHY_HOST: u16 = 598;
@@ -80,8 +81,9 @@ pub enum Attempt {
         reason: Option<String>,
         body: String,
         content_length: Option<u64>,
-        /// The `Retry-After` header as sent, if any.
-        retry_after: Option<String>,
+        /// The `Retry-After` header, read when the answer came (a value that is neither seconds nor an HTTP
+        /// date is ignored).
+        retry_after: Option<Duration>,
     },
     NoResponse {
         source: FailureSource,
@@ -105,8 +107,10 @@ pub struct Failure {
     pub retriable: bool,
     pub raw_response: Option<String>,
     pub content_length: Option<u64>,
-    /// The endpoint's `Retry-After`, unparsed (the retry policy reads it only for retriable codes).
-    pub retry_after: Option<String>,
+    /// The endpoint's `Retry-After` (the retry policy reads it only for retriable codes).
+    pub retry_after: Option<Duration>,
+    /// Whether the network was tried for it (see [`FailureSource::tried_the_network`]).
+    pub requested: bool,
 }
 
 /// 408, 429, 5xx (529 included), 598 and 599 deserve another try; 3xx and other 4xx never do.
@@ -146,6 +150,7 @@ pub fn classify(attempt: Attempt) -> Verdict {
             raw_response: Some(body),
             content_length,
             retry_after,
+            requested: true,
         }),
         Attempt::NoResponse { source, error } => Verdict::Failed(Failure {
             status: if source == FailureSource::UnhealthyHost {
@@ -163,6 +168,7 @@ pub fn classify(attempt: Attempt) -> Verdict {
             raw_response: None,
             content_length: None,
             retry_after: None,
+            requested: source.tried_the_network(),
         }),
     }
 }

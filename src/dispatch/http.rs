@@ -3,7 +3,7 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use reqwest::redirect::Policy;
 
@@ -18,8 +18,8 @@ use crate::security::SecurityConfig;
 pub struct Executor {
     client: reqwest::Client,
     max_response_bytes: usize,
-    policy: Arc<AddressPolicy>,
-    signer: Signer,
+    /// `None` without any signing secret: a send then costs no signing step at all.
+    signer: Option<Signer>,
 }
 
 impl Executor {
@@ -30,9 +30,7 @@ impl Executor {
     ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(AddressPolicy::new(security));
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
+            .dns_resolver(Arc::new(GuardedResolver { policy }))
             .no_proxy()
             .redirect(Policy::none())
             .timeout(cfg.request_timeout)
@@ -44,24 +42,16 @@ impl Executor {
         Ok(Self {
             client,
             max_response_bytes: cfg.max_response_bytes,
-            policy,
-            signer,
+            signer: (!signer.is_empty()).then_some(signer),
         })
     }
 
-    /// Sends the webhook; returns the attempt and how long it took. A refused destination is reported
-    /// without any network traffic.
+    /// Sends the webhook; returns the attempt and how long it took. Its URL's port and address were
+    /// checked when it was validated; a host name's addresses are checked by the resolver.
     // An attempt's duration is measured here, around the request.
     #[allow(clippy::disallowed_methods)]
     pub async fn execute(&self, send: &ValidSend) -> (Attempt, Duration) {
         let started = Instant::now();
-        if let Err(blocked) = self.check_destination(send) {
-            let attempt = Attempt::NoResponse {
-                source: FailureSource::BlockedDestination,
-                error: blocked.0,
-            };
-            return (attempt, started.elapsed());
-        }
         let body: &[u8] = match (&send.method, &send.request.webhook.body) {
             (&http::Method::GET, _) | (_, None) => b"",
             (_, Some(b)) => b.as_bytes(),
@@ -86,12 +76,11 @@ impl Executor {
             req = req.headers(headers);
         }
         let timestamp = crate::clock::now_ms() / 1000;
-        if let Some(sig) = self.signer.signature(
-            &send.request.workspace_id,
-            &send.request.id,
-            timestamp,
-            body,
-        ) {
+        let request = &send.request;
+        let signature = self.signer.as_ref().and_then(|signer| {
+            signer.signature(&request.workspace_id, &request.id, timestamp, body)
+        });
+        if let Some(sig) = signature {
             req = req
                 .header("webhook-timestamp", timestamp)
                 .header("webhook-signature", sig);
@@ -106,17 +95,6 @@ impl Executor {
         (attempt, started.elapsed())
     }
 
-    /// Port policy, and the address policy for IP literals (host names are checked by the resolver).
-    fn check_destination(&self, send: &ValidSend) -> Result<(), Blocked> {
-        self.policy
-            .check_port(send.url.port_or_known_default().unwrap_or(0))?;
-        match send.url.host() {
-            Some(url::Host::Ipv4(ip)) => self.policy.check_ip(ip.into()),
-            Some(url::Host::Ipv6(ip)) => self.policy.check_ip(ip.into()),
-            _ => Ok(()),
-        }
-    }
-
     /// Reads at most `max_response_bytes` of the body: a huge or endless response costs nothing more.
     async fn read_response(&self, mut resp: reqwest::Response) -> Attempt {
         let status = resp.status().as_u16();
@@ -127,11 +105,12 @@ impl Executor {
             // hyper servers write `<none>` for codes without a canonical phrase (529, 598…): not a real phrase.
             .filter(|r| !r.is_empty() && r != "<none>");
         let content_length = resp.content_length();
+        // Read now: an HTTP date is relative to the moment the answer came.
         let retry_after = resp
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+            .and_then(|v| parse_retry_after(v, crate::clock::now_ms()));
         let mut body = Vec::new();
         while body.len() < self.max_response_bytes {
             match resp.chunk().await {
@@ -151,6 +130,18 @@ impl Executor {
             body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
+}
+
+/// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now_ms` (UNIX milliseconds).
+/// Dates in the past mean 0.
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
+    let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn no_response(e: &reqwest::Error) -> Attempt {
@@ -201,6 +192,26 @@ pub(crate) fn error_chain(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_retry_after_in_both_forms() {
+        let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 
     #[test]
     fn a_request_the_client_cannot_build_is_an_invalid_request_not_a_connection_error() {

@@ -12,7 +12,7 @@ use super::publish::{Abandoned, PublishError};
 use super::report::{event_for, AttemptFacts, Target};
 use super::turn::Turn;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
-use crate::events::{RetryRecord, SourceRef, ValidSend};
+use crate::events::{RetryRecord, ValidSend};
 use crate::kafka::Record;
 
 impl Pipeline {
@@ -33,6 +33,7 @@ impl Pipeline {
             raw_response: None,
             content_length: None,
             retry_after: None,
+            requested: false,
         };
         let facts = AttemptFacts {
             attempt: retry.attempts.saturating_add(1),
@@ -40,16 +41,16 @@ impl Pipeline {
             now_ms: self.clock.wall_ms(),
             terminal: true,
             next_attempt_at_ms: None,
+            source: retry.source.as_ref(),
         };
         let id = uuid::Uuid::new_v4().to_string();
-        let mut event = event_for(
+        let event = event_for(
             &retry.send,
             Target::unparsed(&retry.send),
             &failure,
             facts,
             id,
         );
-        SourceRef::stamp(retry.source.as_ref(), &mut event);
         match self.publisher.failure(&event).await {
             Ok(()) | Err(PublishError::Rejected { .. }) => {}
             Err(PublishError::Abandoned(a)) => return Err(a),

@@ -6,9 +6,11 @@
 //! I/O around it and handles what Kafka refuses for good (the outcome then goes to a dead letter, never
 //! nowhere).
 
+use std::time::Duration;
+
 use tracing::Instrument;
 
-use super::classify::Failure;
+use super::classify::{Attempt, Failure, FailureSource};
 use super::consume::Admission;
 use super::currents;
 pub use super::decode::{decode_retry, decode_send, decode_written};
@@ -181,7 +183,12 @@ impl Pipeline {
             attempts_before: turn.number - 1,
             now_ms: 0,
         };
-        let (wire, duration) = match self.delivery.deliver(&host, send, admission).await {
+        let delivered = match &send.blocked {
+            // Refused by the SSRF policy: no request, and no place in its host's lane.
+            Some(why) => Delivered::Attempted(blocked(why), Duration::ZERO),
+            None => self.delivery.deliver(&host, send, admission).await,
+        };
+        let (wire, duration) = match delivered {
             Delivered::Attempted(wire, duration) => (wire, duration),
             Delivered::Requeue { due_ms, reason } => {
                 let ended = Box::pin(self.requeue(record, send, &turn, due_ms, reason)).await;
@@ -329,6 +336,14 @@ impl super::consume::Handler for Pipeline {
             };
             result.is_ok()
         })
+    }
+}
+
+/// What a send refused by the SSRF policy gets instead of a request.
+fn blocked(why: &str) -> Attempt {
+    Attempt::NoResponse {
+        source: FailureSource::BlockedDestination,
+        error: why.to_string(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::classify::{classify, Attempt, Failure, Verdict};
 use super::report::{event_for, AttemptFacts, Target};
-use super::retry::{parse_retry_after, Decision, GiveUpReason, RetryPolicy};
+use super::retry::{Decision, GiveUpReason, RetryPolicy};
 use super::tiers::Tiers;
 use crate::events::{FailureEvent, RetryRecord, SourceRef, ValidSend};
 
@@ -86,10 +86,7 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
         Verdict::Delivered { status } => return Plan::Delivered { status },
         Verdict::Failed(f) => f,
     };
-    let retry_after = failure
-        .retry_after
-        .as_deref()
-        .and_then(|v| parse_retry_after(v, now.now_ms));
+    let retry_after = failure.retry_after;
     let decision = policy.retry.decide(
         &failure,
         attempted.number,
@@ -104,18 +101,12 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
         now_ms: now.now_ms,
         terminal: due.is_none(),
         next_attempt_at_ms: due,
+        source: attempted.source,
     };
     let send = attempted.send;
     let event = |facts| {
-        let mut event = event_for(
-            &send.request,
-            Target::of(send),
-            &failure,
-            facts,
-            (now.new_event_id)(),
-        );
-        SourceRef::stamp(attempted.source, &mut event);
-        event
+        let target = Target::of(send);
+        event_for(&send.request, target, &failure, facts, (now.new_event_id)())
     };
     match decision {
         Decision::RetryAt(due_ms) => Plan::Retry {
@@ -127,7 +118,7 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
                 due_ms,
                 last_status: failure.status,
                 source: attempted.source.cloned(),
-                requested: Some(attempted.requested_before || failure.source.tried_the_network()),
+                requested: Some(attempted.requested_before || failure.requested),
             },
             event: event(facts(Some(due_ms))),
             failure,
@@ -178,7 +169,7 @@ mod tests {
             reason: None,
             body: "b".into(),
             content_length: Some(1),
-            retry_after: retry_after.map(str::to_string),
+            retry_after: retry_after.and_then(|v| crate::dispatch::retry::parse_retry_after(v, T0)),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::classify::Failure;
-use crate::events::{FailureEvent, SendRequest, ValidSend};
+use crate::events::{FailureEvent, SendRequest, SourceRef, ValidSend};
 
 /// Where a send was going, as far as it could be parsed.
 #[derive(Debug, Clone, Copy)]
@@ -38,12 +38,14 @@ impl<'a> Target<'a> {
 
 /// The facts of one attempt that are not in the send or the failure.
 #[derive(Debug, Clone, Copy)]
-pub struct AttemptFacts {
+pub struct AttemptFacts<'a> {
     pub attempt: u32,
     pub duration: Duration,
     pub now_ms: i64,
     pub terminal: bool,
     pub next_attempt_at_ms: Option<i64>,
+    /// Where the send's original record is (a redrive names it).
+    pub source: Option<&'a SourceRef>,
 }
 
 /// The Currents-style event for one failed attempt of a validated send, with a fresh id (benchmarks and
@@ -63,6 +65,7 @@ pub fn failure_event(
         now_ms,
         terminal,
         next_attempt_at_ms,
+        source: None,
     };
     let id = uuid::Uuid::new_v4().to_string();
     event_for(&send.request, Target::of(send), failure, facts, id)
@@ -73,7 +76,7 @@ pub fn event_for(
     r: &SendRequest,
     target: Target<'_>,
     failure: &Failure,
-    facts: AttemptFacts,
+    facts: AttemptFacts<'_>,
     id: String,
 ) -> FailureEvent {
     let clamp = |v: u64| i32::try_from(v).unwrap_or(i32::MAX);
@@ -122,9 +125,9 @@ pub fn event_for(
         send_created_at: r.created_at,
         hookrelay_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         truncated: None,
-        source_topic: None,
-        source_partition: None,
-        source_offset: None,
+        source_topic: facts.source.map(|s| s.topic.clone()),
+        source_partition: facts.source.map(|s| s.partition),
+        source_offset: facts.source.map(|s| s.offset),
     }
 }
 
@@ -150,6 +153,7 @@ mod tests {
             raw_response: Some("down".into()),
             content_length: Some(4),
             retry_after: None,
+            requested: false,
         }
     }
 

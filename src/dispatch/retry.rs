@@ -5,7 +5,7 @@
 //! `Retry-After` on a retriable response sets the earliest next attempt (capped), and never turns a
 //! non-retriable response into a retriable one.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,20 +150,11 @@ impl RetryPolicy {
     }
 }
 
+/// Read from the response by the executor, where the header arrives.
+pub use super::http::parse_retry_after;
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Parses `Retry-After`: delta-seconds (`120`) or an HTTP date, relative to `now_ms` (UNIX milliseconds).
-/// Dates in the past mean 0.
-pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<Duration> {
-    let now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -185,6 +176,7 @@ mod tests {
             raw_response: None,
             content_length: None,
             retry_after: None,
+            requested: false,
         }
     }
 
@@ -314,26 +306,6 @@ mod tests {
             p.decide(&paused, 6, 0, 60_000, None, 0.5),
             Decision::RetryAt(_)
         ));
-    }
-
-    #[test]
-    fn parses_retry_after_in_both_forms() {
-        let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]

@@ -40,13 +40,6 @@ pub struct SourceRef {
 }
 
 impl SourceRef {
-    /// Written into a failure event.
-    pub fn stamp(source: Option<&SourceRef>, event: &mut super::FailureEvent) {
-        event.source_topic = source.map(|s| s.topic.clone());
-        event.source_partition = source.map(|s| s.partition);
-        event.source_offset = source.map(|s| s.offset);
-    }
-
     /// Read back from a failure event, if it has all three fields.
     pub fn of_event(event: &super::FailureEvent) -> Option<SourceRef> {
         Some(SourceRef {

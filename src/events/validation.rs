@@ -15,6 +15,10 @@ pub struct ValidSend {
     pub url: Url,
     pub method: Method,
     pub headers: HeaderMap,
+    /// Why its destination (port, or address written in the URL) is refused by the SSRF policy: it fails
+    /// for good without a request, and without waiting for its host's lane. Host names are checked again
+    /// by the resolver, at every connection.
+    pub blocked: Option<String>,
 }
 
 /// Why a record cannot be dispatched. `kind` is a bounded label for metrics; `detail` is for humans.
@@ -58,6 +62,8 @@ pub struct Rules {
     pub max_id_bytes: usize,
     /// Longest optional identifier or name (campaign, Canvas, user…).
     pub max_field_bytes: usize,
+    /// The SSRF policy's ports and addresses, for what a URL says of its destination.
+    pub destination: std::sync::Arc<crate::security::ssrf::AddressPolicy>,
 }
 
 impl Rules {
@@ -71,6 +77,9 @@ impl Rules {
             max_record_bytes: c.dispatch.max_record_bytes,
             max_id_bytes: c.dispatch.max_id_bytes,
             max_field_bytes: c.dispatch.max_field_bytes,
+            destination: std::sync::Arc::new(crate::security::ssrf::AddressPolicy::new(
+                &c.security,
+            )),
         }
     }
 }
@@ -132,6 +141,7 @@ impl SendRequest {
         self.check_identifiers(rules)?;
         match self.check_request(rules) {
             Ok((url, method, headers)) => Ok(ValidSend {
+                blocked: rules.destination.check_url(&url).err().map(|b| b.0),
                 request: self,
                 url,
                 method,

@@ -71,6 +71,11 @@ impl Signer {
         }
     }
 
+    /// Whether no workspace has a secret (nothing is signed).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The `webhook-signature` value for a workspace, or `None` when it has no secret (unsigned).
     pub fn signature(
         &self,

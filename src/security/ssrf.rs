@@ -51,6 +51,17 @@ impl AddressPolicy {
         }
     }
 
+    /// What a URL says of its destination: its port, and its address when it is written as one (host
+    /// names are checked by the resolver, at every connection).
+    pub fn check_url(&self, url: &url::Url) -> Result<(), Blocked> {
+        self.check_port(url.port_or_known_default().unwrap_or(0))?;
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self.check_ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => self.check_ip(ip.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Hosts on the allow-list skip the address check (their addresses are trusted by name).
     pub fn host_is_trusted(&self, host: &str) -> bool {
         !self.enabled

@@ -17,7 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
-mod admission;
 pub mod budget;
 pub mod finished_ahead;
 mod handoff;
@@ -25,7 +24,7 @@ pub(crate) mod offsets;
 pub(crate) mod parking;
 mod shared;
 
-pub use admission::Admission;
+pub use super::delivery::Admission;
 use handoff::{spawn, Work};
 pub use handoff::{Handler, Kind};
 

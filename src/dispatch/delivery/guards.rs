@@ -1,70 +1,57 @@
-//! The guards a waiting or sending task holds, so that whatever ends it — an answer, a wake, or the task
-//! being dropped — gives back what it had: its request slot, its place in a queue, its place among the held.
+//! The slower ways of waiting in a lane: a send queued keeping its admission slot (the dispatcher's own
+//! capacity is what it waits for), a queued send given up, a held send's place among the waiting.
 
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use super::{Admission, Delivery, Queued};
+use crate::dispatch::lane::{Ask, Settle};
 
-use super::Delivery;
-use crate::dispatch::lane::{HostKey, Wake};
+/// How often a send waiting with its admission slot asks whether its host has turned slow.
+const SETTLE_EVERY: Duration = Duration::from_millis(200);
 
-/// A request slot; dropped without an answer (its task cancelled), it is given back all the same.
-pub(super) struct SlotGuard<'a> {
-    pub(super) delivery: &'a Delivery,
-    pub(super) key: &'a HostKey,
-    /// When the slot was taken, to measure how long the host holds its slots.
-    pub(super) since: Duration,
-    pub(super) answered: bool,
-}
-
-impl SlotGuard<'_> {
-    /// The lane has taken the slot back itself.
-    pub(super) fn forget(mut self) {
-        self.answered = true;
-    }
-
-    /// Tells the lane what the host said (`status` `None`: no response) and gives the slot back.
-    pub(super) fn answer(mut self, status: Option<u16>, retry_after: Option<Duration>) {
-        self.answered = true;
-        self.delivery
-            .answer(self.key, status, retry_after, self.since);
-    }
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.delivery.answer(self.key, None, None, self.since);
-        }
-    }
-}
-
-/// A send waiting in its host's queue; dropped early, it leaves the queue or gives back the slot it got.
-pub(super) struct Queued<'a> {
-    pub(super) delivery: &'a Delivery,
-    pub(super) host: &'a str,
-    pub(super) ticket: u64,
-    pub(super) rx: oneshot::Receiver<Wake>,
-    /// Woken (its wake is settled by whoever took it), or still waiting.
-    pub(super) woke: bool,
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if self.woke {
-            return;
-        }
-        let now = self.delivery.clock.now();
-        let mut inner = self.delivery.lock();
-        if !inner.lanes.cancel(self.host, self.ticket, now) {
-            // Woken under the lock before this drop: a slot that was granted goes back.
-            if let Ok(Wake::Go) = self.rx.try_recv() {
-                inner.lanes.give_back(self.host, now);
-                let wakes = inner.lanes.wakes();
-                inner.wake(wakes);
+impl Delivery {
+    /// A send that waits keeping its admission slot asks again now and then, and gives the slot back once
+    /// it may. `None`: its answer was lost (the dispatcher is going away).
+    pub(super) async fn wait_keeping_admission(
+        &self,
+        queued: &mut Queued<'_>,
+        admission: &mut Admission,
+    ) -> Option<Ask> {
+        loop {
+            match tokio::time::timeout(SETTLE_EVERY, &mut queued.rx).await {
+                Ok(ask) => return ask.ok(),
+                Err(_) => {
+                    let now = self.clock.now();
+                    let settle = self.lock().lanes.settle(queued.host, queued.ticket, now);
+                    match settle {
+                        Settle::Wait => {}
+                        Settle::Release => {
+                            admission.release();
+                            return (&mut queued.rx).await.ok();
+                        }
+                        Settle::Spill { after, reason } => {
+                            self.lock().waiting.remove(&queued.ticket);
+                            let reason = reason.into();
+                            return Some(Ask::Requeue { after, reason });
+                        }
+                    }
+                }
             }
         }
-        inner.waiting.remove(&self.ticket);
+    }
+
+    /// A queued send's task was dropped: it leaves the queue, or gives back what it was woken with.
+    pub(super) fn left_queue(&self, queued: &mut Queued<'_>) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.waiting.remove(&queued.ticket);
+        if !inner.lanes.cancel(queued.host, queued.ticket, now) {
+            // Woken under the lock before this drop: what it was handed goes back.
+            if let Ok(ask) = queued.rx.try_recv() {
+                inner.lanes.unused(queued.host, ask, now);
+            }
+        }
+        inner.woken(now);
     }
 }
 

@@ -2,33 +2,28 @@
 //! ([`Delivery::deliver`]). What the answer means is decided by the [plan](super::plan).
 //!
 //! The lanes live behind one lock here, with the tasks parked on their decisions: a send asks its lane
-//! and gets a slot, a requeue with its reason, or a simulated 598. While it waits — held by a rate limit or
-//! `Retry-After`, or queued behind its busy host — it gives back its consumer admission slot (see
-//! [`Admission`]), and goes on without it once woken, so waiting for one host never holds the capacity
-//! other hosts' records need.
+//! and gets a slot, a requeue with its reason, or a simulated 598. Queued behind its busy host, it gives
+//! back its consumer admission slot (see [`Admission`]) and is woken with its answer, decided by the lane
+//! when a slot came free; it goes on without the admission slot, so waiting for one host never holds the
+//! capacity other hosts' records need.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 mod guards;
 mod ticker;
 
-use guards::{Holding, Queued, SlotGuard};
+use guards::Holding;
 
 use super::classify::{Attempt, FailureSource};
 use super::http::Executor;
-use super::lane::{Answer, Ask, HostKey, Lanes, RequeueReason, Settle, SpillReason, Wake, Wakeup};
-use super::retry::parse_retry_after;
+use super::lane::{Answer, Ask, HostKey, Lanes, RequeueReason, Woken};
 use crate::clock::{rfc3339, Clock, Now};
-use crate::dispatch::consume::Admission;
 use crate::events::ValidSend;
 use crate::telemetry::DispatchMetrics;
-
-/// How often a send waiting with its admission slot asks whether its host has turned slow.
-const SETTLE_EVERY: Duration = Duration::from_millis(200);
 
 /// How many hosts the metrics name, longest queue first.
 pub const TOP_HOSTS: usize = 5;
@@ -51,9 +46,40 @@ pub enum Delivered {
 
 struct Inner {
     lanes: Lanes,
-    waiting: HashMap<u64, oneshot::Sender<Wake>>,
+    waiting: HashMap<u64, oneshot::Sender<Ask>>,
     /// Hosts named in the top-hosts gauge now, to take their series away once they leave it.
     named: Vec<Arc<str>>,
+}
+
+impl Inner {
+    /// Hands the lanes' answers to the queued tasks; what was handed to a task that is gone goes back (and
+    /// may wake others).
+    fn hand_out(&mut self, mut woken: Vec<Woken>, now: Now) {
+        while !woken.is_empty() {
+            let mut unused = false;
+            for Woken { ticket, ask, key } in woken {
+                let unsent = match self.waiting.remove(&ticket) {
+                    Some(tx) => tx.send(ask).err(),
+                    None => Some(ask),
+                };
+                if let Some(ask) = unsent {
+                    self.lanes.unused(&key.host, ask, now);
+                    unused = true;
+                }
+            }
+            woken = if unused {
+                self.lanes.wakes()
+            } else {
+                Vec::new()
+            };
+        }
+    }
+
+    /// Hands out what the lanes woke outside an answer (a hold's end, the ticker, a task gone).
+    fn woken(&mut self, now: Now) {
+        let woken = self.lanes.wakes();
+        self.hand_out(woken, now);
+    }
 }
 
 /// What a send's lane decided.
@@ -64,22 +90,6 @@ enum Decision<'a> {
     Requeue { due_ms: i64, reason: RequeueReason },
     /// The host is paused as unhealthy for this workspace until this UNIX ms: a simulated 598.
     Unhealthy { until_ms: i64 },
-}
-
-fn due(now: Now, after: Duration) -> i64 {
-    now.wall_ms
-        .saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
-}
-
-impl Inner {
-    fn wake(&mut self, wakes: Vec<Wakeup>) {
-        for w in wakes {
-            if let Some(tx) = self.waiting.remove(&w.ticket) {
-                // A receiver gone means its task is being dropped; its guard's drop settles the slot.
-                let _ = tx.send(w.wake);
-            }
-        }
-    }
 }
 
 impl Delivery {
@@ -112,20 +122,14 @@ impl Delivery {
         self.metrics.in_flight.inc();
         let (attempt, duration) = self.executor.execute(send).await;
         self.metrics.in_flight.dec();
-        self.metrics
-            .request_duration
-            .observe(duration.as_secs_f64());
+        let seconds = duration.as_secs_f64();
+        self.metrics.request_duration.observe(seconds);
         match &attempt {
             Attempt::Response {
                 status,
                 retry_after,
                 ..
-            } => {
-                let after = retry_after
-                    .as_deref()
-                    .and_then(|v| parse_retry_after(v, self.clock.wall_ms()));
-                slot.answer(Some(*status), after);
-            }
+            } => slot.answer(Some(*status), *retry_after),
             Attempt::NoResponse { .. } => slot.answer(None, None),
         }
         Delivered::Attempted(attempt, duration)
@@ -137,21 +141,17 @@ impl Delivery {
 
     /// Asks `key`'s lane whether a send may go, waiting (without the admission slot) as long as it says.
     async fn ask<'a>(&'a self, key: &'a HostKey, admission: &mut Admission) -> Decision<'a> {
-        let mut held = false;
-        // The request slot, once the send has one and asks again with it.
+        let now = self.clock.now();
+        // Asking wakes no one (it frees no slot); what lanes note for hosts is logged by the ticker.
+        let mut ask = self.lock().lanes.ask(key, now, false);
+        // The request slot, once the send has one (woken with it, or held with it).
         let mut slot: Option<SlotGuard<'a>> = None;
-        let mut notes = Vec::new();
-        // The reading a send woken with a slot was woken at, for its next ask.
-        let mut woke: Option<Now> = None;
         loop {
-            let now = woke.take().unwrap_or_else(|| self.clock.now());
-            let (ask, rx) = self.decide(key, now, slot.is_some(), held, &mut notes);
-            self.notes(key, &mut notes);
-            held = false;
             match ask {
                 Ask::Go => {
-                    // The request's time with its slot starts now, not when a hold with it began: the lane
-                    // measures how long the host holds its slots.
+                    // The request's time with its slot starts now: the lane measures how long the host
+                    // holds its slots.
+                    let now = self.clock.now();
                     let mut slot = slot.unwrap_or_else(|| self.slot(key, now));
                     slot.since = now.mono;
                     return Decision::Go(slot);
@@ -167,10 +167,8 @@ impl Delivery {
                     if let Some(s) = slot {
                         s.forget();
                     }
-                    return Decision::Requeue {
-                        due_ms: due(now, after),
-                        reason,
-                    };
+                    let due_ms = self.clock.now().due_in(after);
+                    return Decision::Requeue { due_ms, reason };
                 }
                 Ask::Hold {
                     wait,
@@ -178,69 +176,74 @@ impl Delivery {
                     slot: with_slot,
                 } => {
                     if with_slot && slot.is_none() {
-                        slot = Some(self.slot(key, now));
+                        slot = Some(self.slot(key, self.clock.now()));
                     }
-                    let _place = Holding {
-                        delivery: self,
-                        host: &key.host,
-                    };
-                    self.metrics.held(reason.as_str(), wait);
-                    admission.outside(tokio::time::sleep(wait)).await;
-                    held = true;
+                    ask = self
+                        .hold(key, wait, reason, slot.is_some(), admission)
+                        .await;
                 }
                 Ask::Queued { ticket, release } => {
-                    let queued = Queued {
+                    let rx = self.lock_waiting(ticket);
+                    let mut queued = Queued {
                         delivery: self,
                         host: &key.host,
                         ticket,
-                        rx: rx.expect("made for a queued send"),
+                        rx,
                         woke: false,
                     };
-                    match self.queued(queued, release, admission).await {
-                        Wake::Go => {
-                            let now = self.clock.now();
-                            slot = Some(self.slot(key, now));
-                            woke = Some(now);
-                        }
-                        Wake::Spill { after, reason } => {
-                            return Decision::Requeue {
-                                due_ms: due(self.clock.now(), after),
-                                reason: reason.into(),
-                            }
-                        }
+                    ask = if release {
+                        admission.release();
+                        (&mut queued.rx).await.ok()
+                    } else {
+                        self.wait_keeping_admission(&mut queued, admission).await
+                    }
+                    .unwrap_or(Ask::Requeue {
+                        after: Duration::from_secs(1),
+                        reason: RequeueReason::QueueWait,
+                    });
+                    // Settled here: a slot it was woken with passes to its guard at once.
+                    queued.woke = true;
+                    if matches!(ask, Ask::Go | Ask::Hold { slot: true, .. }) {
+                        slot = Some(self.slot(key, self.clock.now()));
                     }
                 }
             }
         }
     }
 
-    /// One question to the lane, under the lock: with the slot the send holds, or without one. A queued
-    /// send gets the receiver of its wake.
-    fn decide(
+    /// The receiver a queued send waits on for its answer.
+    fn lock_waiting(&self, ticket: u64) -> oneshot::Receiver<Ask> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().waiting.insert(ticket, tx);
+        rx
+    }
+
+    /// Waits out a hold without the admission slot, then asks again.
+    async fn hold(
         &self,
         key: &HostKey,
-        now: Now,
+        wait: Duration,
+        reason: super::lane::HoldReason,
         with_slot: bool,
-        held: bool,
-        notes: &mut Vec<super::lane::Note>,
-    ) -> (Ask, Option<oneshot::Receiver<Wake>>) {
+        admission: &mut Admission,
+    ) -> Ask {
+        {
+            let _place = Holding {
+                delivery: self,
+                host: &key.host,
+            };
+            self.metrics.held(reason.as_str(), wait);
+            admission.outside(tokio::time::sleep(wait)).await;
+        }
+        let now = self.clock.now();
         let mut inner = self.lock();
         let ask = if with_slot {
-            inner.lanes.with_slot(key, now, held, notes)
+            inner.lanes.with_slot(key, now)
         } else {
-            inner.lanes.ask(key, now, held, notes)
+            inner.lanes.ask(key, now, true)
         };
-        let wakes = inner.lanes.wakes();
-        inner.wake(wakes);
-        let rx = match ask {
-            Ask::Queued { ticket, .. } => {
-                let (tx, rx) = oneshot::channel();
-                inner.waiting.insert(ticket, tx);
-                Some(rx)
-            }
-            _ => None,
-        };
-        (ask, rx)
+        inner.woken(now);
+        ask
     }
 
     fn slot<'a>(&'a self, key: &'a HostKey, now: Now) -> SlotGuard<'a> {
@@ -251,79 +254,108 @@ impl Delivery {
             answered: false,
         }
     }
+}
 
-    /// Waits in the lane's queue for a slot. A send given back its admission slot goes on without it: one
-    /// that holds a request slot must not wait for an admission slot held by sends waiting for request
-    /// slots. What runs on this way is bounded all the same: by the slots, and by the queues it waited in.
-    async fn queued(
-        &self,
-        mut queued: Queued<'_>,
-        release: bool,
-        admission: &mut Admission,
-    ) -> Wake {
-        let wake = if release {
-            admission.release();
-            (&mut queued.rx).await
-        } else {
-            self.wait_keeping_admission(&mut queued, admission).await
-        };
-        // Settled here: a slot it was woken with passes to the caller's guard at once.
-        queued.woke = true;
-        wake.unwrap_or(Wake::Spill {
-            after: Duration::from_secs(1),
-            reason: SpillReason::QueueWait,
-        })
+/// A request slot; dropped without an answer (its task cancelled), it is given back all the same.
+struct SlotGuard<'a> {
+    delivery: &'a Delivery,
+    key: &'a HostKey,
+    /// When the slot was taken, to measure how long the host holds its slots.
+    since: Duration,
+    answered: bool,
+}
+
+impl SlotGuard<'_> {
+    /// The lane has taken the slot back itself.
+    fn forget(mut self) {
+        self.answered = true;
     }
 
-    /// A send that waits keeping its admission slot (the dispatcher's own capacity is what it waits for)
-    /// asks again now and then, and gives the slot back once it may.
-    async fn wait_keeping_admission(
-        &self,
-        queued: &mut Queued<'_>,
-        admission: &mut Admission,
-    ) -> Result<Wake, oneshot::error::RecvError> {
-        loop {
-            match tokio::time::timeout(SETTLE_EVERY, &mut queued.rx).await {
-                Ok(wake) => return wake,
-                Err(_) => {
-                    let now = self.clock.now();
-                    let settle = self.lock().lanes.settle(queued.host, queued.ticket, now);
-                    match settle {
-                        Settle::Wait => {}
-                        Settle::Release => {
-                            admission.release();
-                            return (&mut queued.rx).await;
-                        }
-                        Settle::Spill { after, reason } => {
-                            self.lock().waiting.remove(&queued.ticket);
-                            return Ok(Wake::Spill { after, reason });
-                        }
-                    }
-                }
-            }
-        }
+    /// Tells the lane what the host said (`status` `None`: no response) and gives the slot back.
+    fn answer(mut self, status: Option<u16>, retry_after: Option<Duration>) {
+        self.tell(status, retry_after);
     }
 
-    fn answer(
-        &self,
-        key: &HostKey,
-        status: Option<u16>,
-        retry_after: Option<Duration>,
-        since: Duration,
-    ) {
-        let now = self.clock.now();
+    fn tell(&mut self, status: Option<u16>, retry_after: Option<Duration>) {
+        self.answered = true;
+        let now = self.delivery.clock.now();
+        let took = now.mono.saturating_sub(self.since);
         let answer = Answer {
             status,
             retry_after,
-            took: now.mono.saturating_sub(since),
+            took,
         };
-        let mut notes = Vec::new();
-        {
-            let mut inner = self.lock();
-            let wakes = inner.lanes.answer(key, answer, now, &mut notes);
-            inner.wake(wakes);
+        let mut inner = self.delivery.lock();
+        let woken = inner.lanes.answer(self.key, answer, now);
+        inner.hand_out(woken, now);
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.tell(None, None);
         }
-        self.notes(key, &mut notes);
+    }
+}
+
+/// A send waiting in its host's queue; dropped early, it leaves the queue or gives back the slot it got.
+struct Queued<'a> {
+    delivery: &'a Delivery,
+    host: &'a str,
+    ticket: u64,
+    rx: oneshot::Receiver<Ask>,
+    /// Woken (its answer is settled by whoever took it), or still waiting.
+    woke: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.woke {
+            self.delivery.left_queue(self);
+        }
+    }
+}
+
+/// A record's consumer admission slot, held while its work is under way: the slots bound how many records
+/// are under way at once as the handler's futures (kilobytes each) rather than as plain records. A record
+/// waiting for something that is not its own work (its host's queue, a rate limit, the schema registry)
+/// gives its slot back meanwhile, so waiting for one host never keeps other hosts' records from starting.
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// Waits for a slot.
+    pub async fn acquire(slots: Arc<Semaphore>) -> Self {
+        let mut a = Self {
+            slots,
+            permit: None,
+        };
+        a.reacquire().await;
+        a
+    }
+
+    /// Gives the slot back while the record waits.
+    pub fn release(&mut self) {
+        self.permit = None;
+    }
+
+    /// Takes a slot again once the wait is over (a no-op if it holds one).
+    pub async fn reacquire(&mut self) {
+        if self.permit.is_none() {
+            // Closed never: the semaphore lives as long as the consumer's tasks.
+            self.permit = self.slots.clone().acquire_owned().await.ok();
+        }
+    }
+
+    /// Runs `wait` without holding the slot.
+    pub async fn outside<F: std::future::Future>(&mut self, wait: F) -> F::Output {
+        self.release();
+        let out = wait.await;
+        self.reacquire().await;
+        out
     }
 }
 

@@ -1,6 +1,6 @@
 //! What delivery does beside sends: the ticker (spilling what waited too long, refreshing the
-//! queue gauges, logging saturation episodes), draining at shutdown, and the logs and metrics of what
-//! changed for a host (pauses, `Retry-After` holds).
+//! queue gauges, logging saturation episodes and what changed for hosts — pauses, `Retry-After` holds —
+//! within a tick), and draining at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,16 +10,17 @@ use crate::clock::rfc3339;
 use crate::dispatch::lane::{Episode, HostKey, Note, Transition};
 
 impl Delivery {
-    /// Logs and counts what changed for a host.
-    pub(super) fn notes(&self, key: &HostKey, notes: &mut Vec<Note>) {
-        for note in notes.drain(..) {
+    /// Logs and counts what changed for hosts since the last tick (a pause, a `Retry-After` hold).
+    fn notes(&self, notes: Vec<Note>) {
+        for note in notes {
             match note {
                 Note::Health {
+                    key,
                     transition,
                     paused_hosts,
-                } => self.transition(key, transition, paused_hosts),
+                } => self.transition(&key, transition, paused_hosts),
                 Note::PausedHosts(n) => self.metrics.paused_hosts.set(n as i64),
-                Note::RetryAfterHold { until_ms } => {
+                Note::RetryAfterHold { key, until_ms } => {
                     self.metrics.retry_after_holds.inc();
                     tracing::warn!(host = %key.host, workspace = %key.workspace, until = %rfc3339(until_ms), "host asked to back off (Retry-After): holding its sends for this workspace");
                 }
@@ -78,9 +79,10 @@ impl Delivery {
     fn drain(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let wakes = inner.lanes.drain(now);
-        let n = wakes.len();
-        inner.wake(wakes);
+        inner.lanes.drain(now);
+        let before = inner.waiting.len();
+        inner.woken(now);
+        let n = before.saturating_sub(inner.waiting.len());
         drop(inner);
         if n > 0 {
             tracing::info!(
@@ -92,10 +94,11 @@ impl Delivery {
 
     fn tick(&self) {
         let now = self.clock.now();
-        let (episodes, snapshot, gone) = {
+        let (episodes, snapshot, gone, notes) = {
             let mut inner = self.lock();
-            let (wakes, episodes) = inner.lanes.tick(now);
-            inner.wake(wakes);
+            let episodes = inner.lanes.tick(now);
+            inner.woken(now);
+            let notes = inner.lanes.notes();
             let snapshot = inner.lanes.snapshot(now, TOP_HOSTS);
             let named: Vec<Arc<str>> = snapshot.top.iter().map(|(h, _, _)| h.clone()).collect();
             let gone: Vec<Arc<str>> = inner
@@ -105,8 +108,9 @@ impl Delivery {
                 .cloned()
                 .collect();
             inner.named = named;
-            (episodes, snapshot, gone)
+            (episodes, snapshot, gone, notes)
         };
+        self.notes(notes);
         for e in episodes {
             log_episode(e);
         }

@@ -51,44 +51,31 @@ impl HostHealthConfig {
     }
 }
 
-/// Idle hosts are swept out once per this many recorded responses, so memory follows the active host set
-/// without an O(hosts) pass on every response.
-const SWEEP_EVERY: u32 = 4096;
+/// Idle hosts are swept out (by the lanes' ticker) at most this often, so memory follows the active host
+/// set without a sweep on any send's path.
+pub(super) const SWEEP_EVERY_MS: i64 = 1_000;
 
 /// Buckets per window: the count is exact to 1/60 of the window.
-const BUCKETS: usize = 60;
+pub(super) const BUCKETS: usize = 60;
 
 #[derive(Debug)]
-struct Window {
-    counts: [u32; BUCKETS],
+pub(super) struct Window {
+    pub(super) counts: [u32; BUCKETS],
     /// Absolute bucket index (time / bucket width) of the newest bucket written.
-    head: i64,
-    paused_until: Option<i64>,
+    pub(super) head: i64,
+    /// The sum of `counts`.
+    pub(super) total: u64,
+    pub(super) paused_until: Option<i64>,
 }
 
 impl Window {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             counts: [0; BUCKETS],
             head: 0,
+            total: 0,
             paused_until: None,
         }
-    }
-
-    /// Moves the window to `bucket`, clearing the buckets it slid past.
-    fn advance(&mut self, bucket: i64) {
-        if bucket <= self.head {
-            return;
-        }
-        let steps = (bucket - self.head).min(BUCKETS as i64);
-        for i in 1..=steps {
-            self.counts[((self.head + i).rem_euclid(BUCKETS as i64)) as usize] = 0;
-        }
-        self.head = bucket;
-    }
-
-    fn total(&self) -> u64 {
-        self.counts.iter().map(|c| u64::from(*c)).sum()
     }
 }
 
@@ -113,13 +100,11 @@ impl Transition {
 
 #[derive(Debug)]
 pub struct HostHealth {
-    cfg: HostHealthConfig,
-    bucket_ms: i64,
-    hosts: HashMap<HostKey, Window>,
-    /// Records since idle hosts were last swept out.
-    since_sweep: u32,
-    /// A sweep ran since [`HostHealth::take_swept`] was last asked (it may have dropped expired pauses).
-    swept: bool,
+    pub(super) cfg: HostHealthConfig,
+    pub(super) bucket_ms: i64,
+    pub(super) hosts: HashMap<HostKey, Window>,
+    /// When idle hosts were last swept out (UNIX ms).
+    pub(super) swept_at_ms: i64,
 }
 
 impl HostHealth {
@@ -130,8 +115,7 @@ impl HostHealth {
             cfg,
             bucket_ms,
             hosts: HashMap::new(),
-            since_sweep: 0,
-            swept: false,
+            swept_at_ms: i64::MIN,
         }
     }
 
@@ -151,7 +135,7 @@ impl HostHealth {
             return (Err(until), None);
         }
         w.advance(now_ms.div_euclid(self.bucket_ms));
-        let count = w.total();
+        let count = w.total;
         if count > u64::from(self.cfg.threshold) {
             let until = now_ms + pause_ms(&self.cfg);
             w.paused_until = Some(until);
@@ -168,41 +152,13 @@ impl HostHealth {
         }
     }
 
-    /// Records a response; pauses the host when it crosses the threshold.
-    pub fn record(&mut self, key: &HostKey, status: u16, now_ms: i64) -> Option<Transition> {
-        if !self.cfg.enabled || !self.cfg.codes.contains(&status) {
-            return None;
-        }
-        self.since_sweep += 1;
-        if self.since_sweep >= SWEEP_EVERY {
-            self.since_sweep = 0;
-            self.evict_idle(now_ms);
-        }
-        let bucket = now_ms.div_euclid(self.bucket_ms);
-        let w = self.hosts.entry(key.clone()).or_insert_with(Window::new);
-        w.advance(bucket);
-        if bucket > w.head - BUCKETS as i64 {
-            w.counts[bucket.rem_euclid(BUCKETS as i64) as usize] += 1;
-        }
-        let count = w.total();
-        if w.paused_until.is_none() && count > u64::from(self.cfg.threshold) {
-            let until = now_ms + pause_ms(&self.cfg);
-            w.paused_until = Some(until);
-            return Some(Transition::Paused {
-                until_ms: until,
-                count,
-            });
-        }
-        None
-    }
-
     /// Unhealthy responses counted for `key` in the window ending at `now_ms`.
     #[cfg(test)]
     pub fn count(&mut self, key: &HostKey, now_ms: i64) -> u64 {
         let bucket = now_ms.div_euclid(self.bucket_ms);
         self.hosts.get_mut(key).map_or(0, |w| {
             w.advance(bucket);
-            w.total()
+            w.total
         })
     }
 
@@ -213,20 +169,24 @@ impl HostHealth {
             .count()
     }
 
+    /// Sweeps idle hosts out if the last sweep is [`SWEEP_EVERY_MS`] old; `true` if it did.
+    pub fn sweep(&mut self, now_ms: i64) -> bool {
+        if now_ms.saturating_sub(self.swept_at_ms) < SWEEP_EVERY_MS {
+            return false;
+        }
+        self.swept_at_ms = now_ms;
+        self.evict_idle(now_ms);
+        true
+    }
+
     /// Forgets hosts with nothing in their window and no pause still running (an expired pause whose host
     /// was never tried again is dropped too), so memory follows the active host set.
     pub fn evict_idle(&mut self, now_ms: i64) {
-        self.swept = true;
         let bucket = now_ms.div_euclid(self.bucket_ms);
         self.hosts.retain(|_, w| {
             w.advance(bucket);
-            w.paused_until.is_some_and(|u| u > now_ms) || w.total() > 0
+            w.paused_until.is_some_and(|u| u > now_ms) || w.total > 0
         });
-    }
-
-    /// Whether a sweep ran since the last call (the caller then refreshes its paused-hosts gauge).
-    pub fn take_swept(&mut self) -> bool {
-        std::mem::take(&mut self.swept)
     }
 
     #[cfg(test)]
@@ -235,7 +195,7 @@ impl HostHealth {
     }
 }
 
-fn pause_ms(cfg: &HostHealthConfig) -> i64 {
+pub(super) fn pause_ms(cfg: &HostHealthConfig) -> i64 {
     i64::try_from(cfg.pause.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -342,12 +302,16 @@ mod tests {
     }
 
     #[test]
-    fn recording_sweeps_idle_hosts_by_itself() {
+    fn idle_hosts_are_swept_at_most_once_a_second() {
         let mut h = HostHealth::new(cfg(u32::MAX));
-        for i in 1..SWEEP_EVERY {
+        for i in 0..100 {
             h.record(&key(&format!("h{i}")), 503, T0);
         }
+        assert!(h.sweep(T0), "the first sweep is due");
+        assert_eq!(h.tracked(), 100, "nothing is idle yet");
         h.record(&key("late"), 503, T0 + 120_000);
+        assert!(!h.sweep(T0 + 500), "not again within a second");
+        assert!(h.sweep(T0 + 120_000));
         assert_eq!(
             h.tracked(),
             1,

@@ -61,13 +61,11 @@ fn answer(status: u16, retry_after: Option<Duration>) -> Answer {
 fn a_send_to_a_host_without_rules_goes_at_once_and_its_answer_frees_the_slot() {
     let mut lanes = Lanes::new(settings(3000, &[], 4));
     let k = key("a.example", "ws");
-    let mut notes = Vec::new();
-    assert_eq!(lanes.ask(&k, at(SEC), false, &mut notes), Ask::Go);
+    assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
     assert_eq!(lanes.in_flight("a.example"), 1);
-    assert!(lanes
-        .answer(&k, answer(200, None), at(SEC), &mut notes)
-        .is_empty());
+    assert!(lanes.answer(&k, answer(200, None), at(SEC)).is_empty());
     assert_eq!(lanes.in_flight("a.example"), 0);
+    let notes = lanes.notes();
     assert!(notes.is_empty(), "nothing changed for the host: {notes:?}");
 }
 
@@ -75,43 +73,40 @@ fn a_send_to_a_host_without_rules_goes_at_once_and_its_answer_frees_the_slot() {
 fn a_host_over_the_unhealthy_threshold_is_paused_for_that_workspace_only() {
     let mut lanes = Lanes::new(settings(2, &[], 64));
     let k = key("h", "ws");
-    let mut notes = Vec::new();
     for _ in 0..3 {
-        assert_eq!(lanes.ask(&k, at(SEC), false, &mut notes), Ask::Go);
-        lanes.answer(&k, answer(503, None), at(SEC), &mut notes);
+        assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
+        lanes.answer(&k, answer(503, None), at(SEC));
     }
     assert!(matches!(
-        notes[..],
+        &lanes.notes()[..],
         [Note::Health {
+            key: paused,
             transition: Transition::Paused { .. },
             paused_hosts: 1
-        }]
+        }] if *paused == k
     ));
     assert!(matches!(
-        lanes.ask(&k, at(2 * SEC), false, &mut notes),
+        lanes.ask(&k, at(2 * SEC), false),
         Ask::Unhealthy { .. }
     ));
-    assert_eq!(
-        lanes.ask(&key("h", "other"), at(2 * SEC), false, &mut notes),
-        Ask::Go
-    );
+    assert_eq!(lanes.ask(&key("h", "other"), at(2 * SEC), false), Ask::Go);
 }
 
 #[test]
 fn retry_after_holds_the_host_for_its_workspace_and_a_long_hold_requeues_with_that_reason() {
     let mut lanes = Lanes::new(settings(3000, &[], 64));
     let k = key("h", "ws");
-    let mut notes = Vec::new();
-    assert_eq!(lanes.ask(&k, at(SEC), false, &mut notes), Ask::Go);
-    lanes.answer(&k, answer(429, Some(SEC)), at(SEC), &mut notes);
+    assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
+    lanes.answer(&k, answer(429, Some(SEC)), at(SEC));
     assert_eq!(
-        notes,
+        lanes.notes(),
         vec![Note::RetryAfterHold {
+            key: k.clone(),
             until_ms: EPOCH_MS + 2000
         }]
     );
     assert_eq!(
-        lanes.ask(&k, at(SEC), false, &mut notes),
+        lanes.ask(&k, at(SEC), false),
         Ask::Hold {
             wait: SEC,
             reason: HoldReason::RetryAfter,
@@ -119,10 +114,10 @@ fn retry_after_holds_the_host_for_its_workspace_and_a_long_hold_requeues_with_th
         }
     );
     lanes.hold_over("h");
-    assert_eq!(lanes.ask(&k, at(2 * SEC), true, &mut notes), Ask::Go);
-    lanes.answer(&k, answer(503, Some(30 * SEC)), at(2 * SEC), &mut notes);
+    assert_eq!(lanes.ask(&k, at(2 * SEC), true), Ask::Go);
+    lanes.answer(&k, answer(503, Some(30 * SEC)), at(2 * SEC));
     assert!(matches!(
-        lanes.ask(&k, at(2 * SEC), false, &mut notes),
+        lanes.ask(&k, at(2 * SEC), false),
         Ask::Requeue {
             reason: RequeueReason::RetryAfter,
             ..
@@ -134,10 +129,9 @@ fn retry_after_holds_the_host_for_its_workspace_and_a_long_hold_requeues_with_th
 fn a_200_with_retry_after_holds_nothing() {
     let mut lanes = Lanes::new(settings(3000, &[], 64));
     let k = key("h", "ws");
-    let mut notes = Vec::new();
-    assert_eq!(lanes.ask(&k, at(SEC), false, &mut notes), Ask::Go);
-    lanes.answer(&k, answer(200, Some(SEC)), at(SEC), &mut notes);
-    assert_eq!(lanes.ask(&k, at(SEC), false, &mut notes), Ask::Go);
+    assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
+    lanes.answer(&k, answer(200, Some(SEC)), at(SEC));
+    assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
 }
 
 #[test]
@@ -210,29 +204,31 @@ impl Model {
         self.in_flight.entry(h).or_default().push(k);
     }
 
-    /// Hands out what the lanes woke: a send woken with a slot asks whether its host was paused meanwhile
-    /// (as delivery does), and gives the slot back if so.
-    fn wake(&mut self, lanes: &mut Lanes, wakes: Vec<Wakeup>) -> Result<(), TestCaseError> {
-        let mut pending = wakes;
-        while let Some(w) = pending.pop() {
+    /// Hands out what the lanes woke, each with the answer the lane decided for it when its slot came
+    /// free (the pause and the pace checked then).
+    fn wake(&mut self, lanes: &mut Lanes, woken: Vec<Woken>) -> Result<(), TestCaseError> {
+        self.noted(lanes);
+        for w in woken.into_iter().chain(lanes.wakes()) {
             let (h, k) = self
                 .queued
                 .remove(&w.ticket)
                 .expect("a woken ticket was queued");
-            if w.wake != Wake::Go {
-                continue;
+            prop_assert_eq!(&w.key, &k);
+            match w.ask {
+                Ask::Go => {
+                    prop_assert!(
+                        !self.is_paused(&k),
+                        "a paused host's queued send was woken to go"
+                    );
+                    self.began(h, k);
+                }
+                Ask::Hold { wait, slot, .. } => {
+                    prop_assert!(slot, "a woken send holds its slot through a hold");
+                    self.held_with_slot.push((self.now + wait, h, k));
+                }
+                Ask::Requeue { .. } | Ask::Unhealthy { .. } => self.asked(h, k, w.ask)?,
+                Ask::Queued { .. } => prop_assert!(false, "a woken send was queued again"),
             }
-            let mut notes = Vec::new();
-            let ask = lanes.with_slot(&k, at(self.now), false, &mut notes);
-            self.noted(&k, &mut notes);
-            pending.extend(lanes.wakes());
-            if ask == Ask::Go {
-                prop_assert!(
-                    !self.is_paused(&k),
-                    "a paused host's queued send was woken to go"
-                );
-            }
-            self.after_slot(h, k, ask)?;
         }
         Ok(())
     }
@@ -245,23 +241,16 @@ impl Model {
         k: HostKey,
         with_slot: bool,
     ) -> Result<(), TestCaseError> {
-        let mut notes = Vec::new();
         lanes.hold_over(HOSTS[h]);
         let now = at(self.now);
         if !with_slot {
-            let ask = lanes.ask(&k, now, true, &mut notes);
-            self.noted(&k, &mut notes);
-            return self.asked(h, k, ask);
+            let ask = lanes.ask(&k, now, true);
+            self.noted(lanes);
+            self.asked(h, k, ask)?;
+            return self.wake(lanes, Vec::new());
         }
-        let ask = lanes.with_slot(&k, now, true, &mut notes);
-        self.noted(&k, &mut notes);
-        let wakes = lanes.wakes();
-        self.after_slot(h, k, ask)?;
-        self.wake(lanes, wakes)
-    }
-
-    /// What a send holding a slot was told.
-    fn after_slot(&mut self, h: usize, k: HostKey, ask: Ask) -> Result<(), TestCaseError> {
+        let ask = lanes.with_slot(&k, now);
+        self.noted(lanes);
         match ask {
             Ask::Go => self.began(h, k),
             Ask::Hold { wait, slot, .. } => {
@@ -271,7 +260,7 @@ impl Model {
             Ask::Requeue { .. } | Ask::Unhealthy { .. } => self.asked(h, k, ask)?,
             Ask::Queued { .. } => prop_assert!(false, "a send with a slot was queued"),
         }
-        Ok(())
+        self.wake(lanes, Vec::new())
     }
 
     fn is_paused(&self, k: &HostKey) -> bool {
@@ -280,22 +269,24 @@ impl Model {
             .is_some_and(|until| at(self.now).wall_ms < *until)
     }
 
-    /// What the lanes said changed for `k`.
-    fn noted(&mut self, k: &HostKey, notes: &mut Vec<Note>) {
-        for note in notes.drain(..) {
+    /// What the lanes said changed.
+    fn noted(&mut self, lanes: &mut Lanes) {
+        for note in lanes.notes() {
             match note {
                 Note::Health {
+                    key,
                     transition:
                         Transition::Paused { until_ms, .. } | Transition::PauseExtended { until_ms, .. },
                     ..
                 } => {
-                    self.paused.insert(k.clone(), until_ms);
+                    self.paused.insert(key, until_ms);
                 }
                 Note::Health {
+                    key,
                     transition: Transition::Resumed,
                     ..
                 } => {
-                    self.paused.remove(k);
+                    self.paused.remove(&key);
                 }
                 Note::PausedHosts(_) | Note::RetryAfterHold { .. } => {}
             }
@@ -383,13 +374,12 @@ proptest! {
         let per_host = 16;
         let mut lanes = Lanes::new(settings(3, &[("limited", RATE)], per_host));
         let mut m = Model { now: SEC, ..Model::default() };
-        let mut notes = Vec::new();
         for op in ops {
             match op {
                 Op::Ask { h, w } => {
                     let k = key(HOSTS[h], ["ws1", "ws2"][w]);
-                    let ask = lanes.ask(&k, at(m.now), false, &mut notes);
-                    m.noted(&k, &mut notes);
+                    let ask = lanes.ask(&k, at(m.now), false);
+                    m.noted(&mut lanes);
                     m.asked(h, k, ask)?;
                 }
                 Op::Answer { h, status, retry_after } => {
@@ -397,8 +387,7 @@ proptest! {
                     if list.is_empty() { continue; }
                     let k = list.remove(0);
                     let after = retry_after.map(Duration::from_secs);
-                    let wakes = lanes.answer(&k, answer(status, after), at(m.now), &mut notes);
-                    m.noted(&k, &mut notes);
+                    let woken = lanes.answer(&k, answer(status, after), at(m.now));
                     if let (429 | 503, Some(after)) = (status, after) {
                         if !after.is_zero() {
                             let until = m.now + after;
@@ -406,7 +395,7 @@ proptest! {
                             *e = (*e).max(until);
                         }
                     }
-                    m.wake(&mut lanes, wakes)?;
+                    m.wake(&mut lanes, woken)?;
                 }
                 Op::Advance(ms) => {
                     let end = m.now + Duration::from_millis(ms);
@@ -425,8 +414,8 @@ proptest! {
                         check(&lanes, &m, per_host)?;
                     }
                     m.now = end;
-                    let (wakes, _) = lanes.tick(at(m.now));
-                    m.wake(&mut lanes, wakes)?;
+                    lanes.tick(at(m.now));
+                    m.wake(&mut lanes, Vec::new())?;
                 }
             }
             check(&lanes, &m, per_host)?;
@@ -435,9 +424,8 @@ proptest! {
         // left queued.
         for _ in 0..10_000 {
             if let Some((_, k)) = m.in_flight.iter_mut().find_map(|(h, l)| (!l.is_empty()).then(|| (*h, l.remove(0)))) {
-                let wakes = lanes.answer(&k, answer(200, None), at(m.now), &mut notes);
-                m.noted(&k, &mut notes);
-                m.wake(&mut lanes, wakes)?;
+                let woken = lanes.answer(&k, answer(200, None), at(m.now));
+                m.wake(&mut lanes, woken)?;
                 continue;
             }
             if m.held.is_empty() && m.held_with_slot.is_empty() && m.queued.is_empty() {
@@ -450,8 +438,8 @@ proptest! {
             for (_, h, k) in std::mem::take(&mut m.held_with_slot) {
                 m.hold_over(&mut lanes, h, k, true)?;
             }
-            let (wakes, _) = lanes.tick(at(m.now));
-            m.wake(&mut lanes, wakes)?;
+            lanes.tick(at(m.now));
+            m.wake(&mut lanes, Vec::new())?;
         }
         prop_assert!(m.queued.is_empty(), "queued sends left waiting with nothing in flight: {}", m.queued.len());
     }

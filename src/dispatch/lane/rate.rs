@@ -15,7 +15,7 @@ use super::HostKey;
 const SWEEP_ABOVE: usize = 4096;
 /// `Retry-After` holds kept at most; beyond, a new one is not recorded (the send that got it still honours
 /// it through its own retry schedule), so hostile answers cannot grow memory without bound.
-const MAX_HOLDS: usize = 65_536;
+pub(super) const MAX_HOLDS: usize = 65_536;
 
 /// Why a send was held back; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,20 @@ pub enum Pace {
         after: Duration,
         reason: HoldReason,
     },
+}
+
+impl Pace {
+    /// What the lane answers a send paced so (`None`: go); `slot`: the send holds a request slot.
+    pub fn ask(self, slot: bool) -> Option<super::Ask> {
+        match self {
+            Pace::Go => None,
+            Pace::Wait { wait, reason } => Some(super::Ask::Hold { wait, reason, slot }),
+            Pace::Requeue { after, reason } => Some(super::Ask::Requeue {
+                after,
+                reason: reason.into(),
+            }),
+        }
+    }
 }
 
 /// `[rate_limits]`: host names, exact or `*.suffix`, to requests per second. An exact name wins over a
@@ -103,27 +117,29 @@ fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
 /// The schedule of every paced host and every `Retry-After` hold.
 #[derive(Debug)]
 pub struct Rates {
-    rules: RateRules,
+    pub(super) rules: RateRules,
+    /// Whether any rule is set: without one and without holds, the core lets every send go unasked.
+    pub(super) paced: bool,
     /// The longest wait spent in the process; longer holds are requeued.
-    max_wait: Duration,
+    pub(super) max_wait: Duration,
     /// Sends one host may have waiting in the process at once; more are requeued.
-    max_waiting_per_host: usize,
+    pub(super) max_waiting_per_host: usize,
     /// Sends all hosts together may have waiting; held sends keep the consumer's admission slots, so this
     /// bounds what they can take from everyone else.
-    max_waiting: usize,
+    pub(super) max_waiting: usize,
     /// The longest `Retry-After` honoured.
-    cap: Duration,
+    pub(super) cap: Duration,
     /// Per rate-limited host: when its next request may go (booked by sends waiting in the process).
-    next_slot: HashMap<String, Duration>,
+    pub(super) next_slot: HashMap<String, Duration>,
     /// Per rate-limited host: where the queue of requeued sends ends, so that they come back spread out at
     /// the host's rate instead of all at once.
-    horizon: HashMap<String, Duration>,
+    pub(super) horizon: HashMap<String, Duration>,
     /// Per host and workspace: no request before this.
-    holds: HashMap<HostKey, Duration>,
-    waiting: HashMap<String, usize>,
-    waiting_total: usize,
+    pub(super) holds: HashMap<HostKey, Duration>,
+    pub(super) waiting: HashMap<String, usize>,
+    pub(super) waiting_total: usize,
     /// Map size above which expired entries are swept (doubling, so a sweep is amortised).
-    sweep_at: usize,
+    pub(super) sweep_at: usize,
 }
 
 /// How the limits of [`Rates`] are set.
@@ -138,6 +154,7 @@ pub struct RateLimits {
 impl Rates {
     pub fn new(rules: RateRules, limits: RateLimits) -> Self {
         Self {
+            paced: !rules.is_empty(),
             rules,
             max_wait: limits.max_wait,
             max_waiting_per_host: limits.max_waiting_per_host.max(1),
@@ -235,7 +252,7 @@ impl Rates {
     }
 
     /// Drops expired slots, horizons and holds once the maps grow, at doubling sizes.
-    fn sweep(&mut self, now: Duration) {
+    pub(super) fn sweep(&mut self, now: Duration) {
         let largest = self
             .next_slot
             .len()
@@ -253,29 +270,6 @@ impl Rates {
             .max(self.horizon.len())
             .max(self.holds.len());
         self.sweep_at = (2 * left).max(SWEEP_ABOVE);
-    }
-
-    /// The host answered `Retry-After: after`: hold its sends for this workspace until then (capped).
-    /// Returns when the hold ends if it was set or lengthened.
-    pub fn hold(&mut self, key: &HostKey, now: Duration, after: Duration) -> Option<Duration> {
-        if after.is_zero() {
-            return None;
-        }
-        let until = now + after.min(self.cap);
-        self.sweep(now);
-        let full = self.holds.len() >= MAX_HOLDS;
-        match self.holds.get_mut(key) {
-            Some(u) if *u >= until => None,
-            Some(u) => {
-                *u = until;
-                Some(until)
-            }
-            None if full => None,
-            None => {
-                self.holds.insert(key.clone(), until);
-                Some(until)
-            }
-        }
     }
 }
 

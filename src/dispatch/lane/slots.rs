@@ -9,7 +9,7 @@
 //! further ones keep it, asking again with [`Slots::settle`]); they are never spilled, since moving them
 //! aside would not make them go sooner. Pure: time is an argument.
 
-use super::spill::{close_window, EpisodeState, SpillReason, QUIET_AFTER};
+use super::spill::{EpisodeState, SpillReason};
 pub(super) use super::waits::Waits;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -94,7 +94,7 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    fn new(now: Duration, window: usize) -> Self {
+    pub(super) fn new(now: Duration, window: usize) -> Self {
         Self {
             window,
             last_done: now,
@@ -102,28 +102,6 @@ impl Lane {
             last_active: now,
             ..Self::default()
         }
-    }
-
-    /// A request of this lane begins.
-    pub(super) fn start(&mut self, now: Duration) {
-        if self.in_flight == 0 {
-            // Idle until now: nothing was owed, so nothing is overdue.
-            self.last_done = now;
-        }
-        self.in_flight += 1;
-        self.last_active = now;
-    }
-
-    pub(super) fn slow(&self, now: Duration) -> bool {
-        // A host that has never answered is suspect sooner: most answer well within a quarter second.
-        let overdue = if self.answered {
-            SLOW_LATENCY
-        } else {
-            SLOW_LATENCY / 4
-        };
-        self.in_flight > 0
-            && (now.saturating_sub(self.last_done) > overdue
-                || self.latency > SLOW_LATENCY.as_secs_f64())
     }
 }
 
@@ -168,81 +146,6 @@ impl Slots {
         }
     }
 
-    /// A send for `host` asks for a slot.
-    pub fn take(&mut self, host: &str, now: Duration) -> Take {
-        let key = self.lane_key(host, now);
-        let lane = &self.lanes[&key];
-        if lane.queue.is_empty() && self.may_go(lane, now) {
-            self.lanes.get_mut(&key).expect("present").start(now);
-            self.in_use += 1;
-            return Take::Go;
-        }
-        let waits = match self.how_to_wait(lane, now) {
-            Ok(waits) => waits,
-            Err(reason) => {
-                return Take::Spill {
-                    after: self.spill_after(&key, now),
-                    reason,
-                }
-            }
-        };
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        self.unready(&key);
-        let lane = self.lanes.get_mut(&key).expect("present");
-        lane.queue.push_back((ticket, now, waits));
-        self.counted(&key, waits, 1);
-        self.queued += 1;
-        self.reready(&key);
-        Take::Queued {
-            ticket,
-            release: waits != Waits::Keeping,
-        }
-    }
-
-    /// Adds (`+1`) or takes away (`-1`) a waiter of `key` from the counts of how it waits.
-    pub(super) fn counted(&mut self, key: &Arc<str>, waits: Waits, sign: i8) {
-        let lane = self.lanes.get_mut(key).expect("present");
-        let step = |n: &mut usize| {
-            *n = if sign > 0 {
-                *n + 1
-            } else {
-                n.saturating_sub(1)
-            };
-        };
-        if waits != Waits::Keeping {
-            step(&mut lane.released);
-        }
-        if waits == Waits::ReleasedFast {
-            step(&mut self.released_fast);
-        }
-    }
-
-    /// A request to `host` has ended after `took`: its slot goes to whoever should have it next.
-    pub fn release(&mut self, host: &str, took: Duration, now: Duration) -> Vec<Wakeup> {
-        let Some((key, _)) = self.lanes.get_key_value(host.trim_end_matches('.')) else {
-            return Vec::new();
-        };
-        let key = key.clone();
-        self.unready(&key);
-        let lane = self.lanes.get_mut(&key).expect("present");
-        lane.in_flight = lane.in_flight.saturating_sub(1);
-        self.in_use = self.in_use.saturating_sub(1);
-        lane.window_done = lane.window_done.saturating_add(1);
-        lane.window = lane
-            .window
-            .saturating_add(1)
-            .min(self.limits.max_in_flight_per_host);
-        lane.answered = true;
-        lane.last_done = now;
-        lane.last_active = now;
-        lane.latency = 0.8 * lane.latency + 0.2 * took.as_secs_f64();
-        close_window(lane, now);
-        self.reready(&key);
-        self.forget_if_idle(&key, now);
-        self.fill(now)
-    }
-
     /// A queued send gave up waiting (its task was dropped). `false` if it had already been woken.
     pub fn cancel(&mut self, host: &str, ticket: u64, now: Duration) -> bool {
         let Some((key, lane)) = self.lanes.get_key_value(host.trim_end_matches('.')) else {
@@ -257,64 +160,18 @@ impl Slots {
         true
     }
 
-    /// The lane of `host`, made if it has none.
-    pub(super) fn lane_key(&mut self, host: &str, now: Duration) -> Arc<str> {
-        let host = host.trim_end_matches('.');
-        if let Some((key, _)) = self.lanes.get_key_value(host) {
-            return key.clone();
-        }
-        let key: Arc<str> = Arc::from(host);
-        let window = self.initial_window();
-        self.lanes.insert(key.clone(), Lane::new(now, window));
+    /// The lane of `host`, made now (it had none).
+    pub(super) fn new_lane(&mut self, host: &str, now: Duration) -> Arc<str> {
+        let key: Arc<str> = Arc::from(host.trim_end_matches('.'));
+        let lane = Lane::new(now, self.initial_window());
+        self.lanes.insert(key.clone(), lane);
         key
-    }
-
-    /// Requests `lane` may have in flight now.
-    pub(super) fn cap(&self, lane: &Lane) -> usize {
-        lane.window.min(self.limits.max_in_flight_per_host)
     }
 
     /// What a new lane may have in flight: a quarter of its cap, at least 4 (or the whole cap if smaller).
     pub(super) fn initial_window(&self) -> usize {
         let cap = self.limits.max_in_flight_per_host;
         (cap / 4).max(cap.min(4))
-    }
-
-    /// Whether `lane` may take a free slot.
-    fn may_go(&self, lane: &Lane, now: Duration) -> bool {
-        lane.in_flight < self.cap(lane)
-            && self.in_use < self.limits.max_in_flight
-            && (self.in_use < self.limits.max_in_flight - self.reserve
-                || (lane.answered && !lane.slow(now)))
-    }
-
-    /// Hands free slots to queued sends, the lane with the fewest in flight first (slow lanes skipped
-    /// once only the reserve is left).
-    pub(super) fn fill(&mut self, now: Duration) -> Vec<Wakeup> {
-        let mut wakes = Vec::new();
-        while self.in_use < self.limits.max_in_flight {
-            let Some(key) = self
-                .ready
-                .iter()
-                .find(|(_, _, key)| self.may_go(&self.lanes[key], now))
-                .map(|(_, _, key)| key.clone())
-            else {
-                break;
-            };
-            self.unready(&key);
-            let lane = self.lanes.get_mut(&key).expect("ready lanes exist");
-            let (ticket, _, waits) = lane.queue.pop_front().expect("ready lanes have a queue");
-            lane.start(now);
-            self.counted(&key, waits, -1);
-            self.in_use += 1;
-            self.queued -= 1;
-            self.reready(&key);
-            wakes.push(Wakeup {
-                ticket,
-                wake: Wake::Go,
-            });
-        }
-        wakes
     }
 
     /// Takes the waiter at `at` out of `key`'s queue.
@@ -326,34 +183,6 @@ impl Slots {
             self.queued -= 1;
         }
         self.reready(key);
-    }
-
-    pub(super) fn unready(&mut self, key: &Arc<str>) {
-        let lane = &self.lanes[key];
-        if let Some((ticket, _, _)) = lane.queue.front() {
-            self.ready.remove(&(lane.in_flight, *ticket, key.clone()));
-        }
-    }
-
-    pub(super) fn reready(&mut self, key: &Arc<str>) {
-        let lane = &self.lanes[key];
-        if let Some((ticket, _, _)) = lane.queue.front() {
-            if lane.in_flight < self.cap(lane) {
-                self.ready.insert((lane.in_flight, *ticket, key.clone()));
-            }
-        }
-    }
-
-    pub(super) fn forget_if_idle(&mut self, key: &Arc<str>, now: Duration) {
-        let lane = &self.lanes[key];
-        if lane.in_flight == 0
-            && lane.queue.is_empty()
-            && lane.episode.is_none()
-            && lane.horizon <= now
-            && now.saturating_sub(lane.last_active) >= QUIET_AFTER
-        {
-            self.lanes.remove(key);
-        }
     }
 }
 

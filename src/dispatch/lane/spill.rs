@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::slots::{Lane, Slots, Wake, Wakeup};
+use super::slots::{Slots, Take, Wake, Wakeup};
 pub use crate::telemetry::isolation_metrics::Snapshot;
 
 /// A spilled send comes back at most this much later, whatever the host's backlog: by then either the
@@ -15,7 +15,7 @@ pub const MAX_SPILL_DELAY: Duration = Duration::from_secs(2 * 3600);
 pub const QUIET_AFTER: Duration = Duration::from_secs(10);
 
 /// How long completions are counted before a host's absorption rate is re-estimated.
-const RATE_WINDOW: Duration = Duration::from_millis(500);
+pub(super) const RATE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Why a send was spilled; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,21 +66,6 @@ pub(super) struct EpisodeState {
     pub(super) peak_queued: usize,
 }
 
-/// Re-estimates the lane's absorption rate once a window has passed.
-pub(super) fn close_window(lane: &mut Lane, now: Duration) {
-    let elapsed = now.saturating_sub(lane.window_start);
-    if elapsed < RATE_WINDOW {
-        return;
-    }
-    if lane.window_done > 0 || lane.in_flight > 0 {
-        let rate = f64::from(lane.window_done) / elapsed.as_secs_f64();
-        // Smoothed, so one quiet half second does not forget what the host was absorbing.
-        lane.rate = Some(lane.rate.map_or(rate, |r| (r + rate) / 2.0));
-    }
-    lane.window_start = now;
-    lane.window_done = 0;
-}
-
 impl Slots {
     /// The dispatcher stops: every send waiting for a slow host is spilled now (its record is then done
     /// and committed, instead of redone by the partition's next owner), and so are later ones.
@@ -112,7 +97,7 @@ impl Slots {
         let mut episodes = Vec::new();
         let keys: Vec<Arc<str>> = self.lanes.keys().cloned().collect();
         for key in keys {
-            close_window(self.lanes.get_mut(&key).expect("present"), now);
+            self.lanes.get_mut(&key).expect("present").close_window(now);
             self.expire(&key, now, &mut wakes);
             let lane = self.lanes.get_mut(&key).expect("present");
             let busy = (lane.slow(now) && !lane.queue.is_empty()) || lane.spilled_since_tick;
@@ -214,6 +199,12 @@ impl Slots {
                 },
             });
         }
+    }
+
+    /// A send for `key` that cannot wait here is spilled, and why.
+    pub(super) fn spill(&mut self, key: &Arc<str>, now: Duration, reason: SpillReason) -> Take {
+        let after = self.spill_after(key, now);
+        Take::Spill { after, reason }
     }
 
     /// When a send spilled now should come back: behind the host's queue and the sends spilled before it,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::slots::{Lane, Slots};
+use super::slots::Slots;
 use super::spill::SpillReason;
 
 /// What a waiter that keeps its admission slot should do now.
@@ -32,31 +32,6 @@ pub(super) enum Waits {
 }
 
 impl Slots {
-    /// How a send that cannot go now waits in `lane`; `Err`: it is spilled, and why. A slow lane's sends, and
-    /// those of a lane not yet answered waiting for its own window, wait without their admission slot up
-    /// to the lane's bound; other lanes' sends up to the bound of them all, then keeping their slot. Only
-    /// a slow lane spills.
-    pub(super) fn how_to_wait(&self, lane: &Lane, now: Duration) -> Result<Waits, SpillReason> {
-        let room = lane.released < self.limits.max_queued_per_host;
-        if self.draining && lane.slow(now) {
-            return Err(SpillReason::Stopping);
-        }
-        if lane.slow(now) {
-            return if room {
-                Ok(Waits::ReleasedSlow)
-            } else {
-                Err(SpillReason::QueueFull)
-            };
-        }
-        if !lane.answered && lane.in_flight >= self.cap(lane) && room {
-            return Ok(Waits::ReleasedSlow);
-        }
-        if self.released_fast < self.max_released {
-            return Ok(Waits::ReleasedFast);
-        }
-        Ok(Waits::Keeping)
-    }
-
     /// A waiter keeping its admission slot asks again whether it may give it back.
     pub fn settle(&mut self, host: &str, ticket: u64, now: Duration) -> Settle {
         let Some((key, lane)) = self.lanes.get_key_value(host.trim_end_matches('.')) else {
