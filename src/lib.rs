@@ -10,15 +10,15 @@
 //! - [`events`]: the data contracts. Send requests (decoding, validation), failure events (Avro writer, the
 //!   full and the fast reader, cutting to fit), the Currents `Send`/`Abort`/`Retry` events, retry records,
 //!   framing, the Avro length guard. *Pure.*
-//!   Imports `security::headers` (header rules).
-//! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, the **lanes** (one per host:
-//!   the unhealthy-host pause, rate limits, `Retry-After` holds, slots, queues and spills), the **plan**
-//!   (what happens after an attempt), the **outcome** of a send and the Currents events it owes — *pure*; the gate (tasks parked on the
-//!   lanes' decisions), delivery (ask the lane → send → tell the lane), the pipeline (decode → deliver →
+//!   Imports `security` (header rules; the SSRF policy's look at a URL, which validation takes).
+//! - [`dispatch`]: `hookrelay dispatch`. Classification, retry policy, tiers, the **lanes** (one per host, a
+//!   core over the parts' books: the unhealthy-host pause, rate limits, `Retry-After` holds, slots, queues
+//!   and spills), the **plan** (what happens after an attempt), the **outcome** of a send and the Currents
+//!   events it owes — *pure*; delivery (ask the lane → send → tell the lane; the tasks parked on the lanes'
+//!   decisions and the admission slots they give back while they wait), the pipeline (decode → deliver →
 //!   plan → apply → report the outcome), and the dispatcher's own Kafka adapters: the consumer thread
-//!   (`consume`: offset tracking, admission, the memory budget, parked retries) and the publisher of
-//!   outcomes and Currents events (`publish`). Imports `events`, `kafka`, `registry`, `security`,
-//!   `telemetry`.
+//!   (`consume`: offset tracking, the memory budget, parked retries) and the publisher of outcomes and
+//!   Currents events (`publish`). Imports `events`, `kafka`, `registry`, `security`, `telemetry`.
 //! - [`aggregate`]: `hookrelay aggregate`. Windows, breakdown, the ledger (counting, checkpoint records,
 //!   restore), the checkpoint format and its fold, alert log, email rendering — *pure*; the mailer, alert
 //!   senders, decisions, checkpoint writing and restoring, and the service loop. Imports `events`, `kafka`,

@@ -17,7 +17,6 @@ pub mod report;
 pub mod retry;
 mod schemas;
 pub mod tiers;
-mod turn;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

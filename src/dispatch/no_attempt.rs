@@ -8,9 +8,9 @@ use super::currents;
 use super::lane::RequeueReason;
 use super::outcome::{GiveUp, Outcome};
 use super::pipeline::Pipeline;
+use super::plan::Turn;
 use super::publish::{Abandoned, PublishError};
 use super::report::{event_for, AttemptFacts, Target};
-use super::turn::Turn;
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
 use crate::events::{RetryRecord, ValidSend};
 use crate::kafka::Record;
@@ -84,7 +84,7 @@ impl Pipeline {
             attempts: turn.number.saturating_sub(1),
             // A send not yet attempted carries the time it was first held, which is where an earlier
             // version would start its retry window (this one starts it at the first real attempt).
-            first_attempt_ms: turn.first_attempt_ms(self.clock.wall_ms()),
+            first_attempt_ms: turn.first_attempt_ms.unwrap_or(self.clock.wall_ms()),
             due_ms,
             last_status: turn.last_status,
             source: turn.source.clone(),

@@ -16,13 +16,12 @@ use super::currents;
 pub use super::decode::{decode_retry, decode_send, decode_written};
 use super::delivery::{Delivered, Delivery};
 use super::outcome::{GiveUp, Outcome, Tried};
-use super::plan::{plan, Attempted, Circumstances, Plan, Policy};
+use super::plan::{plan, Attempted, Circumstances, Plan, Policy, Turn};
 use super::publish::{Abandoned, PublishError, Publisher};
 use super::retry::RetryPolicy;
 use super::tiers::Tiers;
-use super::turn::{host_key, send_span, Turn};
 use crate::events::send_request::{invalid, InvalidKind, InvalidSend};
-use crate::events::{Rules, ValidSend};
+use crate::events::{Rules, SourceRef, ValidSend};
 use crate::kafka::Record;
 use crate::telemetry::DispatchMetrics;
 
@@ -77,10 +76,19 @@ impl Pipeline {
             }
         };
         let span = send_span(&send, 1, record);
+        let first = Turn {
+            number: 1,
+            first_attempt_ms: None,
+            last_status: 0,
+            source: Some(SourceRef {
+                topic: record.tp.topic.to_string(),
+                partition: record.tp.partition,
+                offset: record.offset,
+            }),
+            requested: false,
+        };
         async {
-            let ended = self
-                .attempt(record, &send, Turn::first(record), admission)
-                .await;
+            let ended = self.attempt(record, &send, first, admission).await;
             self.report(record, ended)
         }
         .instrument(span)
@@ -120,7 +128,7 @@ impl Pipeline {
         };
         let turn = Turn {
             number: retry.attempts.saturating_add(1),
-            first_attempt_ms: retry.first_attempt_ms,
+            first_attempt_ms: Some(retry.first_attempt_ms),
             last_status: retry.last_status,
             source: retry.source,
             // A record from before the field: assume a request unless every attempt could have been a 598.
@@ -175,7 +183,6 @@ impl Pipeline {
         turn: Turn,
         admission: &mut Admission,
     ) -> Result<Outcome, Abandoned> {
-        let host = host_key(send);
         let at = currents::Context {
             send: &send.request,
             host: send.url.host_str(),
@@ -186,7 +193,7 @@ impl Pipeline {
         let delivered = match &send.blocked {
             // Refused by the SSRF policy: no request, and no place in its host's lane.
             Some(why) => Delivered::Attempted(blocked(why), Duration::ZERO),
-            None => self.delivery.deliver(&host, send, admission).await,
+            None => self.delivery.deliver(send, admission).await,
         };
         let (wire, duration) = match delivered {
             Delivered::Attempted(wire, duration) => (wire, duration),
@@ -199,7 +206,7 @@ impl Pipeline {
         let attempted = Attempted {
             send,
             number: turn.number,
-            first_attempt_ms: turn.first_attempt_ms(now_ms),
+            first_attempt_ms: turn.first_attempt_ms.unwrap_or(now_ms),
             wire,
             duration,
             source: turn.source.as_ref(),
@@ -337,6 +344,13 @@ impl super::consume::Handler for Pipeline {
             result.is_ok()
         })
     }
+}
+
+/// The span of one attempt, parented by the trace context `record` came with (when traces are on).
+fn send_span(send: &ValidSend, attempt: u32, record: &Record) -> tracing::Span {
+    let (id, workspace) = (&send.request.id, &send.request.workspace_id);
+    let host = send.url.host_str().unwrap_or_default();
+    crate::telemetry::traces::send_span(id, workspace, host, attempt, &record.headers)
 }
 
 /// What a send refused by the SSRF policy gets instead of a request.

@@ -8,10 +8,25 @@
 use std::time::Duration;
 
 use super::classify::{classify, Attempt, Failure, Verdict};
-use super::report::{event_for, AttemptFacts, Target};
+use super::report::{event_of, AttemptFacts};
 use super::retry::{Decision, GiveUpReason, RetryPolicy};
 use super::tiers::Tiers;
 use crate::events::{FailureEvent, RetryRecord, SourceRef, ValidSend};
+
+/// Where a send stands before an attempt.
+#[derive(Debug, Clone)]
+pub(super) struct Turn {
+    /// This attempt's number, from 1.
+    pub(super) number: u32,
+    /// When the first attempt was made; `None` before it (retry windows count from the first attempt
+    /// actually made, not from a hold before it).
+    pub(super) first_attempt_ms: Option<i64>,
+    pub(super) last_status: u16,
+    /// Where the send's original record is.
+    pub(super) source: Option<SourceRef>,
+    /// An attempt before this one tried the network.
+    pub(super) requested: bool,
+}
 
 /// One attempt of a send, as it happened.
 #[derive(Debug, Clone)]
@@ -104,10 +119,7 @@ pub fn plan(attempted: &Attempted<'_>, now: Circumstances, policy: Policy<'_>) -
         source: attempted.source,
     };
     let send = attempted.send;
-    let event = |facts| {
-        let target = Target::of(send);
-        event_for(&send.request, target, &failure, facts, (now.new_event_id)())
-    };
+    let event = |facts| event_of(send, &failure, facts, (now.new_event_id)());
     match decision {
         Decision::RetryAt(due_ms) => Plan::Retry {
             topic: policy.tiers.topic_for(due_ms, now.now_ms).to_string(),

@@ -68,6 +68,16 @@ pub fn failure_event(
         source: None,
     };
     let id = uuid::Uuid::new_v4().to_string();
+    event_of(send, failure, facts, id)
+}
+
+/// The Currents-style event for one failed attempt of a validated send; `id` is the event's own.
+pub fn event_of(
+    send: &ValidSend,
+    failure: &Failure,
+    facts: AttemptFacts<'_>,
+    id: String,
+) -> FailureEvent {
     event_for(&send.request, Target::of(send), failure, facts, id)
 }
 

@@ -170,6 +170,28 @@ impl opentelemetry_http::HttpClient for Http {
     }
 }
 
+/// The span of one attempt of send `id`, parented by the trace context its record came with (when traces
+/// are on).
+pub fn send_span(
+    id: &str,
+    workspace: &str,
+    host: &str,
+    attempt: u32,
+    headers: &[(String, Vec<u8>)],
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "send",
+        id = %id,
+        workspace = %workspace,
+        host = host,
+        attempt = i64::from(attempt),
+        status = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    adopt_parent(&span, headers);
+    span
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

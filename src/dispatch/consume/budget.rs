@@ -42,9 +42,11 @@ impl MemoryBudget {
         }
     }
 
-    /// A record costing `cost` was taken.
-    pub fn hold(&mut self, cost: usize) {
+    /// A record costing `cost` was taken, with `handed_over` records handed to the pipeline and not done:
+    /// `Reached` if that used the budget up.
+    pub fn hold(&mut self, cost: usize, handed_over: usize) -> Option<Crossing> {
         self.held = self.held.saturating_add(cost);
+        self.check(handed_over)
     }
 
     /// A record costing `cost` is done with.
@@ -92,7 +94,7 @@ mod tests {
     #[test]
     fn the_budget_counts_held_records_and_each_record_handed_to_the_pipeline() {
         let mut b = MemoryBudget::new(1 << 30);
-        b.hold(1_000);
+        b.hold(1_000, 0);
         assert_eq!(b.used(0), 1_000);
         assert_eq!(b.used(3), 1_000 + 3 * STARTED_SEND_COST);
         b.release(400);
@@ -104,13 +106,10 @@ mod tests {
     #[test]
     fn reaching_the_budget_is_reported_once_and_room_only_a_sixteenth_below_it() {
         let mut b = MemoryBudget::new(16_000);
-        b.hold(15_999);
-        assert_eq!(b.check(0), None);
-        b.hold(1);
-        assert_eq!(b.check(0), Some(Crossing::Reached { used: 16_000 }));
+        assert_eq!(b.hold(15_999, 0), None);
+        assert_eq!(b.hold(1, 0), Some(Crossing::Reached { used: 16_000 }));
         assert!(b.is_over());
-        b.hold(5_000);
-        assert_eq!(b.check(0), None, "once per episode");
+        assert_eq!(b.hold(5_000, 0), None, "once per episode");
         b.release(5_000 + 1_000);
         assert_eq!(b.recheck(0), None, "15,000 is not below 15,000");
         b.release(1);

@@ -175,8 +175,8 @@ impl Loop<'_> {
                 let _ = consumer.pause(&single(&tp));
                 shared.update_gauges(&state);
             }
-            state.budget.hold(cost);
-            self.check_budget(&mut state);
+            let crossing = state.budget.hold(cost, shared.handed_over());
+            self.budget_crossed(&mut state, crossing);
             ticket
         };
         let Some(&delay) = self.settings.tier_delays.get(&*record.tp.topic) else {
@@ -230,11 +230,9 @@ impl Loop<'_> {
         self.consumer.poll(Duration::from_millis(50))
     }
 
-    /// Marks the budget reached: [`Loop::poll`] then takes records slowly until [`resume_drained`] sees room.
-    fn check_budget(&self, state: &mut shared::State) {
-        let Some(budget::Crossing::Reached { used }) =
-            state.budget.check(self.shared.handed_over())
-        else {
+    /// The budget was reached: [`Loop::poll`] then takes records slowly until [`resume_drained`] sees room.
+    fn budget_crossed(&self, state: &mut shared::State, crossing: Option<budget::Crossing>) {
+        let Some(budget::Crossing::Reached { used }) = crossing else {
             return;
         };
         self.shared.metrics.isolation.budget_reached.inc();
@@ -263,7 +261,9 @@ impl Loop<'_> {
             );
         }
         if any {
-            self.check_budget(&mut self.shared.lock());
+            let mut state = self.shared.lock();
+            let crossing = state.budget.check(self.shared.handed_over());
+            self.budget_crossed(&mut state, crossing);
         }
     }
 

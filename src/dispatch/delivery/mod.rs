@@ -75,6 +75,17 @@ impl Inner {
         }
     }
 
+    /// The receiver a send told to queue waits on for its answer, registered under the lock the lane was
+    /// asked under: a slot freed the moment after finds its waiter.
+    fn waiter(&mut self, ask: &Ask) -> Option<oneshot::Receiver<Ask>> {
+        let Ask::Queued { ticket, .. } = ask else {
+            return None;
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(*ticket, tx);
+        Some(rx)
+    }
+
     /// Hands out what the lanes woke outside an answer (a hold's end, the ticker, a task gone).
     fn woken(&mut self, now: Now) {
         let woken = self.lanes.wakes();
@@ -108,13 +119,13 @@ impl Delivery {
 
     /// Asks the lane, sends, tells the lane the answer. While the send waits (held or queued) it gives
     /// back its consumer admission slot.
-    pub async fn deliver(
-        &self,
-        host: &HostKey,
-        send: &ValidSend,
-        admission: &mut Admission,
-    ) -> Delivered {
-        let slot = match self.ask(host, admission).await {
+    pub async fn deliver(&self, send: &ValidSend, admission: &mut Admission) -> Delivered {
+        // Its lane: the host's, and the workspace's where a rule is per workspace.
+        let key = HostKey {
+            host: send.url.host_str().unwrap_or_default().to_string(),
+            workspace: send.request.workspace_id.clone(),
+        };
+        let slot = match self.ask(&key, admission).await {
             Decision::Go(slot) => slot,
             Decision::Requeue { due_ms, reason } => return Delivered::Requeue { due_ms, reason },
             Decision::Unhealthy { until_ms } => return paused(until_ms),
@@ -143,7 +154,11 @@ impl Delivery {
     async fn ask<'a>(&'a self, key: &'a HostKey, admission: &mut Admission) -> Decision<'a> {
         let now = self.clock.now();
         // Asking wakes no one (it frees no slot); what lanes note for hosts is logged by the ticker.
-        let mut ask = self.lock().lanes.ask(key, now, false);
+        let (mut ask, mut rx) = {
+            let mut inner = self.lock();
+            let ask = inner.lanes.ask(key, now, false);
+            (ask, inner.waiter(&ask))
+        };
         // The request slot, once the send has one (woken with it, or held with it).
         let mut slot: Option<SlotGuard<'a>> = None;
         loop {
@@ -178,12 +193,12 @@ impl Delivery {
                     if with_slot && slot.is_none() {
                         slot = Some(self.slot(key, self.clock.now()));
                     }
-                    ask = self
+                    (ask, rx) = self
                         .hold(key, wait, reason, slot.is_some(), admission)
                         .await;
                 }
                 Ask::Queued { ticket, release } => {
-                    let rx = self.lock_waiting(ticket);
+                    let rx = rx.take().expect("a queued answer comes with its receiver");
                     let mut queued = Queued {
                         delivery: self,
                         host: &key.host,
@@ -211,13 +226,6 @@ impl Delivery {
         }
     }
 
-    /// The receiver a queued send waits on for its answer.
-    fn lock_waiting(&self, ticket: u64) -> oneshot::Receiver<Ask> {
-        let (tx, rx) = oneshot::channel();
-        self.lock().waiting.insert(ticket, tx);
-        rx
-    }
-
     /// Waits out a hold without the admission slot, then asks again.
     async fn hold(
         &self,
@@ -226,7 +234,7 @@ impl Delivery {
         reason: super::lane::HoldReason,
         with_slot: bool,
         admission: &mut Admission,
-    ) -> Ask {
+    ) -> (Ask, Option<oneshot::Receiver<Ask>>) {
         {
             let _place = Holding {
                 delivery: self,
@@ -243,7 +251,7 @@ impl Delivery {
             inner.lanes.ask(key, now, true)
         };
         inner.woken(now);
-        ask
+        (ask, inner.waiter(&ask))
     }
 
     fn slot<'a>(&'a self, key: &'a HostKey, now: Now) -> SlotGuard<'a> {
