@@ -43,6 +43,9 @@ create webhook-aggregate-state "$failures" --config cleanup.policy=compact
 for tier in 10s 1m 5m 30m 2h; do
   create "webhook-retries-$tier" "$sends" --config retention.ms=86400000
 done
+# What dispatchers see of hosts (unhealthy answers, pauses, Retry-After holds), shared: compacted, so the latest
+# report of each dispatcher, host and workspace stays; a restart reads it back. Small: a report per change.
+create webhook-host-state 3 --config cleanup.policy=compact
 # Braze Currents' Send, Abort and Retry events, written when [events] enables them; keyed by workspace.
 create webhook-send-events "$failures" --config retention.ms=259200000
 create webhook-abort-events "$failures" --config retention.ms=259200000

@@ -73,6 +73,8 @@ pub struct TopicsConfig {
     pub send_events: String,
     pub abort_events: String,
     pub retry_events: String,
+    /// What dispatchers see of hosts, shared (compacted, keyed by instance, host and workspace).
+    pub host_state: String,
 }
 
 impl Default for TopicsConfig {
@@ -88,6 +90,7 @@ impl Default for TopicsConfig {
             send_events: "webhook-send-events".into(),
             abort_events: "webhook-abort-events".into(),
             retry_events: "webhook-retry-events".into(),
+            host_state: "webhook-host-state".into(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl TopicsConfig {
             self.send_events.clone(),
             self.abort_events.clone(),
             self.retry_events.clone(),
+            self.host_state.clone(),
         ];
         all.extend(self.retry_tier_topics().into_iter().map(|(t, _)| t));
         all
@@ -192,8 +196,15 @@ pub struct DispatchConfig {
     #[serde(with = "humantime_serde")]
     pub max_queue_wait: Duration,
     /// Bytes of consumed records not yet finished (bodies, copies, bookkeeping) and of librdkafka's prefetch,
-    /// across every partition and queue; at the budget records are taken only as sends finish.
+    /// across every partition and queue; at the budget records are taken one per 50 ms until a sixteenth of
+    /// it is free again.
     pub memory_budget: bytesize::ByteSize,
+    /// Share what this dispatcher sees of hosts (unhealthy answers, pauses, `Retry-After` holds) with the
+    /// others through `topics.host_state`, so the unhealthy-host threshold and the holds are the fleet's.
+    pub share_host_state: bool,
+    /// How often what it sees is written and what the others wrote taken into its lanes.
+    #[serde(with = "humantime_serde")]
+    pub host_state_interval: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -212,6 +223,8 @@ impl Default for DispatchConfig {
             max_id_bytes: 1024,
             max_field_bytes: 4096,
             max_hold: Duration::from_secs(10),
+            share_host_state: true,
+            host_state_interval: Duration::from_millis(500),
             max_queued_per_host: 512,
             max_queue_wait: Duration::from_secs(30),
             memory_budget: bytesize::ByteSize::mib(256),

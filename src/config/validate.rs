@@ -110,6 +110,9 @@ impl Config {
         if d.commit_interval.is_zero() {
             p.push("dispatch.commit_interval must be positive".into());
         }
+        if d.host_state_interval < Duration::from_millis(10) {
+            p.push("dispatch.host_state_interval must be at least 10ms".into());
+        }
         if d.max_hold.is_zero() {
             p.push("dispatch.max_hold must be positive".into());
         }

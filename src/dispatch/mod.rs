@@ -6,6 +6,7 @@ pub mod consume;
 mod currents;
 mod decode;
 pub(crate) mod delivery;
+mod host_state;
 pub(crate) mod http;
 pub mod lane;
 mod no_attempt;
@@ -169,10 +170,14 @@ fn loop_settings(config: &Config, tiers: &Tiers) -> LoopSettings {
     }
 }
 
-/// The topics a dispatcher reads or writes: its own, and those of the Currents events it writes.
+/// The topics a dispatcher reads or writes: its own, those of the Currents events it writes, and the shared
+/// host state when it shares it.
 fn required_topics(config: &Config) -> Vec<String> {
     let mut topics = config.topics.dispatch_topics();
     topics.extend(currents_enabled(config).map(|(_, topic)| topic.clone()));
+    if config.dispatch.share_host_state {
+        topics.push(config.topics.host_state.clone());
+    }
     topics
 }
 
@@ -248,7 +253,7 @@ fn pipeline(
     });
     Ok(Pipeline {
         writes_currents: publisher.writes_currents(),
-        delivery: delivery(config, executor, metrics, clock, shutdown),
+        delivery: delivery(config, executor, metrics, clock, shutdown)?,
         clock,
         publisher,
         metrics: metrics.clone(),
@@ -267,7 +272,7 @@ fn delivery(
     metrics: &DispatchMetrics,
     clock: crate::clock::Clock,
     shutdown: &CancellationToken,
-) -> Arc<Delivery> {
+) -> anyhow::Result<Arc<Delivery>> {
     let d = &config.dispatch;
     let settings = lane::LaneSettings {
         health: config.host_health.clone(),
@@ -294,7 +299,12 @@ fn delivery(
         metrics.clone(),
     ));
     delivery.start_ticking(Duration::from_millis(250), shutdown.clone());
-    delivery
+    if d.share_host_state {
+        let fleet = metrics.fleet.clone();
+        host_state::start(config, delivery.clone(), fleet, shutdown.clone())
+            .context("starting the host-state thread")?;
+    }
+    Ok(delivery)
 }
 
 fn start_probe(

@@ -68,6 +68,7 @@ pub struct DispatchMetrics {
     /// Reachability, and lag and committed offset per owned partition.
     pub kafka: KafkaGauges,
     pub isolation: super::IsolationMetrics,
+    pub fleet: super::FleetMetrics,
 }
 
 pub const HOLD_REASONS: [&str; 2] = ["rate_limit", "retry_after"];
@@ -345,6 +346,7 @@ impl DispatchMetrics {
             produce_errors,
             kafka: KafkaGauges::register(&r),
             isolation: super::IsolationMetrics::register(&r),
+            fleet: super::FleetMetrics::register(&r),
             registry: r,
         }
     }

@@ -8,6 +8,7 @@ mod checkpoints;
 mod commands;
 mod dispatch_outcomes;
 mod faults;
+mod fleet;
 mod hostile_input;
 mod isolation;
 mod operations;

@@ -44,6 +44,22 @@ impl Delivery {
         self.metrics.host_pause(t.label());
     }
 
+    /// What this dispatcher tells the fleet of hosts now.
+    pub fn seen(&self) -> std::collections::HashMap<HostKey, crate::dispatch::lane::fleet::Seen> {
+        let now = self.clock.now();
+        self.lock().lanes.seen(now)
+    }
+
+    /// Takes what the fleet says of hosts into the lanes.
+    pub fn take_fleet(&self, remote: Vec<(HostKey, crate::dispatch::lane::fleet::Remote)>) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        for (key, remote) in remote {
+            inner.lanes.fleet(&key, remote, now);
+        }
+        inner.woken(now);
+    }
+
     /// Spills what waited too long, logs saturation episodes and refreshes the gauges, every `every`; spills
     /// what waits for slow hosts once `stop` is cancelled.
     pub fn start_ticking(

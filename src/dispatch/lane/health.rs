@@ -65,6 +65,8 @@ pub(super) struct Window {
     pub(super) head: i64,
     /// The sum of `counts`.
     pub(super) total: u64,
+    /// What the rest of the fleet counted in its windows (`fleet`), added to this instance's own.
+    pub(super) remote: u64,
     pub(super) paused_until: Option<i64>,
 }
 
@@ -74,6 +76,7 @@ impl Window {
             counts: [0; BUCKETS],
             head: 0,
             total: 0,
+            remote: 0,
             paused_until: None,
         }
     }
@@ -135,7 +138,7 @@ impl HostHealth {
             return (Err(until), None);
         }
         w.advance(now_ms.div_euclid(self.bucket_ms));
-        let count = w.total;
+        let count = w.total.saturating_add(w.remote);
         if count > u64::from(self.cfg.threshold) {
             let until = now_ms + pause_ms(&self.cfg);
             w.paused_until = Some(until);
@@ -185,7 +188,7 @@ impl HostHealth {
         let bucket = now_ms.div_euclid(self.bucket_ms);
         self.hosts.retain(|_, w| {
             w.advance(bucket);
-            w.paused_until.is_some_and(|u| u > now_ms) || w.total > 0
+            w.paused_until.is_some_and(|u| u > now_ms) || w.total > 0 || w.remote > 0
         });
     }
 

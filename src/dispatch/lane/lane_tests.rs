@@ -126,6 +126,64 @@ fn retry_after_holds_the_host_for_its_workspace_and_a_long_hold_requeues_with_th
 }
 
 #[test]
+fn the_fleet_s_errors_count_with_the_lane_s_own_and_its_pauses_and_holds_apply_here() {
+    use super::fleet::Remote;
+    let mut lanes = Lanes::new(settings(20, &[], 64));
+    let k = key("h", "ws");
+    for _ in 0..15 {
+        assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
+        lanes.answer(&k, answer(503, None), at(SEC));
+    }
+    assert_eq!(
+        lanes.ask(&k, at(SEC), false),
+        Ask::Go,
+        "15 are not above 20"
+    );
+    lanes.answer(&k, answer(200, None), at(SEC));
+    let six = Remote {
+        errors: 6,
+        ..Remote::default()
+    };
+    lanes.fleet(&k, six, at(2 * SEC));
+    assert!(
+        matches!(lanes.ask(&k, at(2 * SEC), false), Ask::Unhealthy { .. }),
+        "15 of its own and 6 of the fleet's are"
+    );
+    let seen = lanes.seen(at(2 * SEC));
+    assert_eq!(seen[&k].0, 15, "it tells the fleet its own count only");
+    assert!(seen[&k].1.is_some(), "and the pause it began");
+    let elsewhere = key("h", "ws2");
+    let paused = Remote {
+        paused_until_ms: Some(EPOCH_MS + 5_000),
+        ..Remote::default()
+    };
+    lanes.fleet(&elsewhere, paused, at(2 * SEC));
+    assert_eq!(
+        lanes.ask(&elsewhere, at(2 * SEC), false),
+        Ask::Unhealthy {
+            until_ms: EPOCH_MS + 5_000
+        },
+        "a pause another dispatcher began"
+    );
+    let held = key("h", "ws3");
+    let hold = Remote {
+        hold_until_ms: Some(EPOCH_MS + 3_000),
+        ..Remote::default()
+    };
+    lanes.fleet(&held, hold, at(2 * SEC));
+    assert!(
+        matches!(
+            lanes.ask(&held, at(2 * SEC), false),
+            Ask::Hold {
+                reason: HoldReason::RetryAfter,
+                ..
+            }
+        ),
+        "a Retry-After another dispatcher was given"
+    );
+}
+
+#[test]
 fn a_200_with_retry_after_holds_nothing() {
     let mut lanes = Lanes::new(settings(3000, &[], 64));
     let k = key("h", "ws");

@@ -2,8 +2,10 @@
 //! schedule is tested without sleeping. This file is the core every question of a send runs through —
 //! [`Lanes::ask`]; the hand-over of a freed slot to a queued send, decided for it then (it is woken with its
 //! answer, [`Woken`]); [`Lanes::answer`] — over the books of the parts, read and written in place: [`health`],
-//! [`rate`], [`slots`], [`waits`]. They keep their rules, the upkeep ([`spill`], [`upkeep`]), the slow paths.
+//! [`rate`], [`slots`], [`waits`]. They keep their rules, the upkeep ([`spill`], [`upkeep`]), the slow paths,
+//! and what the fleet shares ([`fleet`]).
 
+pub mod fleet;
 mod health;
 mod rate;
 mod slots;
@@ -15,7 +17,6 @@ mod waits;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
 pub use types::*;
 
 use health::{pause_ms, HostHealth, Window, BUCKETS};
@@ -23,7 +24,6 @@ use rate::{Rates, MAX_HOLDS};
 use slots::{Lane, Slots, Take, Wake, Wakeup, SLOW_LATENCY};
 use spill::{QUIET_AFTER, RATE_WINDOW};
 use waits::Waits;
-
 /// Every host's lane.
 #[derive(Debug)]
 pub struct Lanes {
@@ -356,12 +356,12 @@ impl HostHealth {
             w.counts[bucket.rem_euclid(BUCKETS as i64) as usize] += 1;
             w.total += 1;
         }
-        if w.paused_until.is_some() || w.total <= u64::from(self.cfg.threshold) {
+        let count = w.total.saturating_add(w.remote);
+        if w.paused_until.is_some() || count <= u64::from(self.cfg.threshold) {
             return None;
         }
         let until_ms = now_ms + pause_ms(&self.cfg);
         w.paused_until = Some(until_ms);
-        let count = w.total;
         Some(Transition::Paused { until_ms, count })
     }
 }

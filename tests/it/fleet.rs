@@ -1,0 +1,119 @@
+//! Many dispatchers, one policy: what one dispatcher sees of a host reaches the others through the
+//! host-state topic, and a topic they cannot use costs precision, never a send.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const A_503: &str = "hookrelay_webhook_attempts_total{class=\"5xx\"}";
+const A_598: &str = "hookrelay_webhook_attempts_total{class=\"598\"}";
+
+/// Produces `n` sends to `url`, keyed by their ids so that they spread over every partition (and so over
+/// every dispatcher of the group).
+async fn spread(kafka: &Kafka, prefix: &str, n: usize, url: &str) {
+    let producer = kafka.producer();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let bytes = serde_json::to_vec(&send(&id, url)).unwrap();
+        producer.raw(id.as_bytes(), &bytes).await.unwrap();
+    }
+}
+
+async fn both_own_partitions(a: &ChildDispatcher, b: &ChildDispatcher) {
+    let owned = "hookrelay_assigned_partitions";
+    wait_for(
+        "both dispatchers own partitions",
+        Duration::from_secs(60),
+        || async {
+            a.metric(owned).await.unwrap_or(0.0) > 0.0 && b.metric(owned).await.unwrap_or(0.0) > 0.0
+        },
+    )
+    .await;
+}
+
+/// The unhealthy-host threshold is 20 here; the host answers 503 to everything. Its errors are shared
+/// between two dispatchers, each counting fewer than 20 itself (requests stop once the fleet's count
+/// passes 20): both pause the host, and the sends that come next are answered 598 by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_unhealthy_across_the_fleet_is_paused_by_every_dispatcher() {
+    // Eight send partitions beside four of the tiers: each of the two owns some send partitions.
+    let mut kafka = Kafka::start(8).without_retries();
+    kafka.config.host_health.threshold = 20;
+    let rx = receiver().await;
+    let a = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    let b = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    both_own_partitions(&a, &b).await;
+    let failing = rx.url("/hook?status=503");
+    // A few at a time, so that the fleet's count reaches each dispatcher before the host is drowned.
+    for wave in 0..8 {
+        spread(&kafka, &format!("w{wave}"), 5, &failing).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for(
+        "both dispatchers pause the host",
+        Duration::from_secs(30),
+        || async {
+            a.metric("hookrelay_paused_hosts").await.unwrap_or(0.0) >= 1.0
+                && b.metric("hookrelay_paused_hosts").await.unwrap_or(0.0) >= 1.0
+        },
+    )
+    .await;
+    let (a_errors, b_errors) = (
+        a.metric(A_503).await.unwrap_or(0.0),
+        b.metric(A_503).await.unwrap_or(0.0),
+    );
+    eprintln!("503s answered: {a_errors} to one dispatcher, {b_errors} to the other");
+    assert!(a_errors + b_errors > 20.0, "the fleet passed the threshold");
+    assert!(
+        a_errors.min(b_errors) <= 20.0,
+        "one of them paused with no more than the threshold of its own: it counted the other's"
+    );
+    spread(&kafka, "after", 40, &failing).await;
+    wait_for(
+        "598s from both dispatchers",
+        Duration::from_secs(30),
+        || async {
+            a.metric(A_598).await.unwrap_or(0.0) >= 1.0
+                && b.metric(A_598).await.unwrap_or(0.0) >= 1.0
+        },
+    )
+    .await;
+    assert!(
+        a.metric("hookrelay_host_state_shared").await == Some(1.0)
+            && b.metric("hookrelay_host_state_shared").await == Some(1.0)
+    );
+}
+
+/// Records in the host-state topic that are not reports are skipped and counted; sends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_host_state_topic_is_skipped_and_sends_flow() {
+    let kafka = Kafka::start(2).without_retries();
+    let rx = receiver().await;
+    let garbage = hookrelay::tools::harness::SendProducer::new(
+        &kafka.config.kafka,
+        &kafka.config.topics.host_state,
+    )
+    .unwrap();
+    for payload in [
+        &b"not json"[..],
+        b"{\"instance\":1}",
+        &[0xff; 5000][..],
+        b"{}",
+    ] {
+        garbage.raw(b"k", payload).await.unwrap();
+    }
+    let d = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    spread(&kafka, "ok", 20, &rx.url("/hook?status=200")).await;
+    wait_for("every send delivered", Duration::from_secs(30), || async {
+        rx.count() >= 20
+    })
+    .await;
+    wait_for("the garbage counted", Duration::from_secs(10), || async {
+        d.metric("hookrelay_host_state_invalid_records_total")
+            .await
+            .unwrap_or(0.0)
+            >= 4.0
+    })
+    .await;
+    assert_eq!(d.metric("hookrelay_host_state_shared").await, Some(1.0));
+}
