@@ -48,11 +48,13 @@ pub fn start(
 ) -> anyhow::Result<()> {
     let producer: BaseProducer = producer_config(&config.kafka).create()?;
     let consumer: BaseConsumer = reader_config(&config.kafka).create()?;
-    let window_ms = i64::try_from(config.host_health.window.as_millis()).unwrap_or(i64::MAX);
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let window_ms = ms(config.host_health.window);
+    let max_ahead_ms = ms(config.host_health.pause.max(config.retry.retry_after_cap));
     let me = instance_id(config);
     let sync = Sync {
         topic: config.topics.host_state.clone(),
-        view: FleetView::new(me.clone(), window_ms),
+        view: FleetView::new(me.clone(), window_ms, max_ahead_ms),
         me,
         every: config.dispatch.host_state_interval,
         sent: HashMap::new(),

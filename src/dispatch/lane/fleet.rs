@@ -106,25 +106,35 @@ pub struct FleetView {
     me: String,
     /// Reports older than this are forgotten (the unhealthy-host window).
     window_ms: i64,
+    /// The longest a pause or a hold may run from now (the pause, or `retry.retry_after_cap`): a report
+    /// saying longer is cut to it, so no record can pause or hold a host for good.
+    max_ahead_ms: i64,
     reports: HashMap<HostKey, HashMap<String, HostReport>>,
     len: usize,
 }
 
 impl FleetView {
-    pub fn new(me: impl Into<String>, window_ms: i64) -> Self {
+    pub fn new(me: impl Into<String>, window_ms: i64, max_ahead_ms: i64) -> Self {
         Self {
             me: me.into(),
             window_ms: window_ms.max(1),
+            max_ahead_ms: max_ahead_ms.max(0),
             reports: HashMap::new(),
             len: 0,
         }
     }
 
     /// Takes a report; the host and workspace it changes, if any (its own, stale or past the bound: none).
-    pub fn take(&mut self, report: HostReport, now_ms: i64) -> Option<HostKey> {
+    /// A report dated in the future counts as written now, and its pause and hold are cut to what this
+    /// dispatcher would set itself: a clock ahead, or a forged record, costs one window at most.
+    pub fn take(&mut self, mut report: HostReport, now_ms: i64) -> Option<HostKey> {
         if report.instance == self.me || report.at_ms <= now_ms.saturating_sub(self.window_ms) {
             return None;
         }
+        report.at_ms = report.at_ms.min(now_ms);
+        let latest = now_ms.saturating_add(self.max_ahead_ms);
+        report.paused_until_ms = report.paused_until_ms.map(|t| t.min(latest));
+        report.hold_until_ms = report.hold_until_ms.map(|t| t.min(latest));
         let key = report.host_key();
         let full = self.len >= MAX_REPORTS;
         let by_instance = match self.reports.get_mut(&key) {
@@ -285,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_fleet_s_errors_are_the_latest_report_of_each_other_instance() {
-        let mut v = FleetView::new("me", WINDOW);
+        let mut v = FleetView::new("me", WINDOW, WINDOW);
         assert_eq!(v.take(report("a", 100, T0), T0), Some(key()));
         assert_eq!(v.take(report("a", 1_200, T0 + 500), T0 + 500), Some(key()));
         assert_eq!(v.take(report("b", 1_300, T0 + 600), T0 + 600), Some(key()));
@@ -304,7 +314,7 @@ mod tests {
 
     #[test]
     fn pauses_and_holds_count_while_they_run_and_old_reports_are_forgotten() {
-        let mut v = FleetView::new("me", WINDOW);
+        let mut v = FleetView::new("me", WINDOW, WINDOW);
         let mut r = report("a", 3_001, T0);
         r.paused_until_ms = Some(T0 + 60_000);
         r.hold_until_ms = Some(T0 + 5_000);
@@ -328,8 +338,23 @@ mod tests {
     }
 
     #[test]
+    fn a_report_from_the_future_or_with_an_endless_pause_costs_one_window_at_most() {
+        let mut v = FleetView::new("me", WINDOW, 60_000);
+        let mut r = report("evil", u64::MAX, i64::MAX);
+        r.paused_until_ms = Some(i64::MAX);
+        r.hold_until_ms = Some(i64::MAX);
+        assert_eq!(v.take(r, T0), Some(key()));
+        let now = v.remote(&key(), T0);
+        assert_eq!(now.errors, u64::MAX);
+        assert_eq!(now.paused_until_ms, Some(T0 + 60_000));
+        assert_eq!(now.hold_until_ms, Some(T0 + 60_000));
+        v.expire(T0 + WINDOW + 1);
+        assert_eq!(v.remote(&key(), T0 + WINDOW + 1), Remote::default());
+    }
+
+    #[test]
     fn host_names_are_compared_as_the_lanes_compare_them() {
-        let mut v = FleetView::new("me", WINDOW);
+        let mut v = FleetView::new("me", WINDOW, WINDOW);
         let mut r = report("a", 4, T0);
         r.host = "H.Example.".into();
         assert_eq!(v.take(r, T0), Some(key()));
@@ -366,7 +391,7 @@ mod tests {
         /// However many reports arrive, the view keeps at most one per instance and key, never its own.
         #[test]
         fn the_view_is_bounded_by_instances_and_keys(ops in proptest::collection::vec((0..5usize, 0..4usize, 0..10_000u64, 0..120_000i64), 1..200)) {
-            let mut v = FleetView::new("i0", WINDOW);
+            let mut v = FleetView::new("i0", WINDOW, WINDOW);
             for (i, h, errors, at) in ops {
                 let mut r = report(&format!("i{i}"), errors, T0 + at);
                 r.host = format!("h{h}");
