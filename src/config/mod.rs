@@ -50,7 +50,8 @@ pub struct Config {
     pub signing: SigningConfig,
     pub aggregate: AggregateConfig,
     pub schema_registry: SchemaRegistryConfig,
-    /// Requests per second per host, per dispatcher instance: host names exact or `*.suffix`.
+    /// Requests per second per host, for the fleet (split by demand through the shared host state): host
+    /// names exact or `*.suffix`.
     pub rate_limits: std::collections::BTreeMap<String, f64>,
 }
 

@@ -54,7 +54,12 @@ pub fn start(
     let me = instance_id(config);
     let sync = Sync {
         topic: config.topics.host_state.clone(),
-        view: FleetView::new(me.clone(), window_ms, max_ahead_ms),
+        view: FleetView::new(
+            me.clone(),
+            window_ms,
+            max_ahead_ms,
+            ms(config.dispatch.host_state_interval * 3),
+        ),
         me,
         every: config.dispatch.host_state_interval,
         sent: HashMap::new(),
@@ -195,20 +200,22 @@ impl Sync {
             .collect();
         for key in gone {
             self.sent.remove(&key);
-            seen.insert(key, (0, None, None));
+            seen.insert(key, Seen::default());
         }
         let now = crate::clock::now_ms();
         for (key, state) in seen {
-            if self.sent.get(&key) == Some(&state) {
+            // Demand is written every time: it is fresh for a few intervals only.
+            if self.sent.get(&key) == Some(&state) && state.demand.is_none() {
                 continue;
             }
             let report = HostReport {
                 instance: self.me.clone(),
                 host: key.host.clone(),
                 workspace: key.workspace.clone(),
-                errors: state.0,
-                paused_until_ms: state.1,
-                hold_until_ms: state.2,
+                errors: state.errors,
+                paused_until_ms: state.paused_until_ms,
+                hold_until_ms: state.hold_until_ms,
+                demand: state.demand,
                 at_ms: now,
             };
             let (k, v) = (report.key(), report.encode());
@@ -216,7 +223,7 @@ impl Sync {
                 Ok(()) => self.metrics.reports_sent.inc(),
                 Err(_) => self.metrics.send_errors.inc(),
             }
-            if state != (0, None, None) {
+            if state != Seen::default() {
                 self.sent.insert(key, state);
             }
         }

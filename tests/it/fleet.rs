@@ -117,3 +117,48 @@ async fn garbage_in_the_host_state_topic_is_skipped_and_sends_flow() {
     .await;
     assert_eq!(d.metric("hookrelay_host_state_shared").await, Some(1.0));
 }
+
+/// A 20/s limit to one host and a backlog spread over two dispatchers: once the first reports have gone
+/// round, the host sees the fleet's 20/s, not 20/s from each (the limit is split by what each asks for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_the_fleet_s_split_by_what_each_dispatcher_asks_for() {
+    let mut kafka = Kafka::start(8).without_retries();
+    kafka.config.rate_limits.insert("127.0.0.1".into(), 20.0);
+    // Held sends book their slots at most this far ahead, so a new split applies within it.
+    kafka.config.dispatch.max_hold = Duration::from_secs(1);
+    let rx = receiver().await;
+    let a = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    let b = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    both_own_partitions(&a, &b).await;
+    spread(&kafka, "r", 240, &rx.url("/hook?status=200")).await;
+    wait_for("the backlog delivered", Duration::from_secs(60), || async {
+        rx.count() >= 240
+    })
+    .await;
+    let mut at: Vec<_> = rx.requests().iter().map(|r| r.at).collect();
+    at.sort();
+    let per_second: Vec<usize> = (0..=at[at.len() - 1].duration_since(at[0]).as_secs())
+        .map(|s| {
+            at.iter()
+                .filter(|t| t.duration_since(at[0]).as_secs() == s)
+                .count()
+        })
+        .collect();
+    eprintln!("requests per second: {per_second:?}");
+    // The first seconds ran before the first reports went round (each dispatcher at the whole limit), and
+    // the last ones as one dispatcher ran out of backlog before the other took its share back: in between,
+    // the fleet's rate.
+    let window = |t: &&std::time::Instant| {
+        let since = t.duration_since(at[0]);
+        since >= Duration::from_secs(4) && since < Duration::from_secs(8)
+    };
+    let rate = at.iter().filter(window).count() as f64 / 4.0;
+    let (sa, sb) = (
+        a.metric("hookrelay_host_state_reports_sent_total").await,
+        b.metric("hookrelay_host_state_reports_sent_total").await,
+    );
+    assert!(
+        (17.0..=23.0).contains(&rate),
+        "the host got {rate:.1}/s from the fleet, the limit is 20/s (reports sent: {sa:?}, {sb:?})"
+    );
+}

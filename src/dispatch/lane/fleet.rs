@@ -38,6 +38,10 @@ pub struct HostReport {
     /// The host answered it `Retry-After` for the workspace, holding sends until this UNIX ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_until_ms: Option<i64>,
+    /// Sends to the host (any workspace: `workspace` is empty) that asked to go there lately, when the host
+    /// has a rate limit: the fleet's rate is split by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand: Option<u64>,
     /// When it was written, UNIX ms.
     pub at_ms: i64,
 }
@@ -97,6 +101,9 @@ pub struct Remote {
     pub paused_until_ms: Option<i64>,
     /// The latest `Retry-After` hold one of them was given, if it still runs.
     pub hold_until_ms: Option<i64>,
+    /// What the others asked of a rate-limited host lately (reports of the last few intervals only, so a
+    /// dispatcher that stops or leaves gives its share back within seconds).
+    pub demand: u64,
 }
 
 /// The other instances' latest reports.
@@ -109,16 +116,24 @@ pub struct FleetView {
     /// The longest a pause or a hold may run from now (the pause, or `retry.retry_after_cap`): a report
     /// saying longer is cut to it, so no record can pause or hold a host for good.
     max_ahead_ms: i64,
+    /// Demand reports older than this no longer count.
+    demand_fresh_ms: i64,
     reports: HashMap<HostKey, HashMap<String, HostReport>>,
     len: usize,
 }
 
 impl FleetView {
-    pub fn new(me: impl Into<String>, window_ms: i64, max_ahead_ms: i64) -> Self {
+    pub fn new(
+        me: impl Into<String>,
+        window_ms: i64,
+        max_ahead_ms: i64,
+        demand_fresh_ms: i64,
+    ) -> Self {
         Self {
             me: me.into(),
             window_ms: window_ms.max(1),
             max_ahead_ms: max_ahead_ms.max(0),
+            demand_fresh_ms: demand_fresh_ms.max(1),
             reports: HashMap::new(),
             len: 0,
         }
@@ -167,6 +182,9 @@ impl FleetView {
             let later = |a: Option<i64>, b: Option<i64>| a.max(b).filter(|t| *t > now_ms);
             remote.paused_until_ms = later(remote.paused_until_ms, r.paused_until_ms);
             remote.hold_until_ms = later(remote.hold_until_ms, r.hold_until_ms);
+            if r.at_ms > now_ms.saturating_sub(self.demand_fresh_ms) {
+                remote.demand = remote.demand.saturating_add(r.demand.unwrap_or(0));
+            }
         }
         remote
     }
@@ -200,8 +218,15 @@ impl FleetView {
 }
 
 /// What an instance tells the fleet of a host and workspace: unhealthy answers counted in its window, a
-/// pause running (until, UNIX ms), a `Retry-After` hold running (until, UNIX ms).
-pub type Seen = (u64, Option<i64>, Option<i64>);
+/// pause running, a `Retry-After` hold running (until, UNIX ms), and for a rate-limited host (workspace
+/// empty) the sends that asked to go there since it last told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub errors: u64,
+    pub paused_until_ms: Option<i64>,
+    pub hold_until_ms: Option<i64>,
+    pub demand: Option<u64>,
+}
 
 impl Lanes {
     /// What this instance tells the fleet now: each host and workspace with unhealthy answers in its window,
@@ -213,13 +238,29 @@ impl Lanes {
             w.advance(bucket);
             let paused = w.paused_until.filter(|until| *until > now.wall_ms);
             if w.total > 0 || paused.is_some() {
-                seen.insert(key.clone(), (w.total, paused, None));
+                let errors = w.total;
+                let paused_until_ms = paused;
+                let s = Seen {
+                    errors,
+                    paused_until_ms,
+                    ..Seen::default()
+                };
+                seen.insert(key.clone(), s);
             }
         }
         for (key, until) in &self.rates.holds {
             if *until > now.mono {
-                seen.entry(key.clone()).or_default().2 = Some(now.due_in(*until - now.mono));
+                let until = Some(now.due_in(*until - now.mono));
+                seen.entry(key.clone()).or_default().hold_until_ms = until;
             }
+        }
+        self.rates.last_demand = std::mem::take(&mut self.rates.demand);
+        for (host, n) in &self.rates.last_demand {
+            let key = HostKey {
+                host: host.clone(),
+                workspace: String::new(),
+            };
+            seen.entry(key).or_default().demand = Some(*n);
         }
         seen
     }
@@ -263,6 +304,27 @@ impl Lanes {
             let after = u64::try_from(until_ms.saturating_sub(now.wall_ms)).unwrap_or(0);
             self.rates.hold(key, now.mono, Duration::from_millis(after));
         }
+        if key.workspace.is_empty() {
+            self.split(&key.host, remote.demand);
+        }
+    }
+
+    /// This dispatcher's share of a rate-limited host's rate: what it asked for lately against what the
+    /// others did (at least one send's worth, so a dispatcher that just began asking is not shut out).
+    fn split(&mut self, host: &str, others: u64) {
+        if others == 0 {
+            self.rates.share.remove(host);
+            return;
+        }
+        let mine = self
+            .rates
+            .last_demand
+            .get(host)
+            .copied()
+            .unwrap_or(0)
+            .max(1) as f64;
+        let share = mine / (mine + others as f64);
+        self.rates.share.insert(host.to_string(), share);
     }
 }
 
@@ -282,6 +344,7 @@ mod tests {
             errors,
             paused_until_ms: None,
             hold_until_ms: None,
+            demand: None,
             at_ms,
         }
     }
@@ -295,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_fleet_s_errors_are_the_latest_report_of_each_other_instance() {
-        let mut v = FleetView::new("me", WINDOW, WINDOW);
+        let mut v = FleetView::new("me", WINDOW, WINDOW, 1_500);
         assert_eq!(v.take(report("a", 100, T0), T0), Some(key()));
         assert_eq!(v.take(report("a", 1_200, T0 + 500), T0 + 500), Some(key()));
         assert_eq!(v.take(report("b", 1_300, T0 + 600), T0 + 600), Some(key()));
@@ -314,7 +377,7 @@ mod tests {
 
     #[test]
     fn pauses_and_holds_count_while_they_run_and_old_reports_are_forgotten() {
-        let mut v = FleetView::new("me", WINDOW, WINDOW);
+        let mut v = FleetView::new("me", WINDOW, WINDOW, 1_500);
         let mut r = report("a", 3_001, T0);
         r.paused_until_ms = Some(T0 + 60_000);
         r.hold_until_ms = Some(T0 + 5_000);
@@ -339,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_report_from_the_future_or_with_an_endless_pause_costs_one_window_at_most() {
-        let mut v = FleetView::new("me", WINDOW, 60_000);
+        let mut v = FleetView::new("me", WINDOW, 60_000, 1_500);
         let mut r = report("evil", u64::MAX, i64::MAX);
         r.paused_until_ms = Some(i64::MAX);
         r.hold_until_ms = Some(i64::MAX);
@@ -354,7 +417,7 @@ mod tests {
 
     #[test]
     fn host_names_are_compared_as_the_lanes_compare_them() {
-        let mut v = FleetView::new("me", WINDOW, WINDOW);
+        let mut v = FleetView::new("me", WINDOW, WINDOW, 1_500);
         let mut r = report("a", 4, T0);
         r.host = "H.Example.".into();
         assert_eq!(v.take(r, T0), Some(key()));
@@ -391,7 +454,7 @@ mod tests {
         /// However many reports arrive, the view keeps at most one per instance and key, never its own.
         #[test]
         fn the_view_is_bounded_by_instances_and_keys(ops in proptest::collection::vec((0..5usize, 0..4usize, 0..10_000u64, 0..120_000i64), 1..200)) {
-            let mut v = FleetView::new("i0", WINDOW, WINDOW);
+            let mut v = FleetView::new("i0", WINDOW, WINDOW, 1_500);
             for (i, h, errors, at) in ops {
                 let mut r = report(&format!("i{i}"), errors, T0 + at);
                 r.host = format!("h{h}");

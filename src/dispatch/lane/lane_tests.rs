@@ -150,8 +150,8 @@ fn the_fleet_s_errors_count_with_the_lane_s_own_and_its_pauses_and_holds_apply_h
         "15 of its own and 6 of the fleet's are"
     );
     let seen = lanes.seen(at(2 * SEC));
-    assert_eq!(seen[&k].0, 15, "it tells the fleet its own count only");
-    assert!(seen[&k].1.is_some(), "and the pause it began");
+    assert_eq!(seen[&k].errors, 15, "it tells the fleet its own count only");
+    assert!(seen[&k].paused_until_ms.is_some(), "and the pause it began");
     let elsewhere = key("h", "ws2");
     let paused = Remote {
         paused_until_ms: Some(EPOCH_MS + 5_000),
@@ -181,6 +181,43 @@ fn the_fleet_s_errors_count_with_the_lane_s_own_and_its_pauses_and_holds_apply_h
         ),
         "a Retry-After another dispatcher was given"
     );
+}
+
+#[test]
+fn a_rate_limited_host_s_rate_is_split_by_what_each_dispatcher_asks_for() {
+    use super::fleet::Remote;
+    let mut lanes = Lanes::new(settings(3000, &[("limited", 10.0)], 64));
+    let k = key("limited", "ws");
+    let host = key("limited", "");
+    assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
+    let seen = lanes.seen(at(SEC));
+    assert_eq!(
+        seen[&host].demand,
+        Some(1),
+        "it tells the fleet what it asked for"
+    );
+    // The others asked for nine times as much: a tenth of 10/s is one a second.
+    let others = Remote {
+        demand: 9,
+        ..Remote::default()
+    };
+    lanes.fleet(&host, others, at(SEC));
+    assert!(
+        matches!(lanes.ask(&k, at(SEC), false), Ask::Hold { wait, .. } if wait == 100 * MS),
+        "the slot booked before the split"
+    );
+    let third = lanes.ask(&k, at(SEC), false);
+    assert!(
+        matches!(third, Ask::Hold { wait, .. } if wait == SEC + 100 * MS),
+        "{third:?}"
+    );
+    // The others stopped asking: the whole rate again.
+    lanes.fleet(&host, Remote::default(), at(SEC));
+    assert!(matches!(lanes.ask(&k, at(4 * SEC), false), Ask::Go));
+    assert!(matches!(
+        lanes.ask(&k, at(4 * SEC), false),
+        Ask::Hold { wait, .. } if wait == 100 * MS
+    ));
 }
 
 #[test]

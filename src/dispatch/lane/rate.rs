@@ -138,6 +138,13 @@ pub struct Rates {
     pub(super) holds: HashMap<HostKey, Duration>,
     pub(super) waiting: HashMap<String, usize>,
     pub(super) waiting_total: usize,
+    /// Per rate-limited host: sends that asked to go since the fleet was last told (`Lanes::seen`).
+    pub(super) demand: HashMap<String, u64>,
+    /// Per rate-limited host: what this dispatcher asked for in the last report, to split the fleet's rate.
+    pub(super) last_demand: HashMap<String, u64>,
+    /// Per rate-limited host: this dispatcher's share of its rate, by what each dispatcher asks for (1
+    /// without the fleet's reports).
+    pub(super) share: HashMap<String, f64>,
     /// Map size above which expired entries are swept (doubling, so a sweep is amortised).
     pub(super) sweep_at: usize,
 }
@@ -165,6 +172,9 @@ impl Rates {
             holds: HashMap::new(),
             waiting: HashMap::new(),
             waiting_total: 0,
+            demand: HashMap::new(),
+            last_demand: HashMap::new(),
+            share: HashMap::new(),
             sweep_at: SWEEP_ABOVE,
         }
     }
@@ -187,10 +197,14 @@ impl Rates {
             None => None,
         };
         let earliest = held.unwrap_or(now);
+        let share = self.share.get(host).copied().unwrap_or(1.0);
         let interval = self
             .rules
             .rate_for(host)
-            .map(|rate| Duration::from_secs_f64(1.0 / rate));
+            .map(|rate| Duration::from_secs_f64(1.0 / (rate * share).max(1e-3)));
+        if interval.is_some() {
+            *self.demand.entry(host.to_string()).or_default() += 1;
+        }
         let start = match interval {
             Some(_) => self
                 .next_slot
