@@ -10,8 +10,9 @@ const A_598: &str = "hookrelay_webhook_attempts_total{class=\"598\"}";
 
 /// Produces `n` sends to `url`, keyed by their ids so that they spread over every partition (and so over
 /// every dispatcher of the group).
-async fn spread(kafka: &Kafka, prefix: &str, n: usize, url: &str) {
-    let producer = kafka.producer();
+async fn spread(config: &hookrelay::config::Config, prefix: &str, n: usize, url: &str) {
+    let producer =
+        hookrelay::tools::harness::SendProducer::new(&config.kafka, &config.topics.sends).unwrap();
     for i in 0..n {
         let id = format!("{prefix}-{i}");
         let bytes = serde_json::to_vec(&send(&id, url)).unwrap();
@@ -37,21 +38,37 @@ async fn both_own_partitions(a: &ChildDispatcher, b: &ChildDispatcher) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_unhealthy_across_the_fleet_is_paused_by_every_dispatcher() {
     // Eight send partitions beside four of the tiers: each of the two owns some send partitions.
-    let mut kafka = Kafka::start(8).without_retries();
-    kafka.config.host_health.threshold = 20;
+    let kafka = Kafka::start(8);
+    paused_by_every_dispatcher(kafka.config.clone()).await;
+}
+
+/// The same on tansu, the second broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tansu_a_host_unhealthy_across_the_fleet_is_paused_by_every_dispatcher() {
+    // Twelve send partitions beside one of each tier: each of the two owns some send partitions.
+    let Some(tansu) = crate::support::tansu::Tansu::start_with(12, 1) else {
+        return;
+    };
+    paused_by_every_dispatcher(tansu.config.clone()).await;
+}
+
+async fn paused_by_every_dispatcher(mut config: hookrelay::config::Config) {
+    config.retry.max_retries = 0;
+    config.retry.unreachable_max_retries = 0;
+    config.host_health.threshold = 20;
     let rx = receiver().await;
-    let a = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
-    let b = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    let a = ChildDispatcher::spawn_ready(&config, &[]).await;
+    let b = ChildDispatcher::spawn_ready(&config, &[]).await;
     both_own_partitions(&a, &b).await;
     let failing = rx.url("/hook?status=503");
     // A few at a time, so that the fleet's count reaches each dispatcher before the host is drowned.
     for wave in 0..8 {
-        spread(&kafka, &format!("w{wave}"), 5, &failing).await;
+        spread(&config, &format!("w{wave}"), 5, &failing).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     wait_for(
         "both dispatchers pause the host",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             a.metric("hookrelay_paused_hosts").await.unwrap_or(0.0) >= 1.0
                 && b.metric("hookrelay_paused_hosts").await.unwrap_or(0.0) >= 1.0
@@ -68,7 +85,7 @@ async fn a_host_unhealthy_across_the_fleet_is_paused_by_every_dispatcher() {
         a_errors.min(b_errors) <= 20.0,
         "one of them paused with no more than the threshold of its own: it counted the other's"
     );
-    spread(&kafka, "after", 40, &failing).await;
+    spread(&config, "after", 40, &failing).await;
     wait_for(
         "598s from both dispatchers",
         Duration::from_secs(30),
@@ -103,7 +120,7 @@ async fn garbage_in_the_host_state_topic_is_skipped_and_sends_flow() {
         garbage.raw(b"k", payload).await.unwrap();
     }
     let d = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
-    spread(&kafka, "ok", 20, &rx.url("/hook?status=200")).await;
+    spread(&kafka.config, "ok", 20, &rx.url("/hook?status=200")).await;
     wait_for("every send delivered", Duration::from_secs(30), || async {
         rx.count() >= 20
     })
@@ -130,7 +147,7 @@ async fn a_rate_limit_is_the_fleet_s_split_by_what_each_dispatcher_asks_for() {
     let a = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
     let b = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
     both_own_partitions(&a, &b).await;
-    spread(&kafka, "r", 240, &rx.url("/hook?status=200")).await;
+    spread(&kafka.config, "r", 240, &rx.url("/hook?status=200")).await;
     wait_for("the backlog delivered", Duration::from_secs(60), || async {
         rx.count() >= 240
     })

@@ -17,6 +17,11 @@ pub struct Tansu {
 impl Tansu {
     /// `None`, said loudly, when tansu is not installed.
     pub fn start(partitions: i32) -> Option<Self> {
+        Self::start_with(partitions, partitions)
+    }
+
+    /// As [`Tansu::start`], the send topic with `send_partitions` and every other topic with `partitions`.
+    pub fn start_with(send_partitions: i32, partitions: i32) -> Option<Self> {
         let Ok(bin) = std::env::var("HOOKRELAY_TEST_TANSU") else {
             eprintln!(
                 "!! tansu is not installed (.ci/install-tansu, then HOOKRELAY_TEST_TANSU=<path>): \
@@ -49,9 +54,14 @@ impl Tansu {
         }
         let config = super::test_config(&addr.to_string());
         for topic in config.topics.all() {
+            let n = if topic == config.topics.sends {
+                send_partitions
+            } else {
+                partitions
+            };
             let out = Command::new(&bin)
                 .args(["topic", "create", "--broker", &url, "--partitions"])
-                .arg(partitions.to_string())
+                .arg(n.to_string())
                 .arg(&topic)
                 .output()
                 .expect("tansu topic create runs");
