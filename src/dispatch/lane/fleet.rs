@@ -84,9 +84,11 @@ impl HostReport {
         Ok(report)
     }
 
+    /// The key as the reporting dispatcher's lanes had it (host names exactly as the URL parser gives
+    /// them, as every dispatcher's health windows key them).
     fn host_key(&self) -> HostKey {
         HostKey {
-            host: self.host.trim_end_matches('.').to_ascii_lowercase(),
+            host: self.host.clone(),
             workspace: self.workspace.clone(),
         }
     }
@@ -416,11 +418,21 @@ mod tests {
     }
 
     #[test]
-    fn host_names_are_compared_as_the_lanes_compare_them() {
+    fn host_names_are_matched_exactly_as_the_health_windows_key_them() {
         let mut v = FleetView::new("me", WINDOW, WINDOW, 1_500);
         let mut r = report("a", 4, T0);
-        r.host = "H.Example.".into();
-        assert_eq!(v.take(r, T0), Some(key()));
+        r.host = "h.example.".into();
+        let dotted = HostKey {
+            host: "h.example.".into(),
+            workspace: "ws".into(),
+        };
+        assert_eq!(v.take(r, T0), Some(dotted.clone()));
+        assert_eq!(v.remote(&dotted, T0).errors, 4);
+        assert_eq!(
+            v.remote(&key(), T0).errors,
+            0,
+            "another host to the lanes' health windows"
+        );
     }
 
     #[test]
