@@ -179,3 +179,54 @@ async fn a_rate_limit_is_the_fleet_s_split_by_what_each_dispatcher_asks_for() {
         "the host got {rate:.1}/s from the fleet, the limit is 20/s (reports sent: {sa:?}, {sb:?})"
     );
 }
+
+/// A host answers one dispatcher 429 with `Retry-After: 5`. Once the reports have gone round (a second
+/// and a half here), sends to that host for that workspace reach it from neither dispatcher before the
+/// five seconds are over: both held them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_answered_to_one_dispatcher_holds_the_host_for_every_one() {
+    let kafka = Kafka::start(8).without_retries();
+    let rx = receiver().await;
+    let a = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    let b = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    both_own_partitions(&a, &b).await;
+    spread(
+        &kafka.config,
+        "asks",
+        1,
+        &rx.url("/hook?seq=429&retry_after=5"),
+    )
+    .await;
+    wait_for(
+        "the host asks to back off",
+        Duration::from_secs(30),
+        || async { rx.count() == 1 },
+    )
+    .await;
+    let asked_at = rx.requests()[0].at;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    spread(&kafka.config, "later", 20, &rx.url("/hook?status=200")).await;
+    wait_for(
+        "the later sends delivered",
+        Duration::from_secs(30),
+        || async { rx.count() == 21 },
+    )
+    .await;
+    let earliest = rx
+        .requests()
+        .iter()
+        .filter(|r| r.webhook_id.as_deref() != Some("asks-0"))
+        .map(|r| r.at.duration_since(asked_at))
+        .min()
+        .unwrap();
+    assert!(
+        earliest >= Duration::from_millis(4_900),
+        "a later send reached the host {earliest:?} after its Retry-After: 5"
+    );
+    let held = "hookrelay_held_sends_total{reason=\"retry_after\"}";
+    let (ha, hb) = (a.metric(held).await, b.metric(held).await);
+    assert!(
+        ha.unwrap_or(0.0) >= 1.0 && hb.unwrap_or(0.0) >= 1.0,
+        "both dispatchers held sends: {ha:?}, {hb:?}"
+    );
+}
