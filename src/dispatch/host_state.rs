@@ -22,7 +22,7 @@ use super::delivery::Delivery;
 use super::lane::fleet::{FleetView, HostReport, Seen};
 use super::lane::HostKey;
 use crate::config::Config;
-use crate::kafka::client::{producer_config, reader_config};
+use crate::kafka::client::{consumer_property, producer_config, reader_config};
 use crate::telemetry::FleetMetrics;
 
 /// How often a topic that could not be read is tried again.
@@ -31,10 +31,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// The id this dispatcher reports under: its `group.instance.id` when it has one (static membership, so a
 /// restart replaces its own reports), else one made now.
 pub fn instance_id(config: &Config) -> String {
-    let k = &config.kafka;
-    k.consumer_properties
-        .get("group.instance.id")
-        .or_else(|| k.properties.get("group.instance.id"))
+    consumer_property(&config.kafka, "group.instance.id")
         .cloned()
         .unwrap_or_else(|| format!("dispatch-{}", uuid::Uuid::new_v4()))
 }

@@ -94,12 +94,16 @@ pub fn operator_set(kafka: &KafkaConfig, key: &str) -> bool {
     kafka.properties.contains_key(key) || kafka.consumer_properties.contains_key(key)
 }
 
-fn group_protocol(kafka: &KafkaConfig) -> &str {
+/// The librdkafka consumer property `key` as the operator set it: consumer-only first, then common.
+pub fn consumer_property<'a>(kafka: &'a KafkaConfig, key: &str) -> Option<&'a String> {
     kafka
         .consumer_properties
-        .get("group.protocol")
-        .or_else(|| kafka.properties.get("group.protocol"))
-        .map_or("classic", String::as_str)
+        .get(key)
+        .or_else(|| kafka.properties.get(key))
+}
+
+fn group_protocol(kafka: &KafkaConfig) -> &str {
+    consumer_property(kafka, "group.protocol").map_or("classic", String::as_str)
 }
 
 /// A standalone reader (no group) for tools, the demo's tallies and tests.
