@@ -46,6 +46,10 @@ pub fn max_message_bytes(kafka: &KafkaConfig) -> usize {
         .unwrap_or(1_000_000)
 }
 
+/// A classic group's session timeout unless the operator set one: how long a SIGKILLed member's partitions
+/// stay unowned.
+pub const CLASSIC_SESSION_TIMEOUT_MS: &str = "10000";
+
 /// A group consumer that never commits on its own: the dispatcher commits positions it has proven safe.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = base(kafka);
@@ -59,9 +63,14 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         // every send at a steady rate. 10 idle fetches a second per broker cost nothing.
         .set("fetch.wait.max.ms", "100");
     // Incremental rebalances: a member joining or leaving does not take partitions from the others, so
-    // their in-flight work is neither interrupted nor redone. KIP-848 groups assign on the broker instead.
+    // their in-flight work is neither interrupted nor redone. KIP-848 groups assign on the broker instead,
+    // and keep their session settings there.
     if group_protocol(kafka) != "consumer" {
-        c.set("partition.assignment.strategy", "cooperative-sticky");
+        // A member that stops heartbeating (SIGKILL, a lost host) is out after 10 s, not librdkafka's
+        // 45 s, and a heartbeat every second lets a rebalance (one round per heartbeat) finish in seconds.
+        c.set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", CLASSIC_SESSION_TIMEOUT_MS)
+            .set("heartbeat.interval.ms", "1000");
     }
     with_overrides(c, &kafka.properties, &kafka.consumer_properties)
 }

@@ -23,7 +23,7 @@ pub fn local_config(bootstrap: &str) -> Config {
     c.kafka.bootstrap_servers = bootstrap.to_string();
     // KIP-848 groups join in ~0.1 s on the embedded broker instead of 3 s.
     c.kafka
-        .properties
+        .consumer_properties
         .insert("group.protocol".into(), "consumer".into());
     c.telemetry.listen = String::new();
     // Everything runs on this machine: let the SSRF guard admit loopback, on any port.

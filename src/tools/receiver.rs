@@ -100,6 +100,11 @@ pub struct Stats {
     /// Most requests being handled at the same moment.
     pub max_concurrent: u64,
     pub by_status: BTreeMap<u16, u64>,
+    /// Distinct `webhook-id`s answered 2xx: the sends delivered, however often each came.
+    pub delivered_ids: u64,
+    /// 2xx answers to a `webhook-id` already answered 2xx: sends delivered again (after a crash, a
+    /// rebalance), which at-least-once delivery allows and receivers dedupe on the id.
+    pub redelivered: u64,
 }
 
 struct Inner {
@@ -107,6 +112,7 @@ struct Inner {
     stats: Mutex<Stats>,
     log: Mutex<Vec<Received>>,
     seq_seen: Mutex<HashMap<String, usize>>,
+    delivered: Mutex<std::collections::HashSet<String>>,
     concurrent: AtomicU64,
 }
 
@@ -146,6 +152,7 @@ impl Receiver {
             stats: Mutex::default(),
             log: Mutex::default(),
             seq_seen: Mutex::default(),
+            delivered: Mutex::default(),
             concurrent: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
@@ -234,6 +241,13 @@ async fn handle(
         st.total += 1;
         st.with_webhook_id += u64::from(webhook_id.is_some());
         *st.by_status.entry(status).or_default() += 1;
+        if let (Some(id), true) = (&webhook_id, (200..300).contains(&status)) {
+            if inner.delivered.lock().expect("ids lock").insert(id.clone()) {
+                st.delivered_ids += 1;
+            } else {
+                st.redelivered += 1;
+            }
+        }
     }
     if inner.script.record_requests {
         inner.log.lock().expect("log lock").push(Received {

@@ -14,6 +14,7 @@ mod isolation;
 mod operations;
 mod pacing;
 mod processes;
+mod rebalance;
 mod registry;
 mod replay;
 mod retries;

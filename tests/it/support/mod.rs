@@ -278,11 +278,13 @@ pub struct ChildDispatcher {
 }
 
 /// The configuration a child process runs with: the test's, with a telemetry listener of its own, the
-/// classic group protocol with a short session (a killed member's partitions move on in seconds) and
-/// loopback receivers allowed.
+/// classic group protocol with a short session (a killed member's partitions move on in seconds, where a
+/// KIP-848 group waits for the broker's session timeout) and loopback receivers allowed.
 pub fn child_config(config: &Config, metrics_addr: SocketAddr) -> Config {
     let mut c = config.clone();
-    c.kafka.properties.remove("group.protocol");
+    c.kafka
+        .consumer_properties
+        .insert("group.protocol".into(), "classic".into());
     c.kafka
         .consumer_properties
         .insert("session.timeout.ms".into(), "6000".into());
@@ -356,13 +358,19 @@ impl ChildDispatcher {
 
     /// Any long-running subcommand (`dispatch`, `aggregate`) as a child.
     pub fn spawn_command(subcommand: &str, config: &Config, extra: &[(&str, &str)]) -> Self {
-        Self::spawn_to(subcommand, config, extra, None)
+        Self::spawn_to(subcommand, config, extra, None, false)
+    }
+
+    /// A dispatcher that chooses its group protocol as an operator's does when none is set: by probing
+    /// the broker (KIP-848 where it speaks it), with librdkafka's own session settings.
+    pub fn spawn_probing(config: &Config) -> Self {
+        Self::spawn_to("dispatch", config, &[], None, true)
     }
 
     /// A dispatcher whose standard error is kept, to be read with [`ChildDispatcher::log`].
     pub fn spawn_logged(config: &Config) -> Self {
         let log = tempfile::NamedTempFile::new().expect("log file");
-        Self::spawn_to("dispatch", config, &[], Some(log))
+        Self::spawn_to("dispatch", config, &[], Some(log), false)
     }
 
     fn spawn_to(
@@ -370,9 +378,16 @@ impl ChildDispatcher {
         config: &Config,
         extra: &[(&str, &str)],
         log: Option<tempfile::NamedTempFile>,
+        probing: bool,
     ) -> Self {
         let metrics_addr = free_port();
-        let file = config_file(&child_config(config, metrics_addr));
+        let mut c = child_config(config, metrics_addr);
+        if probing {
+            c.kafka.consumer_properties.remove("group.protocol");
+            c.kafka.consumer_properties.remove("session.timeout.ms");
+            c.kafka.consumer_properties.remove("heartbeat.interval.ms");
+        }
+        let file = config_file(&c);
         let stderr = match &log {
             Some(f) => Stdio::from(f.reopen().expect("log file reopens")),
             None => Stdio::inherit(),

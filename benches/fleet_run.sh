@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Fleet runs from outside, with release binaries as separate processes: three `hookrelay dispatch` in one
+# group, a `hookrelay receiver`, kcat producing. The figures in README ("Many dispatchers") come from here.
+#
+#   benches/fleet_run.sh rate BINARY        # [rate_limits] 50/s for the receiver's host, a backlog on every
+#                                           # partition: 1, 2, 3 dispatchers for 60 s each, then one SIGTERMed
+#   benches/fleet_run.sh rebalance BINARY   # 30,000 sends at a 500/s limit; a dispatcher joins, one is
+#                                           # SIGTERMed, one SIGKILLed mid-run: every id must reach the receiver
+#
+# BROKER=tansu runs against tansu ($HOOKRELAY_TEST_TANSU, installed by .ci/install-tansu) instead of the
+# embedded broker. Prints per-second rates, the time partitions took to move, and the verdicts.
+set -u
+MODE=$1
+BIN=$(realpath "$2")
+BROKER=${BROKER:-embedded}
+work=$(mktemp -d)
+declare -A D
+pids=()
+cleanup() {
+  for p in "${pids[@]}" "${D[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if [ "$BROKER" = tansu ]; then
+  T=${HOOKRELAY_TEST_TANSU:?set HOOKRELAY_TEST_TANSU to the tansu binary}
+  BS=127.0.0.1:$(port)
+  "$T" broker --listener-url tcp://$BS --advertised-listener-url tcp://$BS --storage-engine memory://tansu/ \
+    > "$work/tansu.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/${BS%:*}/${BS#*:}) 2>/dev/null && break; sleep 0.1; done
+  for t in webhook-sends webhook-retries-10s webhook-retries-1m webhook-retries-5m webhook-retries-30m \
+    webhook-retries-2h webhook-failures webhook-dead-letters webhook-alerts webhook-aggregate-state \
+    webhook-host-state webhook-send-events; do
+    case $t in webhook-sends|webhook-retries-*) n=12 ;; *) n=3 ;; esac
+    "$T" topic create --broker tcp://$BS --partitions $n $t > /dev/null
+  done
+else
+  "$BIN" broker --partitions 12 > "$work/broker.txt" 2> "$work/broker.err" &
+  pids+=($!)
+  for _ in $(seq 1 100); do grep -q '^bootstrap.servers=' "$work/broker.txt" 2>/dev/null && break; sleep 0.1; done
+  BS=$(sed -n 's/^bootstrap.servers=//p' "$work/broker.txt")
+fi
+
+RECV=127.0.0.1:$(port)
+if [ "$MODE" = rate ]; then LIMIT=50; N=14000; else LIMIT=500; N=30000; fi
+"$BIN" receiver --listen "$RECV" > /dev/null 2>&1 &
+pids+=($!)
+cat > "$work/d.toml" <<EOF
+[kafka]
+bootstrap_servers = "$BS"
+[security]
+allow_cidrs = ["127.0.0.0/8"]
+any_port = true
+[retry]
+initial_backoff = "1s"
+[rate_limits]
+"127.0.0.1" = $LIMIT.0
+EOF
+
+# A backlog keyed by send id, so it lies on every partition.
+python3 - "$N" "$RECV" > "$work/sends.txt" <<'EOF'
+import sys
+n, recv = int(sys.argv[1]), sys.argv[2]
+for i in range(n):
+    print(f's{i}|{{"id":"s{i}","workspace_id":"ws{i % 7}","webhook":{{"url":"http://{recv}/hook","request_method":"POST","body":"{{}}"}}}}')
+EOF
+kcat -P -b "$BS" -t webhook-sends -K '|' -z lz4 < "$work/sends.txt"
+echo "produced $N sends to $BROKER at $BS; the receiver's host is limited to $LIMIT/s"
+
+start() { # start NAME
+  local m=127.0.0.1:$(port)
+  HOOKRELAY_TELEMETRY__LISTEN=$m "$BIN" dispatch --config "$work/d.toml" 2> "$work/$1.log" &
+  D[$1]=$!
+  echo "$m" > "$work/$1.metrics"
+}
+owned() { # owned NAME: partitions it owns now
+  curl -s "$(cat "$work/$1.metrics")/metrics" 2>/dev/null | awk '/^hookrelay_assigned_partitions /{print $2+0}'
+}
+received() { curl -s "$RECV/_stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["total"], s["delivered_ids"], s["redelivered"])'; }
+
+t0=$(date +%s.%N)
+now() { python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')"; }
+sampler() { # one line a second: elapsed, requests so far, distinct ids delivered
+  while true; do echo "$(now) $(received)"; sleep 1; done > "$work/samples.txt"
+}
+event() { echo "$(now) $*" | tee -a "$work/events.txt"; }
+# Waits until the live dispatchers own TOTAL partitions together (and NAME some, if given); prints seconds.
+settle() { # settle TOTAL [NAME]
+  local from; from=$(date +%s.%N)
+  for _ in $(seq 1 600); do
+    local sum=0 ok=1
+    for n in "${!D[@]}"; do o=$(owned "$n"); sum=$((sum + ${o:-0})); done
+    [ -n "${2:-}" ] && [ "$(owned "$2")" = "" -o "$(owned "$2")" = "0" ] && ok=0
+    [ "$sum" = "$1" ] && [ $ok = 1 ] && { python3 -c "print(f'{$(date +%s.%N) - $from:.1f}')"; return; }
+    sleep 0.5
+  done
+  echo "never"
+}
+TOTAL=$((12 * 6))  # the send topic and five retry tiers, 12 partitions each
+
+sampler & pids+=($!)
+if [ "$MODE" = rate ]; then
+  start a; event "a started"; echo "  owned by a in $(settle $TOTAL a) s"
+  sleep 60; start b; event "b started"; echo "  shared with b in $(settle $TOTAL b) s"
+  sleep 60; start c; event "c started"; echo "  shared with c in $(settle $TOTAL c) s"
+  sleep 60; kill -TERM "${D[b]}"; wait "${D[b]}"; unset 'D[b]'; event "b stopped (SIGTERM)"
+  echo "  back with a and c in $(settle $TOTAL) s"
+  sleep 60; event "end"
+else
+  start a; start b; event "a and b started"; echo "  owned in $(settle $TOTAL) s"
+  sleep 10; start c; event "c started"; echo "  shared with c in $(settle $TOTAL c) s"
+  sleep 10; kill -TERM "${D[a]}"; wait "${D[a]}"; unset 'D[a]'; event "a stopped (SIGTERM)"
+  echo "  taken over in $(settle $TOTAL) s"
+  sleep 10; kill -9 "${D[b]}"; wait "${D[b]}" 2>/dev/null; unset 'D[b]'; event "b killed (SIGKILL)"
+  echo "  taken over in $(settle $TOTAL) s"
+  for _ in $(seq 1 600); do set -- $(received); [ "$2" -ge "$N" ] && break; sleep 1; done
+  event "end"
+fi
+sleep 1
+python3 - "$MODE" "$N" "$LIMIT" "$work/samples.txt" "$work/events.txt" <<'EOF'
+import sys
+mode, n, limit, samples, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+rows = [l.split() for l in open(samples) if len(l.split()) == 4]
+t = [float(r[0]) for r in rows]; total = [int(r[1]) for r in rows]; ids = [int(r[2]) for r in rows]
+ev = [(float(l.split()[0]), " ".join(l.split()[1:])) for l in open(events)]
+rate = [total[i] - total[i - 1] for i in range(1, len(total))]
+print("per second at the receiver:", " ".join(map(str, rate)))
+lo, hi = 0.9 * limit, 1.1 * limit
+for (at, what), (end, _) in zip(ev, ev[1:]):
+    xs = [r for ti, r in zip(t[1:], rate) if at <= ti < end]
+    if not xs:
+        continue
+    mean = sum(xs) / len(xs)
+    back = None
+    if mode == "rate":
+        # The first second from which every 5-s mean up to the next event is within ±10 %.
+        for k in range(len(xs) - 4):
+            if all(lo <= sum(xs[j:j + 5]) / 5 <= hi for j in range(k, len(xs) - 4)):
+                back = k
+                break
+    tail = xs[15:]
+    tail_mean = sum(tail) / len(tail) if tail else float("nan")
+    print(f"{what:>22}: {len(xs)} s, mean {mean:.1f}/s, after its first 15 s {tail_mean:.1f}/s"
+          + (f", within ±10 % from {back} s on" if mode == "rate" else ""))
+print(f"distinct ids delivered: {ids[-1]} of {n}; requests {total[-1]}; redelivered {int(rows[-1][3])}")
+EOF
