@@ -126,8 +126,9 @@ mode, n, limit, samples, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]
 rows = [l.split() for l in open(samples) if len(l.split()) == 4]
 t = [float(r[0]) for r in rows]; total = [int(r[1]) for r in rows]; ids = [int(r[2]) for r in rows]
 ev = [(float(l.split()[0]), " ".join(l.split()[1:])) for l in open(events)]
-rate = [total[i] - total[i - 1] for i in range(1, len(total))]
-print("per second at the receiver:", " ".join(map(str, rate)))
+# Samples come about every 1.2 s (a sleep and a request): each is divided by its own interval.
+rate = [(total[i] - total[i - 1]) / (t[i] - t[i - 1]) for i in range(1, len(total))]
+print("requests per second at the receiver, by sample:", " ".join(f"{r:.0f}" for r in rate))
 lo, hi = 0.9 * limit, 1.1 * limit
 for (at, what), (end, _) in zip(ev, ev[1:]):
     xs = [r for ti, r in zip(t[1:], rate) if at <= ti < end]
@@ -136,14 +137,17 @@ for (at, what), (end, _) in zip(ev, ev[1:]):
     mean = sum(xs) / len(xs)
     back = None
     if mode == "rate":
-        # The first second from which every 5-s mean up to the next event is within ±10 %.
+        # The first sample from which every mean over 5 samples (about 6 s) up to the next event is within
+        # ±10 %: seconds after the event.
+        ts = [ti for ti in t[1:] if at <= ti < end]
         for k in range(len(xs) - 4):
             if all(lo <= sum(xs[j:j + 5]) / 5 <= hi for j in range(k, len(xs) - 4)):
-                back = k
+                back = ts[k] - at
                 break
-    tail = xs[15:]
+    tail = [r for ti, r in zip(t[1:], rate) if at + 15 <= ti < end]
     tail_mean = sum(tail) / len(tail) if tail else float("nan")
-    print(f"{what:>22}: {len(xs)} s, mean {mean:.1f}/s, after its first 15 s {tail_mean:.1f}/s"
-          + (f", within ±10 % from {back} s on" if mode == "rate" else ""))
+    within = "never" if back is None else f"{back:.1f} s after it"
+    print(f"{what:>22}: {end - at:.0f} s, mean {mean:.1f}/s, after its first 15 s {tail_mean:.1f}/s"
+          + (f"; within ±10 % for good from {within}" if mode == "rate" else ""))
 print(f"distinct ids delivered: {ids[-1]} of {n}; requests {total[-1]}; redelivered {int(rows[-1][3])}")
 EOF

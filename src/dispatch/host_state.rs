@@ -27,6 +27,8 @@ use crate::telemetry::FleetMetrics;
 
 /// How often a topic that could not be read is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
+/// How long a partition's leader has to answer the reachability check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The id this dispatcher reports under: its `group.instance.id` when it has one (static membership, so a
 /// restart replaces its own reports), else one made now.
@@ -64,6 +66,7 @@ pub fn start(
         metrics,
         delivery,
         invalid_logged: None,
+        shared: None,
     };
     std::thread::Builder::new()
         .name("host-state".into())
@@ -84,6 +87,8 @@ struct Sync {
     delivery: Arc<Delivery>,
     /// When an unreadable record was last logged (one line a minute at most).
     invalid_logged: Option<Instant>,
+    /// Whether the topic was last found usable (`None`: not yet known).
+    shared: Option<bool>,
 }
 
 impl Sync {
@@ -91,13 +96,19 @@ impl Sync {
         let mut reading = false;
         let mut tried: Option<Instant> = None;
         let mut synced = Instant::now();
+        let mut checked: Option<Instant> = None;
         while !stop.is_cancelled() {
             if !reading && tried.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
                 tried = Some(Instant::now());
                 reading = self.assign(consumer);
+                checked = None;
+            }
+            if reading && checked.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
+                checked = Some(Instant::now());
+                self.check(consumer);
             }
             if reading {
-                self.read(consumer, &mut reading);
+                self.read(consumer);
             } else {
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -112,7 +123,7 @@ impl Sync {
     }
 
     /// Reads every partition of the topic from its start.
-    fn assign(&self, consumer: &BaseConsumer) -> bool {
+    fn assign(&mut self, consumer: &BaseConsumer) -> bool {
         let partitions = consumer
             .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
             .ok()
@@ -122,8 +133,7 @@ impl Sync {
                     .then(|| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
             });
         let Some(partitions) = partitions else {
-            self.metrics.up.set(0);
-            tracing::warn!(topic = %self.topic, "host state cannot be shared: the topic cannot be read; keeping to this dispatcher's own counts, pauses and holds");
+            self.set_shared(false, "the topic cannot be read");
             return false;
         };
         let mut tpl = TopicPartitionList::new();
@@ -131,27 +141,57 @@ impl Sync {
             let _ = tpl.add_partition_offset(&self.topic, p, Offset::Beginning);
         }
         match consumer.assign(&tpl) {
-            Ok(()) => {
-                self.metrics.up.set(1);
-                tracing::info!(topic = %self.topic, instance = %self.me, "sharing host state with the fleet");
-                true
-            }
+            Ok(()) => true,
             Err(e) => {
-                self.metrics.up.set(0);
-                tracing::warn!(topic = %self.topic, error = %e, "host state cannot be shared; keeping to this dispatcher's own counts");
+                self.set_shared(false, &e.to_string());
                 false
             }
         }
     }
 
+    /// Whether every partition's leader answers (a fetch that fails is retried by librdkafka in silence, so
+    /// this asks): the metric and the log follow what it finds.
+    fn check(&mut self, consumer: &BaseConsumer) {
+        let assigned = consumer.assignment().unwrap_or_default();
+        let mut failed = None;
+        for e in assigned.elements() {
+            if let Err(err) = consumer.fetch_watermarks(e.topic(), e.partition(), CHECK_TIMEOUT) {
+                failed = Some(format!("partition {}: {err}", e.partition()));
+                break;
+            }
+        }
+        match failed {
+            Some(why) => self.set_shared(false, &why),
+            None => self.set_shared(true, ""),
+        }
+    }
+
+    /// Sets `hookrelay_host_state_shared`, and logs when it changes.
+    fn set_shared(&mut self, shared: bool, why: &str) {
+        let was = self.shared.replace(shared);
+        self.metrics.up.set(i64::from(shared));
+        match (was, shared) {
+            (Some(true), true) | (Some(false), false) => {}
+            (_, true) => {
+                tracing::info!(topic = %self.topic, instance = %self.me, "sharing host state with the fleet")
+            }
+            (_, false) => tracing::warn!(
+                topic = %self.topic,
+                %why,
+                "host state cannot be shared; keeping to this dispatcher's own counts, pauses and holds \
+                 (trying again every 10 s)"
+            ),
+        }
+    }
+
     /// Takes what arrived within 100 ms into the view.
-    fn read(&mut self, consumer: &BaseConsumer, reading: &mut bool) {
+    fn read(&mut self, consumer: &BaseConsumer) {
         let deadline = Instant::now() + Duration::from_millis(100);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match consumer.poll(left) {
                 None => return,
                 Some(Ok(msg)) => {
-                    self.metrics.up.set(1);
+                    self.set_shared(true, "");
                     let Some(payload) = msg.payload() else {
                         continue; // a tombstone
                     };
@@ -176,9 +216,9 @@ impl Sync {
                     }
                 }
                 Some(Err(e)) => {
-                    self.metrics.up.set(0);
-                    tracing::warn!(topic = %self.topic, error = %e, "host state cannot be read; keeping to this dispatcher's own counts until it can");
-                    *reading = false;
+                    // Transport errors come here and librdkafka recovers from them by itself; whether the
+                    // topic is usable is what the check (every 10 s) finds.
+                    tracing::debug!(topic = %self.topic, error = %e, "host-state topic");
                     return;
                 }
             }

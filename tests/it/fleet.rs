@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use rdkafka::mocking::MockCoordinator;
+
 use crate::support::*;
 
 const A_503: &str = "hookrelay_webhook_attempts_total{class=\"5xx\"}";
@@ -133,6 +135,69 @@ async fn garbage_in_the_host_state_topic_is_skipped_and_sends_flow() {
     })
     .await;
     assert_eq!(d.metric("hookrelay_host_state_shared").await, Some(1.0));
+}
+
+/// The host-state topic lost while the dispatcher runs (the broker that leads it goes down; every other
+/// topic is on a broker that stays): the metric and a log line say so within a check (10 s), sends keep
+/// flowing under the dispatcher's own rules, and sharing resumes once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_state_topic_lost_at_runtime_costs_the_sharing_not_the_sends() {
+    let broker = hookrelay::kafka::EmbeddedBroker::start(2).unwrap();
+    let mut config = test_config(&broker.bootstrap_servers());
+    config.retry.max_retries = 0;
+    let topics = broker.create_topics(&config.topics, 2, 2).unwrap();
+    let mock = broker.mock();
+    for topic in &topics {
+        let leader = if *topic == config.topics.host_state {
+            2
+        } else {
+            1
+        };
+        for p in 0..2 {
+            mock.partition_leader(topic, p, Some(leader)).unwrap();
+        }
+    }
+    for group in [&config.kafka.dispatch_group_id, &config.aggregate.group_id] {
+        mock.coordinator(MockCoordinator::Group(group.clone()), 1)
+            .unwrap();
+    }
+    let rx = receiver().await;
+    let d = ChildDispatcher::spawn_logged(&config);
+    let shared = |want: f64| {
+        let d = &d;
+        move || async move { d.metric("hookrelay_host_state_shared").await == Some(want) }
+    };
+    wait_for(
+        "the host state shared",
+        Duration::from_secs(60),
+        shared(1.0),
+    )
+    .await;
+    broker.mock().broker_down(2).unwrap();
+    wait_for("the loss shown", Duration::from_secs(30), shared(0.0)).await;
+    assert!(
+        d.log().contains("host state cannot be shared"),
+        "a log line says so"
+    );
+    spread(&config, "lost", 30, &rx.url("/hook?status=200")).await;
+    wait_for(
+        "every send delivered meanwhile",
+        Duration::from_secs(30),
+        || async { rx.count() >= 30 },
+    )
+    .await;
+    broker.mock().broker_up(2).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !shared(1.0)().await && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("host state")).collect();
+    assert_eq!(
+        log.matches("sharing host state with the fleet").count(),
+        2,
+        "shared, lost, shared again: {lines:#?}"
+    );
 }
 
 /// A 20/s limit to one host and a backlog spread over two dispatchers: once the first reports have gone

@@ -38,8 +38,8 @@ pub struct HostReport {
     /// The host answered it `Retry-After` for the workspace, holding sends until this UNIX ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_until_ms: Option<i64>,
-    /// Sends to the host (any workspace: `workspace` is empty) that asked to go there lately, when the host
-    /// has a rate limit: the fleet's rate is split by it.
+    /// Sends a second that asked to go to the host (any workspace: `workspace` is empty) since the last
+    /// report, when the host has a rate limit: the fleet's rate is split by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand: Option<u64>,
     /// When it was written, UNIX ms.
@@ -95,7 +95,7 @@ impl HostReport {
 }
 
 /// What the rest of the fleet says of one host and workspace now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Remote {
     /// Unhealthy answers the other instances counted in their windows.
     pub errors: u64,
@@ -103,9 +103,9 @@ pub struct Remote {
     pub paused_until_ms: Option<i64>,
     /// The latest `Retry-After` hold one of them was given, if it still runs.
     pub hold_until_ms: Option<i64>,
-    /// What the others asked of a rate-limited host lately (reports of the last few intervals only, so a
-    /// dispatcher that stops or leaves gives its share back within seconds).
-    pub demand: u64,
+    /// What each of the others asked of a rate-limited host lately, sends a second (reports of the last
+    /// few intervals only, so a dispatcher that stops or leaves gives its share back within seconds).
+    pub demands: Vec<u64>,
 }
 
 /// The other instances' latest reports.
@@ -184,8 +184,11 @@ impl FleetView {
             let later = |a: Option<i64>, b: Option<i64>| a.max(b).filter(|t| *t > now_ms);
             remote.paused_until_ms = later(remote.paused_until_ms, r.paused_until_ms);
             remote.hold_until_ms = later(remote.hold_until_ms, r.hold_until_ms);
-            if r.at_ms > now_ms.saturating_sub(self.demand_fresh_ms) {
-                remote.demand = remote.demand.saturating_add(r.demand.unwrap_or(0));
+            if let (true, Some(d)) = (
+                r.at_ms > now_ms.saturating_sub(self.demand_fresh_ms),
+                r.demand,
+            ) {
+                remote.demands.push(d);
             }
         }
         remote
@@ -256,7 +259,16 @@ impl Lanes {
                 seen.entry(key.clone()).or_default().hold_until_ms = until;
             }
         }
-        self.rates.last_demand = std::mem::take(&mut self.rates.demand);
+        // Sends a second since the last report (rounded up: a host asked for at all counts).
+        let secs = now
+            .mono
+            .saturating_sub(std::mem::replace(&mut self.rates.demand_since, now.mono))
+            .as_secs_f64()
+            .max(0.001);
+        self.rates.last_demand = std::mem::take(&mut self.rates.demand)
+            .into_iter()
+            .map(|(host, n)| (host, (n as f64 / secs).ceil() as u64))
+            .collect();
         for (host, n) in &self.rates.last_demand {
             let key = HostKey {
                 host: host.clone(),
@@ -307,27 +319,52 @@ impl Lanes {
             self.rates.hold(key, now.mono, Duration::from_millis(after));
         }
         if key.workspace.is_empty() {
-            self.split(&key.host, remote.demand);
+            self.split(&key.host, &remote.demands);
         }
     }
 
-    /// This dispatcher's share of a rate-limited host's rate: what it asked for lately against what the
-    /// others did (at least one send's worth, so a dispatcher that just began asking is not shut out).
-    fn split(&mut self, host: &str, others: u64) {
-        if others == 0 {
+    /// This dispatcher's share of a rate-limited host's rate, split max-min fairly by what each dispatcher
+    /// asked for lately ([`fair_share`]; this one at least a send a second, so one that just began asking is
+    /// not shut out).
+    fn split(&mut self, host: &str, others: &[u64]) {
+        let rate = self.rates.rules.rate_for(host);
+        let (Some(rate), false) = (rate, others.is_empty()) else {
             self.rates.share.remove(host);
             return;
-        }
+        };
         let mine = self
             .rates
             .last_demand
             .get(host)
             .copied()
             .unwrap_or(0)
-            .max(1) as f64;
-        let share = mine / (mine + others as f64);
-        self.rates.share.insert(host.to_string(), share);
+            .max(1);
+        let share = fair_share(rate, mine, others) / rate;
+        self.rates
+            .share
+            .insert(host.to_string(), share.clamp(0.001, 1.0));
     }
+}
+
+/// Max-min fair allocation (water-filling) of `rate` among dispatchers asking for `mine` and `others`
+/// (sends a second): one asking for less than an equal part gets what it asks, and the rest is split
+/// equally among those asking for more. So dispatchers with a backlog get equal parts whatever the noise in
+/// their counts, and the parts add up to the rate as long as the fleet asks for it all. This dispatcher's
+/// part. Every dispatcher computes it from the same reports, so the parts agree.
+pub fn fair_share(rate: f64, mine: u64, others: &[u64]) -> f64 {
+    let mut asks: Vec<(u64, bool)> = others.iter().map(|d| (*d, false)).collect();
+    asks.push((mine, true));
+    asks.sort_unstable();
+    let (mut left, mut n) = (rate, asks.len());
+    for (asked, me) in asks {
+        let part = (asked as f64).min(left / n as f64);
+        if me {
+            return part;
+        }
+        left -= part;
+        n -= 1;
+    }
+    rate
 }
 
 #[cfg(test)]
@@ -355,6 +392,48 @@ mod tests {
         HostKey {
             host: "h.example".into(),
             workspace: "ws".into(),
+        }
+    }
+
+    #[test]
+    fn a_rate_is_split_equally_among_dispatchers_with_a_backlog_and_what_one_leaves_goes_to_the_others(
+    ) {
+        let third = fair_share(50.0, 400, &[90, 1_000]);
+        assert!(
+            (third - 50.0 / 3.0).abs() < 1e-9,
+            "all three ask for more: {third}"
+        );
+        assert_eq!(
+            fair_share(50.0, 5, &[90, 1_000]),
+            5.0,
+            "one asks for less: it gets that"
+        );
+        assert_eq!(
+            fair_share(50.0, 400, &[5, 1_000]),
+            22.5,
+            "and the others split the rest"
+        );
+        assert_eq!(fair_share(50.0, 400, &[]), 50.0, "alone");
+    }
+
+    proptest! {
+        #[test]
+        fn the_parts_add_up_to_the_rate_or_to_what_the_fleet_asks(
+            asks in proptest::collection::vec(0u64..500, 1..12),
+            rate in 0.5f64..1_000.0,
+        ) {
+            let parts: Vec<f64> = (0..asks.len())
+                .map(|i| {
+                    let others: Vec<u64> = asks.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
+                    fair_share(rate, asks[i], &others)
+                })
+                .collect();
+            let total: f64 = parts.iter().sum();
+            let asked: f64 = asks.iter().map(|a| *a as f64).sum();
+            prop_assert!((total - rate.min(asked)).abs() < 1e-6 * rate.max(1.0), "{total} of {rate} ({asked} asked)");
+            for (part, ask) in parts.iter().zip(&asks) {
+                prop_assert!(*part <= *ask as f64 + 1e-9);
+            }
         }
     }
 

@@ -198,10 +198,10 @@ fn a_rate_limited_host_s_rate_is_split_by_what_each_dispatcher_asks_for() {
     );
     // The others asked for nine times as much: a tenth of 10/s is one a second.
     let others = Remote {
-        demand: 9,
+        demands: vec![9],
         ..Remote::default()
     };
-    lanes.fleet(&host, others, at(SEC));
+    lanes.fleet(&host, others.clone(), at(SEC));
     assert!(
         matches!(lanes.ask(&k, at(SEC), false), Ask::Hold { wait, .. } if wait == 100 * MS),
         "the slot booked before the split"

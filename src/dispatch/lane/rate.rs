@@ -132,7 +132,7 @@ pub struct Rates {
     /// Per rate-limited host: when its next request may go (booked by sends waiting in the process).
     pub(super) next_slot: HashMap<String, Duration>,
     /// Per rate-limited host: where the queue of requeued sends ends, so that they come back spread out at
-    /// the host's rate instead of all at once.
+    /// the host's (whole) rate instead of all at once.
     pub(super) horizon: HashMap<String, Duration>,
     /// Per host and workspace: no request before this.
     pub(super) holds: HashMap<HostKey, Duration>,
@@ -140,7 +140,10 @@ pub struct Rates {
     pub(super) waiting_total: usize,
     /// Per rate-limited host: sends that asked to go since the fleet was last told (`Lanes::seen`).
     pub(super) demand: HashMap<String, u64>,
-    /// Per rate-limited host: what this dispatcher asked for in the last report, to split the fleet's rate.
+    /// When `demand` began counting.
+    pub(super) demand_since: Duration,
+    /// Per rate-limited host: what this dispatcher asked for in the last report (sends a second), to split
+    /// the fleet's rate.
     pub(super) last_demand: HashMap<String, u64>,
     /// Per rate-limited host: this dispatcher's share of its rate, by what each dispatcher asks for (1
     /// without the fleet's reports).
@@ -173,6 +176,7 @@ impl Rates {
             waiting: HashMap::new(),
             waiting_total: 0,
             demand: HashMap::new(),
+            demand_since: Duration::ZERO,
             last_demand: HashMap::new(),
             share: HashMap::new(),
             sweep_at: SWEEP_ABOVE,
@@ -198,10 +202,8 @@ impl Rates {
         };
         let earliest = held.unwrap_or(now);
         let share = self.share.get(host).copied().unwrap_or(1.0);
-        let interval = self
-            .rules
-            .rate_for(host)
-            .map(|rate| Duration::from_secs_f64(1.0 / (rate * share).max(1e-3)));
+        let rate = self.rules.rate_for(host);
+        let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / (rate * share).max(1e-3)));
         if interval.is_some() {
             *self.demand.entry(host.to_string()).or_default() += 1;
         }
@@ -233,14 +235,19 @@ impl Rates {
             self.waiting_total += 1;
             return Pace::Wait { wait, reason };
         }
-        let after = match interval {
-            Some(interval) => {
+        let after = match rate {
+            Some(rate) => {
+                // Spaced at the host's whole rate, not this dispatcher's share of it: the sends come back
+                // as fast as the fleet could take them, so what this dispatcher asks for (and so its next
+                // share) shows its backlog. At a small share, more come back than may go; they are
+                // requeued again, further on.
+                let whole = Duration::from_secs_f64(1.0 / rate.max(1e-3));
                 let end = self.horizon.get(host).copied().unwrap_or(now).max(start);
-                self.horizon.insert(host.to_string(), end + interval);
+                self.horizon.insert(host.to_string(), end + whole);
                 // Back half an in-process wait before its turn, to wait for it here; never at once.
                 end.saturating_sub(now)
                     .saturating_sub(self.max_wait / 2)
-                    .max(interval)
+                    .max(whole)
                     .max(Duration::from_millis(100))
             }
             None => wait,
