@@ -56,6 +56,8 @@ allow_cidrs = ["127.0.0.0/8"]
 any_port = true
 [retry]
 initial_backoff = "1s"
+[dispatch]
+max_hold = "${MAX_HOLD:-10s}"
 [rate_limits]
 "127.0.0.1" = $LIMIT.0
 EOF
@@ -83,8 +85,20 @@ received() { curl -s "$RECV/_stats" | python3 -c 'import json,sys; s=json.load(s
 
 t0=$(date +%s.%N)
 now() { python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')"; }
-sampler() { # one line a second: elapsed, requests so far, distinct ids delivered
+attempts() { # attempts NAME: requests it has made
+  curl -s "$(cat "$work/$1.metrics")/metrics" 2>/dev/null |
+    awk '/^hookrelay_webhook_attempts_total/{s+=$2} END{print s+0}'
+}
+sampler() { # about one line a second: elapsed, requests so far, distinct ids delivered, redelivered
   while true; do echo "$(now) $(received)"; sleep 1; done > "$work/samples.txt"
+}
+per_instance() { # about every 5 s: elapsed, then each dispatcher's requests so far
+  while true; do
+    line="$(now)"
+    for n in a b c; do [ -f "$work/$n.metrics" ] && line="$line $n=$(attempts $n)"; done
+    echo "$line"
+    sleep 5
+  done > "$work/instances.txt"
 }
 event() { echo "$(now) $*" | tee -a "$work/events.txt"; }
 # Waits until the live dispatchers own TOTAL partitions together (and NAME some, if given); prints seconds.
@@ -102,6 +116,7 @@ settle() { # settle TOTAL [NAME]
 TOTAL=$((12 * 6))  # the send topic and five retry tiers, 12 partitions each
 
 sampler & pids+=($!)
+per_instance & pids+=($!)
 if [ "$MODE" = rate ]; then
   start a; event "a started"; echo "  owned by a in $(settle $TOTAL a) s"
   sleep 60; start b; event "b started"; echo "  shared with b in $(settle $TOTAL b) s"
@@ -120,6 +135,7 @@ else
   event "end"
 fi
 sleep 1
+echo "each dispatcher's requests so far, every 5 s:"; cat "$work/instances.txt"
 python3 - "$MODE" "$N" "$LIMIT" "$work/samples.txt" "$work/events.txt" <<'EOF'
 import sys
 mode, n, limit, samples, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]

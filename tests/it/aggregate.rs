@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::aggregator::{configure, mails_for, many, now_ms, produce, settled, with_smtp};
+use crate::support::aggregator::{
+    configure, configure_config, mails_for, many, now_ms, produce, settled, with_smtp,
+};
 use crate::support::{free_port, wait_for, Kafka, SmtpServer};
 use hookrelay::tools::harness::LocalAggregator;
 
@@ -177,18 +179,36 @@ async fn a_restart_after_an_alert_does_not_alert_again_and_a_restart_before_rebu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
     let (smtp, kafka) = with_smtp(10).await;
+    two_instances_hand_over(&kafka.config, &smtp).await;
+}
+
+/// The same on tansu, the second broker (classic group protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tansu_two_instances_alert_each_workspace_once_also_after_one_stops() {
+    let Some(mut tansu) = crate::support::tansu::Tansu::start(2) else {
+        return;
+    };
+    let smtp = SmtpServer::start("127.0.0.1:0".parse().unwrap()).await;
+    configure_config(&mut tansu.config, smtp.addr.port(), 10);
+    two_instances_hand_over(&tansu.config, &smtp).await;
+}
+
+/// Two aggregators alert each of six workspaces once; one stops, the other takes its partitions over,
+/// rebuilds their counts and sends no second email when more events come.
+async fn two_instances_hand_over(config: &hookrelay::config::Config, smtp: &SmtpServer) {
     let now = now_ms();
     let workspaces: Vec<String> = (0..6).map(|i| format!("ws-{i}")).collect();
-    let a = LocalAggregator::spawn(&kafka.config);
-    let b = LocalAggregator::spawn(&kafka.config);
+    let a = LocalAggregator::spawn(config);
+    let b = LocalAggregator::spawn(config);
     wait_for(
         "both instances own partitions",
-        Duration::from_secs(30),
+        // A first assignment on tansu has taken 23 s.
+        Duration::from_secs(90),
         || async { a.health.is_ready() && b.health.is_ready() },
     )
     .await;
     for ws in &workspaces {
-        produce(&kafka.config, many(ws, 12, 503, now)).await;
+        produce(config, many(ws, 12, 503, now)).await;
     }
     wait_for(
         "every workspace alerted",
@@ -207,7 +227,7 @@ async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
     )
     .await;
     for ws in &workspaces {
-        produce(&kafka.config, many(ws, 1, 503, now)).await;
+        produce(config, many(ws, 1, 503, now)).await;
     }
     wait_for(
         "the survivor reads the new events",
@@ -217,7 +237,7 @@ async fn two_instances_alert_each_workspace_once_also_after_one_stops() {
     .await;
     let mut per_ws = BTreeMap::new();
     for ws in &workspaces {
-        per_ws.insert(ws.clone(), mails_for(&smtp, ws).len());
+        per_ws.insert(ws.clone(), mails_for(smtp, ws).len());
     }
     assert!(
         per_ws.values().all(|n| *n == 1),

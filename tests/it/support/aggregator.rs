@@ -24,7 +24,12 @@ pub async fn with_smtp(threshold: u64) -> (SmtpServer, Kafka) {
 }
 
 pub fn configure(kafka: &mut Kafka, smtp_port: u16, threshold: u64) {
-    let a = &mut kafka.config.aggregate;
+    configure_config(&mut kafka.config, smtp_port, threshold);
+}
+
+/// As [`configure`], for any broker's configuration.
+pub fn configure_config(config: &mut Config, smtp_port: u16, threshold: u64) {
+    let a = &mut config.aggregate;
     a.threshold = threshold;
     a.smtp.host = "127.0.0.1".into();
     a.smtp.port = smtp_port;

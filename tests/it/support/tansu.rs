@@ -52,7 +52,12 @@ impl Tansu {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let config = super::test_config(&addr.to_string());
+        let mut config = super::test_config(&addr.to_string());
+        // tansu speaks the classic group protocol only; a short session keeps its rebalances short.
+        let consumer = &mut config.kafka.consumer_properties;
+        consumer.insert("group.protocol".into(), "classic".into());
+        consumer.insert("session.timeout.ms".into(), "6000".into());
+        consumer.insert("heartbeat.interval.ms".into(), "500".into());
         for topic in config.topics.all() {
             let n = if topic == config.topics.sends {
                 send_partitions
