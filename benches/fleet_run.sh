@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fleet runs from outside, with release binaries as separate processes: three `hookrelay dispatch` in one
-# group, a `hookrelay receiver`, kcat producing. The figures in README ("Many dispatchers") come from here.
+# group, a `hookrelay receiver`, `hookrelay produce` producing. The figures in README ("Many dispatchers") come from here.
 #
 #   benches/fleet_run.sh rate BINARY        # [rate_limits] 50/s for the receiver's host, a backlog on every
 #                                           # partition: 1, 2, 3 dispatchers for 60 s each, then one SIGTERMed
@@ -62,15 +62,11 @@ max_hold = "${MAX_HOLD:-10s}"
 "127.0.0.1" = $LIMIT.0
 EOF
 
-# A backlog keyed by send id, so it lies on every partition.
-python3 - "$N" "$RECV" > "$work/sends.txt" <<'EOF'
-import sys
-n, recv = int(sys.argv[1]), sys.argv[2]
-for i in range(n):
-    print(f's{i}|{{"id":"s{i}","workspace_id":"ws{i % 7}","webhook":{{"url":"http://{recv}/hook","request_method":"POST","body":"{{}}"}}}}')
-EOF
-kcat -P -b "$BS" -t webhook-sends -K '|' -z lz4 < "$work/sends.txt"
-echo "produced $N sends to $BROKER at $BS; the receiver's host is limited to $LIMIT/s"
+# A backlog on every partition (48 workspaces: records are keyed by workspace), through hookrelay's own
+# producer (kcat's librdkafka may be too old for tansu).
+"$BIN" produce --config "$work/d.toml" --url "http://$RECV/hook" --rate 100000 --count "$N" --workspaces 48 \
+  > "$work/produce.txt" 2>&1 || { echo "producing failed:"; cat "$work/produce.txt"; exit 1; }
+echo "produced $N sends to $BROKER at $BS; the receiver's host is limited to $LIMIT/s ($(tail -1 "$work/produce.txt"))"
 
 start() { # start NAME
   local m=127.0.0.1:$(port)
