@@ -6,6 +6,9 @@
 #                                           # partition: 1, 2, 3 dispatchers for 60 s each, then one SIGTERMed
 #   benches/fleet_run.sh rebalance BINARY   # 30,000 sends at a 500/s limit; a dispatcher joins, one is
 #                                           # SIGTERMed, one SIGKILLed mid-run: every id must reach the receiver
+#   benches/fleet_run.sh unhealthy BINARY   # a host answering 503 to everything, 60 sends a second (3,600
+#                                           # errors a minute from three dispatchers, 1,200 each): when
+#                                           # does each answer 598?
 #
 # BROKER=tansu runs against tansu ($HOOKRELAY_TEST_TANSU, installed by .ci/install-tansu) instead of the
 # embedded broker. Prints per-second rates, the time partitions took to move, and the verdicts.
@@ -19,7 +22,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}" "${D[@]}"; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] && echo "kept: $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -45,8 +48,15 @@ else
 fi
 
 RECV=127.0.0.1:$(port)
-if [ "$MODE" = rate ]; then LIMIT=50; N=14000; else LIMIT=500; N=30000; fi
-"$BIN" receiver --listen "$RECV" > /dev/null 2>&1 &
+MIX=200; KEY=workspace; WORKSPACES=48
+case $MODE in
+  rate) LIMIT=50; N=14000 ;;
+  rebalance) LIMIT=500; N=30000 ;;
+  # One workspace (one host-and-workspace window), sends keyed by id over every partition, produced at
+  # 60/s while the dispatchers run, no retries: each dispatcher gets about 20 a second, 1,200 a minute.
+  unhealthy) LIMIT=; N=6600; MIX=503; KEY=id; WORKSPACES=1 ;;
+esac
+"$BIN" receiver --listen "$RECV" --mix $MIX > /dev/null 2>&1 &
 pids+=($!)
 cat > "$work/d.toml" <<EOF
 [kafka]
@@ -56,17 +66,22 @@ allow_cidrs = ["127.0.0.0/8"]
 any_port = true
 [retry]
 initial_backoff = "1s"
+max_retries = $([ "$MODE" = unhealthy ] && echo 0 || echo 10)
 [dispatch]
 max_hold = "${MAX_HOLD:-10s}"
 [rate_limits]
-"127.0.0.1" = $LIMIT.0
+$([ -n "$LIMIT" ] && echo "\"127.0.0.1\" = $LIMIT.0")
 EOF
 
-# A backlog on every partition (48 workspaces: records are keyed by workspace), through hookrelay's own
-# producer (kcat's librdkafka may be too old for tansu).
-"$BIN" produce --config "$work/d.toml" --url "http://$RECV/hook" --rate 100000 --count "$N" --workspaces 48 \
+# A backlog on every partition (48 workspaces: records are keyed by workspace; or by id), through
+# hookrelay's own producer (kcat's librdkafka may be too old for tansu).
+produce() { # produce [RATE]
+"$BIN" produce --config "$work/d.toml" --url "http://$RECV/hook" --rate ${1:-100000} --count "$N" --workspaces $WORKSPACES --key-by $KEY \
   > "$work/produce.txt" 2>&1 || { echo "producing failed:"; cat "$work/produce.txt"; exit 1; }
-echo "produced $N sends to $BROKER at $BS; the receiver's host is limited to $LIMIT/s ($(tail -1 "$work/produce.txt"))"
+echo "produced $N sends to $BROKER at $BS; the receiver's host is limited to ${LIMIT:-(no limit)}/s ($(tail -1 "$work/produce.txt"))"
+}
+# The unhealthy-host run produces once all three dispatchers own partitions, so each gets a third.
+[ "$MODE" = unhealthy ] || produce
 
 start() { # start NAME
   local m=127.0.0.1:$(port)
@@ -120,6 +135,34 @@ if [ "$MODE" = rate ]; then
   sleep 60; kill -TERM "${D[b]}"; wait "${D[b]}"; unset 'D[b]'; event "b stopped (SIGTERM)"
   echo "  back with a and c in $(settle $TOTAL) s"
   sleep 60; event "end"
+elif [ "$MODE" = unhealthy ]; then
+  start a; start b; start c; event "a, b and c started"
+  for n in a b c; do echo "  $n owns partitions after $(settle $TOTAL $n) s"; done
+  produce 60 & pids+=($!); event "producing 60 a second"
+  count() { # count NAME CLASS
+    curl -s "$(cat "$work/$1.metrics")/metrics" 2>/dev/null |
+      awk -v c="hookrelay_webhook_attempts_total{class=\"$2\"}" '$1==c{print $2+0; f=1} END{if(!f) print 0}'
+  }
+  for _ in $(seq 1 200); do
+    line="$(now)"
+    for n in a b c; do line="$line $(count $n 5xx) $(count $n 598)"; done
+    echo "$line"
+    sleep 0.5
+  done > "$work/health.txt"
+  event "end"
+  python3 - "$work/health.txt" <<'PY'
+import sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 7]
+cross = next((r[0] for r in rows if r[1] + r[3] + r[5] > 3000), None)
+print(f"the fleet's 503s passed 3,000 at {cross} s (each dispatcher's own: "
+      + ", ".join(f"{n} {int(rows[-1][1 + 2 * i])}" for i, n in enumerate("abc")) + " 503s in all)")
+for i, n in enumerate("abc"):
+    first = next((r[0] for r in rows if r[2 + 2 * i] > 0), None)
+    own = next((r[1 + 2 * i] for r in rows if r[0] == first), None)
+    print(f"  {n}: first 598 at {first} s"
+          + (f", {first - cross:+.1f} s from the crossing, with {int(own)} 503s of its own" if first and cross else ""))
+PY
+  exit 0
 else
   start a; start b; event "a and b started"; echo "  owned in $(settle $TOTAL) s"
   sleep 10; start c; event "c started"; echo "  shared with c in $(settle $TOTAL c) s"

@@ -26,6 +26,17 @@ pub struct ProduceArgs {
     /// Workspaces the sends are spread over (ws_1 … ws_N).
     #[arg(long, default_value_t = 3)]
     pub workspaces: u32,
+    /// The record key: `workspace` (a workspace's sends stay in order on one partition) or `id` (spread
+    /// over every partition, for load whatever the workspaces).
+    #[arg(long, value_enum, default_value_t = KeyBy::Workspace)]
+    pub key_by: KeyBy,
+}
+
+/// What a produced record is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyBy {
+    Workspace,
+    Id,
 }
 
 /// The n-th generated send: workspaces, campaigns and canvases rotate so failure events and alert emails
@@ -73,8 +84,14 @@ pub async fn run(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     // round trip per record; each still fails the run if the broker refuses it.
     let mut pending = futures::stream::FuturesUnordered::new();
     while args.count == 0 || n < args.count {
+        // Polling what is pending is what hands each record to the producer, so it is polled while the
+        // tick is awaited, not only once 1,024 are pending.
         tokio::select! {
             _ = stop.cancelled() => break,
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                done?;
+                continue;
+            }
             _ = tick.tick() => {}
         }
         for _ in 0..batch {
@@ -88,7 +105,16 @@ pub async fn run(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
             }
             let send = generated_send(n, &args);
             let producer = &producer;
-            pending.push(async move { producer.json(&send).await });
+            let key_by = args.key_by;
+            pending.push(async move {
+                match key_by {
+                    KeyBy::Workspace => producer.json(&send).await,
+                    KeyBy::Id => {
+                        let bytes = serde_json::to_vec(&send)?;
+                        producer.raw(send.id.as_bytes(), &bytes).await
+                    }
+                }
+            });
             n += 1;
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
@@ -118,6 +144,7 @@ mod tests {
             rate: 1,
             count: 0,
             workspaces: 3,
+            key_by: KeyBy::Workspace,
         };
         let rules = crate::events::Rules::from_config(&Config::default());
         let sends: Vec<SendRequest> = (0..6).map(|n| generated_send(n, &args)).collect();

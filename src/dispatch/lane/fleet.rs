@@ -319,30 +319,42 @@ impl Lanes {
             self.rates.hold(key, now.mono, Duration::from_millis(after));
         }
         if key.workspace.is_empty() {
-            self.split(&key.host, &remote.demands);
+            self.split(&key.host, &remote.demands, now.mono);
         }
     }
 
     /// This dispatcher's share of a rate-limited host's rate, split max-min fairly by what each dispatcher
     /// asked for lately ([`fair_share`]; this one at least a send a second, so one that just began asking is
     /// not shut out).
-    fn split(&mut self, host: &str, others: &[u64]) {
+    /// A larger share brings the next free slot nearer in proportion, so a slot booked far ahead at a small
+    /// share does not idle the dispatcher once its share grows.
+    fn split(&mut self, host: &str, others: &[u64], now: Duration) {
         let rate = self.rates.rules.rate_for(host);
-        let (Some(rate), false) = (rate, others.is_empty()) else {
-            self.rates.share.remove(host);
-            return;
+        let share = match (rate, others.is_empty()) {
+            (Some(rate), false) => {
+                let mine = self
+                    .rates
+                    .last_demand
+                    .get(host)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(1);
+                (fair_share(rate, mine, others) / rate).clamp(0.001, 1.0)
+            }
+            _ => 1.0,
         };
-        let mine = self
-            .rates
-            .last_demand
-            .get(host)
-            .copied()
-            .unwrap_or(0)
-            .max(1);
-        let share = fair_share(rate, mine, others) / rate;
-        self.rates
-            .share
-            .insert(host.to_string(), share.clamp(0.001, 1.0));
+        let old = if share < 1.0 {
+            self.rates.share.insert(host.to_string(), share)
+        } else {
+            self.rates.share.remove(host)
+        }
+        .unwrap_or(1.0);
+        if share > old {
+            if let Some(next) = self.rates.next_slot.get_mut(host) {
+                let ahead = next.saturating_sub(now);
+                *next = now + ahead.mul_f64(old / share);
+            }
+        }
     }
 }
 

@@ -211,8 +211,14 @@ fn a_rate_limited_host_s_rate_is_split_by_what_each_dispatcher_asks_for() {
         matches!(third, Ask::Hold { wait, .. } if wait == SEC + 100 * MS),
         "{third:?}"
     );
-    // The others stopped asking: the whole rate again.
+    // The others stopped asking: the whole rate again, and the slot booked two seconds ahead at a tenth of
+    // the rate is brought in tenfold.
     lanes.fleet(&host, Remote::default(), at(SEC));
+    let next = lanes.ask(&k, at(SEC), false);
+    assert!(
+        matches!(next, Ask::Hold { wait, .. } if wait == 210 * MS),
+        "{next:?}"
+    );
     assert!(matches!(lanes.ask(&k, at(4 * SEC), false), Ask::Go));
     assert!(matches!(
         lanes.ask(&k, at(4 * SEC), false),

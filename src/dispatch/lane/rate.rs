@@ -242,7 +242,11 @@ impl Rates {
                 // share) shows its backlog. At a small share, more come back than may go; they are
                 // requeued again, further on.
                 let whole = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-                let end = self.horizon.get(host).copied().unwrap_or(now).max(start);
+                // After the sends waiting here (the next slot), but never more than the in-process wait
+                // beyond now, unless a hold says so: a slot booked far ahead while this dispatcher's share
+                // was small must not send its backlog minutes away.
+                let from = start.min(now + self.max_wait + whole).max(earliest);
+                let end = self.horizon.get(host).copied().unwrap_or(now).max(from);
                 self.horizon.insert(host.to_string(), end + whole);
                 // Back half an in-process wait before its turn, to wait for it here; never at once.
                 end.saturating_sub(now)
