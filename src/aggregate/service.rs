@@ -77,16 +77,8 @@ pub async fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::kafka::topics::require_at_start(&config.kafka, config.topics.aggregate_topics()).await?;
-    let kafka = crate::kafka::protocol::settle(
-        &config.kafka,
-        &config.aggregate.group_id,
-        &config.topics.failures,
-    )
-    .await;
-    let config = &Config {
-        kafka,
-        ..config.clone()
-    };
+    let group = &config.aggregate.group_id;
+    let config = &crate::kafka::protocol::settled(config, group, &config.topics.failures).await;
     // The alerts topic is tailed for as long as the aggregator runs: another instance's decisions must be
     // known before this one decides for a workspace it takes over.
     let alerts = assign_all(&config.kafka, &config.topics.alerts).await?;

@@ -30,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::events::currents::CurrentsKind;
 use crate::kafka::client::{consumer_config, producer_config};
-use crate::kafka::protocol::settle;
 use crate::telemetry::{DispatchMetrics, Health};
 use consume::{DispatchContext, LoopSettings, Shared};
 use delivery::Delivery;
@@ -46,12 +45,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::kafka::topics::require_at_start(&config.kafka, required_topics(config)).await?;
-    let kafka = &config.kafka;
-    let kafka = settle(kafka, &kafka.dispatch_group_id, &config.topics.sends).await;
-    let config = &Config {
-        kafka,
-        ..config.clone()
-    };
+    let group = &config.kafka.dispatch_group_id;
+    let config = &crate::kafka::protocol::settled(config, group, &config.topics.sends).await;
     let writers = crate::registry::Writers::connect(&config.schema_registry).await?;
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()

@@ -5,9 +5,9 @@
 //! embedded broker waits a session timeout, 45 s by default, twice for a cooperative assignor). With
 //! KIP-848's `consumer` protocol the broker assigns, member by member, in well under a second. Apache Kafka
 //! 4.0 speaks it, as does the embedded broker; older brokers and several compatible ones (tansu among them)
-//! do not, and a librdkafka consumer set to it fails fatally there. So, at start-up, a probe joins a group of
-//! its own (`<group>-protocol-probe`) with KIP-848 and the group speaks it if the probe is given partitions;
-//! otherwise classic. `group.protocol` in `[kafka.properties]` or `[kafka.consumer_properties]` skips the
+//! do not, and a librdkafka consumer set to it never gets partitions there (it retries for ever). So, at
+//! start-up, a probe joins a group of its own (`<group>-protocol-probe`) with KIP-848 and the group speaks it
+//! if the probe is given partitions; otherwise classic. `group.protocol` in `[kafka.properties]` or `[kafka.consumer_properties]` skips the
 //! probe, as does a classic-only setting ([`CLASSIC_ONLY`]).
 
 // The probe waits for the broker against a deadline: I/O.
@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::ClientContext;
 
 use super::client::{consumer_property, operator_set, reader_config};
-use crate::config::KafkaConfig;
+use crate::config::{Config, KafkaConfig};
 
 /// How long the probe waits for an answer before settling on classic: a KIP-848 broker assigns within a
 /// second; one without it is usually known at once (see [`ProbeContext`]).
@@ -52,8 +52,16 @@ impl GroupProtocol {
     }
 }
 
-/// `kafka` with `group.protocol` set for a group of `group_id` reading `topic` (which exists): the
+/// `config` with `group.protocol` set for a group of `group_id` reading `topic` (which exists): the
 /// operator's choice, else what the probe found.
+pub async fn settled(config: &Config, group_id: &str, topic: &str) -> Config {
+    Config {
+        kafka: settle(&config.kafka, group_id, topic).await,
+        ..config.clone()
+    }
+}
+
+/// The Kafka part of [`settled`].
 pub async fn settle(kafka: &KafkaConfig, group_id: &str, topic: &str) -> KafkaConfig {
     let mut kafka = kafka.clone();
     if let Some(chosen) = consumer_property(&kafka, "group.protocol") {

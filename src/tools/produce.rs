@@ -105,16 +105,12 @@ pub async fn run(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
             }
             let send = generated_send(n, &args);
             let producer = &producer;
-            let key_by = args.key_by;
-            pending.push(async move {
-                match key_by {
-                    KeyBy::Workspace => producer.json(&send).await,
-                    KeyBy::Id => {
-                        let bytes = serde_json::to_vec(&send)?;
-                        producer.raw(send.id.as_bytes(), &bytes).await
-                    }
-                }
-            });
+            let key = match args.key_by {
+                KeyBy::Workspace => send.workspace_id.clone(),
+                KeyBy::Id => send.id.clone(),
+            };
+            let bytes = serde_json::to_vec(&send)?;
+            pending.push(async move { producer.raw(key.as_bytes(), &bytes).await });
             n += 1;
         }
         if last_report.elapsed() >= Duration::from_secs(10) {

@@ -175,7 +175,7 @@ impl Receiver {
     }
 
     pub fn stats(&self) -> Stats {
-        self.inner.stats.lock().expect("stats lock").clone()
+        self.inner.snapshot()
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -201,7 +201,16 @@ impl Receiver {
 }
 
 async fn stats(State(inner): State<Arc<Inner>>) -> Json<Stats> {
-    Json(inner.stats.lock().expect("stats lock").clone())
+    Json(inner.snapshot())
+}
+
+impl Inner {
+    /// The counters now, with the delivered ids counted from their set.
+    fn snapshot(&self) -> Stats {
+        let mut stats = self.stats.lock().expect("stats lock").clone();
+        stats.delivered_ids = self.delivered.lock().expect("ids lock").len() as u64;
+        stats
+    }
 }
 
 async fn handle(
@@ -242,9 +251,7 @@ async fn handle(
         st.with_webhook_id += u64::from(webhook_id.is_some());
         *st.by_status.entry(status).or_default() += 1;
         if let (Some(id), true) = (&webhook_id, (200..300).contains(&status)) {
-            if inner.delivered.lock().expect("ids lock").insert(id.clone()) {
-                st.delivered_ids += 1;
-            } else {
+            if !inner.delivered.lock().expect("ids lock").insert(id.clone()) {
                 st.redelivered += 1;
             }
         }
