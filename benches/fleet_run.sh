@@ -50,7 +50,7 @@ fi
 RECV=127.0.0.1:$(port)
 MIX=200; KEY=workspace; WORKSPACES=48
 case $MODE in
-  rate) LIMIT=50; N=14000 ;;
+  rate) LIMIT=50; N=24000 ;;
   rebalance) LIMIT=500; N=30000 ;;
   # One workspace (one host-and-workspace window), sends keyed by id over every partition, produced at
   # 60/s while the dispatchers run, no retries: each dispatcher gets about 20 a second, 1,200 a minute.
@@ -132,8 +132,9 @@ if [ "$MODE" = rate ]; then
   start a; event "a started"; echo "  owned by a in $(settle $TOTAL a) s"
   sleep 60; start b; event "b started"; echo "  shared with b in $(settle $TOTAL b) s"
   sleep 60; start c; event "c started"; echo "  shared with c in $(settle $TOTAL c) s"
-  sleep 60; kill -TERM "${D[b]}"; wait "${D[b]}"; unset 'D[b]'; event "b stopped (SIGTERM)"
-  echo "  back with a and c in $(settle $TOTAL) s"
+  # The phase starts at the signal: b drains its in-flight sends (up to dispatch.shutdown_grace) first.
+  sleep 60; kill -TERM "${D[b]}"; event "b SIGTERMed"; from=$(date +%s.%N); wait "${D[b]}"; unset 'D[b]'
+  echo "  b stopped $(python3 -c "print(f'{$(date +%s.%N) - $from:.1f}')") s after the signal; back with a and c in $(settle $TOTAL) s more"
   sleep 60; event "end"
 elif [ "$MODE" = unhealthy ]; then
   start a; start b; start c; event "a, b and c started"

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,11 @@ pub fn start(
 ) -> anyhow::Result<()> {
     let producer: BaseProducer = producer_config(&config.kafka).create()?;
     let consumer: BaseConsumer = reader_config(&config.kafka).create()?;
+    let checks = spawn_check(
+        reader_config(&config.kafka).create()?,
+        config.topics.host_state.clone(),
+        stop.clone(),
+    )?;
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let window_ms = ms(config.host_health.window);
     let max_ahead_ms = ms(config.host_health.pause.max(config.retry.retry_after_cap));
@@ -70,7 +76,53 @@ pub fn start(
     };
     std::thread::Builder::new()
         .name("host-state".into())
-        .spawn(move || sync.run(&producer, &consumer, &stop))?;
+        .spawn(move || sync.run(&producer, &consumer, &checks, &stop))?;
+    Ok(())
+}
+
+/// Asks every [`RETRY_EVERY`] whether every partition's leader of `topic` answers (a fetch that fails is
+/// retried by librdkafka in silence, so this asks), on a thread of its own: each question may take seconds,
+/// and the reports must keep flowing meanwhile (a check on the reporting thread held it for seconds every
+/// ten, the others' reports aged out meanwhile, and each dispatcher took the whole of a shared rate).
+fn spawn_check(
+    consumer: BaseConsumer,
+    topic: String,
+    stop: CancellationToken,
+) -> std::io::Result<mpsc::Receiver<Result<(), String>>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("host-state-check".into())
+        .spawn(move || {
+            while !stop.is_cancelled() {
+                if tx.send(leaders_answer(&consumer, &topic)).is_err() {
+                    return;
+                }
+                let asked = Instant::now();
+                while asked.elapsed() < RETRY_EVERY && !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+fn leaders_answer(consumer: &BaseConsumer, topic: &str) -> Result<(), String> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), CHECK_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or("the topic is not in the metadata")?;
+    if let Some(e) = t.error() {
+        return Err(format!("{e:?}"));
+    }
+    for p in t.partitions() {
+        consumer
+            .fetch_watermarks(topic, p.id(), CHECK_TIMEOUT)
+            .map_err(|e| format!("partition {}: {e}", p.id()))?;
+    }
     Ok(())
 }
 
@@ -92,20 +144,27 @@ struct Sync {
 }
 
 impl Sync {
-    fn run(mut self, producer: &BaseProducer, consumer: &BaseConsumer, stop: &CancellationToken) {
+    fn run(
+        mut self,
+        producer: &BaseProducer,
+        consumer: &BaseConsumer,
+        checks: &mpsc::Receiver<Result<(), String>>,
+        stop: &CancellationToken,
+    ) {
         let mut reading = false;
         let mut tried: Option<Instant> = None;
         let mut synced = Instant::now();
-        let mut checked: Option<Instant> = None;
         while !stop.is_cancelled() {
             if !reading && tried.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
                 tried = Some(Instant::now());
                 reading = self.assign(consumer);
-                checked = None;
             }
-            if reading && checked.is_none_or(|t| t.elapsed() >= RETRY_EVERY) {
-                checked = Some(Instant::now());
-                self.check(consumer);
+            // The latest answer of the check, while the topic is read.
+            if let (true, Some(answer)) = (reading, checks.try_iter().last()) {
+                match answer {
+                    Ok(()) => self.set_shared(true, ""),
+                    Err(why) => self.set_shared(false, &why),
+                }
             }
             if reading {
                 self.read(consumer);
@@ -146,23 +205,6 @@ impl Sync {
                 self.set_shared(false, &e.to_string());
                 false
             }
-        }
-    }
-
-    /// Whether every partition's leader answers (a fetch that fails is retried by librdkafka in silence, so
-    /// this asks): the metric and the log follow what it finds.
-    fn check(&mut self, consumer: &BaseConsumer) {
-        let assigned = consumer.assignment().unwrap_or_default();
-        let mut failed = None;
-        for e in assigned.elements() {
-            if let Err(err) = consumer.fetch_watermarks(e.topic(), e.partition(), CHECK_TIMEOUT) {
-                failed = Some(format!("partition {}: {err}", e.partition()));
-                break;
-            }
-        }
-        match failed {
-            Some(why) => self.set_shared(false, &why),
-            None => self.set_shared(true, ""),
         }
     }
 

@@ -51,8 +51,11 @@ pub async fn run(
     let producer: FutureProducer = producer_config(&config.kafka)
         .create()
         .context("creating the Kafka producer")?;
-    // Cancelled only after the consumer has stopped, so draining sends can still publish their outcomes.
+    // Cancelled only after the consumer has stopped, so draining sends can still publish their outcomes
+    // (and the fleet still hears what this dispatcher sends).
     let publish_stop = CancellationToken::new();
+    // And on any early return, so the host-state thread never outlives the dispatcher.
+    let _stopped = publish_stop.clone().drop_guard();
     // Cancelled by a fatal producer error: the process drains what it can and exits non-zero.
     let fatal = CancellationToken::new();
     watch(&fatal, &shutdown, &health);
@@ -77,7 +80,7 @@ pub async fn run(
         publisher,
         &metrics,
         tiers.clone(),
-        &shutdown,
+        (&shutdown, &publish_stop),
         writers,
     )?);
     let shared = Arc::new(Shared::new(
@@ -236,7 +239,7 @@ fn pipeline(
     publisher: Publisher,
     metrics: &DispatchMetrics,
     tiers: Tiers,
-    shutdown: &CancellationToken,
+    (shutdown, stopped): (&CancellationToken, &CancellationToken),
     writers: Option<crate::registry::Writers>,
 ) -> anyhow::Result<Pipeline> {
     let signer = crate::security::signing::Signer::from_config(&config.signing)
@@ -255,7 +258,7 @@ fn pipeline(
     });
     Ok(Pipeline {
         writes_currents: publisher.writes_currents(),
-        delivery: delivery(config, executor, metrics, clock, shutdown)?,
+        delivery: delivery(config, executor, metrics, clock, (shutdown, stopped))?,
         clock,
         publisher,
         metrics: metrics.clone(),
@@ -273,7 +276,7 @@ fn delivery(
     executor: http::Executor,
     metrics: &DispatchMetrics,
     clock: crate::clock::Clock,
-    shutdown: &CancellationToken,
+    (shutdown, stopped): (&CancellationToken, &CancellationToken),
 ) -> anyhow::Result<Arc<Delivery>> {
     let d = &config.dispatch;
     let settings = lane::LaneSettings {
@@ -303,7 +306,9 @@ fn delivery(
     delivery.start_ticking(Duration::from_millis(250), shutdown.clone());
     if d.share_host_state {
         let fleet = metrics.fleet.clone();
-        host_state::start(config, delivery.clone(), fleet, shutdown.clone())
+        // Sharing goes on while in-flight sends drain after a SIGTERM: the others keep counting this
+        // dispatcher's part of a rate it still sends at, and take it over once it has stopped.
+        host_state::start(config, delivery.clone(), fleet, stopped.clone())
             .context("starting the host-state thread")?;
     }
     Ok(delivery)

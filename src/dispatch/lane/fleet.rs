@@ -259,23 +259,7 @@ impl Lanes {
                 seen.entry(key.clone()).or_default().hold_until_ms = until;
             }
         }
-        // Sends a second since the last report (rounded up: a host asked for at all counts).
-        let secs = now
-            .mono
-            .saturating_sub(std::mem::replace(&mut self.rates.demand_since, now.mono))
-            .as_secs_f64()
-            .max(0.001);
-        self.rates.last_demand = std::mem::take(&mut self.rates.demand)
-            .into_iter()
-            .map(|(host, n)| (host, (n as f64 / secs).ceil() as u64))
-            .collect();
-        for (host, n) in &self.rates.last_demand {
-            let key = HostKey {
-                host: host.clone(),
-                workspace: String::new(),
-            };
-            seen.entry(key).or_default().demand = Some(*n);
-        }
+        self.demands(now.mono, &mut seen);
         seen
     }
 
@@ -322,61 +306,6 @@ impl Lanes {
             self.split(&key.host, &remote.demands, now.mono);
         }
     }
-
-    /// This dispatcher's share of a rate-limited host's rate, split max-min fairly by what each dispatcher
-    /// asked for lately ([`fair_share`]; this one at least a send a second, so one that just began asking is
-    /// not shut out).
-    /// A larger share brings the next free slot nearer in proportion, so a slot booked far ahead at a small
-    /// share does not idle the dispatcher once its share grows.
-    fn split(&mut self, host: &str, others: &[u64], now: Duration) {
-        let rate = self.rates.rules.rate_for(host);
-        let share = match (rate, others.is_empty()) {
-            (Some(rate), false) => {
-                let mine = self
-                    .rates
-                    .last_demand
-                    .get(host)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(1);
-                (fair_share(rate, mine, others) / rate).clamp(0.001, 1.0)
-            }
-            _ => 1.0,
-        };
-        let old = if share < 1.0 {
-            self.rates.share.insert(host.to_string(), share)
-        } else {
-            self.rates.share.remove(host)
-        }
-        .unwrap_or(1.0);
-        if share > old {
-            if let Some(next) = self.rates.next_slot.get_mut(host) {
-                let ahead = next.saturating_sub(now);
-                *next = now + ahead.mul_f64(old / share);
-            }
-        }
-    }
-}
-
-/// Max-min fair allocation (water-filling) of `rate` among dispatchers asking for `mine` and `others`
-/// (sends a second): one asking for less than an equal part gets what it asks, and the rest is split
-/// equally among those asking for more. So dispatchers with a backlog get equal parts whatever the noise in
-/// their counts, and the parts add up to the rate as long as the fleet asks for it all. This dispatcher's
-/// part. Every dispatcher computes it from the same reports, so the parts agree.
-pub fn fair_share(rate: f64, mine: u64, others: &[u64]) -> f64 {
-    let mut asks: Vec<(u64, bool)> = others.iter().map(|d| (*d, false)).collect();
-    asks.push((mine, true));
-    asks.sort_unstable();
-    let (mut left, mut n) = (rate, asks.len());
-    for (asked, me) in asks {
-        let part = (asked as f64).min(left / n as f64);
-        if me {
-            return part;
-        }
-        left -= part;
-        n -= 1;
-    }
-    rate
 }
 
 #[cfg(test)]
@@ -404,48 +333,6 @@ mod tests {
         HostKey {
             host: "h.example".into(),
             workspace: "ws".into(),
-        }
-    }
-
-    #[test]
-    fn a_rate_is_split_equally_among_dispatchers_with_a_backlog_and_what_one_leaves_goes_to_the_others(
-    ) {
-        let third = fair_share(50.0, 400, &[90, 1_000]);
-        assert!(
-            (third - 50.0 / 3.0).abs() < 1e-9,
-            "all three ask for more: {third}"
-        );
-        assert_eq!(
-            fair_share(50.0, 5, &[90, 1_000]),
-            5.0,
-            "one asks for less: it gets that"
-        );
-        assert_eq!(
-            fair_share(50.0, 400, &[5, 1_000]),
-            22.5,
-            "and the others split the rest"
-        );
-        assert_eq!(fair_share(50.0, 400, &[]), 50.0, "alone");
-    }
-
-    proptest! {
-        #[test]
-        fn the_parts_add_up_to_the_rate_or_to_what_the_fleet_asks(
-            asks in proptest::collection::vec(0u64..500, 1..12),
-            rate in 0.5f64..1_000.0,
-        ) {
-            let parts: Vec<f64> = (0..asks.len())
-                .map(|i| {
-                    let others: Vec<u64> = asks.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
-                    fair_share(rate, asks[i], &others)
-                })
-                .collect();
-            let total: f64 = parts.iter().sum();
-            let asked: f64 = asks.iter().map(|a| *a as f64).sum();
-            prop_assert!((total - rate.min(asked)).abs() < 1e-6 * rate.max(1.0), "{total} of {rate} ({asked} asked)");
-            for (part, ask) in parts.iter().zip(&asks) {
-                prop_assert!(*part <= *ask as f64 + 1e-9);
-            }
         }
     }
 

@@ -187,36 +187,40 @@ fn the_fleet_s_errors_count_with_the_lane_s_own_and_its_pauses_and_holds_apply_h
 fn a_rate_limited_host_s_rate_is_split_by_what_each_dispatcher_asks_for() {
     use super::fleet::Remote;
     let mut lanes = Lanes::new(settings(3000, &[("limited", 10.0)], 64));
-    let k = key("limited", "ws");
-    let host = key("limited", "");
+    let (k, host) = (key("limited", "ws"), key("limited", ""));
     assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
-    let seen = lanes.seen(at(SEC));
     assert_eq!(
-        seen[&host].demand,
+        lanes.seen(at(SEC))[&host].demand,
         Some(1),
         "it tells the fleet what it asked for"
     );
-    // The others asked for nine times as much: a tenth of 10/s is one a second.
+    // The others asked for nine a second: a tenth of 10/s, one a second, is this dispatcher's.
     let others = Remote {
         demands: vec![9],
         ..Remote::default()
     };
-    lanes.fleet(&host, others.clone(), at(SEC));
+    lanes.fleet(&host, others, at(SEC));
+    let next = lanes.ask(&k, at(SEC), false);
     assert!(
-        matches!(lanes.ask(&k, at(SEC), false), Ask::Hold { wait, .. } if wait == 100 * MS),
-        "the slot booked before the split"
+        matches!(next, Ask::Hold { wait, .. } if wait == SEC),
+        "the send booked before the split counts at the new share: {next:?}"
     );
-    let third = lanes.ask(&k, at(SEC), false);
+    let next = lanes.ask(&k, at(SEC), false);
     assert!(
-        matches!(third, Ask::Hold { wait, .. } if wait == SEC + 100 * MS),
-        "{third:?}"
+        matches!(next, Ask::Hold { wait, .. } if wait == 2 * SEC),
+        "{next:?}"
+    );
+    assert_eq!(
+        lanes.seen(at(2 * SEC))[&host].demand,
+        Some(10),
+        "two asks in a second, but sends booked seconds ahead: it asks for the whole rate"
     );
     // The others stopped asking: the whole rate again, and the slot booked two seconds ahead at a tenth of
     // the rate is brought in tenfold.
-    lanes.fleet(&host, Remote::default(), at(SEC));
-    let next = lanes.ask(&k, at(SEC), false);
+    lanes.fleet(&host, Remote::default(), at(2 * SEC));
+    let next = lanes.ask(&k, at(2 * SEC), false);
     assert!(
-        matches!(next, Ask::Hold { wait, .. } if wait == 210 * MS),
+        matches!(next, Ask::Hold { wait, .. } if wait == 200 * MS),
         "{next:?}"
     );
     assert!(matches!(lanes.ask(&k, at(4 * SEC), false), Ask::Go));
@@ -224,6 +228,50 @@ fn a_rate_limited_host_s_rate_is_split_by_what_each_dispatcher_asks_for() {
         lanes.ask(&k, at(4 * SEC), false),
         Ask::Hold { wait, .. } if wait == 100 * MS
     ));
+}
+
+#[test]
+fn a_dispatcher_with_a_backlog_asks_for_the_whole_rate_and_one_with_a_trickle_for_its_trickle() {
+    use super::fleet::Remote;
+    let mut lanes = Lanes::new(settings(3000, &[("limited", 10.0)], 64));
+    let (k, host) = (key("limited", "ws"), key("limited", ""));
+    for s in 1..=3 {
+        assert_eq!(lanes.ask(&k, at(s * SEC), false), Ask::Go);
+    }
+    assert_eq!(
+        lanes.seen(at(3 * SEC))[&host].demand,
+        Some(1),
+        "a send a second"
+    );
+    // Its part is a send a second (the others ask for nine); a burst of three: one goes, one waits a second,
+    // one would wait two, more than the in-process wait (2 s) allows with the next: requeued.
+    let others = Remote {
+        demands: vec![9],
+        ..Remote::default()
+    };
+    lanes.fleet(&host, others, at(3 * SEC));
+    let asks: Vec<Ask> = (0..4).map(|_| lanes.ask(&k, at(4 * SEC), false)).collect();
+    assert!(
+        matches!(
+            asks[3],
+            Ask::Requeue {
+                reason: RequeueReason::RateLimit,
+                ..
+            }
+        ),
+        "{asks:?}"
+    );
+    assert_eq!(
+        lanes.seen(at(4 * SEC))[&host].demand,
+        Some(10),
+        "it requeued a send for the rate: it could use the whole rate"
+    );
+    let quiet = lanes.seen(at(5 * SEC));
+    assert_eq!(
+        quiet[&host].demand,
+        Some(10),
+        "and while its sends are booked seconds ahead"
+    );
 }
 
 #[test]
@@ -553,4 +601,25 @@ fn requeue_reasons_describe_themselves_distinctly() {
         .map(|r| (r.describe(), *r))
         .collect();
     assert_eq!(texts.len(), RequeueReason::ALL.len());
+}
+
+#[test]
+fn a_dispatcher_that_stops_asking_gives_its_part_back_over_a_few_reports() {
+    let mut lanes = Lanes::new(settings(3000, &[("limited", 100.0)], 64));
+    let (k, host) = (key("limited", "ws"), key("limited", ""));
+    lanes.seen(at(SEC));
+    for i in 0..4 {
+        assert_eq!(lanes.ask(&k, at(SEC + i * 10 * MS), false), Ask::Go);
+    }
+    let reported: Vec<Option<u64>> = (1..=5)
+        .map(|i| {
+            let seen = lanes.seen(at(SEC + i * 500 * MS));
+            seen.get(&host).and_then(|s| s.demand)
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        [Some(8), Some(4), Some(2), Some(1), None],
+        "four asks in half a second, then none"
+    );
 }

@@ -8,6 +8,7 @@
 pub mod fleet;
 mod health;
 mod rate;
+mod share;
 mod slots;
 mod spill;
 mod types;

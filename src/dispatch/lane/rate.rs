@@ -6,10 +6,13 @@
 //! out in the process; a longer one (or one more send than a host may have waiting) is requeued to a retry
 //! tier with its attempt count unchanged, so sends held for one host never sit in the slots other hosts need.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use super::HostKey;
+
+/// Requeued sends come back this many times as fast as their host's rate (see [`Rates::admit`]).
+pub const REQUEUE_PACE: f64 = 2.0;
 
 /// Maps above this many entries are swept of expired ones, keeping memory flat however many hosts appear.
 const SWEEP_ABOVE: usize = 4096;
@@ -132,7 +135,7 @@ pub struct Rates {
     /// Per rate-limited host: when its next request may go (booked by sends waiting in the process).
     pub(super) next_slot: HashMap<String, Duration>,
     /// Per rate-limited host: where the queue of requeued sends ends, so that they come back spread out at
-    /// the host's (whole) rate instead of all at once.
+    /// twice the host's (whole) rate instead of all at once.
     pub(super) horizon: HashMap<String, Duration>,
     /// Per host and workspace: no request before this.
     pub(super) holds: HashMap<HostKey, Duration>,
@@ -148,6 +151,9 @@ pub struct Rates {
     /// Per rate-limited host: this dispatcher's share of its rate, by what each dispatcher asks for (1
     /// without the fleet's reports).
     pub(super) share: HashMap<String, f64>,
+    /// Rate-limited hosts a send was requeued for, for the rate, since the fleet was last told: this
+    /// dispatcher has a backlog for them.
+    pub(super) requeued: HashSet<String>,
     /// Map size above which expired entries are swept (doubling, so a sweep is amortised).
     pub(super) sweep_at: usize,
 }
@@ -179,6 +185,7 @@ impl Rates {
             demand_since: Duration::ZERO,
             last_demand: HashMap::new(),
             share: HashMap::new(),
+            requeued: HashSet::new(),
             sweep_at: SWEEP_ABOVE,
         }
     }
@@ -222,9 +229,10 @@ impl Rates {
         } else {
             HoldReason::RateLimit
         };
+        let max_wait = self.max_wait;
         let waiting = self.waiting.get(host).copied().unwrap_or(0);
         let room = waiting < self.max_waiting_per_host && self.waiting_total < self.max_waiting;
-        if wait.is_zero() || (wait <= self.max_wait && room) {
+        if wait.is_zero() || (wait <= max_wait && room) {
             if let Some(interval) = interval {
                 self.next_slot.insert(host.to_string(), start + interval);
             }
@@ -237,21 +245,24 @@ impl Rates {
         }
         let after = match rate {
             Some(rate) => {
-                // Spaced at the host's whole rate, not this dispatcher's share of it: the sends come back
-                // as fast as the fleet could take them, so what this dispatcher asks for (and so its next
-                // share) shows its backlog. At a small share, more come back than may go; they are
-                // requeued again, further on.
-                let whole = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+                if reason == HoldReason::RateLimit {
+                    self.requeued.insert(host.to_string());
+                }
+                // Spaced at twice the host's whole rate, not at this dispatcher's share of it: the sends
+                // come back faster than the fleet can take them, so every dispatcher has some to send when
+                // its slot comes (the retry tiers' partitions, and so the sends coming back, are spread
+                // unevenly among dispatchers), and what comes back in excess is requeued again, further on.
+                let spacing = Duration::from_secs_f64(1.0 / (rate * REQUEUE_PACE).max(1e-3));
                 // After the sends waiting here (the next slot), but never more than the in-process wait
                 // beyond now, unless a hold says so: a slot booked far ahead while this dispatcher's share
                 // was small must not send its backlog minutes away.
-                let from = start.min(now + self.max_wait + whole).max(earliest);
+                let from = start.min(now + max_wait + spacing).max(earliest);
                 let end = self.horizon.get(host).copied().unwrap_or(now).max(from);
-                self.horizon.insert(host.to_string(), end + whole);
+                self.horizon.insert(host.to_string(), end + spacing);
                 // Back half an in-process wait before its turn, to wait for it here; never at once.
                 end.saturating_sub(now)
-                    .saturating_sub(self.max_wait / 2)
-                    .max(whole)
+                    .saturating_sub(max_wait / 2)
+                    .max(spacing)
                     .max(Duration::from_millis(100))
             }
             None => wait,
@@ -282,9 +293,16 @@ impl Rates {
             .next_slot
             .len()
             .max(self.horizon.len())
-            .max(self.holds.len());
+            .max(self.holds.len())
+            .max(self.demand.len());
         if largest <= self.sweep_at {
             return;
+        }
+        // Counts for the fleet's next report (nothing reads them when the state is not shared): past the
+        // bound, that report goes without them.
+        if self.demand.len() > self.sweep_at {
+            self.demand.clear();
+            self.requeued.clear();
         }
         self.next_slot.retain(|_, next| *next > now);
         self.horizon.retain(|_, end| *end > now);
