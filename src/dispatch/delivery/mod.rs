@@ -20,13 +20,16 @@ use guards::Holding;
 
 use super::classify::{Attempt, FailureSource};
 use super::http::Executor;
-use super::lane::{Answer, Ask, HostKey, Lanes, RequeueReason, Woken};
+use super::lane::{Answer, Ask, HoldReason, HostKey, Lanes, RequeueReason, Woken};
 use crate::clock::{rfc3339, Clock, Now};
 use crate::events::ValidSend;
 use crate::telemetry::DispatchMetrics;
 
 /// How many hosts the metrics name, longest queue first.
 pub const TOP_HOSTS: usize = 5;
+
+/// How often a send waiting for its host's rate looks whether its slot has moved.
+const REBOOK_EVERY: Duration = Duration::from_millis(250);
 
 pub struct Delivery {
     inner: Mutex<Inner>,
@@ -231,7 +234,7 @@ impl Delivery {
         &self,
         key: &HostKey,
         wait: Duration,
-        reason: super::lane::HoldReason,
+        reason: HoldReason,
         with_slot: bool,
         admission: &mut Admission,
     ) -> (Ask, Option<oneshot::Receiver<Ask>>) {
@@ -241,7 +244,7 @@ impl Delivery {
                 host: &key.host,
             };
             self.metrics.held(reason.as_str(), wait);
-            admission.outside(tokio::time::sleep(wait)).await;
+            admission.outside(self.wait_booked(key, wait, reason)).await;
         }
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -252,6 +255,23 @@ impl Delivery {
         };
         inner.woken(now);
         (ask, inner.waiter(&ask))
+    }
+
+    /// Waits `wait`; for the host's rate, until the slot booked for it, which moves when this dispatcher's
+    /// part of the rate changes (looked at every [`REBOOK_EVERY`]): a booked wait that could not follow a
+    /// new split kept the old part for seconds after it.
+    async fn wait_booked(&self, key: &HostKey, wait: Duration, reason: HoldReason) {
+        if reason != HoldReason::RateLimit {
+            return tokio::time::sleep(wait).await;
+        }
+        let now = self.clock.now().mono;
+        let booking = self.lock().lanes.booking(&key.host, now, wait);
+        let mut left = wait;
+        while !left.is_zero() {
+            tokio::time::sleep(left.min(REBOOK_EVERY)).await;
+            let now = self.clock.now().mono;
+            left = self.lock().lanes.rebooked(&key.host, booking, now);
+        }
     }
 
     fn slot<'a>(&'a self, key: &'a HostKey, now: Now) -> SlotGuard<'a> {

@@ -623,3 +623,38 @@ fn a_dispatcher_that_stops_asking_gives_its_part_back_over_a_few_reports() {
         "four asks in half a second, then none"
     );
 }
+
+#[test]
+fn a_send_waiting_for_its_slot_moves_with_the_dispatcher_s_part_of_the_rate() {
+    use super::fleet::Remote;
+    let mut lanes = Lanes::new(settings(3000, &[("limited", 10.0)], 64));
+    let (k, host) = (key("limited", "ws"), key("limited", ""));
+    assert_eq!(lanes.ask(&k, at(SEC), false), Ask::Go);
+    lanes.seen(at(SEC));
+    let others = Remote {
+        demands: vec![9],
+        ..Remote::default()
+    };
+    lanes.fleet(&host, others, at(SEC));
+    let Ask::Hold { wait, .. } = lanes.ask(&k, at(SEC), false) else {
+        panic!("held for a tenth of the rate")
+    };
+    assert_eq!(wait, SEC);
+    let booked = lanes.booking("limited", SEC, wait);
+    assert_eq!(lanes.rebooked("limited", booked, SEC + 500 * MS), 500 * MS);
+    // The others stopped asking: the whole rate again, and the slot booked at 2 s, half a second ahead at a
+    // tenth of the rate, is brought in tenfold.
+    lanes.fleet(&host, Remote::default(), at(SEC + 500 * MS));
+    assert_eq!(lanes.rebooked("limited", booked, SEC + 500 * MS), 50 * MS);
+    assert_eq!(
+        lanes.rebooked("limited", booked, 2 * SEC),
+        Duration::ZERO,
+        "past"
+    );
+    let later = lanes.booking("limited", SEC + 500 * MS, 200 * MS);
+    assert_eq!(
+        lanes.rebooked("limited", later, SEC + 500 * MS),
+        200 * MS,
+        "booked after the change: as booked"
+    );
+}

@@ -6,7 +6,7 @@
 //! out in the process; a longer one (or one more send than a host may have waiting) is requeued to a retry
 //! tier with its attempt count unchanged, so sends held for one host never sit in the slots other hosts need.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use super::HostKey;
@@ -151,6 +151,8 @@ pub struct Rates {
     /// Per rate-limited host: this dispatcher's share of its rate, by what each dispatcher asks for (1
     /// without the fleet's reports).
     pub(super) share: HashMap<String, f64>,
+    /// Per rate-limited host: how the sends booked in the process were moved when its part changed.
+    pub(super) rescales: HashMap<String, Rescales>,
     /// Rate-limited hosts a send was requeued for, for the rate, since the fleet was last told: this
     /// dispatcher has a backlog for them.
     pub(super) requeued: HashSet<String>,
@@ -186,6 +188,7 @@ impl Rates {
             last_demand: HashMap::new(),
             share: HashMap::new(),
             requeued: HashSet::new(),
+            rescales: HashMap::new(),
             sweep_at: SWEEP_ABOVE,
         }
     }
@@ -307,12 +310,74 @@ impl Rates {
         self.next_slot.retain(|_, next| *next > now);
         self.horizon.retain(|_, end| *end > now);
         self.holds.retain(|_, until| *until > now);
+        let next_slot = &self.next_slot;
+        self.rescales.retain(|host, _| next_slot.contains_key(host));
         let left = self
             .next_slot
             .len()
             .max(self.horizon.len())
             .max(self.holds.len());
         self.sweep_at = (2 * left).max(SWEEP_ABOVE);
+    }
+}
+
+/// Changes of a host's part kept for the sends still waiting for their slots; older ones are forgotten (a
+/// send booked before them goes at the time it was given).
+const RESCALES_KEPT: usize = 64;
+
+/// A slot booked for a send waiting in the process: when, as of which change of the host's part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Booking {
+    pub at: Duration,
+    epoch: u64,
+}
+
+/// The changes of one host's part: at each, booked times after it were scaled towards it by a factor.
+#[derive(Debug, Default)]
+pub(super) struct Rescales {
+    /// The epoch of the first change kept.
+    first: u64,
+    changes: VecDeque<(Duration, f64)>,
+}
+
+impl Rates {
+    /// Books the slot at `at` for a send about to wait for it.
+    pub fn booking(&self, host: &str, at: Duration) -> Booking {
+        let epoch = self
+            .rescales
+            .get(host.trim_end_matches('.'))
+            .map_or(0, |r| r.first + r.changes.len() as u64);
+        Booking { at, epoch }
+    }
+
+    /// The host's part changed at `now`: what is booked after `now` moves towards it by `factor` (the old
+    /// part over the new), as the next free slot does.
+    pub(super) fn rescale(&mut self, host: &str, now: Duration, factor: f64) {
+        let r = self.rescales.entry(host.to_string()).or_default();
+        r.changes.push_back((now, factor));
+        if r.changes.len() > RESCALES_KEPT {
+            r.changes.pop_front();
+            r.first += 1;
+        }
+    }
+
+    /// When the send booked so may go now, every change of the host's part since its booking applied.
+    pub fn rebooked(&self, host: &str, booking: Booking) -> Duration {
+        let Some(r) = self.rescales.get(host.trim_end_matches('.')) else {
+            return booking.at;
+        };
+        let skip = booking.epoch.saturating_sub(r.first);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        r.changes
+            .iter()
+            .skip(skip)
+            .fold(booking.at, |at, (when, factor)| {
+                if at > *when {
+                    *when + (at - *when).mul_f64(*factor)
+                } else {
+                    at
+                }
+            })
     }
 }
 

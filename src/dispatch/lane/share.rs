@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::fleet::Seen;
+use super::rate::Booking;
 use super::{HostKey, Lanes};
 
 /// Sends booked further ahead than this mean the dispatcher's part of the rate holds it back.
@@ -72,11 +73,13 @@ impl Lanes {
 
     /// This dispatcher's share of a rate-limited host's rate, split max-min fairly by what each dispatcher
     /// asked for lately ([`fair_share`]; this one at least a send a second, so one that just began asking is
-    /// not shut out). The next free slot moves with the share (nearer for a larger one, further for a
-    /// smaller one), so the sends booked before the split at the old share are counted at the new one: a
-    /// slot booked far ahead at a small share does not idle the dispatcher once its share grows, and sends
-    /// booked at a large share do not add to the others' once it shrinks.
+    /// not shut out). The next free slot and the slots booked for sends waiting here move with the share
+    /// (nearer for a larger one, further for a smaller one; [`Lanes::rebooked`]): sends booked at a small
+    /// share do not idle the dispatcher once its share grows, and sends booked at a large share do not add
+    /// to the others' once it shrinks.
     pub(super) fn split(&mut self, host: &str, others: &[u64], now: Duration) {
+        // As the schedule keys it (a name's trailing dot is not another host's rate).
+        let host = host.trim_end_matches('.');
         let rate = self.rates.rules.rate_for(host);
         let share = match (rate, others.is_empty()) {
             (Some(rate), false) => {
@@ -101,8 +104,21 @@ impl Lanes {
             if let Some(next) = self.rates.next_slot.get_mut(host) {
                 let ahead = next.saturating_sub(now);
                 *next = now + ahead.mul_f64(old / share);
+                if !ahead.is_zero() {
+                    self.rates.rescale(host, now, old / share);
+                }
             }
         }
+    }
+
+    /// Books the slot `wait` from `now` for a send about to wait for it (a hold for the host's rate).
+    pub fn booking(&self, host: &str, now: Duration, wait: Duration) -> Booking {
+        self.rates.booking(host, now + wait)
+    }
+
+    /// How much longer the send booked so waits, the changes of the host's part since applied.
+    pub fn rebooked(&self, host: &str, booking: Booking, now: Duration) -> Duration {
+        self.rates.rebooked(host, booking).saturating_sub(now)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 pub use super::health::{HostHealthConfig, Transition};
-pub use super::rate::{HoldReason, RateLimits, RateRules};
+pub use super::rate::{Booking, HoldReason, RateLimits, RateRules};
 pub use super::slots::QueueLimits;
 pub use super::spill::{Episode, Snapshot, SpillReason, MAX_SPILL_DELAY};
 pub use super::waits::Settle;
