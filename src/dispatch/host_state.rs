@@ -312,6 +312,7 @@ impl Sync {
     fn tell_lanes(&mut self) {
         let now = crate::clock::now_ms();
         self.changed.extend(self.view.expire(now));
+        self.changed.extend(self.view.asked());
         if self.changed.is_empty() {
             return;
         }

@@ -9,6 +9,8 @@ use crate::support::*;
 
 const A_503: &str = "hookrelay_webhook_attempts_total{class=\"5xx\"}";
 const A_598: &str = "hookrelay_webhook_attempts_total{class=\"598\"}";
+const ASSIGNED: &str = "hookrelay_assigned_partitions";
+const A_2XX: &str = "hookrelay_webhook_attempts_total{class=\"2xx\"}";
 
 /// Produces `n` sends to `url`, keyed by their ids so that they spread over every partition (and so over
 /// every dispatcher of the group).
@@ -242,6 +244,50 @@ async fn a_rate_limit_is_the_fleet_s_split_by_what_each_dispatcher_asks_for() {
     assert!(
         (17.0..=23.0).contains(&rate),
         "the host got {rate:.1}/s from the fleet, the limit is 20/s (reports sent: {sa:?}, {sb:?})"
+    );
+}
+
+/// A dispatcher killed with its share of a rate writes no last report: the one left takes the whole rate
+/// back once the killed one's reports are three intervals old (it looks every interval, not only when a
+/// report arrives; it used to keep half the rate until the reports left the minute's window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dispatcher_s_part_of_a_rate_goes_back_to_the_one_left() {
+    let mut kafka = Kafka::start(8).without_retries();
+    kafka.config.rate_limits.insert("127.0.0.1".into(), 20.0);
+    kafka.config.dispatch.max_hold = Duration::from_secs(1);
+    let rx = receiver().await;
+    let a = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    let mut b = ChildDispatcher::spawn_ready(&kafka.config, &[]).await;
+    both_own_partitions(&a, &b).await;
+    spread(&kafka.config, "r", 800, &rx.url("/hook?status=200")).await;
+    wait_for("both sending", Duration::from_secs(30), || async {
+        b.metric(A_2XX).await.unwrap_or(0.0) >= 20.0 && a.metric(A_2XX).await.unwrap_or(0.0) >= 20.0
+    })
+    .await;
+    let owned = a.metric(ASSIGNED).await.unwrap_or(0.0);
+    b.kill();
+    // Its partitions move once its session (6 s) is over; the sends it requeued wait there till then.
+    wait_for(
+        "the one left owns every partition",
+        Duration::from_secs(30),
+        || async { a.metric(ASSIGNED).await.unwrap_or(0.0) > owned },
+    )
+    .await;
+    let from = std::time::Instant::now() + Duration::from_secs(3);
+    let to = from + Duration::from_secs(5);
+    wait_for("the window over", Duration::from_secs(10), || async {
+        std::time::Instant::now() >= to
+    })
+    .await;
+    let sent = rx
+        .requests()
+        .iter()
+        .filter(|r| r.at >= from && r.at < to)
+        .count();
+    let rate = sent as f64 / 5.0;
+    assert!(
+        (16.0..=24.0).contains(&rate),
+        "the dispatcher left sent {rate:.1}/s; the fleet's limit is 20/s and it is alone"
     );
 }
 

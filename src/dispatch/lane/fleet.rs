@@ -212,6 +212,17 @@ impl FleetView {
         changed
     }
 
+    /// The keys with a report of demand: what the rest of the fleet asks of them changes as those reports
+    /// age (a dispatcher that was killed writes no last one), so they are looked at every interval, not
+    /// only when a report arrives.
+    pub fn asked(&self) -> Vec<HostKey> {
+        self.reports
+            .iter()
+            .filter(|(_, by_instance)| by_instance.values().any(|r| r.demand.is_some()))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Reports kept.
     pub fn len(&self) -> usize {
         self.len
@@ -334,6 +345,23 @@ mod tests {
             host: "h.example".into(),
             workspace: "ws".into(),
         }
+    }
+
+    #[test]
+    fn a_demand_stops_counting_after_three_intervals_and_its_key_is_looked_at_until_then() {
+        let mut v = FleetView::new("me", WINDOW, WINDOW, 1_500);
+        let mut r = report("killed", 0, T0);
+        r.workspace = String::new();
+        r.demand = Some(50);
+        let key = v.take(r, T0).expect("taken");
+        assert!(v.take(report("a", 3, T0), T0).is_some());
+        assert_eq!(v.asked(), vec![key.clone()], "only the key with a demand");
+        assert_eq!(v.remote(&key, T0 + 1_000).demands, vec![50]);
+        assert_eq!(
+            v.remote(&key, T0 + 1_600).demands,
+            Vec::<u64>::new(),
+            "no report since: its part goes back to the others"
+        );
     }
 
     #[test]
