@@ -12,18 +12,6 @@ const A_598: &str = "hookrelay_webhook_attempts_total{class=\"598\"}";
 const ASSIGNED: &str = "hookrelay_assigned_partitions";
 const A_2XX: &str = "hookrelay_webhook_attempts_total{class=\"2xx\"}";
 
-/// Produces `n` sends to `url`, keyed by their ids so that they spread over every partition (and so over
-/// every dispatcher of the group).
-async fn spread(config: &hookrelay::config::Config, prefix: &str, n: usize, url: &str) {
-    let producer =
-        hookrelay::tools::harness::SendProducer::new(&config.kafka, &config.topics.sends).unwrap();
-    for i in 0..n {
-        let id = format!("{prefix}-{i}");
-        let bytes = serde_json::to_vec(&send(&id, url)).unwrap();
-        producer.raw(id.as_bytes(), &bytes).await.unwrap();
-    }
-}
-
 async fn both_own_partitions(a: &ChildDispatcher, b: &ChildDispatcher) {
     let owned = "hookrelay_assigned_partitions";
     wait_for(

@@ -97,3 +97,62 @@ async fn joining_and_leaving(config: &hookrelay::config::Config, join_within: Du
         stopping.elapsed()
     );
 }
+
+/// Static membership as README's Kubernetes recipe sets it (`group.instance.id` from an environment
+/// variable): a dispatcher with one delivers, reports its host state under that id, is stopped with SIGTERM
+/// (a static member does not leave the group: its partitions wait for it, up to the session timeout), and
+/// one started under the same id takes them and delivers the rest — nothing lost. That a returning static
+/// member gets its partitions back without a rebalance is the broker's part, and neither test broker does
+/// it (both match members by member id), so it is not asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_stopped_and_started_again_under_its_id_delivers_everything() {
+    let kafka = Kafka::start(4).without_retries();
+    static_member_restarts(&kafka.config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tansu_a_static_member_stopped_and_started_again_under_its_id_delivers_everything() {
+    let Some(tansu) = Tansu::start(4) else {
+        return;
+    };
+    static_member_restarts(&tansu.config).await;
+}
+
+async fn static_member_restarts(config: &hookrelay::config::Config) {
+    let rx = receiver().await;
+    let id = [(
+        "HOOKRELAY_KAFKA__CONSUMER_PROPERTIES__GROUP_INSTANCE_ID",
+        "pod-0",
+    )];
+    let mut first = ChildDispatcher::spawn_logged_with(config, &id);
+    wait_for("it owns partitions", Duration::from_secs(90), || async {
+        owned(&first).await > 0
+    })
+    .await;
+    spread(config, "before", 20, &rx.url("/hook?status=200")).await;
+    wait_for(
+        "the first sends delivered",
+        Duration::from_secs(30),
+        || async { rx.stats().delivered_ids >= 20 },
+    )
+    .await;
+    wait_for(
+        "its host state shared under its id",
+        Duration::from_secs(10),
+        || async { first.log().contains("instance=pod-0") },
+    )
+    .await;
+    assert!(first.terminate().success(), "a clean stop");
+    spread(config, "after", 20, &rx.url("/hook?status=200")).await;
+    let second = ChildDispatcher::spawn_ready(config, &id).await;
+    wait_for("every send delivered", Duration::from_secs(60), || async {
+        rx.stats().delivered_ids >= 40
+    })
+    .await;
+    drop(second);
+    assert_eq!(
+        rx.stats().delivered_ids,
+        40,
+        "every send, once each at least"
+    );
+}

@@ -138,6 +138,18 @@ pub async fn receiver() -> hookrelay::tools::receiver::Receiver {
         .unwrap()
 }
 
+/// Produces `n` sends to `url`, keyed by their ids so that they spread over every partition (and so over
+/// every dispatcher of the group).
+pub async fn spread(config: &hookrelay::config::Config, prefix: &str, n: usize, url: &str) {
+    let producer =
+        hookrelay::tools::harness::SendProducer::new(&config.kafka, &config.topics.sends).unwrap();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let bytes = serde_json::to_vec(&send(&id, url)).unwrap();
+        producer.raw(id.as_bytes(), &bytes).await.unwrap();
+    }
+}
+
 /// A receiver like [`receiver`] on another loopback address (`127.0.0.2`: another host to hookrelay).
 pub async fn receiver_on(ip: &str) -> hookrelay::tools::receiver::Receiver {
     use hookrelay::tools::receiver::{Receiver, Script};
@@ -369,8 +381,13 @@ impl ChildDispatcher {
 
     /// A dispatcher whose standard error is kept, to be read with [`ChildDispatcher::log`].
     pub fn spawn_logged(config: &Config) -> Self {
+        Self::spawn_logged_with(config, &[])
+    }
+
+    /// As [`ChildDispatcher::spawn_logged`], with `HOOKRELAY_*` variables on top of the file.
+    pub fn spawn_logged_with(config: &Config, extra: &[(&str, &str)]) -> Self {
         let log = tempfile::NamedTempFile::new().expect("log file");
-        Self::spawn_to("dispatch", config, &[], Some(log), false)
+        Self::spawn_to("dispatch", config, extra, Some(log), false)
     }
 
     fn spawn_to(
