@@ -232,10 +232,9 @@ impl Rates {
         } else {
             HoldReason::RateLimit
         };
-        let max_wait = self.max_wait;
         let waiting = self.waiting.get(host).copied().unwrap_or(0);
         let room = waiting < self.max_waiting_per_host && self.waiting_total < self.max_waiting;
-        if wait.is_zero() || (wait <= max_wait && room) {
+        if wait.is_zero() || (wait <= self.max_wait && room) {
             if let Some(interval) = interval {
                 self.next_slot.insert(host.to_string(), start + interval);
             }
@@ -259,12 +258,12 @@ impl Rates {
                 // After the sends waiting here (the next slot), but never more than the in-process wait
                 // beyond now, unless a hold says so: a slot booked far ahead while this dispatcher's share
                 // was small must not send its backlog minutes away.
-                let from = start.min(now + max_wait + spacing).max(earliest);
+                let from = start.min(now + self.max_wait + spacing).max(earliest);
                 let end = self.horizon.get(host).copied().unwrap_or(now).max(from);
                 self.horizon.insert(host.to_string(), end + spacing);
                 // Back half an in-process wait before its turn, to wait for it here; never at once.
                 end.saturating_sub(now)
-                    .saturating_sub(max_wait / 2)
+                    .saturating_sub(self.max_wait / 2)
                     .max(spacing)
                     .max(Duration::from_millis(100))
             }
@@ -361,14 +360,17 @@ impl Rates {
         }
     }
 
-    /// When the send booked so may go now, every change of the host's part since its booking applied.
+    /// When the send booked so may go now, every change of the host's part since its booking applied, but
+    /// never more than an in-process wait later than booked: a part that shrank a lot (to a send a second)
+    /// must not keep a send, and its partition's commits, waiting for minutes.
     pub fn rebooked(&self, host: &str, booking: Booking) -> Duration {
         let Some(r) = self.rescales.get(host.trim_end_matches('.')) else {
             return booking.at;
         };
         let skip = booking.epoch.saturating_sub(r.first);
         let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-        r.changes
+        let moved = r
+            .changes
             .iter()
             .skip(skip)
             .fold(booking.at, |at, (when, factor)| {
@@ -377,7 +379,8 @@ impl Rates {
                 } else {
                     at
                 }
-            })
+            });
+        moved.min(booking.at + self.max_wait)
     }
 }
 

@@ -264,3 +264,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_booked_slot_moves_with_each_change_of_the_part_after_it_but_at_most_one_wait_later() {
+    let mut p = pacing(&[("slow.example", 1.0)]);
+    let booked = p.booking("slow.example", 5 * SEC);
+    p.rescale("slow.example", SEC, 0.5);
+    assert_eq!(
+        p.rebooked("slow.example", booked),
+        3 * SEC,
+        "twice the part: half as far from the change"
+    );
+    let later = p.booking("slow.example", 5 * SEC);
+    p.rescale("slow.example", 2 * SEC, 4.0);
+    assert_eq!(
+        p.rebooked("slow.example", later),
+        14 * SEC,
+        "a quarter of the part: four times as far"
+    );
+    assert_eq!(
+        p.rebooked("slow.example", booked),
+        6 * SEC,
+        "both changes, in order"
+    );
+    p.rescale("slow.example", 2 * SEC, 50.0);
+    assert_eq!(
+        p.rebooked("slow.example", later),
+        15 * SEC,
+        "never more than dispatch.max_hold (10 s) past the booked slot"
+    );
+}
