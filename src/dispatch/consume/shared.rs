@@ -250,13 +250,34 @@ impl ConsumerContext for DispatchContext {
                 state.tracker.assign_skipping(tp, skip);
             }
             self.shared.update_gauges(&state);
+            drop(state);
+            // Per topic, what this dispatcher now owns: a member owning only idle topics (the send topic
+            // drained, the long tiers) is idle however many partitions it has.
+            let owned = consumer
+                .assignment()
+                .map(|a| per_topic(&a))
+                .unwrap_or_default();
             tracing::info!(
                 partitions = tpl.count(),
                 finished_ahead = skipped,
+                %owned,
                 "partitions assigned"
             );
         }
     }
+}
+
+/// `topic=count` for each topic of `tpl`, by name.
+fn per_topic(tpl: &TopicPartitionList) -> String {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for e in tpl.elements() {
+        *counts.entry(e.topic().to_string()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The offsets beyond each assigned partition's committed position that its earlier owner finished, from
