@@ -349,9 +349,17 @@ impl Rates {
         Booking { at, epoch }
     }
 
-    /// The host's part changed at `now`: what is booked after `now` moves towards it by `factor` (the old
-    /// part over the new), as the next free slot does.
+    /// The host's part changed at `now` by `factor` (the old part over the new): the next free slot, and the
+    /// slots of the sends waiting for theirs ([`Rates::rebooked`]), move towards `now` by it, so what was
+    /// booked counts at the new part.
     pub(super) fn rescale(&mut self, host: &str, now: Duration, factor: f64) {
+        let Some(next) = self.next_slot.get_mut(host) else {
+            return;
+        };
+        if *next <= now {
+            return;
+        }
+        *next = moved(*next, now, factor);
         let r = self.rescales.entry(host.to_string()).or_default();
         r.changes.push_back((now, factor));
         if r.changes.len() > RESCALES_KEPT {
@@ -369,18 +377,21 @@ impl Rates {
         };
         let skip = booking.epoch.saturating_sub(r.first);
         let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-        let moved = r
+        let at = r
             .changes
             .iter()
             .skip(skip)
-            .fold(booking.at, |at, (when, factor)| {
-                if at > *when {
-                    *when + (at - *when).mul_f64(*factor)
-                } else {
-                    at
-                }
-            });
-        moved.min(booking.at + self.max_wait)
+            .fold(booking.at, |at, (when, factor)| moved(at, *when, *factor));
+        at.min(booking.at + self.max_wait)
+    }
+}
+
+/// A time booked at `at`, after a change of the part at `when` by `factor`: as far from the change, scaled.
+fn moved(at: Duration, when: Duration, factor: f64) -> Duration {
+    if at > when {
+        when + (at - when).mul_f64(factor)
+    } else {
+        at
     }
 }
 

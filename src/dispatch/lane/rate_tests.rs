@@ -268,8 +268,11 @@ proptest! {
 #[test]
 fn a_booked_slot_moves_with_each_change_of_the_part_after_it_but_at_most_one_wait_later() {
     let mut p = pacing(&[("slow.example", 1.0)]);
+    // Sends are booked up to the next free slot, which moves with them.
+    p.next_slot.insert("slow.example".into(), 20 * SEC);
     let booked = p.booking("slow.example", 5 * SEC);
     p.rescale("slow.example", SEC, 0.5);
+    assert_eq!(p.next_slot["slow.example"], SEC + 19 * SEC / 2);
     assert_eq!(
         p.rebooked("slow.example", booked),
         3 * SEC,

@@ -101,13 +101,7 @@ impl Lanes {
         }
         .unwrap_or(1.0);
         if share != old {
-            if let Some(next) = self.rates.next_slot.get_mut(host) {
-                let ahead = next.saturating_sub(now);
-                *next = now + ahead.mul_f64(old / share);
-                if !ahead.is_zero() {
-                    self.rates.rescale(host, now, old / share);
-                }
-            }
+            self.rates.rescale(host, now, old / share);
         }
     }
 
