@@ -7,8 +7,8 @@
 //! 4.0 speaks it, as does the embedded broker; older brokers and several compatible ones (tansu among them)
 //! do not, and a librdkafka consumer set to it never gets partitions there (it retries for ever). So, at
 //! start-up, a probe joins a group of its own (`<group>-protocol-probe`) with KIP-848 and the group speaks it
-//! if the probe is given partitions; otherwise classic. `group.protocol` in `[kafka.properties]` or `[kafka.consumer_properties]` skips the
-//! probe, as does a classic-only setting ([`CLASSIC_ONLY`]).
+//! if the probe is given partitions; otherwise classic. `group.protocol` in `[kafka.properties]` or
+//! `[kafka.consumer_properties]` skips the probe, as does a classic-only setting ([`CLASSIC_ONLY`]).
 
 // The probe waits for the broker against a deadline: I/O.
 #![allow(clippy::disallowed_methods)]
